@@ -1,0 +1,1 @@
+//! imagegate: verify container images' cosign signatures and enforce the verdict in the kernel.

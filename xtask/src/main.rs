@@ -1,0 +1,72 @@
+//! `cargo xtask`: everything a developer or CI runs, from a fresh machine.
+//!
+//! `setup` installs what the build and the tests need (Debian packages, the nightly `rust-src`
+//! component, bpf-linker); `test` runs every test this machine can run, VM suites included;
+//! `vm-test` boots one Debian kernel in QEMU and runs the kernel enforcement suite in it;
+//! `bench` runs the benchmarks; `demo` shows the product end to end.
+
+mod setup;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "imagegate developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install build and test prerequisites (idempotent).
+    Setup,
+    /// Run every test this machine can run: unit, integration and the VM suites.
+    Test,
+    /// Boot a Debian kernel in QEMU and run the kernel enforcement suite inside it.
+    VmTest {
+        /// Kernel series: 6.1 or 6.12.
+        #[arg(long)]
+        kernel: vm::KernelSeries,
+    },
+    /// Run the benchmarks (exec latency with programs attached vs detached, in the 6.12 guest).
+    Bench,
+    /// The end-to-end demo.
+    Demo,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test => test(),
+        Command::VmTest { kernel } => setup::run().and_then(|()| vm::test(kernel)),
+        Command::Bench => setup::run().and_then(|()| vm::bench()),
+        Command::Demo => {
+            println!("cargo xtask demo: not yet available (lands with the daemon issue)");
+            Ok(())
+        }
+    };
+    if let Err(error) = result {
+        eprintln!("xtask: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn test() -> Result<()> {
+    setup::run()?;
+    setup::cargo(&["test", "--workspace", "--exclude", "imagegate-ebpf"])?;
+    let mut failed = Vec::new();
+    for kernel in [vm::KernelSeries::V6_1, vm::KernelSeries::V6_12] {
+        if let Err(error) = vm::test(kernel) {
+            eprintln!("xtask: vm-test {kernel}: {error:#}");
+            failed.push(kernel.to_string());
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("VM suites failed on: {}", failed.join(", "))
+    }
+}

@@ -1,0 +1,144 @@
+//! Installs what the build and tests need, idempotently: Debian packages, the nightly `rust-src`
+//! component and bpf-linker built against the nightly toolchain's own libLLVM.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Debian packages the build and the tests use.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "qemu-system-x86", // VM suites (software emulation)
+    "busybox-static",  // the guests' userland
+    "cpio",            // initramfs archives
+    "xz-utils",        // compressed kernel modules
+    "kmod",
+    "gcc",             // test fixtures (a shared library for LD_PRELOAD tests)
+    "protobuf-compiler",
+    "containerd",
+    "runc",
+    "docker-registry",
+];
+
+/// The bpf-linker release that builds against LLVM 22 (the nightly's LLVM).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> Result<()> {
+    debian_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+/// Runs `cargo ARGS` in the workspace root.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", package])
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run_command(Command::new("apt-get").args(["update", "-q"]))?;
+    run_command(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn rust_src() -> Result<()> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    if Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Ok(());
+    }
+    run_command(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    if output(Command::new("bpf-linker").arg("--version"))
+        .is_ok_and(|version| version.contains(BPF_LINKER_VERSION))
+    {
+        return Ok(());
+    }
+    // bpf-linker links against LLVM; use the nightly toolchain's own libLLVM so the LLVM that
+    // rustc emits bitcode with and the one that links it agree. The feature must name its major.
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let verbose = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let llvm_major = verbose
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|version| version.split('.').next())
+        .context("rustc +nightly -vV names no LLVM version")?
+        .to_owned();
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&lib_dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    let prefix = workspace_root().join("target/tools/llvm-prefix");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)?;
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {}", libllvm.display());
+    run_command(Command::new("cargo")
+        .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+        .env("LLVM_PREFIX", &prefix))
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn run_command(command: &mut Command) -> Result<()> {
+    let status = command.status().with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its standard output.
+pub fn output(command: &mut Command) -> Result<String> {
+    let out = command.output().with_context(|| format!("starting {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
