@@ -3,7 +3,7 @@
 //! Needs the nightly toolchain with `rust-src` and `bpf-linker` on PATH: `cargo xtask setup`
 //! installs both (and `cargo xtask test`/`demo` run it first).
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
     let metadata_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,1 +1,251 @@
-fn main(){}
+//! The `imagegate` binary: one command with subcommands.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use imagegate::{
+    doctor,
+    enforce::{
+        bpf::{self, BpfBackend},
+        selftest, Drift, LayerId, LayerState, Mode,
+    },
+    telemetry,
+};
+
+/// Verify container images' signatures and enforce the verdict in the kernel.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report what this kernel supports: BTF, BPF LSM, program load, overlayfs, fanotify.
+    Doctor {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Where the BPF backend pins its programs and maps.
+        #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Manage the BPF LSM enforcement backend directly (the daemon does this for you).
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+}
+
+#[derive(Subcommand)]
+enum KernelCommand {
+    /// Load, attach and pin the programs (or re-open existing pins), then apply settings.
+    Install {
+        #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Enforcement mode to set.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// Drift policy to set.
+        #[arg(long, value_enum)]
+        drift: Option<Drift>,
+        /// A snapshotter `snapshots` directory to judge (repeatable).
+        #[arg(long)]
+        scope: Vec<PathBuf>,
+        /// Run the self-test (scratch overlay under this directory) before claiming enforcement.
+        #[arg(long)]
+        self_test: Option<PathBuf>,
+        /// Stay running and print decision events as JSON lines until killed.
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Detach the programs and remove all pins.
+    Uninstall {
+        #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Show settings, scopes, layers and counters.
+    Status {
+        #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Mark a layer directory (`snapshots/<id>/fs`) verified or writable.
+    AddLayer {
+        #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        dir: PathBuf,
+        /// A container's writable layer instead of a verified one.
+        #[arg(long)]
+        writable: bool,
+    },
+    /// Forget a layer directory: its files are unverified again.
+    RemoveLayer {
+        #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        dir: PathBuf,
+    },
+    /// Print queued decision events as JSON lines.
+    Events {
+        #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Keep printing for this many seconds.
+        #[arg(long, default_value_t = 0)]
+        follow_seconds: u64,
+    },
+}
+
+fn main() {
+    telemetry::init();
+    if let Err(error) = run(Cli::parse()) {
+        eprintln!("imagegate: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Doctor { json, pin_dir } => {
+            let checks = doctor::run(&pin_dir);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                for check in &checks {
+                    println!(
+                        "{:<26} {:<4} {}",
+                        check.capability,
+                        if check.ok { "yes" } else { "no" },
+                        check.detail
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Kernel(command) => kernel(command),
+    }
+}
+
+fn open(pin_dir: &Path) -> Result<BpfBackend> {
+    if !bpf::installed(pin_dir) {
+        bail!(
+            "the BPF backend is not installed under {} (imagegate kernel install)",
+            pin_dir.display()
+        );
+    }
+    BpfBackend::open(pin_dir, bpf::Startup::Reattached).context("opening the pinned BPF backend")
+}
+
+fn kernel(command: KernelCommand) -> Result<()> {
+    match command {
+        KernelCommand::Install {
+            pin_dir,
+            mode,
+            drift,
+            scope,
+            self_test,
+            hold,
+        } => {
+            let mut backend =
+                BpfBackend::install(&pin_dir).context("installing the BPF LSM backend")?;
+            tracing::info!(startup = ?backend.startup(), pin_dir = %pin_dir.display(), "BPF LSM backend ready");
+            if let Some(mode) = mode {
+                backend.set_mode(mode)?;
+            }
+            if let Some(drift) = drift {
+                backend.set_drift(drift)?;
+            }
+            for dir in &scope {
+                let id = backend
+                    .add_scope(dir)
+                    .with_context(|| format!("adding scope {}", dir.display()))?;
+                tracing::info!(scope = %dir.display(), id = %id, "judging layers under scope");
+            }
+            if let Some(scratch) = self_test {
+                let report = selftest::run(&mut backend, &scratch)
+                    .context("self-test failed: not enforcing")?;
+                tracing::info!(deny_event = ?report.deny_event, "self-test passed: exec from an unverified layer was denied");
+                print_events(&report.other_events)?;
+            }
+            println!("installed ({:?})", backend.startup());
+            std::io::stdout().flush()?;
+            if hold {
+                loop {
+                    print_events(&backend.drain_events())?;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            Ok(())
+        }
+        KernelCommand::Uninstall { pin_dir } => {
+            BpfBackend::uninstall(&pin_dir).context("uninstalling the BPF backend")?;
+            println!("uninstalled");
+            Ok(())
+        }
+        KernelCommand::Status { pin_dir } => {
+            let backend = open(&pin_dir)?;
+            let (mode, drift) = backend.settings()?;
+            let status = serde_json::json!({
+                "pin_dir": pin_dir,
+                "mode": mode,
+                "drift": drift,
+                "scopes": backend.scopes()?.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "layers": backend.layers()?.iter().map(|(id, state)| serde_json::json!({"layer": id.to_string(), "state": state})).collect::<Vec<_>>(),
+                "stats": backend.stats()?,
+            });
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        KernelCommand::AddLayer {
+            pin_dir,
+            dir,
+            writable,
+        } => {
+            let mut backend = open(&pin_dir)?;
+            let id = LayerId::of(&dir).with_context(|| format!("stat {}", dir.display()))?;
+            backend.set_layer(
+                id,
+                if writable {
+                    LayerState::Writable
+                } else {
+                    LayerState::Verified
+                },
+            )?;
+            println!("{id}");
+            Ok(())
+        }
+        KernelCommand::RemoveLayer { pin_dir, dir } => {
+            let mut backend = open(&pin_dir)?;
+            let id = LayerId::of(&dir).with_context(|| format!("stat {}", dir.display()))?;
+            backend.remove_layer(id)?;
+            println!("{id}");
+            Ok(())
+        }
+        KernelCommand::Events {
+            pin_dir,
+            follow_seconds,
+        } => {
+            let mut backend = open(&pin_dir)?;
+            let until = Instant::now() + Duration::from_secs(follow_seconds);
+            loop {
+                print_events(&backend.drain_events())?;
+                if Instant::now() >= until {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn print_events(events: &[imagegate::enforce::Decision]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for event in events {
+        serde_json::to_writer(&mut out, event)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}

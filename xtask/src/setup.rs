@@ -6,7 +6,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{bail, Context as _, Result};
 
 /// Debian packages the build and the tests use.
 const DEBIAN_PACKAGES: &[&str] = &[
@@ -15,7 +15,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "cpio",            // initramfs archives
     "xz-utils",        // compressed kernel modules
     "kmod",
-    "gcc",             // test fixtures (a shared library for LD_PRELOAD tests)
+    "gcc", // test fixtures (a shared library for LD_PRELOAD tests)
     "protobuf-compiler",
     "containerd",
     "runc",
@@ -61,7 +61,9 @@ fn debian_packages() -> Result<()> {
             !Command::new("dpkg-query")
                 .args(["-W", "-f=${Status}", package])
                 .output()
-                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+                .is_ok_and(|out| {
+                    String::from_utf8_lossy(&out.stdout).contains("install ok installed")
+                })
         })
         .collect();
     if missing.is_empty() {
@@ -69,18 +71,29 @@ fn debian_packages() -> Result<()> {
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run_command(Command::new("apt-get").args(["update", "-q"]))?;
-    run_command(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run_command(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn rust_src() -> Result<()> {
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
-    if Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").is_dir() {
+    if Path::new(sysroot.trim())
+        .join("lib/rustlib/src/rust/library/core")
+        .is_dir()
+    {
         return Ok(());
     }
-    run_command(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    run_command(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 fn bpf_linker() -> Result<()> {
@@ -114,16 +127,33 @@ fn bpf_linker() -> Result<()> {
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&libllvm, &link)?;
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {}", libllvm.display());
-    run_command(Command::new("cargo")
-        .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
-        .env("LLVM_PREFIX", &prefix))
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {}",
+        libllvm.display()
+    );
+    run_command(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
 }
 
 /// Runs a command, failing with its name when it fails.
 pub fn run_command(command: &mut Command) -> Result<()> {
-    let status = command.status().with_context(|| format!("starting {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed: {status}");
     }
@@ -132,7 +162,9 @@ pub fn run_command(command: &mut Command) -> Result<()> {
 
 /// Runs a command and returns its standard output.
 pub fn output(command: &mut Command) -> Result<String> {
-    let out = command.output().with_context(|| format!("starting {command:?}"))?;
+    let out = command
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
     if !out.status.success() {
         bail!(
             "{command:?} failed: {}: {}",

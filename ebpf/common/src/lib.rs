@@ -11,7 +11,8 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/imagegate";
 pub mod maps {
     /// Layer snapshot directories the daemon knows: `DevIno` → `LayerState`.
     pub const LAYERS: &str = "IG_LAYERS";
-    /// Snapshotter `snapshots` directories whose children's `fs` directories are layers.
+    /// Snapshotter `snapshots` directories whose children's `fs` directories are layers:
+    /// `DevIno` → `scope_flags`.
     pub const SCOPES: &str = "IG_SCOPES";
     /// Devices that hold a scope directory (fast path: any other device is out of scope).
     pub const SCOPE_DEVS: &str = "IG_SCOPE_DEVS";
@@ -61,6 +62,13 @@ pub const fn kernel_dev(st_dev: u64) -> u64 {
     let major = ((st_dev >> 8) & 0xfff) | ((st_dev >> 32) & !0xfff);
     let minor = (st_dev & 0xff) | ((st_dev >> 12) & !0xff);
     ((major & 0xfff) << 20) | (minor & 0xf_ffff)
+}
+
+/// Flags of a scope (`SCOPES` values).
+pub mod scope_flags {
+    /// Deny in this scope whatever the global mode is: the daemon's self-test uses it on its
+    /// scratch overlay so it can prove denial while the node runs in audit mode.
+    pub const ALWAYS_ENFORCE: u32 = 1;
 }
 
 /// What the daemon knows about a layer directory (`LAYERS` values).

@@ -1,0 +1,147 @@
+//! `imagegate doctor`: what this kernel can do for imagegate, one capability per line, each
+//! measured rather than assumed (a program is loaded, a mark is placed).
+
+use std::path::Path;
+
+use crate::{
+    btf::Btf,
+    enforce::bpf::{self, offsets},
+};
+
+/// The result of one check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub capability: &'static str,
+    /// Whether it is there.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+}
+
+fn check(capability: &'static str, result: Result<String, String>) -> Check {
+    match result {
+        Ok(detail) => Check {
+            capability,
+            ok: true,
+            detail,
+        },
+        Err(detail) => Check {
+            capability,
+            ok: false,
+            detail,
+        },
+    }
+}
+
+/// Runs every check.
+#[must_use]
+pub fn run(pin_dir: &Path) -> Vec<Check> {
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut checks = vec![Check {
+        capability: "kernel",
+        ok: true,
+        detail: kernel,
+    }];
+    let vmlinux = Btf::vmlinux();
+    checks.push(check(
+        "btf",
+        vmlinux
+            .as_ref()
+            .map(|_| "/sys/kernel/btf/vmlinux readable".to_owned())
+            .map_err(|e| format!("{e}")),
+    ));
+    if let Ok(vmlinux) = &vmlinux {
+        let overlay = vmlinux.module("overlay").ok().flatten();
+        checks.push(check(
+            "btf_offsets",
+            offsets::from_btf(vmlinux, overlay.as_ref())
+                .map(|o| {
+                    format!(
+                        "all found (file.f_inode={}, dentry.d_parent={}, private_data={})",
+                        o.file_f_inode,
+                        o.dentry_d_parent,
+                        if o.flags & imagegate_common::offset_flags::OVL_FILE != 0 {
+                            "struct ovl_file"
+                        } else {
+                            "real file"
+                        }
+                    )
+                })
+                .map_err(|e| error_chain(&e)),
+        ));
+    }
+    checks.push(check(
+        "bpf_lsm_active",
+        bpf::lsm_active()
+            .map(|()| "bpf is in the LSM list".to_owned())
+            .map_err(|e| e.to_string()),
+    ));
+    checks.push(check(
+        "bpf_lsm_programs_load",
+        bpf::probe_load().map_err(|e| error_chain(&e)),
+    ));
+    checks.push(check("overlayfs", overlay_report()));
+    checks.push(check("fanotify_exec_permission", fanotify_probe()));
+    checks.push(Check {
+        capability: "bpf_backend_installed",
+        ok: bpf::installed(pin_dir),
+        detail: if bpf::installed(pin_dir) {
+            format!("programs pinned under {}", pin_dir.display())
+        } else {
+            format!("nothing pinned under {}", pin_dir.display())
+        },
+    });
+    checks
+}
+
+/// `error: cause: cause` in one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+fn overlay_report() -> Result<String, String> {
+    let filesystems = std::fs::read_to_string("/proc/filesystems").map_err(|e| e.to_string())?;
+    if filesystems.lines().any(|line| line.ends_with("\toverlay")) {
+        // Loadable modules have `initstate`; built-in ones with parameters appear without it.
+        let module = Path::new("/sys/module/overlay/initstate").exists();
+        Ok(format!(
+            "registered ({})",
+            if module { "module" } else { "built in" }
+        ))
+    } else {
+        Err("overlay is not registered (modprobe overlay)".to_owned())
+    }
+}
+
+/// Creates a content-class fanotify group and places an exec-permission mark on a scratch
+/// directory's own inode (nobody execs a directory, so nothing can wait on this probe).
+fn fanotify_probe() -> Result<String, String> {
+    use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
+    let group = Fanotify::init(
+        InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC,
+        EventFFlags::O_RDONLY,
+    )
+    .map_err(|e| format!("fanotify_init(FAN_CLASS_CONTENT): {e}"))?;
+    let dir = std::env::temp_dir().join(format!("imagegate-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let marked = group.mark(
+        MarkFlags::FAN_MARK_ADD,
+        MaskFlags::FAN_OPEN_EXEC_PERM,
+        None,
+        Some(&dir),
+    );
+    let _ = std::fs::remove_dir(&dir);
+    marked
+        .map(|()| "FAN_CLASS_CONTENT group with FAN_OPEN_EXEC_PERM marks".to_owned())
+        .map_err(|e| format!("fanotify_mark(FAN_OPEN_EXEC_PERM): {e}"))
+}

@@ -1,0 +1,600 @@
+//! The BPF LSM backend: loads the programs in `ebpf/programs`, attaches them, pins links and maps
+//! under `/sys/fs/bpf/imagegate/`, and edits the maps.
+//!
+//! Pinning is what keeps enforcement alive when the daemon dies: the kernel keeps a pinned link
+//! attached and a pinned map alive with no process holding them. A restarted process finds the
+//! pins and opens them instead of loading again, so there is neither a gap nor a duplicate.
+
+pub mod offsets;
+
+use std::{
+    collections::HashMap as StdHashMap,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    programs::{links::FdLink, links::PinnedLink, Lsm},
+    Btf as AyaBtf, EbpfLoader,
+};
+use imagegate_common::{
+    drift, maps, mode, scope_flags, stats, DevIno, Settings, OFFSETS_GLOBAL, PROGRAMS,
+};
+
+use super::{event::boot_time, Decision, Drift, LayerId, LayerState, Mode};
+use crate::btf::{Btf, BtfError};
+
+/// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imagegate"));
+
+/// Where the backend pins by default.
+pub const DEFAULT_PIN_DIR: &str = imagegate_common::PIN_DIR;
+
+/// Why the BPF backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("this imagegate binary was built without its eBPF programs (AYA_BUILD_SKIP)")]
+    NoObject,
+    #[error("the kernel does not run BPF LSM programs: `bpf` is not in {lsm_file} ({active})")]
+    LsmInactive {
+        lsm_file: &'static str,
+        active: String,
+    },
+    #[error("reading kernel BTF")]
+    Btf(#[from] BtfError),
+    #[error("finding kernel struct offsets")]
+    Offsets(#[from] offsets::OffsetsError),
+    #[error("parsing kernel BTF for program attachment")]
+    AyaBtf(#[from] aya::BtfError),
+    #[error("loading the eBPF object")]
+    Load(#[from] aya::EbpfError),
+    #[error("loading or attaching program {program}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {program} is missing from the eBPF object")]
+    MissingProgram { program: &'static str },
+    #[error("map {map} is missing from the eBPF object or its pins")]
+    MissingMap { map: &'static str },
+    #[error("pinning {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("opening pinned {path}")]
+    OpenPin {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the layer table is full ({capacity} layers)")]
+    LayerTableFull { capacity: u32 },
+}
+
+/// How the backend came up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Startup {
+    /// Programs were loaded and attached by this process.
+    Loaded,
+    /// Programs were already attached (pinned); this process opened the pins.
+    Reattached,
+}
+
+/// The loaded (or re-opened) BPF LSM backend: handles to the pinned maps.
+pub struct BpfBackend {
+    pin_dir: PathBuf,
+    startup: Startup,
+    layers: HashMap<MapData, DevIno, u32>,
+    scopes: HashMap<MapData, DevIno, u32>,
+    scope_devs: HashMap<MapData, u64, u32>,
+    settings: Array<MapData, Settings>,
+    stats: PerCpuArray<MapData, u64>,
+    events: RingBuf<MapData>,
+    boot_time: SystemTime,
+}
+
+/// Counters the programs keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Decisions on a scope's device.
+    pub judged: u64,
+    /// Denied in enforce mode.
+    pub denied: u64,
+    /// Would-deny decisions allowed in audit mode.
+    pub audited: u64,
+    /// Events dropped because the ring buffer was full.
+    pub events_lost: u64,
+}
+
+fn link_pin(pin_dir: &Path, program: &str) -> PathBuf {
+    pin_dir.join(format!("link_{program}"))
+}
+
+/// Whether the programs are pinned (installed) under `pin_dir`.
+#[must_use]
+pub fn installed(pin_dir: &Path) -> bool {
+    PROGRAMS
+        .iter()
+        .all(|(program, _)| link_pin(pin_dir, program).exists())
+}
+
+/// Whether `bpf` is in the kernel's active LSM list (mounting securityfs if nobody has).
+pub fn lsm_active() -> Result<(), BpfError> {
+    const LSM_FILE: &str = "/sys/kernel/security/lsm";
+    if !Path::new(LSM_FILE).exists() {
+        let _ = nix::mount::mount(
+            Some("securityfs"),
+            "/sys/kernel/security",
+            Some("securityfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    let active = std::fs::read_to_string(LSM_FILE).unwrap_or_else(|e| format!("unreadable: {e}"));
+    if active.trim().split(',').any(|lsm| lsm == "bpf") {
+        Ok(())
+    } else {
+        Err(BpfError::LsmInactive {
+            lsm_file: LSM_FILE,
+            active: active.trim().to_owned(),
+        })
+    }
+}
+
+impl BpfBackend {
+    /// Loads and attaches the programs, or re-opens them when they are already pinned. Programs
+    /// missing from the pins (a partial earlier install) are loaded and pinned; pinned ones are
+    /// never replaced, so enforcement has no gap.
+    pub fn install(pin_dir: &Path) -> Result<Self, BpfError> {
+        if installed(pin_dir) {
+            return Self::open(pin_dir, Startup::Reattached);
+        }
+        if OBJECT.is_empty() {
+            return Err(BpfError::NoObject);
+        }
+        lsm_active()?;
+        ensure_overlay_loaded();
+        ensure_bpffs(pin_dir)?;
+        let vmlinux = Btf::vmlinux()?;
+        let overlay = vmlinux.module("overlay")?;
+        let kernel_offsets = offsets::from_btf(&vmlinux, overlay.as_ref())?;
+        std::fs::create_dir_all(pin_dir).map_err(|source| BpfError::Io {
+            path: pin_dir.to_owned(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(OFFSETS_GLOBAL, &kernel_offsets, true)
+            .default_map_pin_directory(pin_dir)
+            .load(OBJECT)?;
+        let btf = AyaBtf::from_sys_fs()?;
+        for (program, hook) in PROGRAMS {
+            let pin = link_pin(pin_dir, program);
+            if pin.exists() {
+                continue;
+            }
+            let lsm: &mut Lsm = ebpf
+                .program_mut(program)
+                .ok_or(BpfError::MissingProgram { program })?
+                .try_into()
+                .map_err(|source| BpfError::Program { program, source })?;
+            lsm.load(hook, &btf)
+                .map_err(|source| BpfError::Program { program, source })?;
+            let link_id = lsm
+                .attach()
+                .map_err(|source| BpfError::Program { program, source })?;
+            let link = lsm
+                .take_link(link_id)
+                .map_err(|source| BpfError::Program { program, source })?;
+            let fd_link: FdLink = link.into();
+            fd_link
+                .pin(&pin)
+                .map_err(|source| BpfError::Pin { path: pin, source })?;
+        }
+        drop(ebpf);
+        Self::open(pin_dir, Startup::Loaded)
+    }
+
+    /// Opens the pinned maps of an installed backend.
+    pub fn open(pin_dir: &Path, startup: Startup) -> Result<Self, BpfError> {
+        let map = |name: &'static str| -> Result<MapData, BpfError> {
+            let path = pin_dir.join(name);
+            MapData::from_pin(&path).map_err(|source| BpfError::OpenPin {
+                path,
+                source: Box::new(source),
+            })
+        };
+        let wrap = |name: &'static str| move |source| BpfError::Map { map: name, source };
+        Ok(Self {
+            pin_dir: pin_dir.to_owned(),
+            startup,
+            layers: HashMap::try_from(Map::HashMap(map(maps::LAYERS)?))
+                .map_err(wrap(maps::LAYERS))?,
+            scopes: HashMap::try_from(Map::HashMap(map(maps::SCOPES)?))
+                .map_err(wrap(maps::SCOPES))?,
+            scope_devs: HashMap::try_from(Map::HashMap(map(maps::SCOPE_DEVS)?))
+                .map_err(wrap(maps::SCOPE_DEVS))?,
+            settings: Array::try_from(Map::Array(map(maps::SETTINGS)?))
+                .map_err(wrap(maps::SETTINGS))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(map(maps::STATS)?))
+                .map_err(wrap(maps::STATS))?,
+            events: RingBuf::try_from(Map::RingBuf(map(maps::EVENTS)?))
+                .map_err(wrap(maps::EVENTS))?,
+            boot_time: boot_time(),
+        })
+    }
+
+    /// Detaches the programs and removes every pin. Enforcement stops.
+    pub fn uninstall(pin_dir: &Path) -> Result<(), BpfError> {
+        if !pin_dir.exists() {
+            return Ok(());
+        }
+        // Unpinning a link whose last reference is the pin detaches its program.
+        for (program, _) in PROGRAMS {
+            let pin = link_pin(pin_dir, program);
+            if pin.exists() {
+                match PinnedLink::from_pin(&pin) {
+                    Ok(link) => drop(link.unpin()),
+                    Err(_) => drop(std::fs::remove_file(&pin)),
+                }
+            }
+        }
+        let entries = std::fs::read_dir(pin_dir).map_err(|source| BpfError::Io {
+            path: pin_dir.to_owned(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|source| BpfError::Io { path, source })?;
+        }
+        std::fs::remove_dir(pin_dir).map_err(|source| BpfError::Io {
+            path: pin_dir.to_owned(),
+            source,
+        })
+    }
+
+    /// How this process got the backend.
+    #[must_use]
+    pub const fn startup(&self) -> Startup {
+        self.startup
+    }
+
+    /// The pin directory.
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn write_settings(&mut self, settings: Settings) -> Result<(), BpfError> {
+        self.settings
+            .set(0, settings, 0)
+            .map_err(|source| BpfError::Map {
+                map: maps::SETTINGS,
+                source,
+            })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Result<(Mode, Drift), BpfError> {
+        let raw = self.settings.get(&0, 0).map_err(|source| BpfError::Map {
+            map: maps::SETTINGS,
+            source,
+        })?;
+        Ok((
+            if raw.mode == mode::AUDIT {
+                Mode::Audit
+            } else {
+                Mode::Enforce
+            },
+            if raw.drift == drift::ALLOW {
+                Drift::Allow
+            } else {
+                Drift::Deny
+            },
+        ))
+    }
+
+    /// Sets audit or enforce mode; takes effect for the next decision.
+    pub fn set_mode(&mut self, new: Mode) -> Result<(), BpfError> {
+        let (_, current_drift) = self.settings()?;
+        self.write_settings(raw_settings(new, current_drift))
+    }
+
+    /// Sets the drift policy; takes effect for the next decision.
+    pub fn set_drift(&mut self, new: Drift) -> Result<(), BpfError> {
+        let (current_mode, _) = self.settings()?;
+        self.write_settings(raw_settings(current_mode, new))
+    }
+
+    /// Judges files under `snapshots_dir` (a snapshotter's `snapshots` directory).
+    pub fn add_scope(&mut self, snapshots_dir: &Path) -> Result<LayerId, BpfError> {
+        self.add_scope_with(snapshots_dir, 0)
+    }
+
+    /// A scope that always enforces, whatever the mode (the self-test's scratch overlay).
+    pub(crate) fn add_enforcing_scope(
+        &mut self,
+        snapshots_dir: &Path,
+    ) -> Result<LayerId, BpfError> {
+        self.add_scope_with(snapshots_dir, scope_flags::ALWAYS_ENFORCE)
+    }
+
+    fn add_scope_with(&mut self, snapshots_dir: &Path, flags: u32) -> Result<LayerId, BpfError> {
+        let id = LayerId::of(snapshots_dir).map_err(|source| BpfError::Io {
+            path: snapshots_dir.to_owned(),
+            source,
+        })?;
+        self.scopes
+            .insert(id.key(), flags, 0)
+            .map_err(|source| BpfError::Map {
+                map: maps::SCOPES,
+                source,
+            })?;
+        self.sync_scope_devs()?;
+        Ok(id)
+    }
+
+    /// Stops judging files under the scope `id`.
+    pub fn remove_scope(&mut self, id: LayerId) -> Result<(), BpfError> {
+        match self.scopes.remove(&id.key()) {
+            Ok(()) => {}
+            Err(e) if is_missing(&e) => {}
+            Err(source) => {
+                return Err(BpfError::Map {
+                    map: maps::SCOPES,
+                    source,
+                })
+            }
+        }
+        self.sync_scope_devs()
+    }
+
+    /// The scopes in force.
+    pub fn scopes(&self) -> Result<Vec<LayerId>, BpfError> {
+        self.scopes
+            .keys()
+            .map(|key| key.map(LayerId::from_key))
+            .collect::<Result<_, _>>()
+            .map_err(|source| BpfError::Map {
+                map: maps::SCOPES,
+                source,
+            })
+    }
+
+    /// Rebuilds the device fast-path set from the scopes: a device is present while a scope is on it.
+    fn sync_scope_devs(&mut self) -> Result<(), BpfError> {
+        let mut wanted: StdHashMap<u64, u32> = StdHashMap::new();
+        for scope in self.scopes()? {
+            *wanted.entry(scope.dev).or_default() += 1;
+        }
+        for (dev, count) in &wanted {
+            self.scope_devs
+                .insert(dev, count, 0)
+                .map_err(|source| BpfError::Map {
+                    map: maps::SCOPE_DEVS,
+                    source,
+                })?;
+        }
+        let present: Vec<u64> =
+            self.scope_devs
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(|source| BpfError::Map {
+                    map: maps::SCOPE_DEVS,
+                    source,
+                })?;
+        for dev in present.into_iter().filter(|dev| !wanted.contains_key(dev)) {
+            match self.scope_devs.remove(&dev) {
+                Ok(()) => {}
+                Err(e) if is_missing(&e) => {}
+                Err(source) => {
+                    return Err(BpfError::Map {
+                        map: maps::SCOPE_DEVS,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a layer directory (`snapshots/<id>/fs`) as verified or writable. Takes effect for
+    /// the next decision.
+    pub fn set_layer(&mut self, layer: LayerId, state: LayerState) -> Result<(), BpfError> {
+        self.layers
+            .insert(layer.key(), state.to_raw(), 0)
+            .map_err(|source| match source {
+                aya::maps::MapError::SyscallError(ref e)
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    BpfError::LayerTableFull {
+                        capacity: imagegate_common::MAX_LAYERS,
+                    }
+                }
+                source => BpfError::Map {
+                    map: maps::LAYERS,
+                    source,
+                },
+            })
+    }
+
+    /// Forgets a layer: files from it are unverified again from the next decision on.
+    pub fn remove_layer(&mut self, layer: LayerId) -> Result<(), BpfError> {
+        match self.layers.remove(&layer.key()) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(source) => Err(BpfError::Map {
+                map: maps::LAYERS,
+                source,
+            }),
+        }
+    }
+
+    /// Every layer in the kernel table.
+    pub fn layers(&self) -> Result<Vec<(LayerId, Option<LayerState>)>, BpfError> {
+        self.layers
+            .iter()
+            .map(|entry| {
+                entry.map(|(key, raw)| (LayerId::from_key(key), LayerState::from_raw(raw)))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|source| BpfError::Map {
+                map: maps::LAYERS,
+                source,
+            })
+    }
+
+    /// Drains the decision events the kernel has queued.
+    pub fn drain_events(&mut self) -> Vec<Decision> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            if let Some(decision) = Decision::decode(&item, self.boot_time) {
+                out.push(decision);
+            }
+        }
+        out
+    }
+
+    /// The ring buffer's file descriptor, readable when events are queued (for poll/epoll).
+    #[must_use]
+    pub fn events_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        self.events.as_fd()
+    }
+
+    /// The programs' counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Stats, BpfError> {
+        let read = |index: u32| -> Result<u64, BpfError> {
+            self.stats
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .map_err(|source| BpfError::Map {
+                    map: maps::STATS,
+                    source,
+                })
+        };
+        Ok(Stats {
+            judged: read(stats::JUDGED)?,
+            denied: read(stats::DENIED)?,
+            audited: read(stats::AUDITED)?,
+            events_lost: read(stats::EVENTS_LOST)?,
+        })
+    }
+}
+
+/// A delete of a key that is not there: fine for an idempotent remove.
+fn is_missing(error: &aya::maps::MapError) -> bool {
+    match error {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+const fn raw_settings(new_mode: Mode, new_drift: Drift) -> Settings {
+    Settings {
+        mode: match new_mode {
+            Mode::Audit => mode::AUDIT,
+            Mode::Enforce => mode::ENFORCE,
+        },
+        drift: match new_drift {
+            Drift::Allow => drift::ALLOW,
+            Drift::Deny => drift::DENY,
+        },
+    }
+}
+
+/// Pins need a BPF file system; mount one on `/sys/fs/bpf` when the pin directory is under it and
+/// nothing is mounted there yet (minimal hosts, guests).
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(root) {
+        return Ok(());
+    }
+    let is_bpffs = nix::sys::statfs::statfs(root)
+        .is_ok_and(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC);
+    if !is_bpffs {
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|errno| BpfError::Io {
+            path: root.to_owned(),
+            source: errno.into(),
+        })?;
+    }
+    Ok(())
+}
+
+/// overlayfs's module BTF (needed to tell its `private_data` layout) exists only once the module
+/// is loaded; containerd needs it anyway, so load it before reading offsets.
+fn ensure_overlay_loaded() {
+    let registered = std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|filesystems| filesystems.lines().any(|line| line.ends_with("\toverlay")));
+    if !registered {
+        let status = std::process::Command::new("modprobe")
+            .arg("overlay")
+            .status();
+        tracing::info!(?status, "loaded the overlay module to read its BTF");
+    }
+}
+
+/// Loads (does not attach) every program into the kernel and unloads it again: proves the
+/// verifier accepts them on this kernel. Maps go to a scratch pin directory that is removed.
+pub fn probe_load() -> Result<String, BpfError> {
+    if OBJECT.is_empty() {
+        return Err(BpfError::NoObject);
+    }
+    ensure_overlay_loaded();
+    ensure_bpffs(Path::new("/sys/fs/bpf/x"))?;
+    let vmlinux = Btf::vmlinux()?;
+    let overlay = vmlinux.module("overlay")?;
+    let kernel_offsets = offsets::from_btf(&vmlinux, overlay.as_ref())?;
+    let scratch = Path::new("/sys/fs/bpf").join(format!("imagegate-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|source| BpfError::Io {
+        path: scratch.clone(),
+        source,
+    })?;
+    let result = (|| {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(OFFSETS_GLOBAL, &kernel_offsets, true)
+            .default_map_pin_directory(&scratch)
+            .load(OBJECT)?;
+        let btf = AyaBtf::from_sys_fs()?;
+        for (program, hook) in PROGRAMS {
+            let lsm: &mut Lsm = ebpf
+                .program_mut(program)
+                .ok_or(BpfError::MissingProgram { program })?
+                .try_into()
+                .map_err(|source| BpfError::Program { program, source })?;
+            lsm.load(hook, &btf)
+                .map_err(|source| BpfError::Program { program, source })?;
+        }
+        Ok(format!(
+            "{} LSM programs passed the verifier",
+            PROGRAMS.len()
+        ))
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}

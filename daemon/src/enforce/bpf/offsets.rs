@@ -1,0 +1,107 @@
+//! The kernel struct offsets the programs read, from the running kernel's BTF, and a check that
+//! each LSM hook has the parameters the programs were written for.
+
+use imagegate_common::{offset_flags, KernelOffsets};
+
+use crate::btf::{Btf, BtfError};
+
+/// The hooks' parameter lists as the programs read them (`bpf_lsm_<hook>` in BTF).
+const HOOK_PARAMS: &[(&str, &[&str])] = &[
+    ("bpf_lsm_file_open", &["file"]),
+    ("bpf_lsm_mmap_file", &["file", "reqprot", "prot", "flags"]),
+    ("bpf_lsm_file_mprotect", &["vma", "reqprot", "prot"]),
+];
+
+/// Why the offsets could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetsError {
+    #[error("kernel BTF lacks what the programs need")]
+    Btf(#[from] BtfError),
+    #[error("LSM hook {function} has parameters {found:?}, the programs expect {expected:?}")]
+    HookSignature {
+        function: &'static str,
+        found: Vec<String>,
+        expected: Vec<&'static str>,
+    },
+}
+
+/// Reads every offset from `vmlinux` and, for overlayfs's private file struct, from `overlay`
+/// (module BTF, when overlayfs is a module). On kernels whose overlayfs keeps a
+/// `struct ovl_file { realfile, upperfile }` in `file.private_data` (6.13 and later) the
+/// programs follow `realfile`; before that `private_data` is the real file itself.
+pub fn from_btf(vmlinux: &Btf, overlay: Option<&Btf>) -> Result<KernelOffsets, OffsetsError> {
+    for (function, expected) in HOOK_PARAMS {
+        let found = vmlinux.function_params(function)?;
+        if found
+            .iter()
+            .map(String::as_str)
+            .ne(expected.iter().copied())
+        {
+            return Err(OffsetsError::HookSignature {
+                function,
+                found,
+                expected: expected.to_vec(),
+            });
+        }
+    }
+    let at = |structure: &str, member: &str| vmlinux.member_offset(structure, member);
+    // `dentry.d_alias` lived in the `d_u` union for years; newer kernels may move it out.
+    let d_alias = at("dentry", "d_u.d_alias").or_else(|_| at("dentry", "d_alias"))?;
+    let ovl = [Some(vmlinux), overlay]
+        .into_iter()
+        .flatten()
+        .find(|btf| btf.has_struct("ovl_file"));
+    let (ovl_file_realfile, ovl_flag) = match ovl {
+        Some(btf) => (
+            btf.member_offset("ovl_file", "realfile")?,
+            offset_flags::OVL_FILE,
+        ),
+        None => (0, 0),
+    };
+    Ok(KernelOffsets {
+        file_f_flags: at("file", "f_flags")?,
+        file_f_inode: at("file", "f_inode")?,
+        file_private_data: at("file", "private_data")?,
+        inode_i_sb: at("inode", "i_sb")?,
+        inode_i_ino: at("inode", "i_ino")?,
+        inode_i_dentry: at("inode", "i_dentry")?,
+        dentry_d_alias: d_alias,
+        dentry_d_parent: at("dentry", "d_parent")?,
+        dentry_d_inode: at("dentry", "d_inode")?,
+        sb_s_dev: at("super_block", "s_dev")?,
+        sb_s_magic: at("super_block", "s_magic")?,
+        vma_vm_file: at("vm_area_struct", "vm_file")?,
+        vma_vm_flags: at("vm_area_struct", "vm_flags")?,
+        task_mm: at("task_struct", "mm")?,
+        mm_exe_file: at("mm_struct", "exe_file")?,
+        ovl_file_realfile,
+        flags: offset_flags::VALID | ovl_flag,
+        _pad: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_kernel_has_every_offset() {
+        let Ok(vmlinux) = Btf::vmlinux() else {
+            eprintln!("skipping: no readable /sys/kernel/btf/vmlinux");
+            return;
+        };
+        let overlay = vmlinux
+            .module("overlay")
+            .expect("overlay module BTF parses");
+        let offsets = from_btf(&vmlinux, overlay.as_ref()).expect("offsets");
+        assert_ne!(offsets.flags & offset_flags::VALID, 0);
+        // Distinct members of one struct cannot share an offset.
+        assert_ne!(offsets.file_f_flags, offsets.file_f_inode);
+        assert_ne!(offsets.dentry_d_parent, offsets.dentry_d_inode);
+        // 6.18 (this machine) has `struct ovl_file` (kernel-facts); it is in vmlinux when
+        // overlayfs is built in, as it is here.
+        if vmlinux.has_struct("ovl_file") {
+            assert_ne!(offsets.flags & offset_flags::OVL_FILE, 0);
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! QEMU guests for the kernel suites: Debian cloud kernels ([`fetch_kernel`]), a busybox
+//! initramfs with the files under test ([`GuestSpec`]), a boot with a timeout ([`run_guest`]) and
+//! the result line of a suite ([`scan_result`]).
+//!
+//! The development machine cannot load BPF LSM programs, so every kernel enforcement test runs
+//! in a guest; everything lives under `target/vm/`.
+mod guest;
+mod initramfs;
+mod kernel;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+
+pub use guest::{run_guest, GuestSpec};
+pub use kernel::{fetch_kernel, Kernel};
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KernelSeries {
+    #[value(name = "6.1")]
+    V6_1,
+    #[value(name = "6.12")]
+    V6_12,
+}
+
+impl std::fmt::Display for KernelSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::V6_1 => "6.1",
+            Self::V6_12 => "6.12",
+        })
+    }
+}
+
+/// Runs the kernel enforcement suite (tests/vm) in a guest booted on `series`; fails unless it
+/// reports at least one pass and no failure.
+pub fn test(series: KernelSeries) -> Result<()> {
+    let kernel = fetch_kernel(series)?;
+    let spec = suite_guest("/usr/bin/imagegate-vm-suite")?;
+    let output = run_guest(&kernel, "suite", &spec)?;
+    let (passed, failed) = scan_result(&output)?;
+    println!(
+        "vm-test {series} ({}): {passed} passed, {failed} failed",
+        kernel.release
+    );
+    if failed > 0 || passed == 0 {
+        bail!("the kernel suite failed on {series}: {passed} passed, {failed} failed");
+    }
+    Ok(())
+}
+
+/// Exec latency with the programs attached and detached, in the 6.12 guest.
+pub fn bench() -> Result<()> {
+    let kernel = fetch_kernel(KernelSeries::V6_12)?;
+    let spec = suite_guest("/usr/bin/imagegate-vm-suite bench 5000")?;
+    let output = run_guest(&kernel, "bench", &spec)?;
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|line| line.starts_with("bench "))
+        .collect();
+    if lines.len() < 3 {
+        bail!("the benchmark printed no results");
+    }
+    println!(
+        "\nexec latency, {} guest (software emulation):",
+        kernel.release
+    );
+    for line in lines {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+/// Builds the daemon and the suite (release), the LD_PRELOAD fixture library, and a guest that
+/// holds them with a dynamically linked host binary for the interpreter case.
+fn suite_guest(command: &str) -> Result<GuestSpec> {
+    crate::setup::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "imagegate",
+        "-p",
+        "imagegate-vm-tests",
+    ])?;
+    let release = crate::setup::workspace_root().join("target/release");
+    let fixtures = vm_dir().join("fixtures");
+    std::fs::create_dir_all(&fixtures)?;
+    let preload = fixtures.join("preload.so");
+    let source = crate::setup::workspace_root().join("tests/vm/fixtures/preload.c");
+    crate::setup::run_command(
+        std::process::Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&preload)
+            .arg(&source),
+    )?;
+    Ok(GuestSpec {
+        files: vec![
+            (release.join("imagegate"), "/usr/bin/imagegate".into()),
+            (
+                release.join("imagegate-vm-suite"),
+                "/usr/bin/imagegate-vm-suite".into(),
+            ),
+            (preload, "/fixtures/preload.so".into()),
+            (PathBuf::from("/usr/bin/true"), "/fixtures/true-dyn".into()),
+        ],
+        modules: vec!["overlay".into()],
+        command: command.into(),
+        append: String::new(),
+        memory_mib: 2048,
+        timeout: std::time::Duration::from_secs(900),
+    })
+}
+
+/// Where kernels, downloads, initramfs archives and console logs live.
+fn vm_dir() -> PathBuf {
+    crate::setup::workspace_root().join("target/vm")
+}
+
+/// The (passed, failed) counts of the last `N passed, M failed[, K skipped]` line of a guest's
+/// console output. Fails if there is none, if `/init` never reported the command's exit status
+/// (the guest crashed or hung), or if the command failed without reporting a failure.
+pub fn scan_result(output: &str) -> Result<(u32, u32)> {
+    let status = output
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix(initramfs::EXIT_MARKER))
+        .context("the guest never reported its command's exit status (crash or panic?)")?;
+    let status: i32 = status
+        .trim()
+        .parse()
+        .with_context(|| format!("bad {} line: {status:?}", initramfs::EXIT_MARKER))?;
+    let (passed, failed) = output
+        .lines()
+        .rev()
+        .find_map(counts)
+        .context("the guest printed no \"N passed, M failed\" line")?;
+    if status != 0 && failed == 0 {
+        bail!("the guest command exited with status {status} after {passed} passed, 0 failed");
+    }
+    Ok((passed, failed))
+}
+
+/// Parses `[prefix ]N passed, M failed[, K skipped]`.
+fn counts(line: &str) -> Option<(u32, u32)> {
+    let line = line.trim();
+    let line = match line.rsplit_once(", ") {
+        Some((rest, skipped))
+            if skipped
+                .strip_suffix(" skipped")
+                .is_some_and(|k| k.parse::<u32>().is_ok()) =>
+        {
+            rest
+        }
+        _ => line,
+    };
+    let (passed, failed) = line.rsplit_once(", ")?;
+    let failed = failed.strip_suffix(" failed")?.parse().ok()?;
+    let passed = passed.strip_suffix(" passed")?;
+    let passed = passed.rsplit([' ', ':', '\t']).next()?.parse().ok()?;
+    Some((passed, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn scans_the_last_result_line() -> Result<()> {
+        let output =
+            "1 passed, 1 failed\nsuite: 7 passed, 0 failed, 2 skipped\nIMAGEGATE-GUEST-EXIT 0\n";
+        assert_eq!(scan_result(output)?, (7, 0));
+        assert_eq!(
+            scan_result("3 passed, 2 failed\nIMAGEGATE-GUEST-EXIT 1")?,
+            (3, 2)
+        );
+        assert!(scan_result("3 passed, 0 failed\n").is_err(), "no exit line");
+        assert!(scan_result("3 passed, 0 failed\nIMAGEGATE-GUEST-EXIT 1\n").is_err());
+        assert!(
+            scan_result("IMAGEGATE-GUEST-EXIT 0\n").is_err(),
+            "no result line"
+        );
+        assert!(scan_result("x passed, 0 failed\nIMAGEGATE-GUEST-EXIT 0\n").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn counts_tolerates_skips_and_prefixes() {
+        assert_eq!(counts("1 passed, 0 failed"), Some((1, 0)));
+        assert_eq!(counts("  12 passed, 3 failed, 4 skipped\r"), Some((12, 3)));
+        assert_eq!(counts("result: 5 passed, 1 failed"), Some((5, 1)));
+        assert_eq!(counts("passed, failed"), None);
+        assert_eq!(counts("1 passed, 0 failed, many skipped"), None);
+    }
+
+    /// Boots both Debian kernels with the overlay module and checks that BPF LSM is active.
+    /// Needs apt access and takes about a minute: `cargo test -p xtask -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "downloads kernels and boots QEMU guests"]
+    fn boots_6_12_and_6_1_guest() -> Result<()> {
+        for series in [KernelSeries::V6_12, KernelSeries::V6_1] {
+            let kernel = fetch_kernel(series)?;
+            let spec = GuestSpec {
+                // A dynamically linked host program, to prove its libraries come along.
+                files: vec![(PathBuf::from("/usr/bin/stat"), "/opt/host/stat".into())],
+                modules: vec!["overlay".into()],
+                // BPF LSM active, the root a tmpfs (not the initramfs rootfs), an overlay with
+                // its upper dir on that root mounts, and the host program runs.
+                command: "cat /sys/kernel/security/lsm; echo; grep ' / ' /proc/mounts; \
+                          mkdir -p /o/l /o/u /o/w /o/m && /opt/host/stat --version | head -n 1 && \
+                          grep -q '^tmpfs / tmpfs' /proc/mounts && \
+                          mount -t overlay -o lowerdir=/o/l,upperdir=/o/u,workdir=/o/w o /o/m && \
+                          grep -q bpf /sys/kernel/security/lsm && echo '1 passed, 0 failed'"
+                    .into(),
+                timeout: Duration::from_secs(120),
+                ..GuestSpec::default()
+            };
+            let started = Instant::now();
+            let output = run_guest(&kernel, "smoke", &spec)?;
+            eprintln!(
+                "{series} ({}): {:.1} s",
+                kernel.release,
+                started.elapsed().as_secs_f64()
+            );
+            assert_eq!(scan_result(&output)?, (1, 0), "{series}");
+        }
+        Ok(())
+    }
+
+    /// A guest that outlives its timeout is killed and reported.
+    #[test]
+    #[ignore = "downloads a kernel and boots a QEMU guest"]
+    fn kills_a_guest_at_its_timeout() -> Result<()> {
+        let kernel = fetch_kernel(KernelSeries::V6_1)?;
+        let spec = GuestSpec {
+            command: "sleep 600".into(),
+            timeout: Duration::from_secs(15),
+            ..GuestSpec::default()
+        };
+        let error = run_guest(&kernel, "timeout", &spec)
+            .err()
+            .context("the guest did not time out")?;
+        assert!(format!("{error:#}").contains("timed out"), "{error:#}");
+        Ok(())
+    }
+}
