@@ -56,9 +56,12 @@ enum KernelCommand {
         /// A snapshotter `snapshots` directory to judge (repeatable).
         #[arg(long)]
         scope: Vec<PathBuf>,
-        /// Run the self-test (scratch overlay under this directory) before claiming enforcement.
+        /// Scratch directory for the self-test that runs before enforcement is claimed.
+        #[arg(long, default_value = "/run/imagegate/selftest")]
+        self_test_dir: PathBuf,
+        /// Do not run the self-test (enforcement is then unproven).
         #[arg(long)]
-        self_test: Option<PathBuf>,
+        skip_self_test: bool,
         /// Stay running and print decision events as JSON lines until killed.
         #[arg(long)]
         hold: bool,
@@ -145,7 +148,8 @@ fn kernel(command: KernelCommand) -> Result<()> {
             mode,
             drift,
             scope,
-            self_test,
+            self_test_dir,
+            skip_self_test,
             hold,
         } => {
             let mut backend =
@@ -163,8 +167,10 @@ fn kernel(command: KernelCommand) -> Result<()> {
                     .with_context(|| format!("adding scope {}", dir.display()))?;
                 tracing::info!(scope = %dir.display(), id = %id, "judging layers under scope");
             }
-            if let Some(scratch) = self_test {
-                let report = selftest::run(&mut backend, &scratch)
+            if skip_self_test {
+                tracing::warn!("self-test skipped: enforcement is unproven");
+            } else {
+                let report = selftest::run(&mut backend, &self_test_dir)
                     .context("self-test failed: not enforcing")?;
                 tracing::info!(deny_event = ?report.deny_event, "self-test passed: exec from an unverified layer was denied");
                 print_events(&report.other_events)?;

@@ -97,7 +97,9 @@ fn rust_src() -> Result<()> {
 }
 
 fn bpf_linker() -> Result<()> {
-    if output(Command::new("bpf-linker").arg("--version"))
+    // bpf-linker loads the nightly's libLLVM at run time; `rustup run nightly` puts it on the
+    // library path, as aya-build does when it links the programs.
+    if output(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"]))
         .is_ok_and(|version| version.contains(BPF_LINKER_VERSION))
     {
         return Ok(());

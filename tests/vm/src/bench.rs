@@ -23,8 +23,12 @@ fn time_execs(target: &Path, count: u32) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn install(fixture: &Fixture, extra_layers: u32) -> Result<BpfBackend> {
+/// Installs the programs; `None` layers: no scope at all (only the hooks' fixed cost).
+fn install(fixture: &Fixture, extra_layers: Option<u32>) -> Result<BpfBackend> {
     let mut backend = BpfBackend::install(Path::new(PIN_DIR))?;
+    let Some(extra_layers) = extra_layers else {
+        return Ok(backend);
+    };
     backend.add_scope(&fixture.snapshots)?;
     for layer in fixture.verified_layers() {
         backend.set_layer(layer, LayerState::Verified)?;
@@ -56,14 +60,17 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut totals = [Duration::ZERO; 3];
     time_execs(&target, 50)?; // warm-up
     for _ in 0..rounds {
-        for (index, (_, layers)) in configs.iter().enumerate() {
+        for (index, (_, attached, layers)) in configs.iter().enumerate() {
             let _ = BpfBackend::uninstall(Path::new(PIN_DIR));
-            let backend = layers.map(|extra| install(&fixture, extra)).transpose()?;
-            if let Some(backend) = &backend {
+            let backend = attached.then(|| install(&fixture, *layers)).transpose()?;
+            if let (Some(backend), Some(_)) = (&backend, layers) {
                 let count = backend.layers()?.len();
                 anyhow::ensure!(count >= 10, "table has {count} layers");
             }
             totals[index] += time_execs(&target, per_block)?;
+            if let (Some(backend), Some(_)) = (&backend, layers) {
+                judged += backend.stats()?.judged;
+            }
         }
     }
     let _ = BpfBackend::uninstall(Path::new(PIN_DIR));
