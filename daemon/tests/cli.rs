@@ -9,9 +9,13 @@ fn imagegate() -> Command {
 
 #[test]
 fn doctor_reports_every_capability_as_json() {
-    let output = imagegate().args(["doctor", "--json"]).output().expect("run doctor");
+    let output = imagegate()
+        .args(["doctor", "--json"])
+        .output()
+        .expect("run doctor");
     assert!(output.status.success(), "doctor failed: {output:?}");
-    let checks: serde_json::Value = serde_json::from_slice(&output.stdout).expect("doctor prints JSON");
+    let checks: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("doctor prints JSON");
     let names: Vec<&str> = checks
         .as_array()
         .expect("a list of checks")
@@ -28,10 +32,16 @@ fn doctor_reports_every_capability_as_json() {
         "fanotify_exec_permission",
         "bpf_backend_installed",
     ] {
-        assert!(names.contains(&expected), "doctor lacks {expected}: {names:?}");
+        assert!(
+            names.contains(&expected),
+            "doctor lacks {expected}: {names:?}"
+        );
     }
     for check in checks.as_array().expect("list") {
-        assert!(check["ok"].is_boolean() && check["detail"].is_string(), "malformed check {check}");
+        assert!(
+            check["ok"].is_boolean() && check["detail"].is_string(),
+            "malformed check {check}"
+        );
     }
     // Where the kernel exposes BTF, every offset the programs need must be found in it.
     if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -53,7 +63,10 @@ fn backend_commands_without_an_install_fail_clearly() {
         .arg(&pin_dir)
         .output()
         .expect("run status");
-    assert!(!output.status.success(), "status succeeded without an install");
+    assert!(
+        !output.status.success(),
+        "status succeeded without an install"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not installed"), "unclear error: {stderr}");
 }

@@ -67,3 +67,27 @@ impl LayerState {
         }
     }
 }
+
+/// What every enforcement backend offers the daemon: the same table, scope and settings, and the
+/// same decision events, whether the kernel decides (BPF LSM) or the daemon does (fanotify).
+pub trait Backend {
+    /// The backend's error type.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Short name for logs and `status` (`bpf-lsm`, `fanotify`).
+    fn name(&self) -> &'static str;
+    /// Sets audit or enforce; takes effect for the next decision.
+    fn set_mode(&mut self, mode: Mode) -> Result<(), Self::Error>;
+    /// Sets the drift policy; takes effect for the next decision.
+    fn set_drift(&mut self, drift: Drift) -> Result<(), Self::Error>;
+    /// Judges files in layers under `snapshots_dir` (a snapshotter's `snapshots` directory).
+    fn add_scope(&mut self, snapshots_dir: &std::path::Path) -> Result<LayerId, Self::Error>;
+    /// Stops judging files under the scope `id`.
+    fn remove_scope(&mut self, id: LayerId) -> Result<(), Self::Error>;
+    /// Records a layer directory (`snapshots/<id>/fs`) as verified or writable.
+    fn set_layer(&mut self, layer: LayerId, state: LayerState) -> Result<(), Self::Error>;
+    /// Forgets a layer: its files are unverified from the next decision on.
+    fn remove_layer(&mut self, layer: LayerId) -> Result<(), Self::Error>;
+    /// Decision events queued since the last call.
+    fn drain_events(&mut self) -> Vec<Decision>;
+}

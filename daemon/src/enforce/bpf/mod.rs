@@ -598,3 +598,32 @@ pub fn probe_load() -> Result<String, BpfError> {
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
+
+impl super::Backend for BpfBackend {
+    type Error = BpfError;
+
+    fn name(&self) -> &'static str {
+        "bpf-lsm"
+    }
+    fn set_mode(&mut self, mode: Mode) -> Result<(), BpfError> {
+        Self::set_mode(self, mode)
+    }
+    fn set_drift(&mut self, drift: Drift) -> Result<(), BpfError> {
+        Self::set_drift(self, drift)
+    }
+    fn add_scope(&mut self, snapshots_dir: &Path) -> Result<LayerId, BpfError> {
+        Self::add_scope(self, snapshots_dir)
+    }
+    fn remove_scope(&mut self, id: LayerId) -> Result<(), BpfError> {
+        Self::remove_scope(self, id)
+    }
+    fn set_layer(&mut self, layer: LayerId, state: LayerState) -> Result<(), BpfError> {
+        Self::set_layer(self, layer, state)
+    }
+    fn remove_layer(&mut self, layer: LayerId) -> Result<(), BpfError> {
+        Self::remove_layer(self, layer)
+    }
+    fn drain_events(&mut self) -> Vec<Decision> {
+        Self::drain_events(self)
+    }
+}
