@@ -4,6 +4,7 @@
 //! programs' struct offsets), `doctor` (capability report), `telemetry` (logging set-up).
 
 pub mod btf;
+pub mod catalog;
 pub mod doctor;
 pub mod enforce;
 pub mod telemetry;

@@ -1,0 +1,430 @@
+//! containerd's gRPC API, as the catalog needs it: namespaces, image records, content blobs
+//! (bounded), and the overlayfs snapshot directories of a chain of layers.
+
+use std::path::{Path, PathBuf};
+
+use containerd_client::{
+    services::v1::{
+        snapshots::{RemoveSnapshotRequest, ViewSnapshotRequest},
+        GetImageRequest, InfoRequest, ListImagesRequest, ListNamespacesRequest, ReadContentRequest,
+    },
+    tonic::{metadata::MetadataValue, Request},
+    Client,
+};
+
+use super::oci::{self, Document, OciError};
+
+/// The snapshotter whose directories imagegate judges.
+pub const SNAPSHOTTER: &str = "overlayfs";
+
+/// Why talking to containerd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    #[error("connecting to containerd at {socket}")]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: containerd_client::tonic::transport::Error,
+    },
+    #[error("containerd {call} failed")]
+    Call {
+        call: &'static str,
+        #[source]
+        source: containerd_client::tonic::Status,
+    },
+    #[error("namespace name {namespace:?} is not a valid gRPC header value")]
+    BadNamespace { namespace: String },
+    #[error("image {name} has no target descriptor")]
+    NoTarget { name: String },
+    #[error("blob {digest} is {size} bytes, over the {limit}-byte limit")]
+    BlobTooLarge {
+        digest: String,
+        size: i64,
+        limit: usize,
+    },
+    #[error("image {name}")]
+    Document {
+        name: String,
+        #[source]
+        source: OciError,
+    },
+    #[error("unexpected mounts for a view of {chain_id}: {detail}")]
+    Mounts { chain_id: String, detail: String },
+}
+
+/// An image record: its name and what it points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// containerd namespace.
+    pub namespace: String,
+    /// Full reference, e.g. `docker.io/library/busybox:latest`.
+    pub name: String,
+    /// The target's media type (manifest or index).
+    pub media_type: String,
+    /// The target digest.
+    pub digest: String,
+}
+
+/// What an image is made of, for this host's platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// The record it came from.
+    pub record: ImageRecord,
+    /// The index digest, when the record points to an index.
+    pub index_digest: Option<String>,
+    /// The platform manifest actually unpacked.
+    pub manifest_digest: String,
+    /// The image config.
+    pub config_digest: String,
+    /// Layer chainIDs, bottom first (containerd's committed snapshot names).
+    pub chain_ids: Vec<String>,
+}
+
+/// A connection to containerd.
+#[derive(Clone)]
+pub struct Containerd {
+    client: std::sync::Arc<Client>,
+}
+
+fn call(name: &'static str) -> impl Fn(containerd_client::tonic::Status) -> ContainerdError {
+    move |source| ContainerdError::Call { call: name, source }
+}
+
+fn request<T>(namespace: &str, message: T) -> Result<Request<T>, ContainerdError> {
+    let mut request = Request::new(message);
+    let value: MetadataValue<_> = namespace
+        .parse()
+        .map_err(|_| ContainerdError::BadNamespace {
+            namespace: namespace.to_owned(),
+        })?;
+    request.metadata_mut().insert("containerd-namespace", value);
+    Ok(request)
+}
+
+impl Containerd {
+    /// Connects to containerd's socket.
+    pub async fn connect(socket: &Path) -> Result<Self, ContainerdError> {
+        let client =
+            Client::from_path(socket)
+                .await
+                .map_err(|source| ContainerdError::Connect {
+                    socket: socket.to_owned(),
+                    source,
+                })?;
+        Ok(Self {
+            client: std::sync::Arc::new(client),
+        })
+    }
+
+    /// Every namespace (`default`, `k8s.io`, `moby`, ...).
+    pub async fn namespaces(&self) -> Result<Vec<String>, ContainerdError> {
+        let response = self
+            .client
+            .namespaces()
+            .list(ListNamespacesRequest::default())
+            .await
+            .map_err(call("namespaces.list"))?;
+        Ok(response
+            .into_inner()
+            .namespaces
+            .into_iter()
+            .map(|n| n.name)
+            .collect())
+    }
+
+    /// Every image record in `namespace`.
+    pub async fn images(&self, namespace: &str) -> Result<Vec<ImageRecord>, ContainerdError> {
+        let response = self
+            .client
+            .images()
+            .list(request(namespace, ListImagesRequest::default())?)
+            .await
+            .map_err(call("images.list"))?;
+        response
+            .into_inner()
+            .images
+            .into_iter()
+            .map(|image| record(namespace, image))
+            .collect()
+    }
+
+    /// One image record, `None` if it does not exist (any more).
+    pub async fn image(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ImageRecord>, ContainerdError> {
+        let response = self
+            .client
+            .images()
+            .get(request(
+                namespace,
+                GetImageRequest {
+                    name: name.to_owned(),
+                },
+            )?)
+            .await;
+        match response {
+            Ok(response) => response
+                .into_inner()
+                .image
+                .map(|image| record(namespace, image))
+                .transpose(),
+            Err(status) if status.code() == containerd_client::tonic::Code::NotFound => Ok(None),
+            Err(source) => Err(ContainerdError::Call {
+                call: "images.get",
+                source,
+            }),
+        }
+    }
+
+    /// Reads a content blob, refusing anything over `limit` bytes, and checks its digest.
+    pub async fn read_blob(
+        &self,
+        namespace: &str,
+        digest: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, ContainerdError> {
+        let info = self
+            .client
+            .content()
+            .info(request(
+                namespace,
+                InfoRequest {
+                    digest: digest.to_owned(),
+                },
+            )?)
+            .await
+            .map_err(call("content.info"))?
+            .into_inner()
+            .info
+            .map_or(0, |info| info.size);
+        if usize::try_from(info).map_or(true, |size| size > limit) {
+            return Err(ContainerdError::BlobTooLarge {
+                digest: digest.to_owned(),
+                size: info,
+                limit,
+            });
+        }
+        let mut stream = self
+            .client
+            .content()
+            .read(request(
+                namespace,
+                ReadContentRequest {
+                    digest: digest.to_owned(),
+                    offset: 0,
+                    size: 0,
+                },
+            )?)
+            .await
+            .map_err(call("content.read"))?
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(call("content.read"))? {
+            bytes.extend_from_slice(&chunk.data);
+            if bytes.len() > limit {
+                return Err(ContainerdError::BlobTooLarge {
+                    digest: digest.to_owned(),
+                    size: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+                    limit,
+                });
+            }
+        }
+        oci::verify_digest(digest, &bytes).map_err(|source| ContainerdError::Document {
+            name: digest.to_owned(),
+            source,
+        })?;
+        Ok(bytes)
+    }
+
+    /// Follows an image record to its platform manifest, config and chainIDs.
+    pub async fn resolve(&self, record: &ImageRecord) -> Result<ResolvedImage, ContainerdError> {
+        let doc_error = |source| ContainerdError::Document {
+            name: record.name.clone(),
+            source,
+        };
+        let limit = oci::MAX_DOCUMENT_BYTES;
+        let top = self
+            .read_blob(&record.namespace, &record.digest, limit)
+            .await?;
+        let (index_digest, manifest_digest, manifest) =
+            match oci::parse_document(&record.digest, &record.media_type, &top)
+                .map_err(doc_error)?
+            {
+                Document::Index(entries) => {
+                    let chosen =
+                        oci::select_platform(&record.digest, &entries, &oci::host_platform())
+                            .map_err(doc_error)?;
+                    let bytes = self
+                        .read_blob(&record.namespace, &chosen.digest, limit)
+                        .await?;
+                    let manifest = oci::parse_document(&chosen.digest, &chosen.media_type, &bytes)
+                        .map_err(doc_error)?;
+                    (Some(record.digest.clone()), chosen.digest.clone(), manifest)
+                }
+                manifest @ Document::Manifest { .. } => (None, record.digest.clone(), manifest),
+            };
+        let Document::Manifest { config, layers } = manifest else {
+            return Err(doc_error(OciError::UnsupportedMediaType {
+                what: manifest_digest,
+                media_type: "nested index".to_owned(),
+            }));
+        };
+        let config_bytes = self
+            .read_blob(&record.namespace, &config.digest, limit)
+            .await?;
+        let diff_ids =
+            oci::parse_config_diff_ids(&config.digest, &config_bytes).map_err(doc_error)?;
+        if diff_ids.len() != layers.len() {
+            return Err(doc_error(OciError::LayerCountMismatch {
+                layers: layers.len(),
+                diff_ids: diff_ids.len(),
+            }));
+        }
+        Ok(ResolvedImage {
+            record: record.clone(),
+            index_digest,
+            manifest_digest,
+            config_digest: config.digest,
+            chain_ids: oci::chain_ids(&diff_ids),
+        })
+    }
+
+    /// The `snapshots/<id>/fs` directories of the committed snapshot `chain_id` and its parents,
+    /// bottom first. The overlayfs snapshotter does not expose its ids directly; a short-lived
+    /// view of the snapshot returns mounts whose `lowerdir=` (or bind source, for one layer)
+    /// names them. The view is removed again.
+    pub async fn snapshot_dirs(
+        &self,
+        namespace: &str,
+        chain_id: &str,
+    ) -> Result<Vec<PathBuf>, ContainerdError> {
+        let key = format!(
+            "imagegate-view-{}-{}",
+            std::process::id(),
+            chain_id.trim_start_matches("sha256:")
+        );
+        let mut snapshots = self.client.snapshots();
+        let view = snapshots
+            .view(request(
+                namespace,
+                ViewSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.to_owned(),
+                    key: key.clone(),
+                    parent: chain_id.to_owned(),
+                    labels: Default::default(),
+                },
+            )?)
+            .await
+            .map_err(call("snapshots.view"))?
+            .into_inner();
+        let removed = snapshots
+            .remove(request(
+                namespace,
+                RemoveSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.to_owned(),
+                    key,
+                },
+            )?)
+            .await;
+        if let Err(status) = removed {
+            tracing::warn!(%status, chain_id, "could not remove a view snapshot");
+        }
+        let mounts: Vec<(String, String, Vec<String>)> = view
+            .mounts
+            .into_iter()
+            .map(|m| (m.r#type, m.source, m.options))
+            .collect();
+        layer_dirs_from_mounts(chain_id, &mounts)
+    }
+}
+
+fn record(
+    namespace: &str,
+    image: containerd_client::services::v1::Image,
+) -> Result<ImageRecord, ContainerdError> {
+    let target = image.target.ok_or_else(|| ContainerdError::NoTarget {
+        name: image.name.clone(),
+    })?;
+    Ok(ImageRecord {
+        namespace: namespace.to_owned(),
+        name: image.name,
+        media_type: target.media_type,
+        digest: target.digest,
+    })
+}
+
+/// Layer directories, bottom first, from a view's mounts: `overlay` with `lowerdir=top:...:bottom`
+/// or `bind` of a single `.../fs`.
+pub fn layer_dirs_from_mounts(
+    chain_id: &str,
+    mounts: &[(String, String, Vec<String>)],
+) -> Result<Vec<PathBuf>, ContainerdError> {
+    let bad = |detail: String| ContainerdError::Mounts {
+        chain_id: chain_id.to_owned(),
+        detail,
+    };
+    let [(kind, source, options)] = mounts else {
+        return Err(bad(format!("{} mounts", mounts.len())));
+    };
+    let dirs: Vec<PathBuf> = match kind.as_str() {
+        "bind" => vec![PathBuf::from(source)],
+        "overlay" => {
+            let lower = options
+                .iter()
+                .find_map(|option| option.strip_prefix("lowerdir="))
+                .ok_or_else(|| bad("overlay without lowerdir".to_owned()))?;
+            lower.split(':').rev().map(PathBuf::from).collect()
+        }
+        other => return Err(bad(format!("mount type {other}"))),
+    };
+    if dirs
+        .iter()
+        .any(|dir| !dir.is_absolute() || dir.file_name().is_none_or(|name| name != "fs"))
+    {
+        return Err(bad(format!("not snapshot directories: {dirs:?}")));
+    }
+    Ok(dirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_dirs_come_bottom_first_from_overlay_and_bind_mounts() {
+        let overlay = vec![(
+            "overlay".to_owned(),
+            "overlay".to_owned(),
+            vec![
+                "index=off".to_owned(),
+                "lowerdir=/s/snapshots/3/fs:/s/snapshots/2/fs:/s/snapshots/1/fs".to_owned(),
+            ],
+        )];
+        let dirs = layer_dirs_from_mounts("c", &overlay).expect("overlay");
+        assert_eq!(
+            dirs,
+            [
+                "/s/snapshots/1/fs",
+                "/s/snapshots/2/fs",
+                "/s/snapshots/3/fs"
+            ]
+            .map(PathBuf::from)
+            .to_vec()
+        );
+        let bind = vec![(
+            "bind".to_owned(),
+            "/s/snapshots/7/fs".to_owned(),
+            vec!["ro".to_owned(), "rbind".to_owned()],
+        )];
+        assert_eq!(
+            layer_dirs_from_mounts("c", &bind).expect("bind"),
+            vec![PathBuf::from("/s/snapshots/7/fs")]
+        );
+        let odd = vec![("tmpfs".to_owned(), "x".to_owned(), vec![])];
+        assert!(layer_dirs_from_mounts("c", &odd).is_err());
+        let relative = vec![("bind".to_owned(), "snapshots/7/fs".to_owned(), vec![])];
+        assert!(layer_dirs_from_mounts("c", &relative).is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! The catalog: what containerd has, in the terms enforcement needs. For every image in every
+//! namespace: its manifest (the platform manifest actually unpacked, and the index above it),
+//! config, layer chainIDs, and the overlayfs snapshot directories (`snapshots/<id>/fs`) that hold
+//! those layers, with their `(dev, ino)`.
+
+pub mod containerd;
+pub mod oci;
+
+use std::path::PathBuf;
+
+pub use containerd::{Containerd, ContainerdError, ImageRecord, ResolvedImage};
+
+use crate::enforce::LayerId;
+
+/// One layer of an image, as unpacked on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// The layer's chainID (containerd's committed snapshot name).
+    pub chain_id: String,
+    /// `.../snapshots/<id>/fs`.
+    pub dir: PathBuf,
+    /// Its identity in the kernel's layer table.
+    pub id: LayerId,
+}
+
+/// An image with its layers located on disk.
+#[derive(Debug, Clone)]
+pub struct CatalogImage {
+    /// Manifest, config and chainIDs.
+    pub resolved: ResolvedImage,
+    /// Layers bottom first; empty when the image is not unpacked (yet).
+    pub layers: Vec<Layer>,
+}
+
+/// Why one image could not be catalogued (others still are).
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    #[error("layer directory {dir}")]
+    Stat {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image {name} has {chain_ids} layers but its snapshot chain has {dirs} directories")]
+    ChainLength {
+        name: String,
+        chain_ids: usize,
+        dirs: usize,
+    },
+}
+
+/// Locates the layers of one resolved image. An image that is not unpacked has no snapshots:
+/// that is not an error, its layer list is empty.
+pub async fn locate(
+    containerd: &Containerd,
+    resolved: ResolvedImage,
+) -> Result<CatalogImage, CatalogError> {
+    let Some(top) = resolved.chain_ids.last() else {
+        return Ok(CatalogImage {
+            resolved,
+            layers: Vec::new(),
+        });
+    };
+    let dirs = match containerd
+        .snapshot_dirs(&resolved.record.namespace, top)
+        .await
+    {
+        Ok(dirs) => dirs,
+        Err(ContainerdError::Call { source, .. })
+            if source.code() == containerd_client::tonic::Code::NotFound =>
+        {
+            return Ok(CatalogImage {
+                resolved,
+                layers: Vec::new(),
+            });
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if dirs.len() != resolved.chain_ids.len() {
+        return Err(CatalogError::ChainLength {
+            name: resolved.record.name.clone(),
+            chain_ids: resolved.chain_ids.len(),
+            dirs: dirs.len(),
+        });
+    }
+    let mut layers = Vec::with_capacity(dirs.len());
+    for (chain_id, dir) in resolved.chain_ids.iter().zip(dirs) {
+        let id = LayerId::of(&dir).map_err(|source| CatalogError::Stat {
+            dir: dir.clone(),
+            source,
+        })?;
+        layers.push(Layer {
+            chain_id: chain_id.clone(),
+            dir,
+            id,
+        });
+    }
+    Ok(CatalogImage { resolved, layers })
+}
+
+/// Every image in every namespace, each with its layers or the error that stopped it.
+pub async fn reconcile(
+    containerd: &Containerd,
+) -> Result<Vec<Result<CatalogImage, CatalogError>>, CatalogError> {
+    let mut out = Vec::new();
+    for namespace in containerd.namespaces().await? {
+        for record in containerd.images(&namespace).await? {
+            let name = record.name.clone();
+            let result = match containerd.resolve(&record).await {
+                Ok(resolved) => locate(containerd, resolved).await,
+                Err(error) => Err(error.into()),
+            };
+            if let Err(error) = &result {
+                tracing::warn!(image = %name, namespace = %namespace, error = %crate::doctor::error_chain(error), "cannot catalog image");
+            }
+            out.push(result);
+        }
+    }
+    Ok(out)
+}

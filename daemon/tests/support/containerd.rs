@@ -1,0 +1,128 @@
+//! A private containerd: its own root, state and socket under `target/`, never the system's.
+//! Started and stopped by pid; its mounts are cleaned up on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+pub struct PrivateContainerd {
+    child: Child,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl PrivateContainerd {
+    pub fn start(dir: &Path) -> Self {
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
+                root = dir.join("root").display(),
+                state = dir.join("state").display(),
+                socket = socket.display(),
+            ),
+        )
+        .expect("write containerd config");
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("containerd log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd (apt-get install containerd)");
+        let started = Instant::now();
+        while !socket.exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "containerd did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let me = Self {
+            child,
+            dir: dir.to_owned(),
+            socket,
+        };
+        // The socket appears before the services answer.
+        while !me.ctr(&["version"]).status.success() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "containerd does not answer"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        me
+    }
+
+    /// The overlayfs snapshotter's `snapshots` directory.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.dir
+            .join("root/io.containerd.snapshotter.v1.overlayfs/snapshots")
+    }
+
+    /// Runs `ctr` against this containerd in namespace `default`.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_in("default", args)
+    }
+
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", namespace])
+            .args(args)
+            .output()
+            .expect("run ctr")
+    }
+
+    /// `ctr images import` of an OCI archive, asserting success.
+    pub fn import(&self, namespace: &str, archive: &Path) {
+        let out = self.ctr_in(
+            namespace,
+            &["images", "import", archive.to_str().expect("utf-8 path")],
+        );
+        assert!(
+            out.status.success(),
+            "ctr images import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Anything containerd left mounted under our directory.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let ours: Vec<&str> = mounts
+                .lines()
+                .filter_map(|line| line.split_whitespace().nth(1))
+                .filter(|target| target.starts_with(self.dir.to_str().unwrap_or("//")))
+                .collect();
+            for target in ours.into_iter().rev() {
+                let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        if !std::thread::panicking() {
+            // Keep the directory (and containerd.log) of a failed test for a post-mortem.
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Test support shared by the integration tests: a private containerd and an OCI image builder.
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+pub mod containerd;
+pub mod image;
+
+/// Whether the test runs as root; privileged tests print why they skip otherwise.
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A fresh directory under the workspace's `target/` for one test.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir.canonicalize().expect("canonical scratch dir")
+}
