@@ -1,1 +1,2 @@
 //! imagegate: verify container images' cosign signatures and enforce the verdict in the kernel.
+pub mod verify;
