@@ -17,13 +17,27 @@ use super::trust::TrustMaterial;
 #[derive(Debug, Clone)]
 pub struct TrustedKey {
     pub key: PublicKey,
-    /// cosign's `--signature-digest-algorithm`; SHA-256 unless configured.
-    pub hash: HashAlg,
+    /// cosign's `--signature-digest-algorithm`. `None` accepts cosign's default SHA-256 and the
+    /// key's natural digest (SHA-384 for P-384), which the sigstore crate and KMS signers use.
+    pub hash: Option<HashAlg>,
 }
 
 impl TrustedKey {
     pub fn new(key: PublicKey) -> Self {
-        TrustedKey { key, hash: HashAlg::Sha256 }
+        TrustedKey { key, hash: None }
+    }
+
+    /// Verify a legacy signature under this key's digest rule.
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), VerifyError> {
+        match self.hash {
+            Some(h) => self.key.verify(msg, sig, h),
+            None => match self.key.verify(msg, sig, HashAlg::Sha256) {
+                Err(e) if self.key.natural_hash() != HashAlg::Sha256 => {
+                    self.key.verify(msg, sig, self.key.natural_hash()).map_err(|_| e)
+                }
+                r => r,
+            },
+        }
     }
 }
 
@@ -90,7 +104,7 @@ pub(crate) fn verify_with_keys<'a>(
 ) -> Result<&'a TrustedKey, VerifyError> {
     let mut last = VerifyError::SignatureInvalid { key: "no configured key".into() };
     for k in keys {
-        match k.key.verify(msg, sig, k.hash) {
+        match k.verify(msg, sig) {
             Ok(()) => return Ok(k),
             Err(e) => last = e,
         }

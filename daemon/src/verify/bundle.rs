@@ -360,10 +360,11 @@ fn verify_content(
         (Signer::Keys(keys), None) => {
             let mut last = VerifyError::SignatureInvalid { key: "no configured key".into() };
             for k in keys {
-                // Bundles sign with the key's natural digest (what sigstore-go and cosign v3 do).
+                // Same digest rule as legacy signatures: SHA-256 or the key's natural digest,
+                // unless the policy names one.
                 let res = match prehashed {
                     Some(()) => k.key.verify_prehash(msg, sig, super::keys::HashAlg::Sha256),
-                    None => k.key.verify(msg, sig, k.key.natural_hash()),
+                    None => k.verify(msg, sig),
                 };
                 match res {
                     Ok(()) => return Ok(Some(k.key.clone())),
