@@ -1,2 +1,3 @@
 //! imagegate: verify container images' cosign signatures and enforce the verdict in the kernel.
 pub mod verify;
+pub mod policy;
