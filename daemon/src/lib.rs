@@ -1,3 +1,4 @@
 //! imagegate: verify container images' cosign signatures and enforce the verdict in the kernel.
 pub mod verify;
 pub mod policy;
+pub mod verdict;
