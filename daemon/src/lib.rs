@@ -2,3 +2,4 @@
 pub mod verify;
 pub mod policy;
 pub mod verdict;
+pub mod discover;

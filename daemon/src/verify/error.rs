@@ -70,6 +70,9 @@ pub enum VerifyError {
     /// Trust material (trusted_root.json, PEM files) is unusable.
     #[error("trust material rejected: {detail}")]
     TrustRoot { detail: String },
+    /// A signature artifact could not be fetched or read from the registry.
+    #[error("signature artifact {location} unusable: {detail}")]
+    Artifact { location: String, detail: String },
     /// No trustworthy time is known for a certificate-based signature.
     #[error("no verified signing time (needs a Rekor SET)")]
     NoSigningTime,
@@ -98,6 +101,7 @@ pub enum FailureKind {
     BundleFormat,
     SubjectDigest,
     TrustRoot,
+    Artifact,
 }
 
 impl VerifyError {
@@ -123,6 +127,7 @@ impl VerifyError {
             BundleFormat { .. } => FailureKind::BundleFormat,
             SubjectDigest { .. } => FailureKind::SubjectDigest,
             TrustRoot { .. } => FailureKind::TrustRoot,
+            Artifact { .. } => FailureKind::Artifact,
         }
     }
 }
