@@ -187,7 +187,10 @@ pub fn verify_bundle(json: &[u8], auth: &Authority, want: &BundleExpectation<'_>
     if json.len() > MAX_BUNDLE_BYTES {
         return Err(fmt_err("bundle too large"));
     }
-    let bundle: RawBundle = serde_json::from_slice(json).map_err(|e| fmt_err(format!("malformed bundle: {e}")))?;
+    // Parse fully first: serde skips ignored fields leniently, but a bundle must be valid JSON
+    // throughout, including the parts imagegate does not use.
+    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| fmt_err(format!("malformed bundle: {e}")))?;
+    let bundle: RawBundle = serde_json::from_value(value).map_err(|e| fmt_err(format!("malformed bundle: {e}")))?;
     let version = match bundle.media_type.as_str() {
         BUNDLE_V01 => 1,
         BUNDLE_V02 => 2,

@@ -84,7 +84,7 @@ pub fn verify_checkpoint(envelope: &str, key: &LogKey, tree_size: u64, root: &[u
     let text = &envelope[..split + 1];
     let sigs = &envelope[split + 2..];
     let mut lines = text.lines();
-    let _origin = lines.next().filter(|l| !l.is_empty()).ok_or_else(|| proof_err("checkpoint without origin"))?;
+    let origin = lines.next().filter(|l| !l.is_empty()).ok_or_else(|| proof_err("checkpoint without origin"))?;
     let size: u64 = lines
         .next()
         .and_then(|l| l.parse().ok())
@@ -99,7 +99,11 @@ pub fn verify_checkpoint(envelope: &str, key: &LogKey, tree_size: u64, root: &[u
     let hint = &key.log_id[..4];
     for line in sigs.lines() {
         let Some(rest) = line.strip_prefix("\u{2014} ") else { continue };
-        let Some((_name, b64)) = rest.rsplit_once(' ') else { continue };
+        let Some((name, b64)) = rest.rsplit_once(' ') else { continue };
+        // The signer's name must be the log the note is about (Rekor v1: "<host> - <tree id>").
+        if !(origin == name || origin.strip_prefix(name).is_some_and(|r| r.starts_with(" - "))) {
+            continue;
+        }
         let Ok(raw) = b64decode(b64) else { continue };
         if raw.len() < 5 || &raw[..4] != hint {
             continue;
