@@ -124,11 +124,26 @@ subject = "dev@imagegate.test"
 [[scope]]
 match = "{addr}/open/**"
 require = "accept"
+[[scope]]
+match = "{addr}/app/elsewhere"
+require = "signatures"
+signature_repository = "{addr}/sigs/store"
+[[scope.keys]]
+path = "{key}"
 "#,
         tr = g.join("trust/trusted_root.json").display(),
         key = g.join("registry/key.pub").display(),
     );
     file::parse(Path::new("/registry-test/policy.toml"), &text).unwrap()
+}
+
+fn policy_without_elsewhere(addr: &str) -> Policy {
+    let g = gen_dir();
+    let text = format!(
+        "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"{addr}/app/**\"\nrequire = \"signatures\"\n[[scope.keys]]\npath = \"{}\"\n",
+        g.join("registry/key.pub").display()
+    );
+    file::parse(Path::new("/registry-test/policy2.toml"), &text).unwrap()
 }
 
 fn client(addr: &str, f: impl FnOnce(&mut DiscoveryConfig)) -> RegistryClient {
@@ -204,6 +219,12 @@ async fn registry_discovery_end_to_end() {
     let v = verify_image(&c, &p, None, &r("oversized"), &amd64()).await;
     assert_eq!(v.outcome, Outcome::Untrusted, "{}", show(&v));
     assert!(v.reasons.iter().any(|x| x.kind == Some(FailureKind::Artifact) && x.detail.contains("limit")), "{}", show(&v));
+
+    // Signatures kept in another repository (cosign's COSIGN_REPOSITORY), set per scope.
+    let v = verify_image(&c, &p, None, &r("elsewhere"), &amd64()).await;
+    assert_eq!(v.outcome, Outcome::Trusted, "{}", show(&v));
+    let v = verify_image(&c, &policy_without_elsewhere(&addr), None, &r("elsewhere"), &amd64()).await;
+    assert_eq!(v.outcome, Outcome::Untrusted, "{}", show(&v));
 
     // Bounded requests per image.
     let tight = client(&addr, |c| c.max_requests = 2);

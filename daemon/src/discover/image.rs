@@ -123,7 +123,8 @@ pub async fn verify_digest(
             return evaluate(policy, image, digest, &[]);
         }
         let cfg = client.config();
-        let (registry, repo) = match &cfg.signature_repository {
+        let sig_repo = policy.rule_for(image).signature_repository.as_ref().or(cfg.signature_repository.as_ref());
+        let (registry, repo) = match sig_repo {
             Some(r) => match ImageRef::parse(r) {
                 Ok(r) => (r.registry, r.repository),
                 Err(e) => {

@@ -185,7 +185,7 @@ fn rule(ctx: &mut Ctx<'_>, scope: &str, field: &str, reqs: &[Value]) -> Result<R
         let threshold = authorities.len();
         Requirement::Signatures { authorities, threshold }
     };
-    Ok(Rule { scope: scope.to_string(), mode: Mode::Enforce, requirement })
+    Ok(Rule { scope: scope.to_string(), mode: Mode::Enforce, requirement, signature_repository: None })
 }
 
 fn sigstore(ctx: &mut Ctx<'_>, f: &str, s: Sigstore) -> Result<Authority, PolicyError> {

@@ -51,6 +51,7 @@ struct RawRule {
     require: Spanned<String>,
     threshold: Option<Spanned<i64>>,
     signed_identity: Option<Spanned<RawSignedIdentity>>,
+    signature_repository: Option<Spanned<String>>,
     #[serde(default)]
     keys: Vec<Spanned<RawKey>>,
     #[serde(default)]
@@ -269,7 +270,17 @@ fn rule(
             return Err(ctx.err(r.require.span(), &at("require"), format!("unknown requirement {other:?} (reject, accept or signatures)")))
         }
     };
-    Ok(Rule { scope: scope.to_string(), mode, requirement })
+    let signature_repository = match &r.signature_repository {
+        None => None,
+        Some(repo) => {
+            let parsed = crate::verify::ImageRef::parse(repo.get_ref())
+                .ok()
+                .filter(|i| i.tag.is_none() && i.digest.is_none())
+                .ok_or_else(|| ctx.err(repo.span(), &at("signature_repository"), "expected registry/repository without tag or digest"))?;
+            Some(parsed.name())
+        }
+    };
+    Ok(Rule { scope: scope.to_string(), mode, requirement, signature_repository })
 }
 
 fn signed_identity(ctx: &Ctx<'_>, si: &Spanned<RawSignedIdentity>, field: &str) -> Result<SignedIdentity, PolicyError> {

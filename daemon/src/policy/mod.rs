@@ -43,6 +43,9 @@ pub struct Rule {
     pub scope: String,
     pub mode: Mode,
     pub requirement: Requirement,
+    /// Where this scope's signatures are stored when not beside the image (cosign's
+    /// `COSIGN_REPOSITORY`), as `registry/repository`.
+    pub signature_repository: Option<String>,
 }
 
 /// A fully validated policy.

@@ -58,6 +58,8 @@ impl ImageRef {
             }
             _ => ("docker.io".to_string(), name.to_string()),
         };
+        // Host names are case-insensitive: normalise so scopes cannot be sidestepped by case.
+        let registry = registry.to_ascii_lowercase();
         let registry = if registry == "index.docker.io" || registry == "registry-1.docker.io" {
             "docker.io".to_string()
         } else {
@@ -134,6 +136,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_references() {
+        assert_eq!(ImageRef::parse("GHCR.io/x/y").unwrap().registry, "ghcr.io");
         for bad in ["", "UPPER/case", "ghcr.io/x@sha256:zz", "a/b:", "ghcr.io//x", "a b"] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
