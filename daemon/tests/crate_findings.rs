@@ -1,6 +1,7 @@
 //! One test per line of shared/docs/sigstore-crate-findings.md: what the `sigstore` crate got
 //! right must stay right here, and each of its holes must be closed. Cases live in
 //! tests/fixtures/testvectors (real cosign output) and tests/fixtures/generated (gen.py).
+#![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
 
 mod common;
 
@@ -203,4 +204,30 @@ fn key_based_bundles_are_accepted() {
 fn identity_regexes_are_anchored_and_extensions_checked() {
     fail("legacy-keyless", "unanchored-regex-prefix-attack", FailureKind::Identity);
     fail("legacy-keyless", "uri-san-wrong-repository-extension", FailureKind::Identity);
+}
+
+// ---- The detached (command-line) entry points follow cosign's defaults ----
+
+#[test]
+fn detached_signature_requires_tlog_unless_ignored() {
+    use imagegate::verify::detached::{verify_detached_signature, DetachedSignature, DetachedSigner};
+    let base = common::roots()[0].join("legacy-key/cimage-cosign-key");
+    let key = std::fs::read_to_string(common::roots()[0].join("trust/containers-image/cosign.pub")).unwrap();
+    let mut d = DetachedSignature {
+        digest: "sha256:634a8f35b5f16dcf4aaa0822adc0b1964bb786fca12f6831de8ddc45e5986a00".into(),
+        payload: std::fs::read(base.join("payload.json")).unwrap(),
+        signature_b64: std::fs::read_to_string(base.join("signature.b64")).unwrap(),
+        certificate_pem: None,
+        chain_pem: None,
+        rekor_bundle: None,
+        signer: DetachedSigner::Key(key),
+        trust: Default::default(),
+        insecure_ignore_tlog: false,
+        insecure_ignore_sct: false,
+    };
+    assert_eq!(verify_detached_signature(&d).unwrap_err().kind(), FailureKind::TlogMissing);
+    d.insecure_ignore_tlog = true;
+    verify_detached_signature(&d).unwrap();
+    d.digest = format!("sha256:{}", "0".repeat(64));
+    assert_eq!(verify_detached_signature(&d).unwrap_err().kind(), FailureKind::ManifestDigest);
 }

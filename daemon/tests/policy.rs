@@ -1,5 +1,6 @@
 //! Policy files: the documented example loads and picks the right scope; every kind of mistake
 //! is refused with file, line and field; containers-policy.json maps or is refused.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
 
 use std::path::{Path, PathBuf};
 

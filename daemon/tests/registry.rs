@@ -3,6 +3,7 @@
 //! tests/fixtures/generated/gen.py in the legacy `.sig` tag, the referrers-tag fallback (with
 //! GHCR-style `application/vnd.oci.empty.v1+json` entries and an SBOM next to the bundle) and on
 //! a multi-arch index. Plus unreachable and hanging registries. Network: 127.0.0.1 only.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

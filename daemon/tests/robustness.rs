@@ -1,6 +1,7 @@
 //! Hostile input never panics and never verifies: thousands of deterministic mutations of real
 //! signatures, bundles, certificates, policies and manifests. (A cargo-fuzz harness can reuse
 //! these entry points for longer runs.)
+#![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Every case of the shared cosign test vectors (tests/fixtures/testvectors, copied from
 //! shared/testvectors with its PROVENANCE) must give its expected verdict: real cosign outputs
 //! accepted, each tampered or mismatched variant rejected with a typed error.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Verdicts: policy applied to real signatures, persisted across reopen, failures expiring,
 //! concurrent requests coalesced into one verification.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

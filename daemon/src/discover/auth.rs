@@ -122,6 +122,7 @@ pub fn parse_challenge(h: &str) -> Option<Challenge> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

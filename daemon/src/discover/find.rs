@@ -12,7 +12,7 @@ use super::DiscoverError;
 use crate::verdict::{Candidate, SignatureSource};
 use crate::verify::legacy::{ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE, ANNOTATION_CHAIN, ANNOTATION_SIGNATURE};
 use crate::verify::payload::{MAX_PAYLOAD_BYTES, SIMPLE_SIGNING_MEDIA_TYPE};
-use crate::verify::reference::validate_digest;
+use crate::verify::reference::is_valid_digest;
 use crate::verify::{LegacySignature, VerifyError};
 
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
@@ -59,7 +59,7 @@ impl Manifest {
     pub fn parse(bytes: &[u8], url: &str) -> Result<Self, DiscoverError> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| DiscoverError::Malformed { url: url.to_string(), detail: e.to_string() })?;
         for d in m.layers.iter().chain(&m.manifests).chain(m.subject.iter()) {
-            if validate_digest(&d.digest).is_err() {
+            if !is_valid_digest(&d.digest) {
                 return Err(DiscoverError::Malformed { url: url.to_string(), detail: format!("unsupported digest {:?}", d.digest) });
             }
         }

@@ -117,6 +117,7 @@ pub fn verify_checkpoint(envelope: &str, key: &LogKey, tree_size: u64, root: &[u
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -8,6 +8,7 @@
 pub mod authority;
 pub mod bundle;
 pub mod cert;
+pub mod detached;
 pub mod error;
 pub mod identity;
 pub mod keys;

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::error::VerifyError;
-use super::reference::{validate_digest, ImageRef};
+use super::reference::{is_valid_digest, ImageRef};
 
 /// Media type of a legacy cosign signature layer.
 pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -61,7 +61,7 @@ impl SimpleSigning {
             return Err(VerifyError::PayloadType { found: raw.critical.kind });
         }
         let d = raw.critical.image.docker_manifest_digest;
-        if validate_digest(&d).is_err() {
+        if !is_valid_digest(&d) {
             return Err(VerifyError::PayloadFormat { detail: format!("docker-manifest-digest {d:?} is not sha256:<hex>") });
         }
         Ok(SimpleSigning { docker_reference: raw.critical.identity.docker_reference, manifest_digest: d })

@@ -32,7 +32,9 @@ impl ImageRef {
         }
         let (rest, digest) = match reference.split_once('@') {
             Some((r, d)) => {
-                validate_digest(d).map_err(|_| err("digest is not sha256:<64 hex>"))?;
+                if !is_valid_digest(d) {
+                    return Err(err("digest is not sha256:<64 hex>"));
+                }
                 (r, Some(d.to_string()))
             }
             None => (reference, None),
@@ -110,15 +112,14 @@ impl fmt::Display for ImageRef {
     }
 }
 
-/// Check that `d` is `sha256:` followed by 64 lowercase hex digits.
-pub fn validate_digest(d: &str) -> Result<(), ()> {
-    match d.strip_prefix("sha256:") {
-        Some(h) if h.len() == 64 && h.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) => Ok(()),
-        _ => Err(()),
-    }
+/// Whether `d` is `sha256:` followed by 64 lowercase hex digits.
+pub fn is_valid_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)))
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,6 @@
 //! Runs one case of the test-vector schema (shared/testvectors/README.md) against the verifier;
 //! shared by the test-vector sweep and the per-finding tests.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
