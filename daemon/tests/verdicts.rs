@@ -46,11 +46,17 @@ fn key_and_rekor_signature_makes_the_image_trusted() {
     assert_eq!((v.scope.as_str(), v.mode, v.threshold), ("192.168.64.2:5000/cosign-signed/**", Mode::Enforce, 1));
     assert_eq!(v.satisfied, vec!["release-key".to_string()]);
     assert!(v.allows());
+    assert_eq!(v.exit_code(), 0);
+    let text = v.to_string();
+    assert!(text.starts_with("TRUSTED: 192.168.64.2:5000/cosign-signed/key-1@sha256:0489"), "{text}");
+    assert!(text.contains("ok   legacy:0 (release-key)"), "{text}");
     // The same signature without its Rekor bundle does not meet `tlog = true`.
     let v = evaluate(&p, &img, D_REKOR, &[src("legacy:0", D_REKOR, legacy("legacy-key/cimage-cosign-key-rekor", "", false))]);
     assert_eq!(v.outcome, Outcome::Untrusted);
     assert_eq!(v.reasons[0].kind, Some(FailureKind::TlogMissing));
     assert!(!v.allows());
+    assert_eq!(v.exit_code(), 1);
+    assert!(v.to_string().contains("FAIL legacy:0 (release-key): [tlog-missing]"), "{v}");
 }
 
 fn two_key_policy(threshold: usize) -> Policy {

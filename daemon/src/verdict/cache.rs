@@ -12,6 +12,10 @@ use super::store::{VerdictKey, VerdictStore, FAILURE_TTL_SECS};
 use super::{Outcome, Verdict};
 use crate::verify::time::now_unix;
 
+/// In-memory entries kept before the memory front is emptied (the store still has them): bounds
+/// memory whatever the number of images seen.
+pub const MAX_MEMORY_ENTRIES: usize = 65_536;
+
 /// Cached, persisted, coalesced verdicts.
 pub struct VerdictCache {
     store: Option<Arc<VerdictStore>>,
@@ -23,6 +27,13 @@ impl VerdictCache {
     /// A cache persisting to `store` (or memory only with `None`).
     pub fn new(store: Option<VerdictStore>) -> Self {
         VerdictCache { store: store.map(Arc::new), memory: DashMap::new(), inflight: DashMap::new() }
+    }
+
+    fn remember(&self, key: &VerdictKey, v: &Verdict) {
+        if self.memory.len() >= MAX_MEMORY_ENTRIES {
+            self.memory.clear();
+        }
+        self.memory.insert(key.clone(), v.clone());
     }
 
     fn fresh(v: &Verdict, now: i64) -> bool {
@@ -40,7 +51,7 @@ impl VerdictCache {
         let store = self.store.as_ref()?;
         match store.get(key, now) {
             Ok(Some(v)) => {
-                self.memory.insert(key.clone(), v.clone());
+                self.remember(key, &v);
                 Some(v)
             }
             Ok(None) => None,
@@ -65,7 +76,7 @@ impl VerdictCache {
         let verdict = cell
             .get_or_init(|| async {
                 let v = verify().await;
-                self.memory.insert(key.clone(), v.clone());
+                self.remember(&key, &v);
                 if let Some(store) = self.store.clone() {
                     let (k, val) = (key.clone(), v.clone());
                     let res = tokio::task::spawn_blocking(move || store.put(&k, &val)).await;

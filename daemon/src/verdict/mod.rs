@@ -71,6 +71,15 @@ impl Verdict {
         self.outcome == Outcome::Trusted || self.mode == Mode::Audit
     }
 
+    /// Exit status of `imagegate verify`: 0 trusted, 1 untrusted, 2 error.
+    pub fn exit_code(&self) -> i32 {
+        match self.outcome {
+            Outcome::Trusted => 0,
+            Outcome::Untrusted => 1,
+            Outcome::Error => 2,
+        }
+    }
+
     /// A verdict for a failure before any signature could be judged (fail closed).
     pub fn error(image: &str, digest: &str, scope: &str, mode: Mode, policy_hash: &str, kind: Option<FailureKind>, detail: String) -> Self {
         Verdict {
@@ -86,5 +95,35 @@ impl Verdict {
             reasons: vec![Reason { signature: "-".into(), authority: None, accepted: false, kind, detail, signer: None }],
             decided_at: crate::verify::time::now_unix(),
         }
+    }
+}
+
+/// Human-readable report, as `imagegate verify` prints it.
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outcome = match self.outcome {
+            Outcome::Trusted => "TRUSTED",
+            Outcome::Untrusted => "UNTRUSTED",
+            Outcome::Error => "ERROR",
+        };
+        writeln!(f, "{outcome}: {}@{}", self.image, self.digest)?;
+        let mode = match self.mode {
+            Mode::Audit => "audit (allowed whatever the outcome)",
+            Mode::Enforce => "enforce",
+        };
+        writeln!(f, "  scope: {}  mode: {mode}", self.scope)?;
+        if self.threshold > 0 {
+            writeln!(f, "  authorities satisfied: {}/{} {:?}", self.satisfied.len(), self.threshold, self.satisfied)?;
+        }
+        if !self.verified_digests.is_empty() {
+            writeln!(f, "  signed digests: {}", self.verified_digests.join(", "))?;
+        }
+        for r in &self.reasons {
+            let mark = if r.accepted { "ok  " } else { "FAIL" };
+            let kind = r.kind.map(|k| format!("[{}] ", serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())).unwrap_or_default();
+            let auth = r.authority.as_deref().map(|a| format!(" ({a})")).unwrap_or_default();
+            writeln!(f, "  {mark} {}{auth}: {kind}{}", r.signature, r.detail)?;
+        }
+        Ok(())
     }
 }
