@@ -106,6 +106,10 @@ fn mistakes_are_reported_with_line_and_field() {
         "version = 1\n[trust.pg]\ntrusted_root = \"TRUST/sigstore-public-good/trusted_root.json\"\n[default]\nrequire = \"signatures\"\n[[default.keyless]]\ntrust = \"pg\"\nsubject = \"a@b\"\n",
         6, "default.keyless[0]", "issuer",
     );
+    expect_error(
+        "version = 1\n[trust.pg]\nca_roots = \"TRUST/containers-image/fulcio_v1.crt.pem\"\n[default]\nrequire = \"signatures\"\n[[default.keys]]\npath = \"TRUST/containers-image/cosign.pub\"\ntlog = true\ntrust = \"pg\"\n",
+        9, "default.keys[0].trust", "Rekor keys",
+    );
     expect_error("version = 1\n[default]\nrequire = \"accept\"\n[[default.keys]]\ndata = \"x\"\n", 4, "default.require", "only apply");
     expect_error("version = 1\n[default\n", 2, "(syntax)", "");
 }

@@ -216,6 +216,16 @@ async fn registry_discovery_end_to_end() {
     let v = verify_image(&c, &p, None, &r("multi"), &riscv).await;
     assert_eq!(v.outcome, Outcome::Error, "{}", show(&v));
 
+    // The daemon path: containerd names the platform manifest and its index. A wrong pairing
+    // (an index that does not list the manifest) does not lend its signature.
+    let multi = ImageRef::parse(&r("multi")).unwrap();
+    let index = im["multi"]["index_digest"].as_str().unwrap();
+    let v = verify_digest(&c, &p, None, &multi, &digest("multi"), Some(index)).await;
+    assert_eq!(v.outcome, Outcome::Trusted, "{}", show(&v));
+    let v = verify_digest(&c, &p, None, &multi, &digest("legacy"), Some(index)).await;
+    assert_eq!(v.outcome, Outcome::Untrusted, "{}", show(&v));
+    assert!(v.reasons.iter().any(|x| x.detail.contains("does not list")), "{}", show(&v));
+
     // An oversized signature layer is refused with a reason, the rest still judged.
     let v = verify_image(&c, &p, None, &r("oversized"), &amd64()).await;
     assert_eq!(v.outcome, Outcome::Untrusted, "{}", show(&v));

@@ -108,6 +108,16 @@ async fn resolve(s: &Session, image: &ImageRef, platform: &Platform, limit: usiz
     Ok((chosen.digest.clone(), Some(f.digest)))
 }
 
+/// Whether the index `index` (fetched by digest, so verified) lists manifest `digest`.
+async fn index_lists(s: &Session, image: &ImageRef, index: &str, digest: &str, limit: usize) -> Result<bool, DiscoverError> {
+    let url = format!("{}/manifests/{index}", image.name());
+    let f = s
+        .get_by_digest(&image.registry, &image.repository, "manifests", index, MANIFEST_ACCEPT, limit)
+        .await?
+        .ok_or_else(|| DiscoverError::Status { url: url.clone(), status: 404 })?;
+    Ok(Manifest::parse(&f.body, &url)?.manifests.iter().any(|m| m.digest == digest))
+}
+
 /// Verify a digest the caller already knows (the daemon learns name, platform manifest digest
 /// and index digest from containerd). Cached and coalesced when `cache` is given.
 pub async fn verify_digest(
@@ -137,9 +147,24 @@ pub async fn verify_digest(
         let session = client.session();
         let mut found = find_signatures(&session, &registry, &repo, digest, cfg).await;
         if let (true, Some(index)) = (cfg.accept_index_signatures, index_digest) {
-            let more = find_signatures(&session, &registry, &repo, index, cfg).await;
-            found.sources.extend(more.sources);
-            found.errors.extend(more.errors);
+            // An index signature vouches for the platform manifest only if the index lists it;
+            // check in the registry rather than trusting the caller's pairing.
+            match index_lists(&session, image, index, digest, cfg.max_manifest_bytes).await {
+                Ok(true) => {
+                    let more = find_signatures(&session, &registry, &repo, index, cfg).await;
+                    found.sources.extend(more.sources);
+                    found.errors.extend(more.errors);
+                }
+                Ok(false) => found.sources.push(crate::verdict::SignatureSource {
+                    label: format!("index:{index}"),
+                    signed_digest: index.to_string(),
+                    candidate: crate::verdict::Candidate::Unusable(crate::verify::VerifyError::Artifact {
+                        location: index.to_string(),
+                        detail: format!("index does not list {digest}; its signatures do not apply"),
+                    }),
+                }),
+                Err(e) => found.errors.push(e),
+            }
         }
         let mut v = evaluate(policy, image, digest, &found.sources);
         if v.outcome != Outcome::Trusted && !found.errors.is_empty() {

@@ -325,7 +325,13 @@ fn key_authority(
     };
     let keys = PublicKey::all_from_pem(&pem).map_err(|e| ctx.err(span.clone(), field, e))?;
     let trust = match (&r.trust, r.tlog) {
-        (Some(t), _) => lookup_trust(ctx, trusts, t, &format!("{field}.trust"))?,
+        (Some(t), tlog) => {
+            let tm = lookup_trust(ctx, trusts, t, &format!("{field}.trust"))?;
+            if tlog && tm.tlogs.is_empty() {
+                return Err(ctx.err(t.span(), &format!("{field}.trust"), "tlog = true needs Rekor keys in this trust entry"));
+            }
+            tm
+        }
         (None, true) => return Err(ctx.err(k.span(), field, "tlog = true needs `trust` naming the Rekor keys")),
         (None, false) => Arc::new(TrustMaterial::default()),
     };

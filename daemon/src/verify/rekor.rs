@@ -61,11 +61,15 @@ pub fn verify_set<'a>(
     trust: &'a TrustMaterial,
 ) -> Result<&'a LogKey, VerifyError> {
     let id = hex::decode(&payload.log_id).map_err(|e| set_err(format!("logID is not hex: {e}")))?;
-    let key = trust
-        .tlog(&id)
-        .ok_or_else(|| VerifyError::TlogKeyUnknown { log_id: payload.log_id.clone() })?;
-    verify_set_with_key(payload, set_b64, key)?;
-    Ok(key)
+    // Several keys may share a log id across rotations (different validity windows).
+    let mut last = VerifyError::TlogKeyUnknown { log_id: payload.log_id.clone() };
+    for key in trust.tlogs.iter().filter(|k| k.log_id.as_slice() == id.as_slice()) {
+        match verify_set_with_key(payload, set_b64, key) {
+            Ok(()) => return Ok(key),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Verify a SET with a given key (also checks the key's validity window).
