@@ -1,10 +1,16 @@
 //! imagegate: verify container images' cosign signatures and enforce the verdict in the kernel.
 //!
-//! Modules: `enforce` (kernel backends, their self-test), `btf` (kernel type information for the
-//! programs' struct offsets), `doctor` (capability report), `telemetry` (logging set-up).
+//! Modules: `verify` (cosign signatures), `policy` (what must be signed by whom), `verdict`
+//! (results, persisted), `discover` (finding signatures in registries), `catalog` (what
+//! containerd has), `enforce` (kernel backends, their self-test), `btf` (kernel type information
+//! for the programs' struct offsets), `doctor` (capability report), `telemetry` (logging set-up).
 
 pub mod btf;
 pub mod catalog;
+pub mod discover;
 pub mod doctor;
 pub mod enforce;
+pub mod policy;
 pub mod telemetry;
+pub mod verdict;
+pub mod verify;

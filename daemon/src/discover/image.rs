@@ -1,0 +1,195 @@
+//! The entry points: verify an image reference (tag or digest) or a known digest against the
+//! policy, with registry discovery, caching and fail-closed error verdicts.
+
+use tracing::warn;
+
+use super::client::{RegistryClient, Session, MANIFEST_ACCEPT};
+use super::find::{find_signatures, Manifest};
+use super::DiscoverError;
+use crate::policy::{Policy, Requirement};
+use crate::verdict::{evaluate, Outcome, Reason, Verdict, VerdictCache, VerdictKey};
+use crate::verify::{FailureKind, ImageRef};
+
+/// The platform whose manifest is chosen from an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// This machine's platform in OCI terms.
+    pub fn host() -> Self {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform { os: "linux".into(), architecture: architecture.into(), variant: None }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+fn error_verdict(policy: &Policy, image: Option<&ImageRef>, reference: &str, digest: &str, e: &DiscoverError) -> Verdict {
+    let (scope, mode) = match image {
+        Some(i) => {
+            let r = policy.rule_for(i);
+            (r.scope.clone(), r.mode)
+        }
+        None => (policy.default.scope.clone(), policy.default.mode),
+    };
+    Verdict::error(reference, digest, &scope, mode, &policy.hash, Some(FailureKind::Artifact), e.to_string())
+}
+
+/// Verify `reference` (a tag or digest reference) as `imagegate verify IMAGE` does: resolve it
+/// in the registry (choosing `platform` from an index), find its signatures and apply the
+/// policy. Never panics and never returns an allow on error: failures give an `error` verdict.
+pub async fn verify_image(
+    client: &RegistryClient,
+    policy: &Policy,
+    cache: Option<&VerdictCache>,
+    reference: &str,
+    platform: &Platform,
+) -> Verdict {
+    let image = match ImageRef::parse(reference) {
+        Ok(i) => i,
+        Err(e) => {
+            let err = DiscoverError::Reference { reference: reference.to_string(), detail: e.reason.to_string() };
+            return error_verdict(policy, None, reference, "", &err);
+        }
+    };
+    if !matches!(policy.rule_for(&image).requirement, Requirement::Signatures { .. }) {
+        // reject/accept need no registry access.
+        return evaluate(policy, &image, image.digest.as_deref().unwrap_or(""), &[]);
+    }
+    let session = client.session();
+    match resolve(&session, &image, platform, client.config().max_manifest_bytes).await {
+        Ok((digest, index)) => verify_digest(client, policy, cache, &image, &digest, index.as_deref()).await,
+        Err(e) => error_verdict(policy, Some(&image), &image.to_string(), image.digest.as_deref().unwrap_or(""), &e),
+    }
+}
+
+/// Resolve an image to (platform manifest digest, index digest if it came through an index).
+async fn resolve(s: &Session, image: &ImageRef, platform: &Platform, limit: usize) -> Result<(String, Option<String>), DiscoverError> {
+    let reference = image.digest.clone().or(image.tag.clone()).unwrap_or_else(|| "latest".into());
+    let url = format!("{}/manifests/{reference}", image.name());
+    let f = match &image.digest {
+        Some(d) => s.get_by_digest(&image.registry, &image.repository, "manifests", d, MANIFEST_ACCEPT, limit).await?,
+        None => s.get(&image.registry, &image.repository, &format!("manifests/{reference}"), MANIFEST_ACCEPT, limit).await?,
+    }
+    .ok_or_else(|| DiscoverError::Status { url: url.clone(), status: 404 })?;
+    let m = Manifest::parse(&f.body, &url)?;
+    if m.manifests.is_empty() {
+        return Ok((f.digest, None));
+    }
+    let chosen = m
+        .manifests
+        .iter()
+        .find(|d| {
+            d.platform.as_ref().is_some_and(|p| {
+                p.os == platform.os
+                    && p.architecture == platform.architecture
+                    && (platform.variant.is_none() || p.variant == platform.variant)
+            })
+        })
+        .ok_or_else(|| DiscoverError::NoPlatform { digest: f.digest.clone(), platform: platform.to_string() })?;
+    Ok((chosen.digest.clone(), Some(f.digest)))
+}
+
+/// Whether the index `index` (fetched by digest, so verified) lists manifest `digest`.
+async fn index_lists(s: &Session, image: &ImageRef, index: &str, digest: &str, limit: usize) -> Result<bool, DiscoverError> {
+    let url = format!("{}/manifests/{index}", image.name());
+    let f = s
+        .get_by_digest(&image.registry, &image.repository, "manifests", index, MANIFEST_ACCEPT, limit)
+        .await?
+        .ok_or_else(|| DiscoverError::Status { url: url.clone(), status: 404 })?;
+    Ok(Manifest::parse(&f.body, &url)?.manifests.iter().any(|m| m.digest == digest))
+}
+
+/// Verify a digest the caller already knows (the daemon learns name, platform manifest digest
+/// and index digest from containerd). Cached and coalesced when `cache` is given.
+pub async fn verify_digest(
+    client: &RegistryClient,
+    policy: &Policy,
+    cache: Option<&VerdictCache>,
+    image: &ImageRef,
+    digest: &str,
+    index_digest: Option<&str>,
+) -> Verdict {
+    let work = || async {
+        if !matches!(policy.rule_for(image).requirement, Requirement::Signatures { .. }) {
+            return evaluate(policy, image, digest, &[]);
+        }
+        let cfg = client.config();
+        let sig_repo = policy.rule_for(image).signature_repository.as_ref().or(cfg.signature_repository.as_ref());
+        let (registry, repo) = match sig_repo {
+            Some(r) => match ImageRef::parse(r) {
+                Ok(r) => (r.registry, r.repository),
+                Err(e) => {
+                    let err = DiscoverError::Reference { reference: r.clone(), detail: e.reason.to_string() };
+                    return error_verdict(policy, Some(image), &image.to_string(), digest, &err);
+                }
+            },
+            None => (image.registry.clone(), image.repository.clone()),
+        };
+        let session = client.session();
+        let mut found = find_signatures(&session, &registry, &repo, digest, cfg).await;
+        if let (true, Some(index)) = (cfg.accept_index_signatures, index_digest) {
+            // An index signature vouches for the platform manifest only if the index lists it;
+            // check in the registry rather than trusting the caller's pairing.
+            match index_lists(&session, image, index, digest, cfg.max_manifest_bytes).await {
+                Ok(true) => {
+                    let more = find_signatures(&session, &registry, &repo, index, cfg).await;
+                    found.sources.extend(more.sources);
+                    found.errors.extend(more.errors);
+                }
+                Ok(false) => found.sources.push(crate::verdict::SignatureSource {
+                    label: format!("index:{index}"),
+                    signed_digest: index.to_string(),
+                    candidate: crate::verdict::Candidate::Unusable(crate::verify::VerifyError::Artifact {
+                        location: index.to_string(),
+                        detail: format!("index does not list {digest}; its signatures do not apply"),
+                    }),
+                }),
+                Err(e) => found.errors.push(e),
+            }
+        }
+        let mut v = evaluate(policy, image, digest, &found.sources);
+        if v.outcome != Outcome::Trusted && !found.errors.is_empty() {
+            // Absence of a valid signature was not established: this is an error, not a verdict
+            // on the image (enforce mode still denies).
+            v.outcome = Outcome::Error;
+            for e in &found.errors {
+                warn!(error = %e, image = %image, "signature discovery failed");
+                v.reasons.push(Reason {
+                    signature: "-".into(),
+                    authority: None,
+                    accepted: false,
+                    kind: Some(FailureKind::Artifact),
+                    detail: e.to_string(),
+                    signer: None,
+                });
+            }
+        }
+        v
+    };
+    match cache {
+        Some(c) => {
+            let key = VerdictKey { policy_hash: policy.hash.clone(), repository: image.name(), digest: digest.to_string() };
+            c.get_or_verify(key, work).await
+        }
+        None => work().await,
+    }
+}

@@ -1,0 +1,129 @@
+//! Verdicts: the daemon's decision about one image digest under one policy, with the reasons a
+//! user needs to understand it, persisted so a registry outage does not un-trust known images.
+
+pub mod cache;
+pub mod evaluate;
+pub mod store;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Mode;
+use crate::verify::{FailureKind, SignerInfo};
+
+pub use cache::VerdictCache;
+pub use evaluate::{evaluate, Candidate, SignatureSource};
+pub use store::{StoreError, VerdictKey, VerdictStore};
+
+/// The result of applying the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The requirement is met.
+    Trusted,
+    /// Signatures were examined (or none exist) and the requirement is not met.
+    Untrusted,
+    /// Verification could not be carried out (registry unreachable, oversized documents, ...).
+    Error,
+}
+
+/// What happened to one signature under one authority.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    /// Which signature: where it was found (`legacy:sha256-….sig#0`, `referrer:sha256:…`).
+    pub signature: String,
+    /// The authority it was checked against, when one applies.
+    pub authority: Option<String>,
+    pub accepted: bool,
+    /// Failure category when rejected.
+    pub kind: Option<FailureKind>,
+    /// Human-readable detail (the typed error's message, or who signed).
+    pub detail: String,
+    /// Who signed, when accepted.
+    pub signer: Option<SignerInfo>,
+}
+
+/// The decision for one image digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    /// The image reference as given, normalised.
+    pub image: String,
+    /// The digest decided on (the platform manifest that runs).
+    pub digest: String,
+    /// Digests whose signatures were accepted (the manifest, or its index when allowed).
+    pub verified_digests: Vec<String>,
+    /// The scope that applied (`default` if none matched).
+    pub scope: String,
+    pub mode: Mode,
+    pub policy_hash: String,
+    /// Authorities satisfied, and how many were needed.
+    pub satisfied: Vec<String>,
+    pub threshold: usize,
+    pub reasons: Vec<Reason>,
+    /// Unix seconds when decided.
+    pub decided_at: i64,
+}
+
+impl Verdict {
+    /// Whether the image may run: trusted, or any outcome in audit mode. Enforce mode fails
+    /// closed on `untrusted` and `error`.
+    pub fn allows(&self) -> bool {
+        self.outcome == Outcome::Trusted || self.mode == Mode::Audit
+    }
+
+    /// Exit status of `imagegate verify`: 0 trusted, 1 untrusted, 2 error.
+    pub fn exit_code(&self) -> i32 {
+        match self.outcome {
+            Outcome::Trusted => 0,
+            Outcome::Untrusted => 1,
+            Outcome::Error => 2,
+        }
+    }
+
+    /// A verdict for a failure before any signature could be judged (fail closed).
+    pub fn error(image: &str, digest: &str, scope: &str, mode: Mode, policy_hash: &str, kind: Option<FailureKind>, detail: String) -> Self {
+        Verdict {
+            outcome: Outcome::Error,
+            image: image.to_string(),
+            digest: digest.to_string(),
+            verified_digests: Vec::new(),
+            scope: scope.to_string(),
+            mode,
+            policy_hash: policy_hash.to_string(),
+            satisfied: Vec::new(),
+            threshold: 0,
+            reasons: vec![Reason { signature: "-".into(), authority: None, accepted: false, kind, detail, signer: None }],
+            decided_at: crate::verify::time::now_unix(),
+        }
+    }
+}
+
+/// Human-readable report, as `imagegate verify` prints it.
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outcome = match self.outcome {
+            Outcome::Trusted => "TRUSTED",
+            Outcome::Untrusted => "UNTRUSTED",
+            Outcome::Error => "ERROR",
+        };
+        writeln!(f, "{outcome}: {}@{}", self.image, self.digest)?;
+        let mode = match self.mode {
+            Mode::Audit => "audit (allowed whatever the outcome)",
+            Mode::Enforce => "enforce",
+        };
+        writeln!(f, "  scope: {}  mode: {mode}", self.scope)?;
+        if self.threshold > 0 {
+            writeln!(f, "  authorities satisfied: {}/{} {:?}", self.satisfied.len(), self.threshold, self.satisfied)?;
+        }
+        if !self.verified_digests.is_empty() {
+            writeln!(f, "  signed digests: {}", self.verified_digests.join(", "))?;
+        }
+        for r in &self.reasons {
+            let mark = if r.accepted { "ok  " } else { "FAIL" };
+            let kind = r.kind.map(|k| format!("[{}] ", serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())).unwrap_or_default();
+            let auth = r.authority.as_deref().map(|a| format!(" ({a})")).unwrap_or_default();
+            writeln!(f, "  {mark} {}{auth}: {kind}{}", r.signature, r.detail)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! Who may sign: a set of public keys, or certificate identities under trusted CAs, plus the
+//! transparency requirements. An `Authority` is one entry of a policy requirement.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::cert::{verify_chain, Cert};
+use super::error::VerifyError;
+use super::identity::{check_identity, IdentityMatcher};
+use super::keys::{HashAlg, PublicKey};
+use super::payload::SignedIdentity;
+use super::sct::verify_embedded_scts;
+use super::trust::TrustMaterial;
+
+/// A trusted signing key and the digest algorithm its legacy signatures use.
+#[derive(Debug, Clone)]
+pub struct TrustedKey {
+    pub key: PublicKey,
+    /// cosign's `--signature-digest-algorithm`. `None` accepts cosign's default SHA-256 and the
+    /// key's natural digest (SHA-384 for P-384), which the sigstore crate and KMS signers use.
+    pub hash: Option<HashAlg>,
+}
+
+impl TrustedKey {
+    pub fn new(key: PublicKey) -> Self {
+        TrustedKey { key, hash: None }
+    }
+
+    /// Verify a legacy signature under this key's digest rule.
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), VerifyError> {
+        match self.hash {
+            Some(h) => self.key.verify(msg, sig, h),
+            None => match self.key.verify(msg, sig, HashAlg::Sha256) {
+                Err(e) if self.key.natural_hash() != HashAlg::Sha256 => {
+                    self.key.verify(msg, sig, self.key.natural_hash()).map_err(|_| e)
+                }
+                r => r,
+            },
+        }
+    }
+}
+
+/// What signer an authority accepts.
+#[derive(Debug, Clone)]
+pub enum Signer {
+    /// Any of these keys.
+    Keys(Vec<TrustedKey>),
+    /// A certificate chaining to the trust material's CAs with one of these identities.
+    Certificate {
+        identities: Vec<IdentityMatcher>,
+        /// Require an embedded SCT from a trusted CT log (cosign's default for Fulcio).
+        require_sct: bool,
+    },
+}
+
+/// One way an image can be signed acceptably.
+#[derive(Debug, Clone)]
+pub struct Authority {
+    /// Name used in verdict reasons.
+    pub name: String,
+    pub signer: Signer,
+    pub trust: Arc<TrustMaterial>,
+    /// Require a verified transparency-log entry (SET, or inclusion proof for bundles).
+    pub require_tlog: bool,
+    /// Legacy payload `docker-reference` binding.
+    pub signed_identity: SignedIdentity,
+}
+
+/// Who signed, as recorded in a verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum SignerInfo {
+    Key { fingerprint: String },
+    Certificate { subjects: Vec<String>, issuer: Option<String> },
+}
+
+/// Which container format the signature came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureFormat {
+    Legacy,
+    BundleDsse,
+    BundleMessageSignature,
+}
+
+/// A signature that passed every check of an authority.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    pub authority: String,
+    pub digest: String,
+    pub signer: SignerInfo,
+    pub format: SignatureFormat,
+    /// Verified integration time in the transparency log, if any.
+    pub signed_at: Option<i64>,
+    pub tlog_index: Option<i64>,
+}
+
+/// Verify `sig` over `msg` with the first matching key. Returns the key used.
+pub(crate) fn verify_with_keys<'a>(
+    keys: &'a [TrustedKey],
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<&'a TrustedKey, VerifyError> {
+    let mut last = VerifyError::SignatureInvalid { key: "no configured key".into() };
+    for k in keys {
+        match k.verify(msg, sig) {
+            Ok(()) => return Ok(k),
+            Err(e) => last = e,
+        }
+    }
+    if keys.len() > 1 {
+        if let VerifyError::SignatureInvalid { .. } = last {
+            return Err(VerifyError::SignatureInvalid { key: format!("any of {} configured keys", keys.len()) });
+        }
+    }
+    Err(last)
+}
+
+/// Verify `sig` over `msg` with a certificate's key: SHA-256 (cosign's default) or the key's
+/// natural digest. This runs for every certificate signature, whatever identity checks follow.
+pub(crate) fn verify_with_cert(cert: &Cert, msg: &[u8], sig: &[u8]) -> Result<(), VerifyError> {
+    let key = cert.public_key();
+    match key.verify(msg, sig, HashAlg::Sha256) {
+        Ok(()) => Ok(()),
+        Err(e) if key.natural_hash() != HashAlg::Sha256 => key.verify(msg, sig, key.natural_hash()).map_err(|_| e),
+        Err(e) => Err(e),
+    }
+}
+
+/// Chain, SCT and identity checks of a signing certificate at time `at`.
+pub(crate) fn check_certificate(
+    leaf: &Cert,
+    intermediates: &[Cert],
+    trust: &TrustMaterial,
+    identities: &[IdentityMatcher],
+    require_sct: bool,
+    at: i64,
+) -> Result<SignerInfo, VerifyError> {
+    let pool: Vec<Cert> = intermediates.iter().chain(trust.intermediates.iter()).cloned().collect();
+    let path = verify_chain(leaf, &pool, &trust.cas, at)?;
+    if require_sct {
+        let issuer = path.get(1).ok_or_else(|| VerifyError::Sct { detail: "no issuer for SCT check".into() })?;
+        verify_embedded_scts(leaf, issuer, trust)?;
+    }
+    let id = check_identity(leaf, identities)?;
+    Ok(SignerInfo::Certificate { subjects: id.subjects, issuer: id.issuer })
+}

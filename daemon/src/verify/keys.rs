@@ -1,0 +1,296 @@
+//! Public keys and raw signature checks (ECDSA P-256/P-384, RSA PKCS#1 v1.5, Ed25519/Ed25519ph),
+//! on RustCrypto primitives. The digest algorithm is explicit because cosign verifies every key
+//! type with SHA-256 unless told otherwise (`--signature-digest-algorithm`, default sha256), so a
+//! P-384 key signing SHA-256 digests (common with cloud KMS keys) is valid cosign usage.
+
+use der::Decode;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256, Sha384, Sha512};
+use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
+
+use super::error::VerifyError;
+
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const OID_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+
+/// RSA keys below this size are refused: they no longer give meaningful assurance.
+const MIN_RSA_BITS: usize = 2048;
+
+/// Digest used before signing (for ECDSA and RSA; Ed25519 hashes internally).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HashAlg {
+    /// cosign's default for every key type.
+    #[default]
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl HashAlg {
+    /// Hash `msg` with this algorithm.
+    pub fn digest(self, msg: &[u8]) -> Vec<u8> {
+        match self {
+            HashAlg::Sha256 => Sha256::digest(msg).to_vec(),
+            HashAlg::Sha384 => Sha384::digest(msg).to_vec(),
+            HashAlg::Sha512 => Sha512::digest(msg).to_vec(),
+        }
+    }
+}
+
+/// A parsed public key able to verify signatures.
+#[derive(Clone)]
+pub struct PublicKey {
+    inner: KeyInner,
+    spki_der: Vec<u8>,
+}
+
+#[derive(Clone)]
+enum KeyInner {
+    P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
+    Rsa(rsa::RsaPublicKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({} {})", self.algorithm(), self.fingerprint())
+    }
+}
+
+fn key_err(detail: impl std::fmt::Display) -> VerifyError {
+    VerifyError::KeyParse { detail: detail.to_string() }
+}
+
+impl PublicKey {
+    /// Parse a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), the format cosign writes.
+    pub fn from_pem(pem: &str) -> Result<Self, VerifyError> {
+        let (label, der) = pem_rfc7468_decode(pem.trim().as_bytes()).map_err(key_err)?;
+        if label != "PUBLIC KEY" {
+            return Err(key_err(format!("PEM label {label:?} is not PUBLIC KEY")));
+        }
+        Self::from_spki_der(&der)
+    }
+
+    /// Parse every `PUBLIC KEY` block in a PEM file (a file may hold several keys).
+    pub fn all_from_pem(pem: &str) -> Result<Vec<Self>, VerifyError> {
+        let blocks = split_pem_blocks(pem);
+        if blocks.is_empty() {
+            return Err(key_err("no PEM block found"));
+        }
+        blocks.iter().map(|b| Self::from_pem(b)).collect()
+    }
+
+    /// Parse a DER SubjectPublicKeyInfo.
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, VerifyError> {
+        let spki = SubjectPublicKeyInfoRef::from_der(der).map_err(key_err)?;
+        let key_bytes = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or_else(|| key_err("public key bit string has unused bits"))?;
+        let inner = match spki.algorithm.oid {
+            OID_EC_PUBLIC_KEY => {
+                let curve = spki
+                    .algorithm
+                    .parameters_oid()
+                    .map_err(|e| key_err(format!("EC key without named curve: {e}")))?;
+                match curve {
+                    OID_P256 => KeyInner::P256(
+                        p256::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes).map_err(key_err)?,
+                    ),
+                    OID_P384 => KeyInner::P384(
+                        p384::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes).map_err(key_err)?,
+                    ),
+                    other => return Err(key_err(format!("unsupported EC curve {other}"))),
+                }
+            }
+            OID_RSA => {
+                use rsa::pkcs1::DecodeRsaPublicKey;
+                use rsa::traits::PublicKeyParts;
+                let key = rsa::RsaPublicKey::from_pkcs1_der(key_bytes).map_err(key_err)?;
+                if key.size() * 8 < MIN_RSA_BITS {
+                    return Err(key_err(format!("RSA key of {} bits is too small", key.size() * 8)));
+                }
+                KeyInner::Rsa(key)
+            }
+            OID_ED25519 => {
+                let bytes: [u8; 32] = key_bytes
+                    .try_into()
+                    .map_err(|_| key_err("Ed25519 key is not 32 bytes"))?;
+                KeyInner::Ed25519(ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(key_err)?)
+            }
+            other => return Err(key_err(format!("unsupported key algorithm {other}"))),
+        };
+        Ok(PublicKey { inner, spki_der: der.to_vec() })
+    }
+
+    /// DER SubjectPublicKeyInfo, e.g. to compare with the key recorded in a Rekor entry.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    /// `sha256:<hex>` of the SubjectPublicKeyInfo: how verdicts and logs name a key.
+    pub fn fingerprint(&self) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(&self.spki_der)))
+    }
+
+    /// SHA-256 of the SubjectPublicKeyInfo: the transparency and CT log id of a log key.
+    pub fn log_id(&self) -> [u8; 32] {
+        Sha256::digest(&self.spki_der).into()
+    }
+
+    /// Human-readable algorithm name.
+    pub fn algorithm(&self) -> &'static str {
+        match self.inner {
+            KeyInner::P256(_) => "ecdsa-p256",
+            KeyInner::P384(_) => "ecdsa-p384",
+            KeyInner::Rsa(_) => "rsa",
+            KeyInner::Ed25519(_) => "ed25519",
+        }
+    }
+
+    /// The digest a signer would naturally pair with this key (bundles and X.509 use it).
+    pub fn natural_hash(&self) -> HashAlg {
+        match self.inner {
+            KeyInner::P384(_) => HashAlg::Sha384,
+            _ => HashAlg::Sha256,
+        }
+    }
+
+    /// Verify `sig` over `msg`. For ECDSA/RSA the message is hashed with `hash`; Ed25519 keys
+    /// accept pure Ed25519 and Ed25519ph (SHA-512 prehash, empty context): RFC 8032's domain
+    /// separation makes the two unconfusable, and both prove the key holder signed `msg`.
+    pub fn verify(&self, msg: &[u8], sig: &[u8], hash: HashAlg) -> Result<(), VerifyError> {
+        match &self.inner {
+            KeyInner::Ed25519(vk) => {
+                let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|e| {
+                    VerifyError::SignatureEncoding { detail: format!("Ed25519 signature: {e}") }
+                })?;
+                if vk.verify_strict(msg, &sig).is_ok() {
+                    return Ok(());
+                }
+                let prehash = Sha512::new_with_prefix(msg);
+                vk.verify_prehashed_strict(prehash, None, &sig).map_err(|_| self.invalid())
+            }
+            _ => self.verify_prehash(&hash.digest(msg), sig, hash),
+        }
+    }
+
+    /// Verify `sig` over an already computed digest (message-signature bundles, where only the
+    /// artifact digest is known). Not possible for pure Ed25519.
+    pub fn verify_prehash(&self, digest: &[u8], sig: &[u8], hash: HashAlg) -> Result<(), VerifyError> {
+        use p256::ecdsa::signature::hazmat::PrehashVerifier;
+        let enc = |e: &dyn std::fmt::Display| VerifyError::SignatureEncoding {
+            detail: format!("{}: {e}", self.algorithm()),
+        };
+        match &self.inner {
+            KeyInner::P256(vk) => {
+                let sig = p256::ecdsa::Signature::from_der(sig).map_err(|e| enc(&e))?;
+                vk.verify_prehash(digest, &sig).map_err(|_| self.invalid())
+            }
+            KeyInner::P384(vk) => {
+                let sig = p384::ecdsa::Signature::from_der(sig).map_err(|e| enc(&e))?;
+                vk.verify_prehash(digest, &sig).map_err(|_| self.invalid())
+            }
+            KeyInner::Rsa(key) => {
+                let scheme = match hash {
+                    HashAlg::Sha256 => rsa::Pkcs1v15Sign::new::<Sha256>(),
+                    HashAlg::Sha384 => rsa::Pkcs1v15Sign::new::<Sha384>(),
+                    HashAlg::Sha512 => rsa::Pkcs1v15Sign::new::<Sha512>(),
+                };
+                key.verify(scheme, digest, sig).map_err(|_| self.invalid())
+            }
+            KeyInner::Ed25519(_) => Err(VerifyError::KeyParse {
+                detail: "pure Ed25519 cannot verify a signature over a digest only".into(),
+            }),
+        }
+    }
+
+    fn invalid(&self) -> VerifyError {
+        VerifyError::SignatureInvalid { key: format!("{} key {}", self.algorithm(), self.fingerprint()) }
+    }
+
+    /// PEM encoding, for error messages and round trips.
+    pub fn to_pem(&self) -> String {
+        pem_encode("PUBLIC KEY", &self.spki_der)
+    }
+}
+
+/// Re-encode a DER blob; exposed so other modules share one PEM implementation.
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Split a text into its `-----BEGIN ...-----`/`-----END ...-----` blocks.
+pub(crate) fn split_pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with("-----BEGIN ") {
+            current = Some(String::new());
+        }
+        if let Some(c) = current.as_mut() {
+            c.push_str(line);
+            c.push('\n');
+        }
+        if line.starts_with("-----END ") {
+            if let Some(c) = current.take() {
+                blocks.push(c);
+            }
+        }
+    }
+    blocks
+}
+
+/// Decode one PEM block into (label, DER). Hand-rolled rather than strict RFC 7468 because
+/// signers wrap base64 at different widths (64, 76) and sometimes use CRLF.
+pub(crate) fn pem_rfc7468_decode(pem: &[u8]) -> Result<(String, Vec<u8>), String> {
+    use base64::Engine;
+    let text = std::str::from_utf8(pem).map_err(|e| e.to_string())?;
+    let mut label = None;
+    let mut body = String::new();
+    let mut ended = false;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("-----BEGIN ") {
+            if label.is_some() {
+                return Err("nested BEGIN line".into());
+            }
+            label = Some(rest.strip_suffix("-----").ok_or("malformed BEGIN line")?.to_string());
+        } else if let Some(rest) = line.strip_prefix("-----END ") {
+            let end = rest.strip_suffix("-----").ok_or("malformed END line")?;
+            if label.as_deref() != Some(end) {
+                return Err("END label does not match BEGIN".into());
+            }
+            ended = true;
+            break;
+        } else if label.is_some() {
+            if line.contains(':') {
+                return Err("PEM headers are not supported".into());
+            }
+            body.push_str(line);
+        } else if !line.is_empty() {
+            return Err("text before the BEGIN line".into());
+        }
+    }
+    let label = label.ok_or("no BEGIN line")?;
+    if !ended {
+        return Err("no END line".into());
+    }
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .map_err(|e| format!("bad base64 in PEM: {e}"))?;
+    Ok((label, der))
+}

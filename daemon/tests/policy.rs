@@ -1,0 +1,177 @@
+//! Policy files: the documented example loads and picks the right scope; every kind of mistake
+//! is refused with file, line and field; containers-policy.json maps or is refused.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
+
+use std::path::{Path, PathBuf};
+
+use imagegate::policy::{Mode, Policy, PolicyError, Requirement};
+use imagegate::verify::{ImageRef, SignedIdentity, Signer};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/policy")
+}
+
+fn rule_of<'a>(p: &'a Policy, image: &str) -> &'a imagegate::policy::Rule {
+    p.rule_for(&ImageRef::parse(image).unwrap())
+}
+
+#[test]
+fn example_policy_selects_the_most_specific_scope() {
+    let p = Policy::load(&fixtures().join("example.toml")).unwrap();
+    let r = rule_of(&p, "192.168.64.2:5000/cosign-signed/key-1:latest");
+    assert_eq!(r.scope, "192.168.64.2:5000/cosign-signed/**");
+    match &r.requirement {
+        Requirement::Signatures { authorities, threshold } => {
+            assert_eq!((authorities.len(), *threshold), (1, 1));
+            assert!(authorities[0].require_tlog);
+            assert_eq!(authorities[0].name, "release-key");
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = rule_of(&p, "ghcr.io/kubewarden/kubewarden-controller:v1.34.0");
+    assert!(matches!(&r.requirement, Requirement::Signatures { authorities, .. }
+        if matches!(&authorities[0].signer, Signer::Certificate { require_sct: true, .. })));
+    let r = rule_of(&p, "mirror.example.com/library/busybox");
+    assert_eq!(r.mode, Mode::Audit);
+    match &r.requirement {
+        Requirement::Signatures { authorities, threshold } => {
+            assert_eq!((authorities.len(), *threshold), (2, 1));
+            assert!(matches!(authorities[0].signed_identity, SignedIdentity::Remap { .. }));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(rule_of(&p, "busybox").requirement, Requirement::Accept));
+    assert_eq!(rule_of(&p, "busybox").mode, Mode::Audit);
+    let r = rule_of(&p, "quay.io/anything/else");
+    assert_eq!((r.scope.as_str(), r.mode), ("default", Mode::Enforce));
+    assert!(matches!(r.requirement, Requirement::Reject));
+}
+
+/// Write `body` as a policy next to the fixtures (so relative key paths resolve) and load it.
+fn load_text(name: &str, body: &str) -> Result<Policy, PolicyError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    let fx = fixtures().join("../testvectors/trust").canonicalize().unwrap();
+    std::fs::write(&path, body.replace("TRUST", fx.to_str().unwrap())).unwrap();
+    Policy::load(&path)
+}
+
+fn expect_error(body: &str, line: usize, field: &str, message_part: &str) {
+    match load_text("p.toml", body) {
+        Ok(_) => panic!("accepted:\n{body}"),
+        Err(PolicyError::Invalid { line: l, field: f, message, file, .. }) => {
+            assert!(file.ends_with("p.toml"));
+            assert_eq!((l, f.as_str()), (line, field), "message: {message}");
+            assert!(message.contains(message_part), "{message}");
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn mistakes_are_reported_with_line_and_field() {
+    expect_error("version = 1\n[default]\nrequire = \"reject\"\nrequre = \"x\"\n", 4, "requre", "unknown field");
+    expect_error("version = 2\n[default]\nrequire = \"reject\"\n", 1, "version", "version 1");
+    expect_error("version = 1\n[default]\nrequire = \"maybe\"\n", 3, "default.require", "unknown requirement");
+    expect_error("version = 1\n[default]\nrequire = \"reject\"\nmode = \"warn\"\n", 4, "default.mode", "audit or enforce");
+    expect_error(
+        "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"ghcr.io/*/x\"\nrequire = \"accept\"\n",
+        5, "scope[0].match", "only allowed",
+    );
+    expect_error(
+        "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"ghcr.io\"\nrequire = \"accept\"\n[[scope]]\nmatch = \"ghcr.io/**\"\nrequire = \"reject\"\n",
+        8, "scope[1].match", "defined twice",
+    );
+    expect_error(
+        "version = 1\n[default]\nrequire = \"signatures\"\nthreshold = 2\n[[default.keys]]\npath = \"TRUST/containers-image/cosign.pub\"\n",
+        4, "default.threshold", "between 1 and 1",
+    );
+    expect_error(
+        "version = 1\n[default]\nrequire = \"signatures\"\n[[default.keys]]\npath = \"TRUST/no-such.pub\"\n",
+        5, "default.keys[0].path", "cannot read",
+    );
+    expect_error(
+        "version = 1\n[default]\nrequire = \"signatures\"\n[[default.keys]]\npath = \"TRUST/containers-image/fulcio_v1.crt.pem\"\n",
+        5, "default.keys[0]", "PUBLIC KEY",
+    );
+    expect_error(
+        "version = 1\n[trust.pg]\ntrusted_root = \"TRUST/sigstore-public-good/trusted_root.json\"\n[default]\nrequire = \"signatures\"\n[[default.keyless]]\ntrust = \"pg\"\nissuer = \"https://x\"\nsubject_regex = \"(unclosed\"\n",
+        9, "default.keyless[0].subject_regex", "regular expression",
+    );
+    expect_error(
+        "version = 1\n[default]\nrequire = \"signatures\"\n[[default.keyless]]\ntrust = \"nope\"\nissuer = \"https://x\"\nsubject = \"a@b\"\n",
+        5, "default.keyless[0].trust", "no [trust.nope]",
+    );
+    expect_error(
+        "version = 1\n[trust.pg]\ntrusted_root = \"TRUST/sigstore-public-good/trusted_root.json\"\n[default]\nrequire = \"signatures\"\n[[default.keyless]]\ntrust = \"pg\"\nsubject = \"a@b\"\n",
+        6, "default.keyless[0]", "issuer",
+    );
+    expect_error(
+        "version = 1\n[trust.pg]\nca_roots = \"TRUST/containers-image/fulcio_v1.crt.pem\"\n[default]\nrequire = \"signatures\"\n[[default.keys]]\npath = \"TRUST/containers-image/cosign.pub\"\ntlog = true\ntrust = \"pg\"\n",
+        9, "default.keys[0].trust", "Rekor keys",
+    );
+    expect_error("version = 1\n[default]\nrequire = \"accept\"\n[[default.keys]]\ndata = \"x\"\n", 4, "default.require", "only apply");
+    expect_error("version = 1\n[default\n", 2, "(syntax)", "");
+}
+
+#[test]
+fn policy_hash_covers_referenced_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pub");
+    let trust = fixtures().join("../testvectors/trust/containers-image");
+    std::fs::copy(trust.join("cosign.pub"), &key).unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, "version = 1\n[default]\nrequire = \"signatures\"\n[[default.keys]]\npath = \"k.pub\"\n").unwrap();
+    let h1 = Policy::load(&path).unwrap().hash;
+    assert_eq!(h1, Policy::load(&path).unwrap().hash);
+    std::fs::copy(trust.join("cosign2.pub"), &key).unwrap();
+    assert_ne!(h1, Policy::load(&path).unwrap().hash, "changing a key must change the policy hash");
+}
+
+#[test]
+fn containers_policy_json_maps_supported_requirements() {
+    let p = Policy::load(&fixtures().join("containers-policy.json")).unwrap();
+    let r = rule_of(&p, "192.168.64.2:5000/cosign-signed-single-sample@sha256:634a8f35b5f16dcf4aaa0822adc0b1964bb786fca12f6831de8ddc45e5986a00");
+    match &r.requirement {
+        Requirement::Signatures { authorities, threshold } => {
+            assert_eq!(*threshold, 1);
+            assert_eq!(authorities[0].signed_identity, SignedIdentity::MatchRepository);
+            assert!(!authorities[0].require_tlog);
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = rule_of(&p, "192.168.64.2:5000/cosign-signed/fulcio-rekor-1");
+    assert!(matches!(&r.requirement, Requirement::Signatures { authorities, .. }
+        if authorities[0].require_tlog && matches!(authorities[0].signer, Signer::Certificate { require_sct: false, .. })));
+    // A containers/image namespace scope also covers the repository of the same name.
+    assert_eq!(rule_of(&p, "192.168.64.2:5000/cosign-signed").scope, "192.168.64.2:5000/cosign-signed/**");
+    assert!(matches!(rule_of(&p, "docker.io/library/busybox").requirement, Requirement::Accept));
+    assert!(matches!(rule_of(&p, "a.example.com/x").requirement, Requirement::Signatures { .. }));
+    assert!(matches!(rule_of(&p, "quay.io/x").requirement, Requirement::Reject));
+    assert!(matches!(rule_of(&p, "localhost:5000/test").requirement, Requirement::Signatures { .. }));
+}
+
+fn json_error(body: &str, message_part: &str) {
+    match load_text("policy.json", body) {
+        Ok(_) => panic!("accepted: {body}"),
+        Err(e) => assert!(e.to_string().contains(message_part), "{e}"),
+    }
+}
+
+#[test]
+fn containers_policy_json_refuses_what_it_cannot_honour() {
+    json_error(r#"{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/k"}]}"#, "signedBy");
+    json_error(r#"{"default":[{"type":"reject"}],"transports":{"docker-daemon":{"":[{"type":"insecureAcceptAnything"}]}}}"#, "not supported");
+    json_error(r#"{"default":[{"type":"reject"}],"transports":{"docker":{"ghcr.io/a/b:tag":[{"type":"reject"}]}}}"#, "tag or digest");
+    json_error(r#"{"default":[{"type":"reject"}],"extra":1}"#, "unknown field");
+    json_error(r#"{"default":[{"type":"sigstoreSigned","keyPath":"TRUST/containers-image/cosign.pub","bogus":1}]}"#, "unknown field");
+    json_error(r#"{"default":[{"type":"sigstoreSigned","keyPath":"TRUST/containers-image/cosign.pub","keyData":"eA=="}]}"#, "exactly one");
+    json_error(
+        r#"{"default":[{"type":"sigstoreSigned","fulcio":{"caPath":"TRUST/containers-image/fulcio_v1.crt.pem","oidcIssuer":"i","subjectEmail":"e"}}]}"#,
+        "requires rekor",
+    );
+    json_error(r#"{"default":[]}"#, "empty requirement list");
+    json_error(r#"{"default":[{"type":"reject"}],"transports":{"docker":{"x":[{"type":"reject","x":1}]}}}"#, "takes no other fields");
+    json_error(r#"{"default":[{"type":"sigstoreSigned","keyPath":"TRUST/containers-image/cosign.pub","signedIdentity":{"type":"matchAnything"}}]}"#, "unknown signedIdentity");
+    json_error("{\n  \"default\": [\n    {\"type\": \"reject\",}\n  ]\n}", "line 3");
+}
