@@ -244,4 +244,9 @@ fn rfc3161_timestamps_are_verified_when_a_tsa_is_trusted() {
         fail("bundles", c, FailureKind::Timestamp);
     }
     fail("bundles", "tsa-time-outside-certificate", FailureKind::CertChain);
+    // Legacy `dev.sigstore.cosign/rfc3161timestamp` annotations, over the raw signature.
+    pass("legacy-keyless", "tsa-annotation-and-set");
+    pass("legacy-keyless", "tsa-annotation-only-no-tlog");
+    fail("legacy-keyless", "tsa-annotation-over-other-signature", FailureKind::Timestamp);
+    fail("legacy-keyless", "tsa-annotation-outside-validity", FailureKind::CertChain);
 }
