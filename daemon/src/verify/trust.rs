@@ -182,6 +182,14 @@ impl TrustMaterial {
         Ok(())
     }
 
+    /// Trust the certificates of a PEM bundle as timestamping authorities (leaf and/or roots).
+    pub fn add_tsa_pem(&mut self, pem: &str) -> Result<(), VerifyError> {
+        for cert in Cert::all_from_pem(pem, "timestamping authority").map_err(tr_err)? {
+            self.tsas.push(TrustAnchor::new(cert));
+        }
+        Ok(())
+    }
+
     /// Trust a Rekor public key (PEM).
     pub fn add_rekor_key_pem(&mut self, pem: &str) -> Result<(), VerifyError> {
         for k in PublicKey::all_from_pem(pem).map_err(tr_err)? {
