@@ -231,3 +231,22 @@ fn detached_signature_requires_tlog_unless_ignored() {
     d.digest = format!("sha256:{}", "0".repeat(64));
     assert_eq!(verify_detached_signature(&d).unwrap_err().kind(), FailureKind::ManifestDigest);
 }
+
+// ---- Not present in the crate: RFC 3161 timestamps ----
+
+#[test]
+fn rfc3161_timestamps_are_verified_when_a_tsa_is_trusted() {
+    pass("bundles", "tsa-and-set");
+    // The timestamp alone gives the signing time when the bundle has no SET.
+    pass("bundles", "tsa-only-no-set");
+    fail("bundles", "no-set-no-tsa", FailureKind::TlogMissing);
+    for c in ["tsa-over-other-signature", "tsa-corrupted-signature", "tsa-untrusted-authority", "tsa-garbage"] {
+        fail("bundles", c, FailureKind::Timestamp);
+    }
+    fail("bundles", "tsa-time-outside-certificate", FailureKind::CertChain);
+    // Legacy `dev.sigstore.cosign/rfc3161timestamp` annotations, over the raw signature.
+    pass("legacy-keyless", "tsa-annotation-and-set");
+    pass("legacy-keyless", "tsa-annotation-only-no-tlog");
+    fail("legacy-keyless", "tsa-annotation-over-other-signature", FailureKind::Timestamp);
+    fail("legacy-keyless", "tsa-annotation-outside-validity", FailureKind::CertChain);
+}

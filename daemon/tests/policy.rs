@@ -175,3 +175,21 @@ fn containers_policy_json_refuses_what_it_cannot_honour() {
     json_error(r#"{"default":[{"type":"sigstoreSigned","keyPath":"TRUST/containers-image/cosign.pub","signedIdentity":{"type":"matchAnything"}}]}"#, "unknown signedIdentity");
     json_error("{\n  \"default\": [\n    {\"type\": \"reject\",}\n  ]\n}", "line 3");
 }
+
+#[test]
+fn trust_entries_combine_pem_files_into_one_trust_material() {
+    let g = fixtures().join("../generated/trust").canonicalize().unwrap();
+    let text = format!(
+        "version = 1\n[trust.own]\nca_roots = \"{g}/ca.pem\"\nrekor_keys = [\"{g}/rekor.pub\"]\nctlog_keys = [\"{g}/ctlog.pub\"]\ntsa_certs = \"{g}/tsa-chain.pem\"\n[default]\nrequire = \"signatures\"\n[[default.keyless]]\ntrust = \"own\"\nissuer = \"https://issuer.imagegate.test\"\nsubject = \"dev@imagegate.test\"\n",
+        g = g.display()
+    );
+    let p = imagegate::policy::file::parse(Path::new("/x/p.toml"), &text).unwrap();
+    let Requirement::Signatures { authorities, .. } = &p.default.requirement else { panic!() };
+    let t = &authorities[0].trust;
+    assert_eq!((t.cas.len(), t.tlogs.len(), t.ctlogs.len(), t.tsas.len()), (1, 1, 1, 2));
+    // Without CT log keys a keyless entry must opt out of SCTs explicitly.
+    let no_ct = text.replace(&format!("ctlog_keys = [\"{}/ctlog.pub\"]\n", g.display()), "");
+    let err = imagegate::policy::file::parse(Path::new("/x/p.toml"), &no_ct).unwrap_err().to_string();
+    assert!(err.contains("require_sct"), "{err}");
+    imagegate::policy::file::parse(Path::new("/x/p.toml"), &no_ct.replace("subject = ", "require_sct = false\nsubject = ")).unwrap();
+}

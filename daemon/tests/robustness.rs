@@ -128,6 +128,7 @@ fn mutated_legacy_signatures_never_verify() {
         certificate_pem: Some(s("cert.pem")),
         chain_pem: Some(s("chain.pem")),
         bundle_json: Some(s("bundle.json")),
+        rfc3161_json: None,
     };
     let want = Expectation { digest: "sha256:0489474da8ea22426ece86ace6c1c0026ab2fd3cdfbbd62b7e94650266c37d9a", image: None };
     verify::verify_legacy(&base, &auth, &want).expect("original verifies");

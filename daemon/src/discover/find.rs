@@ -10,7 +10,7 @@ use tracing::debug;
 use super::client::{Session, MANIFEST_ACCEPT};
 use super::DiscoverError;
 use crate::verdict::{Candidate, SignatureSource};
-use crate::verify::legacy::{ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE, ANNOTATION_CHAIN, ANNOTATION_SIGNATURE};
+use crate::verify::legacy::{ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE, ANNOTATION_CHAIN, ANNOTATION_RFC3161, ANNOTATION_SIGNATURE};
 use crate::verify::payload::{MAX_PAYLOAD_BYTES, SIMPLE_SIGNING_MEDIA_TYPE};
 use crate::verify::reference::is_valid_digest;
 use crate::verify::{LegacySignature, VerifyError};
@@ -191,6 +191,7 @@ pub async fn find_signatures(s: &Session, registry: &str, repo: &str, digest: &s
                                 certificate_pem: a.get(ANNOTATION_CERTIFICATE).cloned().filter(|c| !c.is_empty()),
                                 chain_pem: a.get(ANNOTATION_CHAIN).cloned().filter(|c| !c.is_empty()),
                                 bundle_json: a.get(ANNOTATION_BUNDLE).cloned().filter(|c| !c.is_empty()),
+                                rfc3161_json: a.get(ANNOTATION_RFC3161).cloned().filter(|c| !c.is_empty()),
                             };
                             found.sources.push(SignatureSource { label, signed_digest: digest.to_string(), candidate: Candidate::Legacy(sig) });
                         }

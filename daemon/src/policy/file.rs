@@ -40,6 +40,7 @@ struct RawTrust {
     rekor_keys: Vec<Spanned<String>>,
     #[serde(default)]
     ctlog_keys: Vec<Spanned<String>>,
+    tsa_certs: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -202,6 +203,10 @@ fn trust(ctx: &mut Ctx<'_>, name: &str, t: &Spanned<RawTrust>) -> Result<TrustMa
     for p in &raw.ctlog_keys {
         let text = ctx.read_ref(p, &f("ctlog_keys"))?;
         tm.add_ctlog_key_pem(&text).map_err(|e| ctx.err(p.span(), &f("ctlog_keys"), e))?;
+    }
+    if let Some(p) = &raw.tsa_certs {
+        let text = ctx.read_ref(p, &f("tsa_certs"))?;
+        tm.add_tsa_pem(&text).map_err(|e| ctx.err(p.span(), &f("tsa_certs"), e))?;
     }
     if tm.cas.is_empty() && tm.tlogs.is_empty() {
         return Err(ctx.err(t.span(), &format!("trust.{name}"), "trust entry names no CA and no transparency log"));

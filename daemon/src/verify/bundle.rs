@@ -15,6 +15,7 @@ use super::error::VerifyError;
 use super::keys::PublicKey;
 use super::merkle::{leaf_hash, verify_checkpoint, verify_inclusion};
 use super::rekor::{match_body, verify_set, ExpectedEntry, SetPayload};
+use super::timestamp::verify_timestamp;
 
 /// Largest bundle we parse.
 pub const MAX_BUNDLE_BYTES: usize = 2 << 20;
@@ -55,6 +56,21 @@ struct Material {
     public_key: Option<KeyHint>,
     #[serde(default)]
     tlog_entries: Vec<TlogEntry>,
+    #[serde(default)]
+    timestamp_verification_data: Option<TimestampData>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TimestampData {
+    #[serde(default)]
+    rfc3161_timestamps: Vec<SignedTimestamp>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SignedTimestamp {
+    signed_timestamp: String,
 }
 
 #[derive(Deserialize)]
@@ -336,10 +352,27 @@ pub fn verify_bundle(json: &[u8], auth: &Authority, want: &BundleExpectation<'_>
         tlog_index = Some(log_index);
     }
 
+    // RFC 3161 timestamps: verified when the trust material names timestamping authorities (and
+    // then each must be valid), otherwise ignored (they add no trust imagegate relies on).
+    let mut times: Vec<i64> = signed_at.into_iter().collect();
+    if !auth.trust.tsas.is_empty() {
+        for t in m.timestamp_verification_data.iter().flat_map(|d| &d.rfc3161_timestamps) {
+            let raw = b64(&t.signed_timestamp, "signedTimestamp")?;
+            times.push(verify_timestamp(&raw, &sig, &auth.trust)?);
+        }
+    }
+
     let signer = match (&auth.signer, leaf) {
         (Signer::Certificate { identities, require_sct }, Some(leaf)) => {
-            let at = signed_at.ok_or(VerifyError::NoSigningTime)?;
-            check_certificate(&leaf, &intermediates, &auth.trust, identities, *require_sct, at)?
+            if times.is_empty() {
+                return Err(VerifyError::NoSigningTime);
+            }
+            // The certificate must have been valid at every verified signing time.
+            let mut info = None;
+            for at in &times {
+                info = Some(check_certificate(&leaf, &intermediates, &auth.trust, identities, *require_sct, *at)?);
+            }
+            info.ok_or(VerifyError::NoSigningTime)?
         }
         (Signer::Keys(_), None) => SignerInfo::Key {
             fingerprint: key_used.map(|k| k.fingerprint()).unwrap_or_default(),
@@ -347,6 +380,7 @@ pub fn verify_bundle(json: &[u8], auth: &Authority, want: &BundleExpectation<'_>
         _ => return Err(fmt_err("signer material does not match the authority kind")),
     };
     debug!(authority = %auth.name, digest = want.digest, "bundle verified");
+    let signed_at = signed_at.or(times.first().copied());
     Ok(Verified { authority: auth.name.clone(), digest: want.digest.to_string(), signer, format, signed_at, tlog_index })
 }
 

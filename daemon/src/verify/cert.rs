@@ -20,7 +20,10 @@ pub(crate) const OID_SAN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.2
 const OID_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
 const OID_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
 const OID_EKU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
-const OID_EKU_CODE_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
+/// Extended key usage a code-signing (cosign) leaf must allow.
+pub const OID_EKU_CODE_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
+/// Extended key usage a timestamping authority's leaf must carry.
+pub const OID_EKU_TIME_STAMPING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.8");
 const OID_EKU_ANY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37.0");
 
 /// Longest chain (leaf to anchor) we follow; real Fulcio chains have 2-3 links.
@@ -150,9 +153,9 @@ impl Cert {
         Ok(true)
     }
 
-    /// Check the leaf may sign code: digitalSignature usage and, when EKUs are listed,
-    /// codeSigning (as cosign's x509 verification options require).
-    fn check_leaf_usage(&self) -> Result<(), VerifyError> {
+    /// Check the leaf may sign for `purpose`: digitalSignature usage and, when EKUs are listed,
+    /// `purpose` (codeSigning for cosign, as its x509 verification options require).
+    fn check_leaf_usage(&self, purpose: ObjectIdentifier) -> Result<(), VerifyError> {
         if let Some(ku) = self.extension(OID_KEY_USAGE)? {
             let ku = x509_cert::ext::pkix::KeyUsage::from_der(ku)
                 .map_err(|e| parse_err("certificate", e))?;
@@ -165,11 +168,13 @@ impl Cert {
         if let Some(eku) = self.extension(OID_EKU)? {
             let eku = x509_cert::ext::pkix::ExtendedKeyUsage::from_der(eku)
                 .map_err(|e| parse_err("certificate", e))?;
-            if !eku.0.iter().any(|o| *o == OID_EKU_CODE_SIGNING || *o == OID_EKU_ANY) {
+            if !eku.0.iter().any(|o| *o == purpose || (*o == OID_EKU_ANY && purpose == OID_EKU_CODE_SIGNING)) {
                 return Err(VerifyError::CertChain {
-                    detail: "leaf extended key usage lacks codeSigning".into(),
+                    detail: format!("leaf extended key usage lacks {purpose}"),
                 });
             }
+        } else if purpose == OID_EKU_TIME_STAMPING {
+            return Err(VerifyError::CertChain { detail: "timestamping certificate without extended key usage".into() });
         }
         Ok(())
     }
@@ -255,8 +260,19 @@ pub fn verify_chain(
     anchors: &[TrustAnchor],
     at: i64,
 ) -> Result<Vec<Cert>, VerifyError> {
+    verify_chain_for(leaf, intermediates, anchors, at, OID_EKU_CODE_SIGNING)
+}
+
+/// [`verify_chain`] for a leaf used for `purpose` (an extended key usage OID).
+pub fn verify_chain_for(
+    leaf: &Cert,
+    intermediates: &[Cert],
+    anchors: &[TrustAnchor],
+    at: i64,
+    purpose: ObjectIdentifier,
+) -> Result<Vec<Cert>, VerifyError> {
     leaf.check_critical_extensions(&[OID_SAN, OID_BASIC_CONSTRAINTS, OID_KEY_USAGE, OID_EKU])?;
-    leaf.check_leaf_usage()?;
+    leaf.check_leaf_usage(purpose)?;
     leaf.check_valid_at(at)?;
     if anchors.is_empty() {
         return Err(VerifyError::CertChain { detail: "no trusted certificate authority configured".into() });

@@ -68,6 +68,7 @@ pub fn verify_detached_signature(d: &DetachedSignature) -> Result<Verified, Veri
         certificate_pem: d.certificate_pem.clone(),
         chain_pem: d.chain_pem.clone(),
         bundle_json: d.rekor_bundle.clone(),
+        rfc3161_json: None,
     };
     verify_legacy(&sig, &auth, &Expectation { digest: &d.digest, image: None })
 }

@@ -70,11 +70,14 @@ pub enum VerifyError {
     /// Trust material (trusted_root.json, PEM files) is unusable.
     #[error("trust material rejected: {detail}")]
     TrustRoot { detail: String },
+    /// An RFC 3161 timestamp is malformed, untrusted, or not over this signature.
+    #[error("RFC 3161 timestamp rejected: {detail}")]
+    Timestamp { detail: String },
     /// A signature artifact could not be fetched or read from the registry.
     #[error("signature artifact {location} unusable: {detail}")]
     Artifact { location: String, detail: String },
     /// No trustworthy time is known for a certificate-based signature.
-    #[error("no verified signing time (needs a Rekor SET)")]
+    #[error("no verified signing time (needs a Rekor SET or a trusted RFC 3161 timestamp)")]
     NoSigningTime,
 }
 
@@ -102,6 +105,7 @@ pub enum FailureKind {
     SubjectDigest,
     TrustRoot,
     Artifact,
+    Timestamp,
 }
 
 impl VerifyError {
@@ -128,6 +132,7 @@ impl VerifyError {
             SubjectDigest { .. } => FailureKind::SubjectDigest,
             TrustRoot { .. } => FailureKind::TrustRoot,
             Artifact { .. } => FailureKind::Artifact,
+            Timestamp { .. } => FailureKind::Timestamp,
         }
     }
 }

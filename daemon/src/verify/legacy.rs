@@ -13,6 +13,7 @@ use super::payload::{SimpleSigning, SIMPLE_SIGNING_MEDIA_TYPE};
 use super::reference::ImageRef;
 use super::rekor::{b64decode, match_body, verify_set, ExpectedEntry, LegacyBundle};
 use super::time::now_unix;
+use super::timestamp::verify_timestamp;
 
 /// Annotation holding the base64 signature.
 pub const ANNOTATION_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
@@ -22,6 +23,9 @@ pub const ANNOTATION_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
 pub const ANNOTATION_CHAIN: &str = "dev.sigstore.cosign/chain";
 /// Annotation holding the Rekor bundle (SET).
 pub const ANNOTATION_BUNDLE: &str = "dev.sigstore.cosign/bundle";
+/// Annotation holding an RFC 3161 timestamp over the raw signature:
+/// `{"SignedRFC3161Timestamp": "<base64 TimeStampResp>"}`.
+pub const ANNOTATION_RFC3161: &str = "dev.sigstore.cosign/rfc3161timestamp";
 
 /// One legacy signature layer, as found in the registry.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +39,14 @@ pub struct LegacySignature {
     pub certificate_pem: Option<String>,
     pub chain_pem: Option<String>,
     pub bundle_json: Option<String>,
+    /// `dev.sigstore.cosign/rfc3161timestamp`.
+    pub rfc3161_json: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Rfc3161Annotation {
+    #[serde(rename = "SignedRFC3161Timestamp")]
+    signed: String,
 }
 
 /// What the signature must be about.
@@ -94,16 +106,33 @@ pub fn verify_legacy(sig: &LegacySignature, auth: &Authority, want: &Expectation
         tlog_index = Some(bundle.payload.log_index);
     }
 
+    // An RFC 3161 timestamp over the raw signature, verified when TSAs are trusted.
+    let mut times: Vec<i64> = signed_at.into_iter().collect();
+    let mut ts_time = None;
+    if let (false, Some(text)) = (auth.trust.tsas.is_empty(), sig.rfc3161_json.as_deref()) {
+        let ann: Rfc3161Annotation = serde_json::from_str(text)
+            .map_err(|e| VerifyError::Timestamp { detail: format!("annotation is not JSON: {e}") })?;
+        let raw = b64decode(&ann.signed).map_err(|e| VerifyError::Timestamp { detail: format!("not base64: {e}") })?;
+        let t = verify_timestamp(&raw, &sig_bytes, &auth.trust)?;
+        ts_time = Some(t);
+        times.push(t);
+    }
+
     let signer = match (&auth.signer, leaf) {
         (Signer::Certificate { identities, require_sct }, Some(leaf)) => {
             let intermediates = match sig.chain_pem.as_deref() {
                 Some(pem) => Cert::all_from_pem(pem, "certificate chain")?,
                 None => Vec::new(),
             };
-            // Without a log entry there is no trusted signing time; BYO-PKI certificates are
-            // then checked as of now (they are long-lived; Fulcio's expire in minutes).
-            let at = signed_at.unwrap_or_else(now_unix);
-            check_certificate(&leaf, &intermediates, &auth.trust, identities, *require_sct, at)?
+            // Without a log entry or timestamp there is no trusted signing time; BYO-PKI
+            // certificates are then checked as of now (they are long-lived; Fulcio's expire in
+            // minutes, so those fail, as they should).
+            let check_at = if times.is_empty() { vec![now_unix()] } else { times };
+            let mut info = None;
+            for at in &check_at {
+                info = Some(check_certificate(&leaf, &intermediates, &auth.trust, identities, *require_sct, *at)?);
+            }
+            info.ok_or(VerifyError::NoSigningTime)?
         }
         _ => key_info.ok_or(VerifyError::CertMissing)?,
     };
@@ -118,6 +147,7 @@ pub fn verify_legacy(sig: &LegacySignature, auth: &Authority, want: &Expectation
         }
         None => {}
     }
+    let signed_at = signed_at.or(ts_time);
     debug!(authority = %auth.name, digest = want.digest, "legacy signature verified");
     Ok(Verified {
         authority: auth.name.clone(),

@@ -19,6 +19,7 @@ pub mod reference;
 pub mod rekor;
 pub mod sct;
 pub mod time;
+pub mod timestamp;
 pub mod trust;
 
 pub use authority::{Authority, SignatureFormat, Signer, SignerInfo, TrustedKey, Verified};

@@ -41,6 +41,8 @@ pub struct TrustMaterial {
     pub intermediates: Vec<Cert>,
     pub tlogs: Vec<LogKey>,
     pub ctlogs: Vec<LogKey>,
+    /// RFC 3161 timestamping authorities (their chains' certificates, as anchors).
+    pub tsas: Vec<TrustAnchor>,
 }
 
 fn tr_err(detail: impl std::fmt::Display) -> VerifyError {
@@ -57,6 +59,8 @@ struct RawRoot {
     certificate_authorities: Vec<RawCa>,
     #[serde(default)]
     ctlogs: Vec<RawLog>,
+    #[serde(default)]
+    timestamp_authorities: Vec<RawCa>,
 }
 
 #[derive(Deserialize)]
@@ -144,6 +148,13 @@ impl TrustMaterial {
         for l in &raw.ctlogs {
             tm.ctlogs.push(log_key(l)?);
         }
+        for ca in &raw.timestamp_authorities {
+            let (from, until) = window(&ca.valid_for)?;
+            for c in &ca.cert_chain.certificates {
+                let cert = Cert::from_der(&b64(&c.raw_bytes)?, "trusted_root.json TSA")?;
+                tm.tsas.push(TrustAnchor { cert, valid_from: from, valid_until: until });
+            }
+        }
         for ca in &raw.certificate_authorities {
             let (from, until) = window(&ca.valid_for)?;
             if ca.cert_chain.certificates.is_empty() {
@@ -171,6 +182,14 @@ impl TrustMaterial {
         Ok(())
     }
 
+    /// Trust the certificates of a PEM bundle as timestamping authorities (leaf and/or roots).
+    pub fn add_tsa_pem(&mut self, pem: &str) -> Result<(), VerifyError> {
+        for cert in Cert::all_from_pem(pem, "timestamping authority").map_err(tr_err)? {
+            self.tsas.push(TrustAnchor::new(cert));
+        }
+        Ok(())
+    }
+
     /// Trust a Rekor public key (PEM).
     pub fn add_rekor_key_pem(&mut self, pem: &str) -> Result<(), VerifyError> {
         for k in PublicKey::all_from_pem(pem).map_err(tr_err)? {
@@ -193,6 +212,7 @@ impl TrustMaterial {
         self.intermediates.extend(other.intermediates);
         self.tlogs.extend(other.tlogs);
         self.ctlogs.extend(other.ctlogs);
+        self.tsas.extend(other.tsas);
     }
 
     /// Find a transparency log key by id.

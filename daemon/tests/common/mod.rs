@@ -94,6 +94,7 @@ pub fn run_legacy(dir: &Path, case: &Value) -> Result<(), VerifyError> {
         certificate_pem: s(case, "certificate").map(|p| read(dir, p)),
         chain_pem: s(case, "chain").map(|p| read(dir, p)),
         bundle_json: s(case, "rekor_bundle").map(|p| read(dir, p)),
+        rfc3161_json: s(case, "rfc3161_timestamp").map(|p| read(dir, p)),
     };
     if case.get("skip_chain").and_then(Value::as_bool) == Some(true) {
         // Upstream has no CA for this certificate: only signature-vs-certificate and identity.
