@@ -7,6 +7,8 @@
 
 pub mod btf;
 pub mod catalog;
+pub mod config;
+pub mod daemon;
 pub mod discover;
 pub mod doctor;
 pub mod enforce;

@@ -39,6 +39,24 @@ enum Command {
     /// Manage the BPF LSM enforcement backend directly (the daemon does this for you).
     #[command(subcommand)]
     Kernel(KernelCommand),
+    /// Check an image against the policy without the daemon: resolve it in its registry, find
+    /// its signatures and verify them. Exit code 0 trusted, 1 untrusted, 2 error.
+    Verify {
+        /// Image reference, by tag or digest.
+        image: String,
+        /// Policy file (TOML, or containers-policy.json by its .json extension).
+        #[arg(long, default_value = "/etc/imagegate/policy.toml")]
+        policy: PathBuf,
+        /// A registry reached over plain HTTP (host:port), repeatable.
+        #[arg(long)]
+        insecure_registry: Vec<String>,
+        /// docker config.json with registry credentials.
+        #[arg(long)]
+        docker_config: Option<PathBuf>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -76,14 +94,14 @@ enum KernelCommand {
         #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
-    /// Mark a layer directory (`snapshots/<id>/fs`) verified or writable.
+    /// Mark a layer directory (`snapshots/<id>/fs`) verified, writable or audit-only.
     AddLayer {
         #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
         dir: PathBuf,
-        /// A container's writable layer instead of a verified one.
-        #[arg(long)]
-        writable: bool,
+        /// What the layer is.
+        #[arg(long, value_enum, default_value = "verified")]
+        state: LayerStateArg,
     },
     /// Forget a layer directory: its files are unverified again.
     RemoveLayer {
@@ -99,6 +117,17 @@ enum KernelCommand {
         #[arg(long, default_value_t = 0)]
         follow_seconds: u64,
     },
+}
+
+/// `kernel add-layer --state`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LayerStateArg {
+    /// A trusted image contains it.
+    Verified,
+    /// A container's writable layer (exec from it is drift).
+    Writable,
+    /// Allowed and reported whatever the mode.
+    Audit,
 }
 
 fn main() {
@@ -128,7 +157,60 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Kernel(command) => kernel(command),
+        Command::Verify {
+            image,
+            policy,
+            insecure_registry,
+            docker_config,
+            json,
+        } => verify(
+            &image,
+            &policy,
+            insecure_registry,
+            docker_config.as_deref(),
+            json,
+        ),
     }
+}
+
+fn verify(
+    image: &str,
+    policy_path: &Path,
+    insecure_registries: Vec<String>,
+    docker_config: Option<&Path>,
+    json: bool,
+) -> Result<()> {
+    use imagegate::discover::{Credentials, DiscoveryConfig, Platform, RegistryClient};
+    let policy = imagegate::policy::Policy::load(policy_path).context("loading the policy")?;
+    let credentials = match docker_config {
+        Some(path) => Credentials::from_docker_config(path)
+            .with_context(|| format!("reading credentials from {}", path.display()))?,
+        None => Credentials::default(),
+    };
+    let client = RegistryClient::new(DiscoveryConfig {
+        credentials,
+        insecure_registries,
+        ..DiscoveryConfig::default()
+    })
+    .context("setting up the registry client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let verdict = runtime.block_on(imagegate::discover::verify_image(
+        &client,
+        &policy,
+        None,
+        image,
+        &Platform::host(),
+    ));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&verdict)?);
+    } else {
+        print!("{verdict}");
+    }
+    std::io::stdout().flush()?;
+    std::process::exit(verdict.exit_code());
 }
 
 fn open(pin_dir: &Path) -> Result<BpfBackend> {
@@ -207,16 +289,16 @@ fn kernel(command: KernelCommand) -> Result<()> {
         KernelCommand::AddLayer {
             pin_dir,
             dir,
-            writable,
+            state,
         } => {
             let mut backend = open(&pin_dir)?;
             let id = LayerId::of(&dir).with_context(|| format!("stat {}", dir.display()))?;
             backend.set_layer(
                 id,
-                if writable {
-                    LayerState::Writable
-                } else {
-                    LayerState::Verified
+                match state {
+                    LayerStateArg::Verified => LayerState::Verified,
+                    LayerStateArg::Writable => LayerState::Writable,
+                    LayerStateArg::Audit => LayerState::Audit,
                 },
             )?;
             println!("{id}");

@@ -21,7 +21,10 @@ fn example_policy_selects_the_most_specific_scope() {
     let r = rule_of(&p, "192.168.64.2:5000/cosign-signed/key-1:latest");
     assert_eq!(r.scope, "192.168.64.2:5000/cosign-signed/**");
     match &r.requirement {
-        Requirement::Signatures { authorities, threshold } => {
+        Requirement::Signatures {
+            authorities,
+            threshold,
+        } => {
             assert_eq!((authorities.len(), *threshold), (1, 1));
             assert!(authorities[0].require_tlog);
             assert_eq!(authorities[0].name, "release-key");
@@ -29,18 +32,29 @@ fn example_policy_selects_the_most_specific_scope() {
         other => panic!("{other:?}"),
     }
     let r = rule_of(&p, "ghcr.io/kubewarden/kubewarden-controller:v1.34.0");
-    assert!(matches!(&r.requirement, Requirement::Signatures { authorities, .. }
-        if matches!(&authorities[0].signer, Signer::Certificate { require_sct: true, .. })));
+    assert!(
+        matches!(&r.requirement, Requirement::Signatures { authorities, .. }
+        if matches!(&authorities[0].signer, Signer::Certificate { require_sct: true, .. }))
+    );
     let r = rule_of(&p, "mirror.example.com/library/busybox");
     assert_eq!(r.mode, Mode::Audit);
     match &r.requirement {
-        Requirement::Signatures { authorities, threshold } => {
+        Requirement::Signatures {
+            authorities,
+            threshold,
+        } => {
             assert_eq!((authorities.len(), *threshold), (2, 1));
-            assert!(matches!(authorities[0].signed_identity, SignedIdentity::Remap { .. }));
+            assert!(matches!(
+                authorities[0].signed_identity,
+                SignedIdentity::Remap { .. }
+            ));
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(rule_of(&p, "busybox").requirement, Requirement::Accept));
+    assert!(matches!(
+        rule_of(&p, "busybox").requirement,
+        Requirement::Accept
+    ));
     assert_eq!(rule_of(&p, "busybox").mode, Mode::Audit);
     let r = rule_of(&p, "quay.io/anything/else");
     assert_eq!((r.scope.as_str(), r.mode), ("default", Mode::Enforce));
@@ -51,7 +65,10 @@ fn example_policy_selects_the_most_specific_scope() {
 fn load_text(name: &str, body: &str) -> Result<Policy, PolicyError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(name);
-    let fx = fixtures().join("../testvectors/trust").canonicalize().unwrap();
+    let fx = fixtures()
+        .join("../testvectors/trust")
+        .canonicalize()
+        .unwrap();
     std::fs::write(&path, body.replace("TRUST", fx.to_str().unwrap())).unwrap();
     Policy::load(&path)
 }
@@ -59,7 +76,13 @@ fn load_text(name: &str, body: &str) -> Result<Policy, PolicyError> {
 fn expect_error(body: &str, line: usize, field: &str, message_part: &str) {
     match load_text("p.toml", body) {
         Ok(_) => panic!("accepted:\n{body}"),
-        Err(PolicyError::Invalid { line: l, field: f, message, file, .. }) => {
+        Err(PolicyError::Invalid {
+            line: l,
+            field: f,
+            message,
+            file,
+            ..
+        }) => {
             assert!(file.ends_with("p.toml"));
             assert_eq!((l, f.as_str()), (line, field), "message: {message}");
             assert!(message.contains(message_part), "{message}");
@@ -70,10 +93,30 @@ fn expect_error(body: &str, line: usize, field: &str, message_part: &str) {
 
 #[test]
 fn mistakes_are_reported_with_line_and_field() {
-    expect_error("version = 1\n[default]\nrequire = \"reject\"\nrequre = \"x\"\n", 4, "requre", "unknown field");
-    expect_error("version = 2\n[default]\nrequire = \"reject\"\n", 1, "version", "version 1");
-    expect_error("version = 1\n[default]\nrequire = \"maybe\"\n", 3, "default.require", "unknown requirement");
-    expect_error("version = 1\n[default]\nrequire = \"reject\"\nmode = \"warn\"\n", 4, "default.mode", "audit or enforce");
+    expect_error(
+        "version = 1\n[default]\nrequire = \"reject\"\nrequre = \"x\"\n",
+        4,
+        "requre",
+        "unknown field",
+    );
+    expect_error(
+        "version = 2\n[default]\nrequire = \"reject\"\n",
+        1,
+        "version",
+        "version 1",
+    );
+    expect_error(
+        "version = 1\n[default]\nrequire = \"maybe\"\n",
+        3,
+        "default.require",
+        "unknown requirement",
+    );
+    expect_error(
+        "version = 1\n[default]\nrequire = \"reject\"\nmode = \"warn\"\n",
+        4,
+        "default.mode",
+        "audit or enforce",
+    );
     expect_error(
         "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"ghcr.io/*/x\"\nrequire = \"accept\"\n",
         5, "scope[0].match", "only allowed",
@@ -110,7 +153,12 @@ fn mistakes_are_reported_with_line_and_field() {
         "version = 1\n[trust.pg]\nca_roots = \"TRUST/containers-image/fulcio_v1.crt.pem\"\n[default]\nrequire = \"signatures\"\n[[default.keys]]\npath = \"TRUST/containers-image/cosign.pub\"\ntlog = true\ntrust = \"pg\"\n",
         9, "default.keys[0].trust", "Rekor keys",
     );
-    expect_error("version = 1\n[default]\nrequire = \"accept\"\n[[default.keys]]\ndata = \"x\"\n", 4, "default.require", "only apply");
+    expect_error(
+        "version = 1\n[default]\nrequire = \"accept\"\n[[default.keys]]\ndata = \"x\"\n",
+        4,
+        "default.require",
+        "only apply",
+    );
     expect_error("version = 1\n[default\n", 2, "(syntax)", "");
 }
 
@@ -121,11 +169,19 @@ fn policy_hash_covers_referenced_key_files() {
     let trust = fixtures().join("../testvectors/trust/containers-image");
     std::fs::copy(trust.join("cosign.pub"), &key).unwrap();
     let path = dir.path().join("p.toml");
-    std::fs::write(&path, "version = 1\n[default]\nrequire = \"signatures\"\n[[default.keys]]\npath = \"k.pub\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "version = 1\n[default]\nrequire = \"signatures\"\n[[default.keys]]\npath = \"k.pub\"\n",
+    )
+    .unwrap();
     let h1 = Policy::load(&path).unwrap().hash;
     assert_eq!(h1, Policy::load(&path).unwrap().hash);
     std::fs::copy(trust.join("cosign2.pub"), &key).unwrap();
-    assert_ne!(h1, Policy::load(&path).unwrap().hash, "changing a key must change the policy hash");
+    assert_ne!(
+        h1,
+        Policy::load(&path).unwrap().hash,
+        "changing a key must change the policy hash"
+    );
 }
 
 #[test]
@@ -133,22 +189,45 @@ fn containers_policy_json_maps_supported_requirements() {
     let p = Policy::load(&fixtures().join("containers-policy.json")).unwrap();
     let r = rule_of(&p, "192.168.64.2:5000/cosign-signed-single-sample@sha256:634a8f35b5f16dcf4aaa0822adc0b1964bb786fca12f6831de8ddc45e5986a00");
     match &r.requirement {
-        Requirement::Signatures { authorities, threshold } => {
+        Requirement::Signatures {
+            authorities,
+            threshold,
+        } => {
             assert_eq!(*threshold, 1);
-            assert_eq!(authorities[0].signed_identity, SignedIdentity::MatchRepository);
+            assert_eq!(
+                authorities[0].signed_identity,
+                SignedIdentity::MatchRepository
+            );
             assert!(!authorities[0].require_tlog);
         }
         other => panic!("{other:?}"),
     }
     let r = rule_of(&p, "192.168.64.2:5000/cosign-signed/fulcio-rekor-1");
-    assert!(matches!(&r.requirement, Requirement::Signatures { authorities, .. }
-        if authorities[0].require_tlog && matches!(authorities[0].signer, Signer::Certificate { require_sct: false, .. })));
+    assert!(
+        matches!(&r.requirement, Requirement::Signatures { authorities, .. }
+        if authorities[0].require_tlog && matches!(authorities[0].signer, Signer::Certificate { require_sct: false, .. }))
+    );
     // A containers/image namespace scope also covers the repository of the same name.
-    assert_eq!(rule_of(&p, "192.168.64.2:5000/cosign-signed").scope, "192.168.64.2:5000/cosign-signed/**");
-    assert!(matches!(rule_of(&p, "docker.io/library/busybox").requirement, Requirement::Accept));
-    assert!(matches!(rule_of(&p, "a.example.com/x").requirement, Requirement::Signatures { .. }));
-    assert!(matches!(rule_of(&p, "quay.io/x").requirement, Requirement::Reject));
-    assert!(matches!(rule_of(&p, "localhost:5000/test").requirement, Requirement::Signatures { .. }));
+    assert_eq!(
+        rule_of(&p, "192.168.64.2:5000/cosign-signed").scope,
+        "192.168.64.2:5000/cosign-signed/**"
+    );
+    assert!(matches!(
+        rule_of(&p, "docker.io/library/busybox").requirement,
+        Requirement::Accept
+    ));
+    assert!(matches!(
+        rule_of(&p, "a.example.com/x").requirement,
+        Requirement::Signatures { .. }
+    ));
+    assert!(matches!(
+        rule_of(&p, "quay.io/x").requirement,
+        Requirement::Reject
+    ));
+    assert!(matches!(
+        rule_of(&p, "localhost:5000/test").requirement,
+        Requirement::Signatures { .. }
+    ));
 }
 
 fn json_error(body: &str, message_part: &str) {
@@ -160,36 +239,80 @@ fn json_error(body: &str, message_part: &str) {
 
 #[test]
 fn containers_policy_json_refuses_what_it_cannot_honour() {
-    json_error(r#"{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/k"}]}"#, "signedBy");
-    json_error(r#"{"default":[{"type":"reject"}],"transports":{"docker-daemon":{"":[{"type":"insecureAcceptAnything"}]}}}"#, "not supported");
-    json_error(r#"{"default":[{"type":"reject"}],"transports":{"docker":{"ghcr.io/a/b:tag":[{"type":"reject"}]}}}"#, "tag or digest");
-    json_error(r#"{"default":[{"type":"reject"}],"extra":1}"#, "unknown field");
-    json_error(r#"{"default":[{"type":"sigstoreSigned","keyPath":"TRUST/containers-image/cosign.pub","bogus":1}]}"#, "unknown field");
-    json_error(r#"{"default":[{"type":"sigstoreSigned","keyPath":"TRUST/containers-image/cosign.pub","keyData":"eA=="}]}"#, "exactly one");
+    json_error(
+        r#"{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/k"}]}"#,
+        "signedBy",
+    );
+    json_error(
+        r#"{"default":[{"type":"reject"}],"transports":{"docker-daemon":{"":[{"type":"insecureAcceptAnything"}]}}}"#,
+        "not supported",
+    );
+    json_error(
+        r#"{"default":[{"type":"reject"}],"transports":{"docker":{"ghcr.io/a/b:tag":[{"type":"reject"}]}}}"#,
+        "tag or digest",
+    );
+    json_error(
+        r#"{"default":[{"type":"reject"}],"extra":1}"#,
+        "unknown field",
+    );
+    json_error(
+        r#"{"default":[{"type":"sigstoreSigned","keyPath":"TRUST/containers-image/cosign.pub","bogus":1}]}"#,
+        "unknown field",
+    );
+    json_error(
+        r#"{"default":[{"type":"sigstoreSigned","keyPath":"TRUST/containers-image/cosign.pub","keyData":"eA=="}]}"#,
+        "exactly one",
+    );
     json_error(
         r#"{"default":[{"type":"sigstoreSigned","fulcio":{"caPath":"TRUST/containers-image/fulcio_v1.crt.pem","oidcIssuer":"i","subjectEmail":"e"}}]}"#,
         "requires rekor",
     );
     json_error(r#"{"default":[]}"#, "empty requirement list");
-    json_error(r#"{"default":[{"type":"reject"}],"transports":{"docker":{"x":[{"type":"reject","x":1}]}}}"#, "takes no other fields");
-    json_error(r#"{"default":[{"type":"sigstoreSigned","keyPath":"TRUST/containers-image/cosign.pub","signedIdentity":{"type":"matchAnything"}}]}"#, "unknown signedIdentity");
-    json_error("{\n  \"default\": [\n    {\"type\": \"reject\",}\n  ]\n}", "line 3");
+    json_error(
+        r#"{"default":[{"type":"reject"}],"transports":{"docker":{"x":[{"type":"reject","x":1}]}}}"#,
+        "takes no other fields",
+    );
+    json_error(
+        r#"{"default":[{"type":"sigstoreSigned","keyPath":"TRUST/containers-image/cosign.pub","signedIdentity":{"type":"matchAnything"}}]}"#,
+        "unknown signedIdentity",
+    );
+    json_error(
+        "{\n  \"default\": [\n    {\"type\": \"reject\",}\n  ]\n}",
+        "line 3",
+    );
 }
 
 #[test]
 fn trust_entries_combine_pem_files_into_one_trust_material() {
-    let g = fixtures().join("../generated/trust").canonicalize().unwrap();
+    let g = fixtures()
+        .join("../generated/trust")
+        .canonicalize()
+        .unwrap();
     let text = format!(
         "version = 1\n[trust.own]\nca_roots = \"{g}/ca.pem\"\nrekor_keys = [\"{g}/rekor.pub\"]\nctlog_keys = [\"{g}/ctlog.pub\"]\ntsa_certs = \"{g}/tsa-chain.pem\"\n[default]\nrequire = \"signatures\"\n[[default.keyless]]\ntrust = \"own\"\nissuer = \"https://issuer.imagegate.test\"\nsubject = \"dev@imagegate.test\"\n",
         g = g.display()
     );
     let p = imagegate::policy::file::parse(Path::new("/x/p.toml"), &text).unwrap();
-    let Requirement::Signatures { authorities, .. } = &p.default.requirement else { panic!() };
+    let Requirement::Signatures { authorities, .. } = &p.default.requirement else {
+        panic!()
+    };
     let t = &authorities[0].trust;
-    assert_eq!((t.cas.len(), t.tlogs.len(), t.ctlogs.len(), t.tsas.len()), (1, 1, 1, 2));
+    assert_eq!(
+        (t.cas.len(), t.tlogs.len(), t.ctlogs.len(), t.tsas.len()),
+        (1, 1, 1, 2)
+    );
     // Without CT log keys a keyless entry must opt out of SCTs explicitly.
-    let no_ct = text.replace(&format!("ctlog_keys = [\"{}/ctlog.pub\"]\n", g.display()), "");
-    let err = imagegate::policy::file::parse(Path::new("/x/p.toml"), &no_ct).unwrap_err().to_string();
+    let no_ct = text.replace(
+        &format!("ctlog_keys = [\"{}/ctlog.pub\"]\n", g.display()),
+        "",
+    );
+    let err = imagegate::policy::file::parse(Path::new("/x/p.toml"), &no_ct)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("require_sct"), "{err}");
-    imagegate::policy::file::parse(Path::new("/x/p.toml"), &no_ct.replace("subject = ", "require_sct = false\nsubject = ")).unwrap();
+    imagegate::policy::file::parse(
+        Path::new("/x/p.toml"),
+        &no_ct.replace("subject = ", "require_sct = false\nsubject = "),
+    )
+    .unwrap();
 }

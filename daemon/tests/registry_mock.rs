@@ -23,19 +23,27 @@ fn gen_dir() -> PathBuf {
 type Routes = HashMap<String, (String, Vec<u8>)>;
 
 fn routes() -> Routes {
-    let pushes: Vec<Value> = serde_json::from_slice(&std::fs::read(gen_dir().join("registry/pushes.json")).unwrap()).unwrap();
+    let pushes: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(gen_dir().join("registry/pushes.json")).unwrap())
+            .unwrap();
     let mut r = Routes::new();
     for p in pushes {
         let repo = p["repo"].as_str().unwrap();
         let digest = p["digest"].as_str().unwrap();
         let body = std::fs::read(gen_dir().join("registry/blobs").join(&digest[7..])).unwrap();
         if p["kind"] == "blob" {
-            r.insert(format!("/v2/{repo}/blobs/{digest}"), ("application/octet-stream".into(), body));
+            r.insert(
+                format!("/v2/{repo}/blobs/{digest}"),
+                ("application/octet-stream".into(), body),
+            );
             continue;
         }
         let mt = p["media_type"].as_str().unwrap().to_string();
         let reference = p["reference"].as_str().unwrap();
-        r.insert(format!("/v2/{repo}/manifests/{digest}"), (mt.clone(), body.clone()));
+        r.insert(
+            format!("/v2/{repo}/manifests/{digest}"),
+            (mt.clone(), body.clone()),
+        );
         match reference.strip_prefix("sha256-") {
             // A referrers-tag index: serve it only through the referrers API.
             Some(hex) if !hex.ends_with(".sig") => {
@@ -50,10 +58,16 @@ fn routes() -> Routes {
 }
 
 /// Serve `routes` until aborted; log each request line with its Authorization header.
-async fn serve(listener: tokio::net::TcpListener, routes: Arc<Routes>, log: Arc<Mutex<Vec<String>>>) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: Arc<Routes>,
+    log: Arc<Mutex<Vec<String>>>,
+) {
     let port = listener.local_addr().unwrap().port();
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { return };
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
         let (routes, log) = (routes.clone(), log.clone());
         tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -68,24 +82,48 @@ async fn serve(listener: tokio::net::TcpListener, routes: Arc<Routes>, log: Arc<
             let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
             let auth = head
                 .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.trim().to_string()))
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                        .map(|(_, v)| v.trim().to_string())
+                })
                 .unwrap_or_default();
             log.lock().unwrap().push(format!("{target} [{auth}]"));
             let path = target.split('?').next().unwrap_or("/").to_string();
             let (status, extra, ctype, body): (u16, String, String, Vec<u8>) = if path == "/token" {
                 // "user:pass" in base64
                 if auth == "Basic dXNlcjpwYXNz" {
-                    (200, String::new(), "application/json".into(), br#"{"token":"tok123"}"#.to_vec())
+                    (
+                        200,
+                        String::new(),
+                        "application/json".into(),
+                        br#"{"token":"tok123"}"#.to_vec(),
+                    )
                 } else {
-                    (401, String::new(), "text/plain".into(), b"bad credentials".to_vec())
+                    (
+                        401,
+                        String::new(),
+                        "text/plain".into(),
+                        b"bad credentials".to_vec(),
+                    )
                 }
             } else if auth != "Bearer tok123" {
                 let challenge = format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"mock\"\r\n");
-                (401, challenge, "application/json".into(), br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#.to_vec())
+                (
+                    401,
+                    challenge,
+                    "application/json".into(),
+                    br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#.to_vec(),
+                )
             } else if let Some((ct, b)) = routes.get(&path) {
                 (200, String::new(), ct.clone(), b.clone())
             } else {
-                (404, String::new(), "application/json".into(), br#"{"errors":[{"code":"NOT_FOUND"}]}"#.to_vec())
+                (
+                    404,
+                    String::new(),
+                    "application/json".into(),
+                    br#"{"errors":[{"code":"NOT_FOUND"}]}"#.to_vec(),
+                )
             };
             let resp = format!(
                 "HTTP/1.1 {status} X\r\n{extra}Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -113,27 +151,70 @@ async fn referrers_api_behind_token_auth() {
         ),
     )
     .unwrap();
-    let images: Value = serde_json::from_slice(&std::fs::read(g.join("registry/images.json")).unwrap()).unwrap();
+    let images: Value =
+        serde_json::from_slice(&std::fs::read(g.join("registry/images.json")).unwrap()).unwrap();
     let reference = format!("{addr}/app/bundle:v1");
-    let platform = Platform { os: "linux".into(), architecture: "amd64".into(), variant: None };
+    let platform = Platform {
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        variant: None,
+    };
     let mut creds = Credentials::default();
     creds.insert(&addr, "user", "pass");
-    let cfg = DiscoveryConfig { insecure_registries: vec![addr.clone()], credentials: creds, request_timeout: Duration::from_secs(5), ..Default::default() };
+    let cfg = DiscoveryConfig {
+        insecure_registries: vec![addr.clone()],
+        credentials: creds,
+        request_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
     let client = RegistryClient::new(cfg).unwrap();
 
     let v = verify_image(&client, &policy, None, &reference, &platform).await;
-    assert_eq!(v.outcome, Outcome::Trusted, "{}", serde_json::to_string_pretty(&v).unwrap());
+    assert_eq!(
+        v.outcome,
+        Outcome::Trusted,
+        "{}",
+        serde_json::to_string_pretty(&v).unwrap()
+    );
     assert_eq!(v.digest, images["bundle"]["digest"].as_str().unwrap());
     let seen = log.lock().unwrap().clone();
-    assert!(seen.iter().any(|l| l.starts_with(&format!("/v2/app/bundle/referrers/{}", v.digest)) && l.contains("Bearer tok123")), "{seen:#?}");
-    assert!(seen.iter().any(|l| l.starts_with("/token?") && l.contains("repository%3Aapp%2Fbundle%3Apull") && l.contains("Basic")), "{seen:#?}");
+    assert!(
+        seen.iter().any(
+            |l| l.starts_with(&format!("/v2/app/bundle/referrers/{}", v.digest))
+                && l.contains("Bearer tok123")
+        ),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.starts_with("/token?")
+            && l.contains("repository%3Aapp%2Fbundle%3Apull")
+            && l.contains("Basic")),
+        "{seen:#?}"
+    );
     // The fallback tag was not needed.
-    assert!(!seen.iter().any(|l| l.contains("/manifests/sha256-") && !l.contains(".sig")), "{seen:#?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("/manifests/sha256-") && !l.contains(".sig")),
+        "{seen:#?}"
+    );
 
     // Without credentials the token endpoint refuses: an error verdict, not a pass.
-    let anon = RegistryClient::new(DiscoveryConfig { insecure_registries: vec![addr.clone()], ..Default::default() }).unwrap();
+    let anon = RegistryClient::new(DiscoveryConfig {
+        insecure_registries: vec![addr.clone()],
+        ..Default::default()
+    })
+    .unwrap();
     let v = verify_image(&anon, &policy, None, &reference, &platform).await;
-    assert_eq!((v.outcome, v.allows()), (Outcome::Error, false), "{}", serde_json::to_string_pretty(&v).unwrap());
-    assert!(v.reasons.iter().any(|r| r.detail.contains("authentication failed")));
+    assert_eq!(
+        (v.outcome, v.allows()),
+        (Outcome::Error, false),
+        "{}",
+        serde_json::to_string_pretty(&v).unwrap()
+    );
+    assert!(v
+        .reasons
+        .iter()
+        .any(|r| r.detail.contains("authentication failed")));
     server.abort();
 }

@@ -9,8 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use imagegate::verify::{
-    self, cert::Cert, payload::SIMPLE_SIGNING_MEDIA_TYPE, rekor::b64decode, Authority, BundleExpectation, Expectation,
-    IdentityMatcher, LegacySignature, PublicKey, SignedIdentity, Signer, TrustMaterial, TrustedKey,
+    self, cert::Cert, payload::SIMPLE_SIGNING_MEDIA_TYPE, rekor::b64decode, Authority,
+    BundleExpectation, Expectation, IdentityMatcher, LegacySignature, PublicKey, SignedIdentity,
+    Signer, TrustMaterial, TrustedKey,
 };
 
 /// xorshift64*: deterministic, so a failure reproduces.
@@ -55,14 +56,21 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 }
 
 fn tv(rel: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/testvectors").join(rel)).unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/testvectors")
+            .join(rel),
+    )
+    .unwrap()
 }
 
 #[test]
 fn mutated_bundles_never_verify_unless_semantically_unchanged() {
     let dir = "bundle-v03/sigstore-rs-kubewarden-controller";
     let original = tv(&format!("{dir}/bundle.sigstore.json"));
-    let trust = TrustMaterial::from_trusted_root_json(&tv("trust/sigstore-public-good/trusted_root.json")).unwrap();
+    let trust =
+        TrustMaterial::from_trusted_root_json(&tv("trust/sigstore-public-good/trusted_root.json"))
+            .unwrap();
     let auth = Authority {
         name: "t".into(),
         signer: Signer::Certificate {
@@ -76,15 +84,24 @@ fn mutated_bundles_never_verify_unless_semantically_unchanged() {
         require_tlog: true,
         signed_identity: SignedIdentity::Any,
     };
-    let want = BundleExpectation { digest: "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172", predicate_type: None };
+    let want = BundleExpectation {
+        digest: "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172",
+        predicate_type: None,
+    };
     verify::verify_bundle(&original, &auth, &want).expect("original verifies");
     // Fields imagegate does not rely on (documented in docs/verification.md): RFC 3161 tokens are
     // not verified and add no trust, and the DSSE keyid is a hint. Edits there may pass.
     let strip = |mut v: serde_json::Value| {
-        if let Some(m) = v.get_mut("verificationMaterial").and_then(|m| m.as_object_mut()) {
+        if let Some(m) = v
+            .get_mut("verificationMaterial")
+            .and_then(|m| m.as_object_mut())
+        {
             m.remove("timestampVerificationData");
         }
-        if let Some(s) = v.pointer_mut("/dsseEnvelope/signatures/0").and_then(|s| s.as_object_mut()) {
+        if let Some(s) = v
+            .pointer_mut("/dsseEnvelope/signatures/0")
+            .and_then(|s| s.as_object_mut())
+        {
             s.remove("keyid");
         }
         v
@@ -96,9 +113,20 @@ fn mutated_bundles_never_verify_unless_semantically_unchanged() {
         if verify::verify_bundle(&m, &auth, &want).is_ok() {
             let v = strip(serde_json::from_slice(&m).expect("accepted bundle is JSON"));
             if v != orig_value {
-                let (a, b) = (serde_json::to_string_pretty(&orig_value).unwrap(), serde_json::to_string_pretty(&v).unwrap());
-                let diff: Vec<String> = a.lines().zip(b.lines()).filter(|(x, y)| x != y).map(|(x, y)| format!("- {x}\n+ {y}")).collect();
-                panic!("a semantically different bundle verified:\n{}", diff.join("\n"));
+                let (a, b) = (
+                    serde_json::to_string_pretty(&orig_value).unwrap(),
+                    serde_json::to_string_pretty(&v).unwrap(),
+                );
+                let diff: Vec<String> = a
+                    .lines()
+                    .zip(b.lines())
+                    .filter(|(x, y)| x != y)
+                    .map(|(x, y)| format!("- {x}\n+ {y}"))
+                    .collect();
+                panic!(
+                    "a semantically different bundle verified:\n{}",
+                    diff.join("\n")
+                );
             }
         }
     }
@@ -109,12 +137,19 @@ fn mutated_legacy_signatures_never_verify() {
     let set = "keyless/cimage-fulcio-rekor";
     let s = |f: &str| String::from_utf8(tv(&format!("{set}/{f}"))).unwrap();
     let mut trust = TrustMaterial::default();
-    trust.add_ca_pem(&String::from_utf8(tv("trust/containers-image/fulcio_v1.crt.pem")).unwrap()).unwrap();
-    trust.add_rekor_key_pem(&String::from_utf8(tv("trust/containers-image/rekor.pub")).unwrap()).unwrap();
+    trust
+        .add_ca_pem(&String::from_utf8(tv("trust/containers-image/fulcio_v1.crt.pem")).unwrap())
+        .unwrap();
+    trust
+        .add_rekor_key_pem(&String::from_utf8(tv("trust/containers-image/rekor.pub")).unwrap())
+        .unwrap();
     let auth = Authority {
         name: "t".into(),
         signer: Signer::Certificate {
-            identities: vec![IdentityMatcher::exact("mitr@redhat.com", Some("https://github.com/login/oauth"))],
+            identities: vec![IdentityMatcher::exact(
+                "mitr@redhat.com",
+                Some("https://github.com/login/oauth"),
+            )],
             require_sct: false,
         },
         trust: Arc::new(trust),
@@ -130,7 +165,10 @@ fn mutated_legacy_signatures_never_verify() {
         bundle_json: Some(s("bundle.json")),
         rfc3161_json: None,
     };
-    let want = Expectation { digest: "sha256:0489474da8ea22426ece86ace6c1c0026ab2fd3cdfbbd62b7e94650266c37d9a", image: None };
+    let want = Expectation {
+        digest: "sha256:0489474da8ea22426ece86ace6c1c0026ab2fd3cdfbbd62b7e94650266c37d9a",
+        image: None,
+    };
     verify::verify_legacy(&base, &auth, &want).expect("original verifies");
     let sig_bytes = b64decode(&base.signature_b64).unwrap();
     let mut rng = Rng(0xdead_beef_cafe_f00d);
@@ -139,18 +177,48 @@ fn mutated_legacy_signatures_never_verify() {
         let field = round % 5;
         match field {
             0 => m.payload = mutate(&mut rng, &base.payload),
-            1 => m.signature_b64 = String::from_utf8_lossy(&mutate(&mut rng, base.signature_b64.as_bytes())).into_owned(),
-            2 => m.certificate_pem = Some(String::from_utf8_lossy(&mutate(&mut rng, s("cert.pem").as_bytes())).into_owned()),
-            3 => m.chain_pem = Some(String::from_utf8_lossy(&mutate(&mut rng, s("chain.pem").as_bytes())).into_owned()),
-            _ => m.bundle_json = Some(String::from_utf8_lossy(&mutate(&mut rng, s("bundle.json").as_bytes())).into_owned()),
+            1 => {
+                m.signature_b64 =
+                    String::from_utf8_lossy(&mutate(&mut rng, base.signature_b64.as_bytes()))
+                        .into_owned()
+            }
+            2 => {
+                m.certificate_pem = Some(
+                    String::from_utf8_lossy(&mutate(&mut rng, s("cert.pem").as_bytes()))
+                        .into_owned(),
+                )
+            }
+            3 => {
+                m.chain_pem = Some(
+                    String::from_utf8_lossy(&mutate(&mut rng, s("chain.pem").as_bytes()))
+                        .into_owned(),
+                )
+            }
+            _ => {
+                m.bundle_json = Some(
+                    String::from_utf8_lossy(&mutate(&mut rng, s("bundle.json").as_bytes()))
+                        .into_owned(),
+                )
+            }
         }
         if verify::verify_legacy(&m, &auth, &want).is_ok() {
             // Only edits that leave the signed facts identical may pass (e.g. PEM whitespace).
-            assert_eq!(m.payload, base.payload, "round {round}: changed payload verified");
-            assert_eq!(b64decode(&m.signature_b64).ok(), Some(sig_bytes.clone()), "round {round}: changed signature verified");
+            assert_eq!(
+                m.payload, base.payload,
+                "round {round}: changed payload verified"
+            );
+            assert_eq!(
+                b64decode(&m.signature_b64).ok(),
+                Some(sig_bytes.clone()),
+                "round {round}: changed signature verified"
+            );
             if field == 2 {
                 let c = Cert::from_pem(m.certificate_pem.as_deref().unwrap(), "c").unwrap();
-                assert_eq!(c.der(), Cert::from_pem(&s("cert.pem"), "c").unwrap().der(), "round {round}: other certificate verified");
+                assert_eq!(
+                    c.der(),
+                    Cert::from_pem(&s("cert.pem"), "c").unwrap().der(),
+                    "round {round}: other certificate verified"
+                );
             }
         }
     }
@@ -163,23 +231,58 @@ fn mutated_keys_payloads_policies_and_manifests_never_panic() {
     let cert = tv("keyless/cimage-fulcio-rekor/cert.pem");
     let root = tv("trust/sigstore-public-good/trusted_root.json");
     let payload = tv("legacy-key/cimage-cosign-key/payload.json");
-    let pol = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/policy/example.toml")).unwrap();
-    let json_pol = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/policy/containers-policy.json")).unwrap();
+    let pol = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/policy/example.toml"),
+    )
+    .unwrap();
+    let json_pol = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/policy/containers-policy.json"),
+    )
+    .unwrap();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/policy");
-    let keys = vec![TrustedKey::new(PublicKey::from_pem(&String::from_utf8(key.clone()).unwrap()).unwrap())];
-    let auth = Authority { name: "k".into(), signer: Signer::Keys(keys), trust: Arc::default(), require_tlog: false, signed_identity: SignedIdentity::Any };
+    let keys = vec![TrustedKey::new(
+        PublicKey::from_pem(&String::from_utf8(key.clone()).unwrap()).unwrap(),
+    )];
+    let auth = Authority {
+        name: "k".into(),
+        signer: Signer::Keys(keys),
+        trust: Arc::default(),
+        require_tlog: false,
+        signed_identity: SignedIdentity::Any,
+    };
     let sig = String::from_utf8(tv("legacy-key/cimage-cosign-key/signature.b64")).unwrap();
     let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:634a8f35b5f16dcf4aaa0822adc0b1964bb786fca12f6831de8ddc45e5986a00","size":1,"platform":{"os":"linux","architecture":"amd64"}}]}"#;
     for _ in 0..500 {
         let _ = PublicKey::all_from_pem(&String::from_utf8_lossy(&mutate(&mut rng, &key)));
         let _ = Cert::all_from_pem(&String::from_utf8_lossy(&mutate(&mut rng, &cert)), "c");
         let _ = TrustMaterial::from_trusted_root_json(&mutate(&mut rng, &root));
-        let _ = imagegate::policy::file::parse(&fixtures.join("m.toml"), &String::from_utf8_lossy(&mutate(&mut rng, &pol)));
-        let _ = imagegate::policy::containers::parse(&fixtures.join("m.json"), &String::from_utf8_lossy(&mutate(&mut rng, &json_pol)));
+        let _ = imagegate::policy::file::parse(
+            &fixtures.join("m.toml"),
+            &String::from_utf8_lossy(&mutate(&mut rng, &pol)),
+        );
+        let _ = imagegate::policy::containers::parse(
+            &fixtures.join("m.json"),
+            &String::from_utf8_lossy(&mutate(&mut rng, &json_pol)),
+        );
         let _ = imagegate::discover::find::Manifest::parse(&mutate(&mut rng, manifest), "m");
-        let m = LegacySignature { media_type: SIMPLE_SIGNING_MEDIA_TYPE.into(), payload: mutate(&mut rng, &payload), signature_b64: sig.clone(), ..Default::default() };
+        let m = LegacySignature {
+            media_type: SIMPLE_SIGNING_MEDIA_TYPE.into(),
+            payload: mutate(&mut rng, &payload),
+            signature_b64: sig.clone(),
+            ..Default::default()
+        };
         let d = "sha256:634a8f35b5f16dcf4aaa0822adc0b1964bb786fca12f6831de8ddc45e5986a00";
-        if verify::verify_legacy(&m, &auth, &Expectation { digest: d, image: None }).is_ok() {
+        if verify::verify_legacy(
+            &m,
+            &auth,
+            &Expectation {
+                digest: d,
+                image: None,
+            },
+        )
+        .is_ok()
+        {
             assert_eq!(m.payload, payload);
         }
     }

@@ -42,10 +42,24 @@ fn every_test_vector_case_gives_its_expected_verdict() {
                 "bundle" => run_bundle(dir, case),
                 "rekor-set" => run_rekor_set(dir, case),
                 "multi" => {
-                    let members: Vec<&str> = case["members"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-                    let passed = outcomes.iter().filter(|(n, ok)| *ok && members.contains(&n.as_str())).count();
+                    let members: Vec<&str> = case["members"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    let passed = outcomes
+                        .iter()
+                        .filter(|(n, ok)| *ok && members.contains(&n.as_str()))
+                        .count();
                     let threshold = case["threshold"].as_u64().unwrap() as usize;
-                    if passed >= threshold { Ok(()) } else { Err(VerifyError::SignatureInvalid { key: "threshold".into() }) }
+                    if passed >= threshold {
+                        Ok(())
+                    } else {
+                        Err(VerifyError::SignatureInvalid {
+                            key: "threshold".into(),
+                        })
+                    }
                 }
                 other => panic!("unknown case type {other}"),
             };
@@ -66,5 +80,9 @@ fn every_test_vector_case_gives_its_expected_verdict() {
         }
     }
     assert!(ran >= 110, "only {ran} cases found");
-    assert!(failures.is_empty(), "wrong verdicts:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "wrong verdicts:\n{}",
+        failures.join("\n")
+    );
 }

@@ -7,8 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use imagegate::policy::{Mode, Policy};
-use imagegate::verdict::{evaluate, Candidate, Outcome, SignatureSource, VerdictCache, VerdictKey, VerdictStore};
-use imagegate::verify::{payload::SIMPLE_SIGNING_MEDIA_TYPE, FailureKind, ImageRef, LegacySignature};
+use imagegate::verdict::{
+    evaluate, Candidate, Outcome, SignatureSource, VerdictCache, VerdictKey, VerdictStore,
+};
+use imagegate::verify::{
+    payload::SIMPLE_SIGNING_MEDIA_TYPE, FailureKind, ImageRef, LegacySignature,
+};
 
 fn tv() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/testvectors")
@@ -26,37 +30,72 @@ fn legacy(set: &str, prefix: &str, bundle: bool) -> LegacySignature {
 }
 
 fn src(label: &str, digest: &str, sig: LegacySignature) -> SignatureSource {
-    SignatureSource { label: label.into(), signed_digest: digest.into(), candidate: Candidate::Legacy(sig) }
+    SignatureSource {
+        label: label.into(),
+        signed_digest: digest.into(),
+        candidate: Candidate::Legacy(sig),
+    }
 }
 
 const D_REKOR: &str = "sha256:0489474da8ea22426ece86ace6c1c0026ab2fd3cdfbbd62b7e94650266c37d9a";
 const D_SAMPLE: &str = "sha256:634a8f35b5f16dcf4aaa0822adc0b1964bb786fca12f6831de8ddc45e5986a00";
 
 fn example() -> Policy {
-    Policy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/policy/example.toml")).unwrap()
+    Policy::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/policy/example.toml"),
+    )
+    .unwrap()
 }
 
 #[test]
 fn key_and_rekor_signature_makes_the_image_trusted() {
     let p = example();
     let img = ImageRef::parse(&format!("192.168.64.2:5000/cosign-signed/key-1@{D_REKOR}")).unwrap();
-    let v = evaluate(&p, &img, D_REKOR, &[src("legacy:0", D_REKOR, legacy("legacy-key/cimage-cosign-key-rekor", "", true))]);
+    let v = evaluate(
+        &p,
+        &img,
+        D_REKOR,
+        &[src(
+            "legacy:0",
+            D_REKOR,
+            legacy("legacy-key/cimage-cosign-key-rekor", "", true),
+        )],
+    );
     assert_eq!(v.outcome, Outcome::Trusted, "{v:#?}");
     assert_eq!(v.verified_digests, vec![D_REKOR.to_string()]);
-    assert_eq!((v.scope.as_str(), v.mode, v.threshold), ("192.168.64.2:5000/cosign-signed/**", Mode::Enforce, 1));
+    assert_eq!(
+        (v.scope.as_str(), v.mode, v.threshold),
+        ("192.168.64.2:5000/cosign-signed/**", Mode::Enforce, 1)
+    );
     assert_eq!(v.satisfied, vec!["release-key".to_string()]);
     assert!(v.allows());
     assert_eq!(v.exit_code(), 0);
     let text = v.to_string();
-    assert!(text.starts_with("TRUSTED: 192.168.64.2:5000/cosign-signed/key-1@sha256:0489"), "{text}");
+    assert!(
+        text.starts_with("TRUSTED: 192.168.64.2:5000/cosign-signed/key-1@sha256:0489"),
+        "{text}"
+    );
     assert!(text.contains("ok   legacy:0 (release-key)"), "{text}");
     // The same signature without its Rekor bundle does not meet `tlog = true`.
-    let v = evaluate(&p, &img, D_REKOR, &[src("legacy:0", D_REKOR, legacy("legacy-key/cimage-cosign-key-rekor", "", false))]);
+    let v = evaluate(
+        &p,
+        &img,
+        D_REKOR,
+        &[src(
+            "legacy:0",
+            D_REKOR,
+            legacy("legacy-key/cimage-cosign-key-rekor", "", false),
+        )],
+    );
     assert_eq!(v.outcome, Outcome::Untrusted);
     assert_eq!(v.reasons[0].kind, Some(FailureKind::TlogMissing));
     assert!(!v.allows());
     assert_eq!(v.exit_code(), 1);
-    assert!(v.to_string().contains("FAIL legacy:0 (release-key): [tlog-missing]"), "{v}");
+    assert!(
+        v.to_string()
+            .contains("FAIL legacy:0 (release-key): [tlog-missing]"),
+        "{v}"
+    );
 }
 
 fn two_key_policy(threshold: usize) -> Policy {
@@ -73,8 +112,16 @@ fn two_key_policy(threshold: usize) -> Policy {
 fn threshold_counts_distinct_authorities_and_reasons_cover_each_signature() {
     let img = ImageRef::parse("192.168.64.2:5000/cosign-signed-single-sample").unwrap();
     let sigs = [
-        src("legacy:0", D_SAMPLE, legacy("negative/cimage-mixed", "sig1.", false)),
-        src("legacy:1", D_SAMPLE, legacy("negative/cimage-mixed", "sig2.", false)),
+        src(
+            "legacy:0",
+            D_SAMPLE,
+            legacy("negative/cimage-mixed", "sig1.", false),
+        ),
+        src(
+            "legacy:1",
+            D_SAMPLE,
+            legacy("negative/cimage-mixed", "sig2.", false),
+        ),
     ];
     let v = evaluate(&two_key_policy(1), &img, D_SAMPLE, &sigs);
     assert_eq!(v.outcome, Outcome::Trusted);
@@ -96,27 +143,53 @@ fn missing_signatures_deny_in_enforce_and_report_in_audit() {
     assert_eq!(v.reasons[0].detail, "no signatures found");
     let img = ImageRef::parse("mirror.example.com/library/busybox").unwrap();
     let v = evaluate(&p, &img, D_SAMPLE, &[]);
-    assert_eq!((v.outcome, v.mode, v.allows()), (Outcome::Untrusted, Mode::Audit, true));
+    assert_eq!(
+        (v.outcome, v.mode, v.allows()),
+        (Outcome::Untrusted, Mode::Audit, true)
+    );
     let v = evaluate(&p, &ImageRef::parse("quay.io/x/y").unwrap(), D_SAMPLE, &[]);
-    assert_eq!((v.outcome, v.scope.as_str()), (Outcome::Untrusted, "default"));
+    assert_eq!(
+        (v.outcome, v.scope.as_str()),
+        (Outcome::Untrusted, "default")
+    );
 }
 
 #[test]
 fn unusable_artifacts_are_reasons_not_crashes() {
     let img = ImageRef::parse("192.168.64.2:5000/cosign-signed-single-sample").unwrap();
-    let junk = SignatureSource { label: "referrer:x".into(), signed_digest: D_SAMPLE.into(), candidate: Candidate::Bundle(b"{not json".to_vec()) };
+    let junk = SignatureSource {
+        label: "referrer:x".into(),
+        signed_digest: D_SAMPLE.into(),
+        candidate: Candidate::Bundle(b"{not json".to_vec()),
+    };
     let v = evaluate(&two_key_policy(1), &img, D_SAMPLE, &[junk]);
     assert_eq!(v.outcome, Outcome::Untrusted);
-    assert!(v.reasons.iter().all(|r| r.kind == Some(FailureKind::BundleFormat) || r.authority.is_none()));
+    assert!(v
+        .reasons
+        .iter()
+        .all(|r| r.kind == Some(FailureKind::BundleFormat) || r.authority.is_none()));
 }
 
 fn key(hash: &str) -> VerdictKey {
-    VerdictKey { policy_hash: hash.into(), repository: "192.168.64.2:5000/cosign-signed-single-sample".into(), digest: D_SAMPLE.into() }
+    VerdictKey {
+        policy_hash: hash.into(),
+        repository: "192.168.64.2:5000/cosign-signed-single-sample".into(),
+        digest: D_SAMPLE.into(),
+    }
 }
 
 fn trusted_verdict() -> imagegate::verdict::Verdict {
     let img = ImageRef::parse("192.168.64.2:5000/cosign-signed-single-sample").unwrap();
-    evaluate(&two_key_policy(1), &img, D_SAMPLE, &[src("legacy:1", D_SAMPLE, legacy("negative/cimage-mixed", "sig2.", false))])
+    evaluate(
+        &two_key_policy(1),
+        &img,
+        D_SAMPLE,
+        &[src(
+            "legacy:1",
+            D_SAMPLE,
+            legacy("negative/cimage-mixed", "sig2.", false),
+        )],
+    )
 }
 
 #[test]
@@ -130,13 +203,30 @@ fn verdicts_survive_reopening_the_store_and_failures_expire() {
         store.put(&key("p1"), &v).unwrap();
     }
     let store = VerdictStore::open(&path).unwrap();
-    assert_eq!(store.get(&key("p1"), v.decided_at + 86_400).unwrap(), Some(v.clone()), "trusted verdicts do not expire");
-    assert_eq!(store.get(&key("p2"), v.decided_at).unwrap(), None, "another policy hash is a miss");
+    assert_eq!(
+        store.get(&key("p1"), v.decided_at + 86_400).unwrap(),
+        Some(v.clone()),
+        "trusted verdicts do not expire"
+    );
+    assert_eq!(
+        store.get(&key("p2"), v.decided_at).unwrap(),
+        None,
+        "another policy hash is a miss"
+    );
     let mut failed = v.clone();
     failed.outcome = Outcome::Untrusted;
     store.put(&key("p3"), &failed).unwrap();
-    assert!(store.get(&key("p3"), failed.decided_at + 1).unwrap().is_some());
-    assert!(store.get(&key("p3"), failed.decided_at + 3600).unwrap().is_none(), "failures are cached briefly");
+    assert!(store
+        .get(&key("p3"), failed.decided_at + 1)
+        .unwrap()
+        .is_some());
+    assert!(
+        store
+            .get(&key("p3"), failed.decided_at + 3600)
+            .unwrap()
+            .is_none(),
+        "failures are cached briefly"
+    );
     assert_eq!(store.prune("p1", v.decided_at + 3600).unwrap(), 1);
     assert!(store.get(&key("p1"), v.decided_at).unwrap().is_some());
 }
@@ -144,7 +234,9 @@ fn verdicts_survive_reopening_the_store_and_failures_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_for_one_digest_verify_once() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(VerdictCache::new(Some(VerdictStore::open(&dir.path().join("v.redb")).unwrap())));
+    let cache = Arc::new(VerdictCache::new(Some(
+        VerdictStore::open(&dir.path().join("v.redb")).unwrap(),
+    )));
     let calls = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..32 {
@@ -166,10 +258,14 @@ async fn concurrent_requests_for_one_digest_verify_once() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(results.windows(2).all(|w| w[0] == w[1]));
     // Warm: served from the cache without verifying again.
-    let again = cache.get_or_verify(key("p"), || async { panic!("must not verify again") }).await;
+    let again = cache
+        .get_or_verify(key("p"), || async { panic!("must not verify again") })
+        .await;
     assert_eq!(again, results[0]);
     // And from disk after a restart.
     drop(cache);
-    let cache = VerdictCache::new(Some(VerdictStore::open(&dir.path().join("v.redb")).unwrap()));
+    let cache = VerdictCache::new(Some(
+        VerdictStore::open(&dir.path().join("v.redb")).unwrap(),
+    ));
     assert_eq!(cache.lookup(&key("p")), Some(results[0].clone()));
 }

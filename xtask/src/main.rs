@@ -56,6 +56,8 @@ fn main() {
 
 fn test() -> Result<()> {
     setup::run()?;
+    // The registry tests skip without docker-registry; here it is installed, so a skip is a failure.
+    std::env::set_var("IMAGEGATE_REQUIRE_REGISTRY", "1");
     setup::cargo(&["test", "--workspace", "--exclude", "imagegate-ebpf"])?;
     let mut failed = Vec::new();
     for kernel in [vm::KernelSeries::V6_1, vm::KernelSeries::V6_12] {

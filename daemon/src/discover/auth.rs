@@ -36,7 +36,9 @@ struct AuthEntry {
 }
 
 fn normalise_host(h: &str) -> String {
-    let h = h.trim_start_matches("https://").trim_start_matches("http://");
+    let h = h
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     let h = h.split('/').next().unwrap_or(h);
     match h {
         "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".into(),
@@ -48,8 +50,15 @@ impl Credentials {
     /// Read `auths` from a docker config.json.
     pub fn from_docker_config(path: &Path) -> Result<Self, CredentialsError> {
         let p = path.display().to_string();
-        let text = std::fs::read(path).map_err(|e| CredentialsError::Read { path: p.clone(), detail: e.to_string() })?;
-        let cfg: DockerConfig = serde_json::from_slice(&text).map_err(|e| CredentialsError::Read { path: p.clone(), detail: e.to_string() })?;
+        let text = std::fs::read(path).map_err(|e| CredentialsError::Read {
+            path: p.clone(),
+            detail: e.to_string(),
+        })?;
+        let cfg: DockerConfig =
+            serde_json::from_slice(&text).map_err(|e| CredentialsError::Read {
+                path: p.clone(),
+                detail: e.to_string(),
+            })?;
         let mut by_host = HashMap::new();
         for (host, e) in cfg.auths {
             let pair = match (e.auth, e.username, e.password) {
@@ -58,8 +67,14 @@ impl Credentials {
                         .decode(a.trim())
                         .ok()
                         .and_then(|b| String::from_utf8(b).ok())
-                        .ok_or_else(|| CredentialsError::Entry { path: p.clone(), host: host.clone() })?;
-                    let (u, pw) = raw.split_once(':').ok_or_else(|| CredentialsError::Entry { path: p.clone(), host: host.clone() })?;
+                        .ok_or_else(|| CredentialsError::Entry {
+                            path: p.clone(),
+                            host: host.clone(),
+                        })?;
+                    let (u, pw) = raw.split_once(':').ok_or_else(|| CredentialsError::Entry {
+                        path: p.clone(),
+                        host: host.clone(),
+                    })?;
                     (u.to_string(), pw.to_string())
                 }
                 (None, Some(u), Some(pw)) => (u, pw),
@@ -72,7 +87,8 @@ impl Credentials {
 
     /// Add credentials for a host.
     pub fn insert(&mut self, host: &str, user: &str, password: &str) {
-        self.by_host.insert(normalise_host(host), (user.into(), password.into()));
+        self.by_host
+            .insert(normalise_host(host), (user.into(), password.into()));
     }
 
     /// Credentials for a registry host, if any.
@@ -85,7 +101,11 @@ impl Credentials {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     Basic,
-    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
 }
 
 /// Parse a `WWW-Authenticate` header value.
@@ -128,7 +148,9 @@ mod tests {
 
     #[test]
     fn parses_bearer_challenges() {
-        let c = parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#);
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#,
+        );
         assert_eq!(
             c,
             Some(Challenge::Bearer {
@@ -147,8 +169,14 @@ mod tests {
         let p = dir.path().join("config.json");
         std::fs::write(&p, r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"},"127.0.0.1:5000":{"username":"a","password":"b"}}}"#).unwrap();
         let c = Credentials::from_docker_config(&p).unwrap();
-        assert_eq!(c.for_host("docker.io"), Some(&("u".to_string(), "p".to_string())));
-        assert_eq!(c.for_host("127.0.0.1:5000"), Some(&("a".to_string(), "b".to_string())));
+        assert_eq!(
+            c.for_host("docker.io"),
+            Some(&("u".to_string(), "p".to_string()))
+        );
+        assert_eq!(
+            c.for_host("127.0.0.1:5000"),
+            Some(&("a".to_string(), "b".to_string()))
+        );
         std::fs::write(&p, r#"{"auths":{"x":{"auth":"!!"}}}"#).unwrap();
         assert!(Credentials::from_docker_config(&p).is_err());
     }

@@ -34,13 +34,23 @@ impl RegistryClient {
             .redirect(reqwest::redirect::Policy::limited(3))
             .user_agent(concat!("imagegate/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| DiscoverError::Http { url: "-".into(), detail: e.to_string() })?;
-        Ok(RegistryClient { http, cfg: Arc::new(cfg) })
+            .map_err(|e| DiscoverError::Http {
+                url: "-".into(),
+                detail: e.to_string(),
+            })?;
+        Ok(RegistryClient {
+            http,
+            cfg: Arc::new(cfg),
+        })
     }
 
     /// A session for one image: one request budget, one auth token per registry.
     pub fn session(&self) -> Session {
-        Session { client: self.clone(), used: Arc::new(AtomicUsize::new(0)), tokens: Arc::new(Mutex::new(Vec::new())) }
+        Session {
+            client: self.clone(),
+            used: Arc::new(AtomicUsize::new(0)),
+            tokens: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     pub fn config(&self) -> &DiscoveryConfig {
@@ -67,13 +77,26 @@ pub struct Session {
 }
 
 fn api_host(registry: &str) -> &str {
-    if registry == "docker.io" { "registry-1.docker.io" } else { registry }
+    if registry == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        registry
+    }
 }
 
 impl Session {
     fn base(&self, registry: &str) -> String {
-        let insecure = self.client.cfg.insecure_registries.iter().any(|r| r == registry);
-        format!("{}://{}", if insecure { "http" } else { "https" }, api_host(registry))
+        let insecure = self
+            .client
+            .cfg
+            .insecure_registries
+            .iter()
+            .any(|r| r == registry);
+        format!(
+            "{}://{}",
+            if insecure { "http" } else { "https" },
+            api_host(registry)
+        )
     }
 
     fn spend(&self) -> Result<(), DiscoverError> {
@@ -90,7 +113,14 @@ impl Session {
     }
 
     /// GET `/v2/<repo>/<path>`; `Ok(None)` on 404. Bodies over `limit` are refused.
-    pub async fn get(&self, registry: &str, repo: &str, path: &str, accept: &str, limit: usize) -> Result<Option<Fetched>, DiscoverError> {
+    pub async fn get(
+        &self,
+        registry: &str,
+        repo: &str,
+        path: &str,
+        accept: &str,
+        limit: usize,
+    ) -> Result<Option<Fetched>, DiscoverError> {
         let url = format!("{}/v2/{repo}/{path}", self.base(registry));
         let mut auth = self.cached_auth(registry, repo).await;
         for attempt in 0..2 {
@@ -103,14 +133,20 @@ impl Session {
             let status = resp.status();
             debug!(%url, %status, "registry GET");
             if status == StatusCode::UNAUTHORIZED && attempt == 0 {
-                auth = Some(self.authenticate(registry, repo, &url, resp.headers()).await?);
+                auth = Some(
+                    self.authenticate(registry, repo, &url, resp.headers())
+                        .await?,
+                );
                 continue;
             }
             if status == StatusCode::NOT_FOUND {
                 return Ok(None);
             }
             if !status.is_success() {
-                return Err(DiscoverError::Status { url, status: status.as_u16() });
+                return Err(DiscoverError::Status {
+                    url,
+                    status: status.as_u16(),
+                });
             }
             let content_type = resp
                 .headers()
@@ -119,14 +155,31 @@ impl Session {
                 .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
             let body = read_limited(resp, &url, limit).await?;
             let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
-            return Ok(Some(Fetched { body, content_type, digest }));
+            return Ok(Some(Fetched {
+                body,
+                content_type,
+                digest,
+            }));
         }
-        Err(DiscoverError::Auth { url, detail: "still unauthorized after authenticating".into() })
+        Err(DiscoverError::Auth {
+            url,
+            detail: "still unauthorized after authenticating".into(),
+        })
     }
 
     /// GET content addressed by digest and check it has that digest.
-    pub async fn get_by_digest(&self, registry: &str, repo: &str, kind: &str, digest: &str, accept: &str, limit: usize) -> Result<Option<Fetched>, DiscoverError> {
-        let got = self.get(registry, repo, &format!("{kind}/{digest}"), accept, limit).await?;
+    pub async fn get_by_digest(
+        &self,
+        registry: &str,
+        repo: &str,
+        kind: &str,
+        digest: &str,
+        accept: &str,
+        limit: usize,
+    ) -> Result<Option<Fetched>, DiscoverError> {
+        let got = self
+            .get(registry, repo, &format!("{kind}/{digest}"), accept, limit)
+            .await?;
         if let Some(f) = &got {
             if f.digest != digest {
                 return Err(DiscoverError::DigestMismatch {
@@ -141,11 +194,23 @@ impl Session {
 
     async fn cached_auth(&self, registry: &str, repo: &str) -> Option<String> {
         let tokens = self.tokens.lock().await;
-        tokens.iter().find(|(r, p, _)| r == registry && p == repo).map(|(_, _, a)| a.clone())
+        tokens
+            .iter()
+            .find(|(r, p, _)| r == registry && p == repo)
+            .map(|(_, _, a)| a.clone())
     }
 
-    async fn authenticate(&self, registry: &str, repo: &str, url: &str, headers: &HeaderMap) -> Result<String, DiscoverError> {
-        let auth_err = |detail: String| DiscoverError::Auth { url: url.to_string(), detail };
+    async fn authenticate(
+        &self,
+        registry: &str,
+        repo: &str,
+        url: &str,
+        headers: &HeaderMap,
+    ) -> Result<String, DiscoverError> {
+        let auth_err = |detail: String| DiscoverError::Auth {
+            url: url.to_string(),
+            detail,
+        };
         let challenge = headers
             .get(WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
@@ -154,12 +219,24 @@ impl Session {
         let creds = self.client.cfg.credentials.for_host(registry).cloned();
         let header = match challenge {
             Challenge::Basic => {
-                let (u, p) = creds.ok_or_else(|| auth_err("basic auth required and no credentials configured".into()))?;
+                let (u, p) = creds.ok_or_else(|| {
+                    auth_err("basic auth required and no credentials configured".into())
+                })?;
                 use base64::Engine;
-                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                )
             }
             Challenge::Bearer { realm, service, .. } => {
-                if !(realm.starts_with("https://") || self.client.cfg.insecure_registries.iter().any(|r| realm.starts_with(&format!("http://{r}")))) {
+                if !(realm.starts_with("https://")
+                    || self
+                        .client
+                        .cfg
+                        .insecure_registries
+                        .iter()
+                        .any(|r| realm.starts_with(&format!("http://{r}"))))
+                {
                     return Err(auth_err(format!("token realm {realm} is not HTTPS")));
                 }
                 self.spend()?;
@@ -173,7 +250,10 @@ impl Session {
                 }
                 let resp = req.send().await.map_err(|e| transport_err(&realm, e))?;
                 if !resp.status().is_success() {
-                    return Err(auth_err(format!("token endpoint answered HTTP {}", resp.status().as_u16())));
+                    return Err(auth_err(format!(
+                        "token endpoint answered HTTP {}",
+                        resp.status().as_u16()
+                    )));
                 }
                 let body = read_limited(resp, &realm, 64 << 10).await?;
                 #[derive(serde::Deserialize)]
@@ -181,33 +261,55 @@ impl Session {
                     token: Option<String>,
                     access_token: Option<String>,
                 }
-                let t: Token = serde_json::from_slice(&body).map_err(|e| auth_err(format!("token response: {e}")))?;
-                let tok = t.token.or(t.access_token).ok_or_else(|| auth_err("token response without a token".into()))?;
+                let t: Token = serde_json::from_slice(&body)
+                    .map_err(|e| auth_err(format!("token response: {e}")))?;
+                let tok = t
+                    .token
+                    .or(t.access_token)
+                    .ok_or_else(|| auth_err("token response without a token".into()))?;
                 format!("Bearer {tok}")
             }
         };
-        self.tokens.lock().await.push((registry.to_string(), repo.to_string(), header.clone()));
+        self.tokens
+            .lock()
+            .await
+            .push((registry.to_string(), repo.to_string(), header.clone()));
         Ok(header)
     }
 }
 
 fn transport_err(url: &str, e: reqwest::Error) -> DiscoverError {
     if e.is_timeout() {
-        DiscoverError::Timeout { url: url.to_string() }
+        DiscoverError::Timeout {
+            url: url.to_string(),
+        }
     } else {
-        DiscoverError::Http { url: url.to_string(), detail: e.to_string() }
+        DiscoverError::Http {
+            url: url.to_string(),
+            detail: e.to_string(),
+        }
     }
 }
 
 /// Read a body, refusing (early, by Content-Length, and while streaming) anything over `limit`.
-async fn read_limited(mut resp: reqwest::Response, url: &str, limit: usize) -> Result<Vec<u8>, DiscoverError> {
+async fn read_limited(
+    mut resp: reqwest::Response,
+    url: &str,
+    limit: usize,
+) -> Result<Vec<u8>, DiscoverError> {
     if resp.content_length().is_some_and(|l| l as usize > limit) {
-        return Err(DiscoverError::TooLarge { url: url.to_string(), limit });
+        return Err(DiscoverError::TooLarge {
+            url: url.to_string(),
+            limit,
+        });
     }
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| transport_err(url, e))? {
         if body.len() + chunk.len() > limit {
-            return Err(DiscoverError::TooLarge { url: url.to_string(), limit });
+            return Err(DiscoverError::TooLarge {
+                url: url.to_string(),
+                limit,
+            });
         }
         body.extend_from_slice(&chunk);
     }

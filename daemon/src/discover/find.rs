@@ -10,7 +10,10 @@ use tracing::debug;
 use super::client::{Session, MANIFEST_ACCEPT};
 use super::DiscoverError;
 use crate::verdict::{Candidate, SignatureSource};
-use crate::verify::legacy::{ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE, ANNOTATION_CHAIN, ANNOTATION_RFC3161, ANNOTATION_SIGNATURE};
+use crate::verify::legacy::{
+    ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE, ANNOTATION_CHAIN, ANNOTATION_RFC3161,
+    ANNOTATION_SIGNATURE,
+};
 use crate::verify::payload::{MAX_PAYLOAD_BYTES, SIMPLE_SIGNING_MEDIA_TYPE};
 use crate::verify::reference::is_valid_digest;
 use crate::verify::{LegacySignature, VerifyError};
@@ -57,10 +60,16 @@ pub struct Manifest {
 impl Manifest {
     /// Parse, refusing descriptors whose digest is not `sha256:<hex>`.
     pub fn parse(bytes: &[u8], url: &str) -> Result<Self, DiscoverError> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| DiscoverError::Malformed { url: url.to_string(), detail: e.to_string() })?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| DiscoverError::Malformed {
+            url: url.to_string(),
+            detail: e.to_string(),
+        })?;
         for d in m.layers.iter().chain(&m.manifests).chain(m.subject.iter()) {
             if !is_valid_digest(&d.digest) {
-                return Err(DiscoverError::Malformed { url: url.to_string(), detail: format!("unsupported digest {:?}", d.digest) });
+                return Err(DiscoverError::Malformed {
+                    url: url.to_string(),
+                    detail: format!("unsupported digest {:?}", d.digest),
+                });
             }
         }
         Ok(m)
@@ -75,24 +84,51 @@ pub struct Found {
     pub errors: Vec<DiscoverError>,
 }
 
-fn unusable(label: String, digest: &str, location: &str, detail: impl std::fmt::Display) -> SignatureSource {
+fn unusable(
+    label: String,
+    digest: &str,
+    location: &str,
+    detail: impl std::fmt::Display,
+) -> SignatureSource {
     SignatureSource {
         label,
         signed_digest: digest.to_string(),
-        candidate: Candidate::Unusable(VerifyError::Artifact { location: location.to_string(), detail: detail.to_string() }),
+        candidate: Candidate::Unusable(VerifyError::Artifact {
+            location: location.to_string(),
+            detail: detail.to_string(),
+        }),
     }
 }
 
 /// Look in all three places for signatures of `digest`, stored in `registry/repo` (the image's
 /// repository or a configured signature repository).
-pub async fn find_signatures(s: &Session, registry: &str, repo: &str, digest: &str, cfg: &super::DiscoveryConfig) -> Found {
+pub async fn find_signatures(
+    s: &Session,
+    registry: &str,
+    repo: &str,
+    digest: &str,
+    cfg: &super::DiscoveryConfig,
+) -> Found {
     let mut found = Found::default();
     let hex = digest.trim_start_matches("sha256:");
 
     // 1. Referrers API, else 2. the referrers tag.
     let mut referrers: Option<Vec<Descriptor>> = None;
-    match s.get(registry, repo, &format!("referrers/{digest}"), INDEX_MEDIA_TYPE, cfg.max_manifest_bytes).await {
-        Ok(Some(f)) if f.content_type.as_deref().is_none_or(|c| c == INDEX_MEDIA_TYPE || c == "application/json") => {
+    match s
+        .get(
+            registry,
+            repo,
+            &format!("referrers/{digest}"),
+            INDEX_MEDIA_TYPE,
+            cfg.max_manifest_bytes,
+        )
+        .await
+    {
+        Ok(Some(f))
+            if f.content_type
+                .as_deref()
+                .is_none_or(|c| c == INDEX_MEDIA_TYPE || c == "application/json") =>
+        {
             match Manifest::parse(&f.body, "referrers") {
                 Ok(m) => referrers = Some(m.manifests),
                 Err(e) => found.errors.push(e),
@@ -100,11 +136,23 @@ pub async fn find_signatures(s: &Session, registry: &str, repo: &str, digest: &s
         }
         Ok(_) => {}
         // Registries without the API answer 404 (handled as None) or one of these.
-        Err(DiscoverError::Status { status: 400 | 405 | 406 | 501, .. }) => {}
+        Err(DiscoverError::Status {
+            status: 400 | 405 | 406 | 501,
+            ..
+        }) => {}
         Err(e) => found.errors.push(e),
     }
     if referrers.is_none() && found.errors.is_empty() {
-        match s.get(registry, repo, &format!("manifests/sha256-{hex}"), MANIFEST_ACCEPT, cfg.max_manifest_bytes).await {
+        match s
+            .get(
+                registry,
+                repo,
+                &format!("manifests/sha256-{hex}"),
+                MANIFEST_ACCEPT,
+                cfg.max_manifest_bytes,
+            )
+            .await
+        {
             Ok(Some(f)) => match Manifest::parse(&f.body, "referrers tag") {
                 Ok(m) => referrers = Some(m.manifests),
                 Err(e) => found.errors.push(e),
@@ -119,10 +167,25 @@ pub async fn find_signatures(s: &Session, registry: &str, repo: &str, digest: &s
         }
         let label = format!("referrer:{}", d.digest);
         if d.size as usize > cfg.max_manifest_bytes {
-            found.sources.push(unusable(label, digest, &d.digest, format!("manifest size {} over limit", d.size)));
+            found.sources.push(unusable(
+                label,
+                digest,
+                &d.digest,
+                format!("manifest size {} over limit", d.size),
+            ));
             continue;
         }
-        let m = match s.get_by_digest(registry, repo, "manifests", &d.digest, MANIFEST_ACCEPT, cfg.max_manifest_bytes).await {
+        let m = match s
+            .get_by_digest(
+                registry,
+                repo,
+                "manifests",
+                &d.digest,
+                MANIFEST_ACCEPT,
+                cfg.max_manifest_bytes,
+            )
+            .await
+        {
             Ok(Some(f)) => match Manifest::parse(&f.body, &label) {
                 Ok(m) => m,
                 Err(e) => {
@@ -141,17 +204,33 @@ pub async fn find_signatures(s: &Session, registry: &str, repo: &str, digest: &s
             }
         };
         if m.subject.as_ref().is_some_and(|sub| sub.digest != digest) {
-            found.sources.push(unusable(label, digest, &d.digest, "manifest subject is another image"));
+            found.sources.push(unusable(
+                label,
+                digest,
+                &d.digest,
+                "manifest subject is another image",
+            ));
             continue;
         }
         let Some(layer) = m.layers.first().filter(|_| m.layers.len() == 1) else {
-            found.sources.push(unusable(label, digest, &d.digest, format!("{} layers, a signature artifact has one", m.layers.len())));
+            found.sources.push(unusable(
+                label,
+                digest,
+                &d.digest,
+                format!("{} layers, a signature artifact has one", m.layers.len()),
+            ));
             continue;
         };
         if layer.media_type.starts_with(BUNDLE_MEDIA_PREFIX) {
             match blob(s, registry, repo, layer, cfg.max_blob_bytes).await {
-                Ok(b) => found.sources.push(SignatureSource { label, signed_digest: digest.to_string(), candidate: Candidate::Bundle(b) }),
-                Err(e) => found.sources.push(unusable(label, digest, &layer.digest, e)),
+                Ok(b) => found.sources.push(SignatureSource {
+                    label,
+                    signed_digest: digest.to_string(),
+                    candidate: Candidate::Bundle(b),
+                }),
+                Err(e) => found
+                    .sources
+                    .push(unusable(label, digest, &layer.digest, e)),
             }
         } else {
             // SBOMs, attestations in other formats, ...: not signatures.
@@ -159,13 +238,25 @@ pub async fn find_signatures(s: &Session, registry: &str, repo: &str, digest: &s
             found.sources.push(SignatureSource {
                 label,
                 signed_digest: digest.to_string(),
-                candidate: Candidate::Unusable(VerifyError::MediaType { found: layer.media_type.clone(), expected: "application/vnd.dev.sigstore.bundle.v0.3+json" }),
+                candidate: Candidate::Unusable(VerifyError::MediaType {
+                    found: layer.media_type.clone(),
+                    expected: "application/vnd.dev.sigstore.bundle.v0.3+json",
+                }),
             });
         }
     }
 
     // 3. Legacy `.sig` tag.
-    match s.get(registry, repo, &format!("manifests/sha256-{hex}.sig"), MANIFEST_ACCEPT, cfg.max_manifest_bytes).await {
+    match s
+        .get(
+            registry,
+            repo,
+            &format!("manifests/sha256-{hex}.sig"),
+            MANIFEST_ACCEPT,
+            cfg.max_manifest_bytes,
+        )
+        .await
+    {
         Ok(Some(f)) => match Manifest::parse(&f.body, "legacy .sig manifest") {
             Ok(m) => {
                 for (i, layer) in m.layers.iter().enumerate() {
@@ -177,7 +268,10 @@ pub async fn find_signatures(s: &Session, registry: &str, repo: &str, digest: &s
                         found.sources.push(SignatureSource {
                             label,
                             signed_digest: digest.to_string(),
-                            candidate: Candidate::Unusable(VerifyError::MediaType { found: layer.media_type.clone(), expected: SIMPLE_SIGNING_MEDIA_TYPE }),
+                            candidate: Candidate::Unusable(VerifyError::MediaType {
+                                found: layer.media_type.clone(),
+                                expected: SIMPLE_SIGNING_MEDIA_TYPE,
+                            }),
                         });
                         continue;
                     }
@@ -187,19 +281,42 @@ pub async fn find_signatures(s: &Session, registry: &str, repo: &str, digest: &s
                             let sig = LegacySignature {
                                 media_type: layer.media_type.clone(),
                                 payload,
-                                signature_b64: a.get(ANNOTATION_SIGNATURE).cloned().unwrap_or_default(),
-                                certificate_pem: a.get(ANNOTATION_CERTIFICATE).cloned().filter(|c| !c.is_empty()),
-                                chain_pem: a.get(ANNOTATION_CHAIN).cloned().filter(|c| !c.is_empty()),
-                                bundle_json: a.get(ANNOTATION_BUNDLE).cloned().filter(|c| !c.is_empty()),
-                                rfc3161_json: a.get(ANNOTATION_RFC3161).cloned().filter(|c| !c.is_empty()),
+                                signature_b64: a
+                                    .get(ANNOTATION_SIGNATURE)
+                                    .cloned()
+                                    .unwrap_or_default(),
+                                certificate_pem: a
+                                    .get(ANNOTATION_CERTIFICATE)
+                                    .cloned()
+                                    .filter(|c| !c.is_empty()),
+                                chain_pem: a
+                                    .get(ANNOTATION_CHAIN)
+                                    .cloned()
+                                    .filter(|c| !c.is_empty()),
+                                bundle_json: a
+                                    .get(ANNOTATION_BUNDLE)
+                                    .cloned()
+                                    .filter(|c| !c.is_empty()),
+                                rfc3161_json: a
+                                    .get(ANNOTATION_RFC3161)
+                                    .cloned()
+                                    .filter(|c| !c.is_empty()),
                             };
-                            found.sources.push(SignatureSource { label, signed_digest: digest.to_string(), candidate: Candidate::Legacy(sig) });
+                            found.sources.push(SignatureSource {
+                                label,
+                                signed_digest: digest.to_string(),
+                                candidate: Candidate::Legacy(sig),
+                            });
                         }
-                        Err(e) => found.sources.push(unusable(label, digest, &layer.digest, e)),
+                        Err(e) => found
+                            .sources
+                            .push(unusable(label, digest, &layer.digest, e)),
                     }
                 }
             }
-            Err(e) => found.sources.push(unusable("legacy:.sig".into(), digest, "sha256-….sig", e)),
+            Err(e) => found
+                .sources
+                .push(unusable("legacy:.sig".into(), digest, "sha256-….sig", e)),
         },
         Ok(None) => {}
         Err(e) => found.errors.push(e),
@@ -207,12 +324,27 @@ pub async fn find_signatures(s: &Session, registry: &str, repo: &str, digest: &s
     found
 }
 
-async fn blob(s: &Session, registry: &str, repo: &str, d: &Descriptor, limit: usize) -> Result<Vec<u8>, DiscoverError> {
+async fn blob(
+    s: &Session,
+    registry: &str,
+    repo: &str,
+    d: &Descriptor,
+    limit: usize,
+) -> Result<Vec<u8>, DiscoverError> {
     if d.size as usize > limit {
-        return Err(DiscoverError::TooLarge { url: d.digest.clone(), limit });
+        return Err(DiscoverError::TooLarge {
+            url: d.digest.clone(),
+            limit,
+        });
     }
-    match s.get_by_digest(registry, repo, "blobs", &d.digest, "*/*", limit).await? {
+    match s
+        .get_by_digest(registry, repo, "blobs", &d.digest, "*/*", limit)
+        .await?
+    {
         Some(f) => Ok(f.body),
-        None => Err(DiscoverError::Status { url: format!("{registry}/{repo}/blobs/{}", d.digest), status: 404 }),
+        None => Err(DiscoverError::Status {
+            url: format!("{registry}/{repo}/blobs/{}", d.digest),
+            status: 404,
+        }),
     }
 }

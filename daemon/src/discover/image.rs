@@ -28,7 +28,11 @@ impl Platform {
             "powerpc64" => "ppc64le",
             other => other,
         };
-        Platform { os: "linux".into(), architecture: architecture.into(), variant: None }
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
     }
 }
 
@@ -42,7 +46,13 @@ impl std::fmt::Display for Platform {
     }
 }
 
-fn error_verdict(policy: &Policy, image: Option<&ImageRef>, reference: &str, digest: &str, e: &DiscoverError) -> Verdict {
+fn error_verdict(
+    policy: &Policy,
+    image: Option<&ImageRef>,
+    reference: &str,
+    digest: &str,
+    e: &DiscoverError,
+) -> Verdict {
     let (scope, mode) = match image {
         Some(i) => {
             let r = policy.rule_for(i);
@@ -50,7 +60,15 @@ fn error_verdict(policy: &Policy, image: Option<&ImageRef>, reference: &str, dig
         }
         None => (policy.default.scope.clone(), policy.default.mode),
     };
-    Verdict::error(reference, digest, &scope, mode, &policy.hash, Some(FailureKind::Artifact), e.to_string())
+    Verdict::error(
+        reference,
+        digest,
+        &scope,
+        mode,
+        &policy.hash,
+        Some(FailureKind::Artifact),
+        e.to_string(),
+    )
 }
 
 /// Verify `reference` (a tag or digest reference) as `imagegate verify IMAGE` does: resolve it
@@ -66,30 +84,82 @@ pub async fn verify_image(
     let image = match ImageRef::parse(reference) {
         Ok(i) => i,
         Err(e) => {
-            let err = DiscoverError::Reference { reference: reference.to_string(), detail: e.reason.to_string() };
+            let err = DiscoverError::Reference {
+                reference: reference.to_string(),
+                detail: e.reason.to_string(),
+            };
             return error_verdict(policy, None, reference, "", &err);
         }
     };
-    if !matches!(policy.rule_for(&image).requirement, Requirement::Signatures { .. }) {
+    if !matches!(
+        policy.rule_for(&image).requirement,
+        Requirement::Signatures { .. }
+    ) {
         // reject/accept need no registry access.
         return evaluate(policy, &image, image.digest.as_deref().unwrap_or(""), &[]);
     }
     let session = client.session();
-    match resolve(&session, &image, platform, client.config().max_manifest_bytes).await {
-        Ok((digest, index)) => verify_digest(client, policy, cache, &image, &digest, index.as_deref()).await,
-        Err(e) => error_verdict(policy, Some(&image), &image.to_string(), image.digest.as_deref().unwrap_or(""), &e),
+    match resolve(
+        &session,
+        &image,
+        platform,
+        client.config().max_manifest_bytes,
+    )
+    .await
+    {
+        Ok((digest, index)) => {
+            verify_digest(client, policy, cache, &image, &digest, index.as_deref()).await
+        }
+        Err(e) => error_verdict(
+            policy,
+            Some(&image),
+            &image.to_string(),
+            image.digest.as_deref().unwrap_or(""),
+            &e,
+        ),
     }
 }
 
 /// Resolve an image to (platform manifest digest, index digest if it came through an index).
-async fn resolve(s: &Session, image: &ImageRef, platform: &Platform, limit: usize) -> Result<(String, Option<String>), DiscoverError> {
-    let reference = image.digest.clone().or(image.tag.clone()).unwrap_or_else(|| "latest".into());
+async fn resolve(
+    s: &Session,
+    image: &ImageRef,
+    platform: &Platform,
+    limit: usize,
+) -> Result<(String, Option<String>), DiscoverError> {
+    let reference = image
+        .digest
+        .clone()
+        .or(image.tag.clone())
+        .unwrap_or_else(|| "latest".into());
     let url = format!("{}/manifests/{reference}", image.name());
     let f = match &image.digest {
-        Some(d) => s.get_by_digest(&image.registry, &image.repository, "manifests", d, MANIFEST_ACCEPT, limit).await?,
-        None => s.get(&image.registry, &image.repository, &format!("manifests/{reference}"), MANIFEST_ACCEPT, limit).await?,
+        Some(d) => {
+            s.get_by_digest(
+                &image.registry,
+                &image.repository,
+                "manifests",
+                d,
+                MANIFEST_ACCEPT,
+                limit,
+            )
+            .await?
+        }
+        None => {
+            s.get(
+                &image.registry,
+                &image.repository,
+                &format!("manifests/{reference}"),
+                MANIFEST_ACCEPT,
+                limit,
+            )
+            .await?
+        }
     }
-    .ok_or_else(|| DiscoverError::Status { url: url.clone(), status: 404 })?;
+    .ok_or_else(|| DiscoverError::Status {
+        url: url.clone(),
+        status: 404,
+    })?;
     let m = Manifest::parse(&f.body, &url)?;
     if m.manifests.is_empty() {
         return Ok((f.digest, None));
@@ -104,18 +174,40 @@ async fn resolve(s: &Session, image: &ImageRef, platform: &Platform, limit: usiz
                     && (platform.variant.is_none() || p.variant == platform.variant)
             })
         })
-        .ok_or_else(|| DiscoverError::NoPlatform { digest: f.digest.clone(), platform: platform.to_string() })?;
+        .ok_or_else(|| DiscoverError::NoPlatform {
+            digest: f.digest.clone(),
+            platform: platform.to_string(),
+        })?;
     Ok((chosen.digest.clone(), Some(f.digest)))
 }
 
 /// Whether the index `index` (fetched by digest, so verified) lists manifest `digest`.
-async fn index_lists(s: &Session, image: &ImageRef, index: &str, digest: &str, limit: usize) -> Result<bool, DiscoverError> {
+async fn index_lists(
+    s: &Session,
+    image: &ImageRef,
+    index: &str,
+    digest: &str,
+    limit: usize,
+) -> Result<bool, DiscoverError> {
     let url = format!("{}/manifests/{index}", image.name());
     let f = s
-        .get_by_digest(&image.registry, &image.repository, "manifests", index, MANIFEST_ACCEPT, limit)
+        .get_by_digest(
+            &image.registry,
+            &image.repository,
+            "manifests",
+            index,
+            MANIFEST_ACCEPT,
+            limit,
+        )
         .await?
-        .ok_or_else(|| DiscoverError::Status { url: url.clone(), status: 404 })?;
-    Ok(Manifest::parse(&f.body, &url)?.manifests.iter().any(|m| m.digest == digest))
+        .ok_or_else(|| DiscoverError::Status {
+            url: url.clone(),
+            status: 404,
+        })?;
+    Ok(Manifest::parse(&f.body, &url)?
+        .manifests
+        .iter()
+        .any(|m| m.digest == digest))
 }
 
 /// Verify a digest the caller already knows (the daemon learns name, platform manifest digest
@@ -129,16 +221,26 @@ pub async fn verify_digest(
     index_digest: Option<&str>,
 ) -> Verdict {
     let work = || async {
-        if !matches!(policy.rule_for(image).requirement, Requirement::Signatures { .. }) {
+        if !matches!(
+            policy.rule_for(image).requirement,
+            Requirement::Signatures { .. }
+        ) {
             return evaluate(policy, image, digest, &[]);
         }
         let cfg = client.config();
-        let sig_repo = policy.rule_for(image).signature_repository.as_ref().or(cfg.signature_repository.as_ref());
+        let sig_repo = policy
+            .rule_for(image)
+            .signature_repository
+            .as_ref()
+            .or(cfg.signature_repository.as_ref());
         let (registry, repo) = match sig_repo {
             Some(r) => match ImageRef::parse(r) {
                 Ok(r) => (r.registry, r.repository),
                 Err(e) => {
-                    let err = DiscoverError::Reference { reference: r.clone(), detail: e.reason.to_string() };
+                    let err = DiscoverError::Reference {
+                        reference: r.clone(),
+                        detail: e.reason.to_string(),
+                    };
                     return error_verdict(policy, Some(image), &image.to_string(), digest, &err);
                 }
             },
@@ -158,10 +260,14 @@ pub async fn verify_digest(
                 Ok(false) => found.sources.push(crate::verdict::SignatureSource {
                     label: format!("index:{index}"),
                     signed_digest: index.to_string(),
-                    candidate: crate::verdict::Candidate::Unusable(crate::verify::VerifyError::Artifact {
-                        location: index.to_string(),
-                        detail: format!("index does not list {digest}; its signatures do not apply"),
-                    }),
+                    candidate: crate::verdict::Candidate::Unusable(
+                        crate::verify::VerifyError::Artifact {
+                            location: index.to_string(),
+                            detail: format!(
+                                "index does not list {digest}; its signatures do not apply"
+                            ),
+                        },
+                    ),
                 }),
                 Err(e) => found.errors.push(e),
             }
@@ -187,7 +293,11 @@ pub async fn verify_digest(
     };
     match cache {
         Some(c) => {
-            let key = VerdictKey { policy_hash: policy.hash.clone(), repository: image.name(), digest: digest.to_string() };
+            let key = VerdictKey {
+                policy_hash: policy.hash.clone(),
+                repository: image.name(),
+                digest: digest.to_string(),
+            };
             c.get_or_verify(key, work).await
         }
         None => work().await,

@@ -71,7 +71,11 @@ pub enum DiscoverError {
     #[error("{url}: malformed document: {detail}")]
     Malformed { url: String, detail: String },
     #[error("{url}: content digest {actual} is not the requested {expected}")]
-    DigestMismatch { url: String, expected: String, actual: String },
+    DigestMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{url}: authentication failed: {detail}")]
     Auth { url: String, detail: String },
     #[error("image reference {reference:?} is invalid: {detail}")]

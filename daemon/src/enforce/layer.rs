@@ -6,7 +6,7 @@ use imagegate_common::{kernel_dev, DevIno};
 
 /// A directory's `(dev, ino)`, with `dev` in the kernel's internal encoding, which is what the
 /// programs compare with `super_block.s_dev`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct LayerId {
     /// Kernel `dev_t` (`MAJOR << 20 | MINOR`).
     pub dev: u64,

@@ -45,6 +45,9 @@ pub enum LayerState {
     Verified,
     /// A container's upper directory: executing from it is drift.
     Writable,
+    /// Untrusted, but contained only in images whose policy scope audits: allowed and reported
+    /// whatever the global mode.
+    Audit,
 }
 
 impl LayerState {
@@ -54,6 +57,7 @@ impl LayerState {
         match self {
             Self::Verified => imagegate_common::layer_state::VERIFIED,
             Self::Writable => imagegate_common::layer_state::WRITABLE,
+            Self::Audit => imagegate_common::layer_state::AUDIT,
         }
     }
 
@@ -63,6 +67,7 @@ impl LayerState {
         match raw {
             imagegate_common::layer_state::VERIFIED => Some(Self::Verified),
             imagegate_common::layer_state::WRITABLE => Some(Self::Writable),
+            imagegate_common::layer_state::AUDIT => Some(Self::Audit),
             _ => None,
         }
     }

@@ -13,7 +13,10 @@ use serde_json::{Map, Value};
 use super::error::{line_col, PolicyError};
 use super::scope::ScopePattern;
 use super::{Mode, Policy, PolicyHasher, Requirement, Rule};
-use crate::verify::{Authority, IdentityMatcher, PublicKey, SignedIdentity, Signer, StringMatcher, TrustMaterial, TrustedKey};
+use crate::verify::{
+    Authority, IdentityMatcher, PublicKey, SignedIdentity, Signer, StringMatcher, TrustMaterial,
+    TrustedKey,
+};
 
 const MAX_POLICY_BYTES: usize = 1 << 20;
 
@@ -30,12 +33,19 @@ impl Ctx<'_> {
     fn err(&self, field: &str, anchor: &str, message: impl std::fmt::Display) -> PolicyError {
         let offset = self.text.find(&format!("\"{anchor}\"")).unwrap_or(0);
         let (line, column) = line_col(self.text, offset);
-        PolicyError::Invalid { file: self.file.to_path_buf(), line, column, field: field.to_string(), message: message.to_string() }
+        PolicyError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            field: field.to_string(),
+            message: message.to_string(),
+        }
     }
 
     fn read_path(&mut self, p: &str, field: &str) -> Result<String, PolicyError> {
         let path = self.dir.join(p);
-        let text = std::fs::read_to_string(&path).map_err(|e| self.err(field, p, format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| self.err(field, p, format!("cannot read {}: {e}", path.display())))?;
         self.hasher.add(&path.to_string_lossy(), text.as_bytes());
         Ok(text)
     }
@@ -95,13 +105,21 @@ struct Pki {
 
 /// Load and convert a containers-policy.json file.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { file: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
     parse(path, &text)
 }
 
 /// Convert containers-policy.json text (relative key paths resolve beside `path`).
 pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
-    let mut ctx = Ctx { file: path, text, dir: path.parent().map(Path::to_path_buf).unwrap_or_default(), hasher: PolicyHasher::default() };
+    let mut ctx = Ctx {
+        file: path,
+        text,
+        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        hasher: PolicyHasher::default(),
+    };
     if text.len() > MAX_POLICY_BYTES {
         return Err(ctx.err("(file)", "", "policy file larger than 1 MiB"));
     }
@@ -122,7 +140,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             )));
         }
         let Value::Object(map) = scopes_v else {
-            return Err(ctx.err("transports.docker", "docker", "expected an object of scopes"));
+            return Err(ctx.err(
+                "transports.docker",
+                "docker",
+                "expected an object of scopes",
+            ));
         };
         for (scope, reqs) in map {
             let field = format!("transports.docker.{scope:?}");
@@ -134,8 +156,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
                 default = rule(&mut ctx, "default", &field, reqs)?;
                 continue;
             }
-            if scope.contains('@') || scope.rsplit('/').next().is_some_and(|last| last.contains(':') && scope.contains('/')) {
-                return Err(ctx.err(&field, scope, "scopes with a tag or digest are not supported"));
+            if scope.contains('@')
+                || scope
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|last| last.contains(':') && scope.contains('/'))
+            {
+                return Err(ctx.err(
+                    &field,
+                    scope,
+                    "scopes with a tag or digest are not supported",
+                ));
             }
             let pattern = if scope.starts_with("*.") || !scope.contains('/') {
                 ScopePattern::parse(scope)
@@ -147,7 +178,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             scopes.push((pattern, r));
         }
     }
-    Ok(Policy { source: path.to_path_buf(), hash: ctx.hasher.finish(), default, scopes })
+    Ok(Policy {
+        source: path.to_path_buf(),
+        hash: ctx.hasher.finish(),
+        default,
+        scopes,
+    })
 }
 
 /// All requirements of a list must hold (containers/image semantics).
@@ -170,10 +206,17 @@ fn rule(ctx: &mut Ctx<'_>, scope: &str, field: &str, reqs: &[Value]) -> Result<R
             "insecureAcceptAnything" => {}
             "reject" => reject = true,
             "sigstoreSigned" => {
-                let s: Sigstore = serde_json::from_value(Value::Object(body)).map_err(|e| ctx.err(&f, kind, e))?;
+                let s: Sigstore = serde_json::from_value(Value::Object(body))
+                    .map_err(|e| ctx.err(&f, kind, e))?;
                 authorities.push(sigstore(ctx, &f, s)?);
             }
-            "signedBy" => return Err(ctx.err(&f, kind, "GPG simple signing (signedBy) is not supported; only sigstoreSigned")),
+            "signedBy" => {
+                return Err(ctx.err(
+                    &f,
+                    kind,
+                    "GPG simple signing (signedBy) is not supported; only sigstoreSigned",
+                ))
+            }
             other => return Err(ctx.err(&f, other, format!("unknown requirement type {other:?}"))),
         }
     }
@@ -183,27 +226,67 @@ fn rule(ctx: &mut Ctx<'_>, scope: &str, field: &str, reqs: &[Value]) -> Result<R
         Requirement::Accept
     } else {
         let threshold = authorities.len();
-        Requirement::Signatures { authorities, threshold }
+        Requirement::Signatures {
+            authorities,
+            threshold,
+        }
     };
-    Ok(Rule { scope: scope.to_string(), mode: Mode::Enforce, requirement, signature_repository: None })
+    Ok(Rule {
+        scope: scope.to_string(),
+        mode: Mode::Enforce,
+        requirement,
+        signature_repository: None,
+    })
 }
 
 fn sigstore(ctx: &mut Ctx<'_>, f: &str, s: Sigstore) -> Result<Authority, PolicyError> {
-    let given = [s.key_path.is_some(), s.key_paths.is_some(), s.key_data.is_some(), s.key_datas.is_some(), s.fulcio.is_some(), s.pki.is_some()];
+    let given = [
+        s.key_path.is_some(),
+        s.key_paths.is_some(),
+        s.key_data.is_some(),
+        s.key_datas.is_some(),
+        s.fulcio.is_some(),
+        s.pki.is_some(),
+    ];
     if given.iter().filter(|g| **g).count() != 1 {
-        return Err(ctx.err(f, "sigstoreSigned", "exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, pki is required"));
+        return Err(ctx.err(
+            f,
+            "sigstoreSigned",
+            "exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, pki is required",
+        ));
     }
     let mut trust = TrustMaterial::default();
-    let rekor: Vec<String> = match (&s.rekor_public_key_path, &s.rekor_public_key_paths, &s.rekor_public_key_data, &s.rekor_public_key_datas) {
+    let rekor: Vec<String> = match (
+        &s.rekor_public_key_path,
+        &s.rekor_public_key_paths,
+        &s.rekor_public_key_data,
+        &s.rekor_public_key_datas,
+    ) {
         (None, None, None, None) => Vec::new(),
         (Some(p), None, None, None) => vec![ctx.read_path(p, &format!("{f}.rekorPublicKeyPath"))?],
-        (None, Some(ps), None, None) => ps.iter().map(|p| ctx.read_path(p, &format!("{f}.rekorPublicKeyPaths"))).collect::<Result<_, _>>()?,
-        (None, None, Some(d), None) => vec![ctx.decode_data(d, &format!("{f}.rekorPublicKeyData"))?],
-        (None, None, None, Some(ds)) => ds.iter().map(|d| ctx.decode_data(d, &format!("{f}.rekorPublicKeyDatas"))).collect::<Result<_, _>>()?,
-        _ => return Err(ctx.err(f, "sigstoreSigned", "at most one of rekorPublicKeyPath(s)/rekorPublicKeyData(s)")),
+        (None, Some(ps), None, None) => ps
+            .iter()
+            .map(|p| ctx.read_path(p, &format!("{f}.rekorPublicKeyPaths")))
+            .collect::<Result<_, _>>()?,
+        (None, None, Some(d), None) => {
+            vec![ctx.decode_data(d, &format!("{f}.rekorPublicKeyData"))?]
+        }
+        (None, None, None, Some(ds)) => ds
+            .iter()
+            .map(|d| ctx.decode_data(d, &format!("{f}.rekorPublicKeyDatas")))
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ctx.err(
+                f,
+                "sigstoreSigned",
+                "at most one of rekorPublicKeyPath(s)/rekorPublicKeyData(s)",
+            ))
+        }
     };
     for pem in &rekor {
-        trust.add_rekor_key_pem(pem).map_err(|e| ctx.err(f, "rekorPublicKey", e))?;
+        trust
+            .add_rekor_key_pem(pem)
+            .map_err(|e| ctx.err(f, "rekorPublicKey", e))?;
     }
     let require_tlog = !rekor.is_empty();
     let mut key_pems = Vec::new();
@@ -223,11 +306,23 @@ fn sigstore(ctx: &mut Ctx<'_>, f: &str, s: Sigstore) -> Result<Authority, Policy
         let ca = match (&fulcio.ca_path, &fulcio.ca_data) {
             (Some(p), None) => ctx.read_path(p, &format!("{f}.fulcio.caPath"))?,
             (None, Some(d)) => ctx.decode_data(d, &format!("{f}.fulcio.caData"))?,
-            _ => return Err(ctx.err(&format!("{f}.fulcio"), "fulcio", "exactly one of caPath, caData")),
+            _ => {
+                return Err(ctx.err(
+                    &format!("{f}.fulcio"),
+                    "fulcio",
+                    "exactly one of caPath, caData",
+                ))
+            }
         };
-        trust.add_ca_pem(&ca).map_err(|e| ctx.err(&format!("{f}.fulcio"), "fulcio", e))?;
+        trust
+            .add_ca_pem(&ca)
+            .map_err(|e| ctx.err(&format!("{f}.fulcio"), "fulcio", e))?;
         if !require_tlog {
-            return Err(ctx.err(&format!("{f}.fulcio"), "fulcio", "fulcio requires rekorPublicKeyPath/Data (as in containers/image)"));
+            return Err(ctx.err(
+                &format!("{f}.fulcio"),
+                "fulcio",
+                "fulcio requires rekorPublicKeyPath/Data (as in containers/image)",
+            ));
         }
         // containers/image does not check SCTs and its policy carries no CT log key.
         Signer::Certificate {
@@ -245,26 +340,48 @@ fn sigstore(ctx: &mut Ctx<'_>, f: &str, s: Sigstore) -> Result<Authority, Policy
             (None, Some(d)) => ctx.decode_data(d, &format!("{fp}.caRootsData"))?,
             _ => return Err(ctx.err(&fp, "pki", "exactly one of caRootsPath, caRootsData")),
         };
-        trust.add_ca_pem(&roots).map_err(|e| ctx.err(&fp, "pki", e))?;
+        trust
+            .add_ca_pem(&roots)
+            .map_err(|e| ctx.err(&fp, "pki", e))?;
         let inter = match (&pki.ca_intermediates_path, &pki.ca_intermediates_data) {
             (Some(p), None) => Some(ctx.read_path(p, &format!("{fp}.caIntermediatesPath"))?),
             (None, Some(d)) => Some(ctx.decode_data(d, &format!("{fp}.caIntermediatesData"))?),
             (None, None) => None,
-            _ => return Err(ctx.err(&fp, "pki", "at most one of caIntermediatesPath, caIntermediatesData")),
+            _ => {
+                return Err(ctx.err(
+                    &fp,
+                    "pki",
+                    "at most one of caIntermediatesPath, caIntermediatesData",
+                ))
+            }
         };
         if let Some(i) = inter {
-            trust.add_intermediates_pem(&i).map_err(|e| ctx.err(&fp, "pki", e))?;
+            trust
+                .add_intermediates_pem(&i)
+                .map_err(|e| ctx.err(&fp, "pki", e))?;
         }
         let subject = match (&pki.subject_email, &pki.subject_hostname) {
             (Some(e), None) => e.clone(),
             (None, Some(h)) => h.clone(),
             _ => return Err(ctx.err(&fp, "pki", "exactly one of subjectEmail, subjectHostname")),
         };
-        Signer::Certificate { identities: vec![IdentityMatcher { subject: StringMatcher::Exact(subject), issuer: None, extensions: Vec::new() }], require_sct: false }
+        Signer::Certificate {
+            identities: vec![IdentityMatcher {
+                subject: StringMatcher::Exact(subject),
+                issuer: None,
+                extensions: Vec::new(),
+            }],
+            require_sct: false,
+        }
     } else {
         let mut keys = Vec::new();
         for pem in &key_pems {
-            keys.extend(PublicKey::all_from_pem(pem).map_err(|e| ctx.err(f, "sigstoreSigned", e))?.into_iter().map(TrustedKey::new));
+            keys.extend(
+                PublicKey::all_from_pem(pem)
+                    .map_err(|e| ctx.err(f, "sigstoreSigned", e))?
+                    .into_iter()
+                    .map(TrustedKey::new),
+            );
         }
         Signer::Keys(keys)
     };
@@ -272,14 +389,28 @@ fn sigstore(ctx: &mut Ctx<'_>, f: &str, s: Sigstore) -> Result<Authority, Policy
         None => SignedIdentity::MatchRepoDigestOrExact,
         Some(v) => signed_identity(ctx, &format!("{f}.signedIdentity"), v)?,
     };
-    Ok(Authority { name: f.to_string(), signer, trust: Arc::new(trust), require_tlog, signed_identity })
+    Ok(Authority {
+        name: f.to_string(),
+        signer,
+        trust: Arc::new(trust),
+        require_tlog,
+        signed_identity,
+    })
 }
 
 fn signed_identity(ctx: &Ctx<'_>, f: &str, v: &Value) -> Result<SignedIdentity, PolicyError> {
-    let obj = v.as_object().ok_or_else(|| ctx.err(f, "signedIdentity", "expected an object"))?;
-    let kind = obj.get("type").and_then(Value::as_str).ok_or_else(|| ctx.err(f, "signedIdentity", "missing type"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ctx.err(f, "signedIdentity", "expected an object"))?;
+    let kind = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ctx.err(f, "signedIdentity", "missing type"))?;
     let get = |k: &str| -> Result<String, PolicyError> {
-        obj.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| ctx.err(f, kind, format!("{kind} needs {k}")))
+        obj.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| ctx.err(f, kind, format!("{kind} needs {k}")))
     };
     let allowed: &[&str] = match kind {
         "matchExact" | "matchRepoDigestOrExact" | "matchRepository" => &["type"],
@@ -297,6 +428,9 @@ fn signed_identity(ctx: &Ctx<'_>, f: &str, v: &Value) -> Result<SignedIdentity, 
         "matchRepository" => SignedIdentity::MatchRepository,
         "exactReference" => SignedIdentity::ExactReference(get("dockerReference")?),
         "exactRepository" => SignedIdentity::ExactRepository(get("dockerRepository")?),
-        _ => SignedIdentity::Remap { prefix: get("prefix")?, signed_prefix: get("signedPrefix")? },
+        _ => SignedIdentity::Remap {
+            prefix: get("prefix")?,
+            signed_prefix: get("signedPrefix")?,
+        },
     })
 }

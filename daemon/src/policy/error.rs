@@ -8,7 +8,13 @@ use std::path::PathBuf;
 pub enum PolicyError {
     /// Syntax or meaning error at a place in the file.
     #[error("{}:{line}:{column}: {field}: {message}", file.display())]
-    Invalid { file: PathBuf, line: usize, column: usize, field: String, message: String },
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        field: String,
+        message: String,
+    },
     /// The policy file itself cannot be read.
     #[error("{}: cannot read policy: {source}", file.display())]
     Read {

@@ -13,7 +13,8 @@ use super::error::{line_col, PolicyError};
 use super::scope::ScopePattern;
 use super::{Mode, Policy, PolicyHasher, Requirement, Rule};
 use crate::verify::{
-    Authority, HashAlg, IdentityMatcher, PublicKey, SignedIdentity, Signer, StringMatcher, TrustMaterial, TrustedKey,
+    Authority, HashAlg, IdentityMatcher, PublicKey, SignedIdentity, Signer, StringMatcher,
+    TrustMaterial, TrustedKey,
 };
 
 /// Largest policy file accepted.
@@ -120,8 +121,13 @@ impl Ctx<'_> {
     /// the policy hash.
     fn read_ref(&mut self, p: &Spanned<String>, field: &str) -> Result<String, PolicyError> {
         let path = self.dir.join(p.get_ref());
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| self.err(p.span(), field, format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            self.err(
+                p.span(),
+                field,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
         self.hasher.add(&path.to_string_lossy(), text.as_bytes());
         Ok(text)
     }
@@ -129,7 +135,10 @@ impl Ctx<'_> {
 
 /// Load and validate an imagegate TOML policy.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { file: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
     parse(path, &text)
 }
 
@@ -147,11 +156,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     ctx.hasher.add("policy", text.as_bytes());
     let raw: RawPolicy = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        let field = text.get(span.clone()).map(|s| s.trim().chars().take(60).collect::<String>()).unwrap_or_default();
-        ctx.err(span, if field.is_empty() { "(syntax)" } else { &field }, e.message())
+        let field = text
+            .get(span.clone())
+            .map(|s| s.trim().chars().take(60).collect::<String>())
+            .unwrap_or_default();
+        ctx.err(
+            span,
+            if field.is_empty() { "(syntax)" } else { &field },
+            e.message(),
+        )
     })?;
     if *raw.version.get_ref() != 1 {
-        return Err(ctx.err(raw.version.span(), "version", "only policy version 1 is supported"));
+        return Err(ctx.err(
+            raw.version.span(),
+            "version",
+            "only policy version 1 is supported",
+        ));
     }
 
     let mut trusts: BTreeMap<String, Arc<TrustMaterial>> = BTreeMap::new();
@@ -160,7 +180,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     }
 
     if let Some(p) = &raw.default.get_ref().pattern {
-        return Err(ctx.err(p.span(), "default.match", "the default rule applies to everything; it takes no `match`"));
+        return Err(ctx.err(
+            p.span(),
+            "default.match",
+            "the default rule applies to everything; it takes no `match`",
+        ));
     }
     let default = rule(&mut ctx, "default", raw.default.get_ref(), &trusts)?;
     let mut seen = HashSet::new();
@@ -168,48 +192,78 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     for (i, s) in raw.scopes.iter().enumerate() {
         let r = s.get_ref();
         let Some(p) = &r.pattern else {
-            return Err(ctx.err(s.span(), &format!("scope[{i}].match"), "every [[scope]] needs a `match` pattern"));
+            return Err(ctx.err(
+                s.span(),
+                &format!("scope[{i}].match"),
+                "every [[scope]] needs a `match` pattern",
+            ));
         };
-        let pattern = ScopePattern::parse(p.get_ref()).map_err(|e| ctx.err(p.span(), &format!("scope[{i}].match"), e))?;
+        let pattern = ScopePattern::parse(p.get_ref())
+            .map_err(|e| ctx.err(p.span(), &format!("scope[{i}].match"), e))?;
         if !seen.insert(pattern.clone()) {
-            return Err(ctx.err(p.span(), &format!("scope[{i}].match"), format!("scope {pattern} is defined twice")));
+            return Err(ctx.err(
+                p.span(),
+                &format!("scope[{i}].match"),
+                format!("scope {pattern} is defined twice"),
+            ));
         }
         let rule = rule(&mut ctx, &pattern.to_string(), r, &trusts)?;
         scopes.push((pattern, rule));
     }
-    Ok(Policy { source: path.to_path_buf(), hash: ctx.hasher.finish(), default, scopes })
+    Ok(Policy {
+        source: path.to_path_buf(),
+        hash: ctx.hasher.finish(),
+        default,
+        scopes,
+    })
 }
 
-fn trust(ctx: &mut Ctx<'_>, name: &str, t: &Spanned<RawTrust>) -> Result<TrustMaterial, PolicyError> {
+fn trust(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    t: &Spanned<RawTrust>,
+) -> Result<TrustMaterial, PolicyError> {
     let f = |k: &str| format!("trust.{name}.{k}");
     let raw = t.get_ref();
     let mut tm = TrustMaterial::default();
     if let Some(p) = &raw.trusted_root {
         let text = ctx.read_ref(p, &f("trusted_root"))?;
-        tm.extend(TrustMaterial::from_trusted_root_json(text.as_bytes()).map_err(|e| ctx.err(p.span(), &f("trusted_root"), e))?);
+        tm.extend(
+            TrustMaterial::from_trusted_root_json(text.as_bytes())
+                .map_err(|e| ctx.err(p.span(), &f("trusted_root"), e))?,
+        );
     }
     if let Some(p) = &raw.ca_roots {
         let text = ctx.read_ref(p, &f("ca_roots"))?;
-        tm.add_ca_pem(&text).map_err(|e| ctx.err(p.span(), &f("ca_roots"), e))?;
+        tm.add_ca_pem(&text)
+            .map_err(|e| ctx.err(p.span(), &f("ca_roots"), e))?;
     }
     if let Some(p) = &raw.ca_intermediates {
         let text = ctx.read_ref(p, &f("ca_intermediates"))?;
-        tm.add_intermediates_pem(&text).map_err(|e| ctx.err(p.span(), &f("ca_intermediates"), e))?;
+        tm.add_intermediates_pem(&text)
+            .map_err(|e| ctx.err(p.span(), &f("ca_intermediates"), e))?;
     }
     for p in &raw.rekor_keys {
         let text = ctx.read_ref(p, &f("rekor_keys"))?;
-        tm.add_rekor_key_pem(&text).map_err(|e| ctx.err(p.span(), &f("rekor_keys"), e))?;
+        tm.add_rekor_key_pem(&text)
+            .map_err(|e| ctx.err(p.span(), &f("rekor_keys"), e))?;
     }
     for p in &raw.ctlog_keys {
         let text = ctx.read_ref(p, &f("ctlog_keys"))?;
-        tm.add_ctlog_key_pem(&text).map_err(|e| ctx.err(p.span(), &f("ctlog_keys"), e))?;
+        tm.add_ctlog_key_pem(&text)
+            .map_err(|e| ctx.err(p.span(), &f("ctlog_keys"), e))?;
     }
     if let Some(p) = &raw.tsa_certs {
         let text = ctx.read_ref(p, &f("tsa_certs"))?;
-        tm.add_tsa_pem(&text).map_err(|e| ctx.err(p.span(), &f("tsa_certs"), e))?;
+        tm.add_tsa_pem(&text)
+            .map_err(|e| ctx.err(p.span(), &f("tsa_certs"), e))?;
     }
     if tm.cas.is_empty() && tm.tlogs.is_empty() {
-        return Err(ctx.err(t.span(), &format!("trust.{name}"), "trust entry names no CA and no transparency log"));
+        return Err(ctx.err(
+            t.span(),
+            &format!("trust.{name}"),
+            "trust entry names no CA and no transparency log",
+        ));
     }
     Ok(tm)
 }
@@ -220,10 +274,13 @@ fn lookup_trust(
     name: &Spanned<String>,
     field: &str,
 ) -> Result<Arc<TrustMaterial>, PolicyError> {
-    trusts
-        .get(name.get_ref())
-        .cloned()
-        .ok_or_else(|| ctx.err(name.span(), field, format!("no [trust.{}] defined", name.get_ref())))
+    trusts.get(name.get_ref()).cloned().ok_or_else(|| {
+        ctx.err(
+            name.span(),
+            field,
+            format!("no [trust.{}] defined", name.get_ref()),
+        )
+    })
 }
 
 fn rule(
@@ -236,7 +293,13 @@ fn rule(
     let mode = match r.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
         None | Some(("enforce", _)) => Mode::Enforce,
         Some(("audit", _)) => Mode::Audit,
-        Some((other, span)) => return Err(ctx.err(span, &at("mode"), format!("unknown mode {other:?} (audit or enforce)"))),
+        Some((other, span)) => {
+            return Err(ctx.err(
+                span,
+                &at("mode"),
+                format!("unknown mode {other:?} (audit or enforce)"),
+            ))
+        }
     };
     let signed_identity = match &r.signed_identity {
         None => SignedIdentity::Any,
@@ -244,35 +307,76 @@ fn rule(
     };
     let requirement = match r.require.get_ref().as_str() {
         "reject" | "accept" => {
-            let extra = r.keys.first().map(|k| k.span()).or(r.keyless.first().map(|k| k.span()))
+            let extra = r
+                .keys
+                .first()
+                .map(|k| k.span())
+                .or(r.keyless.first().map(|k| k.span()))
                 .or(r.threshold.as_ref().map(|t| t.span()));
             if let Some(span) = extra {
-                return Err(ctx.err(span, &at("require"), "keys, keyless and threshold only apply to require = \"signatures\""));
+                return Err(ctx.err(
+                    span,
+                    &at("require"),
+                    "keys, keyless and threshold only apply to require = \"signatures\"",
+                ));
             }
-            if r.require.get_ref() == "reject" { Requirement::Reject } else { Requirement::Accept }
+            if r.require.get_ref() == "reject" {
+                Requirement::Reject
+            } else {
+                Requirement::Accept
+            }
         }
         "signatures" => {
             let mut authorities = Vec::new();
             for (i, k) in r.keys.iter().enumerate() {
-                authorities.push(key_authority(ctx, k, &format!("{scope}.keys[{i}]"), trusts, &signed_identity)?);
+                authorities.push(key_authority(
+                    ctx,
+                    k,
+                    &format!("{scope}.keys[{i}]"),
+                    trusts,
+                    &signed_identity,
+                )?);
             }
             for (i, k) in r.keyless.iter().enumerate() {
-                authorities.push(keyless_authority(ctx, k, &format!("{scope}.keyless[{i}]"), trusts, &signed_identity)?);
+                authorities.push(keyless_authority(
+                    ctx,
+                    k,
+                    &format!("{scope}.keyless[{i}]"),
+                    trusts,
+                    &signed_identity,
+                )?);
             }
             if authorities.is_empty() {
-                return Err(ctx.err(r.require.span(), &at("require"), "require = \"signatures\" needs at least one [[keys]] or [[keyless]] entry"));
+                return Err(ctx.err(
+                    r.require.span(),
+                    &at("require"),
+                    "require = \"signatures\" needs at least one [[keys]] or [[keyless]] entry",
+                ));
             }
             let threshold = match &r.threshold {
                 None => 1,
-                Some(t) if *t.get_ref() >= 1 && (*t.get_ref() as usize) <= authorities.len() => *t.get_ref() as usize,
+                Some(t) if *t.get_ref() >= 1 && (*t.get_ref() as usize) <= authorities.len() => {
+                    *t.get_ref() as usize
+                }
                 Some(t) => {
-                    return Err(ctx.err(t.span(), &at("threshold"), format!("threshold must be between 1 and {}", authorities.len())))
+                    return Err(ctx.err(
+                        t.span(),
+                        &at("threshold"),
+                        format!("threshold must be between 1 and {}", authorities.len()),
+                    ))
                 }
             };
-            Requirement::Signatures { authorities, threshold }
+            Requirement::Signatures {
+                authorities,
+                threshold,
+            }
         }
         other => {
-            return Err(ctx.err(r.require.span(), &at("require"), format!("unknown requirement {other:?} (reject, accept or signatures)")))
+            return Err(ctx.err(
+                r.require.span(),
+                &at("require"),
+                format!("unknown requirement {other:?} (reject, accept or signatures)"),
+            ))
         }
     };
     let signature_repository = match &r.signature_repository {
@@ -281,17 +385,38 @@ fn rule(
             let parsed = crate::verify::ImageRef::parse(repo.get_ref())
                 .ok()
                 .filter(|i| i.tag.is_none() && i.digest.is_none())
-                .ok_or_else(|| ctx.err(repo.span(), &at("signature_repository"), "expected registry/repository without tag or digest"))?;
+                .ok_or_else(|| {
+                    ctx.err(
+                        repo.span(),
+                        &at("signature_repository"),
+                        "expected registry/repository without tag or digest",
+                    )
+                })?;
             Some(parsed.name())
         }
     };
-    Ok(Rule { scope: scope.to_string(), mode, requirement, signature_repository })
+    Ok(Rule {
+        scope: scope.to_string(),
+        mode,
+        requirement,
+        signature_repository,
+    })
 }
 
-fn signed_identity(ctx: &Ctx<'_>, si: &Spanned<RawSignedIdentity>, field: &str) -> Result<SignedIdentity, PolicyError> {
+fn signed_identity(
+    ctx: &Ctx<'_>,
+    si: &Spanned<RawSignedIdentity>,
+    field: &str,
+) -> Result<SignedIdentity, PolicyError> {
     let r = si.get_ref();
     let need = |v: &Option<String>, what: &str| {
-        v.clone().ok_or_else(|| ctx.err(si.span(), field, format!("match = {:?} needs `{what}`", r.kind.get_ref())))
+        v.clone().ok_or_else(|| {
+            ctx.err(
+                si.span(),
+                field,
+                format!("match = {:?} needs `{what}`", r.kind.get_ref()),
+            )
+        })
     };
     Ok(match r.kind.get_ref().as_str() {
         "any" => SignedIdentity::Any,
@@ -300,8 +425,17 @@ fn signed_identity(ctx: &Ctx<'_>, si: &Spanned<RawSignedIdentity>, field: &str) 
         "exact" => SignedIdentity::MatchExact,
         "exact-reference" => SignedIdentity::ExactReference(need(&r.reference, "reference")?),
         "exact-repository" => SignedIdentity::ExactRepository(need(&r.repository, "repository")?),
-        "remap" => SignedIdentity::Remap { prefix: need(&r.prefix, "prefix")?, signed_prefix: need(&r.signed_prefix, "signed_prefix")? },
-        other => return Err(ctx.err(r.kind.span(), field, format!("unknown signed_identity match {other:?}"))),
+        "remap" => SignedIdentity::Remap {
+            prefix: need(&r.prefix, "prefix")?,
+            signed_prefix: need(&r.signed_prefix, "signed_prefix")?,
+        },
+        other => {
+            return Err(ctx.err(
+                r.kind.span(),
+                field,
+                format!("unknown signed_identity match {other:?}"),
+            ))
+        }
     })
 }
 
@@ -326,23 +460,43 @@ fn key_authority(
         Some(("sha256", _)) => Some(HashAlg::Sha256),
         Some(("sha384", _)) => Some(HashAlg::Sha384),
         Some(("sha512", _)) => Some(HashAlg::Sha512),
-        Some((other, s)) => return Err(ctx.err(s, &format!("{field}.digest"), format!("unknown digest {other:?}"))),
+        Some((other, s)) => {
+            return Err(ctx.err(
+                s,
+                &format!("{field}.digest"),
+                format!("unknown digest {other:?}"),
+            ))
+        }
     };
     let keys = PublicKey::all_from_pem(&pem).map_err(|e| ctx.err(span.clone(), field, e))?;
     let trust = match (&r.trust, r.tlog) {
         (Some(t), tlog) => {
             let tm = lookup_trust(ctx, trusts, t, &format!("{field}.trust"))?;
             if tlog && tm.tlogs.is_empty() {
-                return Err(ctx.err(t.span(), &format!("{field}.trust"), "tlog = true needs Rekor keys in this trust entry"));
+                return Err(ctx.err(
+                    t.span(),
+                    &format!("{field}.trust"),
+                    "tlog = true needs Rekor keys in this trust entry",
+                ));
             }
             tm
         }
-        (None, true) => return Err(ctx.err(k.span(), field, "tlog = true needs `trust` naming the Rekor keys")),
+        (None, true) => {
+            return Err(ctx.err(
+                k.span(),
+                field,
+                "tlog = true needs `trust` naming the Rekor keys",
+            ))
+        }
         (None, false) => Arc::new(TrustMaterial::default()),
     };
     Ok(Authority {
         name: r.name.clone().unwrap_or_else(|| field.to_string()),
-        signer: Signer::Keys(keys.into_iter().map(|key| TrustedKey { key, hash }).collect()),
+        signer: Signer::Keys(
+            keys.into_iter()
+                .map(|key| TrustedKey { key, hash })
+                .collect(),
+        ),
         trust,
         require_tlog: r.tlog,
         signed_identity: si.clone(),
@@ -358,11 +512,19 @@ fn matcher(
 ) -> Result<Option<StringMatcher>, PolicyError> {
     match (exact, regex) {
         (Some(e), None) => Ok(Some(StringMatcher::Exact(e.get_ref().clone()))),
-        (None, Some(r)) => StringMatcher::regex(r.get_ref())
-            .map(Some)
-            .map_err(|e| ctx.err(r.span(), &format!("{field}_regex"), format!("invalid regular expression: {e}"))),
+        (None, Some(r)) => StringMatcher::regex(r.get_ref()).map(Some).map_err(|e| {
+            ctx.err(
+                r.span(),
+                &format!("{field}_regex"),
+                format!("invalid regular expression: {e}"),
+            )
+        }),
         (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err(ctx.err(span, field, format!("give `{field}` or `{field}_regex`, not both"))),
+        (Some(_), Some(_)) => Err(ctx.err(
+            span,
+            field,
+            format!("give `{field}` or `{field}_regex`, not both"),
+        )),
     }
 }
 
@@ -375,27 +537,70 @@ fn keyless_authority(
 ) -> Result<Authority, PolicyError> {
     let r = k.get_ref();
     let trust = lookup_trust(ctx, trusts, &r.trust, &format!("{field}.trust"))?;
-    let subject = matcher(ctx, &r.subject, &r.subject_regex, &format!("{field}.subject"), k.span())?
-        .ok_or_else(|| ctx.err(k.span(), field, "keyless needs `subject` or `subject_regex`"))?;
-    let issuer = matcher(ctx, &r.issuer, &r.issuer_regex, &format!("{field}.issuer"), k.span())?
-        .ok_or_else(|| ctx.err(k.span(), field, "keyless needs `issuer` or `issuer_regex` (the OIDC issuer)"))?;
+    let subject = matcher(
+        ctx,
+        &r.subject,
+        &r.subject_regex,
+        &format!("{field}.subject"),
+        k.span(),
+    )?
+    .ok_or_else(|| {
+        ctx.err(
+            k.span(),
+            field,
+            "keyless needs `subject` or `subject_regex`",
+        )
+    })?;
+    let issuer = matcher(
+        ctx,
+        &r.issuer,
+        &r.issuer_regex,
+        &format!("{field}.issuer"),
+        k.span(),
+    )?
+    .ok_or_else(|| {
+        ctx.err(
+            k.span(),
+            field,
+            "keyless needs `issuer` or `issuer_regex` (the OIDC issuer)",
+        )
+    })?;
     let mut extensions = Vec::new();
     for (oid, v) in &r.extensions {
-        let parsed = oid
-            .parse()
-            .map_err(|_| ctx.err(v.span(), &format!("{field}.extensions"), format!("{oid:?} is not an OID")))?;
+        let parsed = oid.parse().map_err(|_| {
+            ctx.err(
+                v.span(),
+                &format!("{field}.extensions"),
+                format!("{oid:?} is not an OID"),
+            )
+        })?;
         extensions.push((parsed, StringMatcher::Exact(v.get_ref().clone())));
     }
     if trust.cas.is_empty() || trust.tlogs.is_empty() {
-        return Err(ctx.err(r.trust.span(), &format!("{field}.trust"), "keyless needs a trust entry with CAs and Rekor keys"));
+        return Err(ctx.err(
+            r.trust.span(),
+            &format!("{field}.trust"),
+            "keyless needs a trust entry with CAs and Rekor keys",
+        ));
     }
     let require_sct = r.require_sct.unwrap_or(true);
     if require_sct && trust.ctlogs.is_empty() {
-        return Err(ctx.err(r.trust.span(), &format!("{field}.trust"), "require_sct needs CT log keys in the trust entry (or require_sct = false)"));
+        return Err(ctx.err(
+            r.trust.span(),
+            &format!("{field}.trust"),
+            "require_sct needs CT log keys in the trust entry (or require_sct = false)",
+        ));
     }
     Ok(Authority {
         name: r.name.clone().unwrap_or_else(|| field.to_string()),
-        signer: Signer::Certificate { identities: vec![IdentityMatcher { subject, issuer: Some(issuer), extensions }], require_sct },
+        signer: Signer::Certificate {
+            identities: vec![IdentityMatcher {
+                subject,
+                issuer: Some(issuer),
+                extensions,
+            }],
+            require_sct,
+        },
         trust,
         require_tlog: true,
         signed_identity: si.clone(),

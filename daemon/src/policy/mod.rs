@@ -33,7 +33,10 @@ pub enum Requirement {
     /// Trusted without signatures.
     Accept,
     /// At least `threshold` distinct authorities must each be satisfied by a valid signature.
-    Signatures { authorities: Vec<Authority>, threshold: usize },
+    Signatures {
+        authorities: Vec<Authority>,
+        threshold: usize,
+    },
 }
 
 /// The rule applying to one scope (or the default).

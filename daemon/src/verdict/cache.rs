@@ -26,7 +26,11 @@ pub struct VerdictCache {
 impl VerdictCache {
     /// A cache persisting to `store` (or memory only with `None`).
     pub fn new(store: Option<VerdictStore>) -> Self {
-        VerdictCache { store: store.map(Arc::new), memory: DashMap::new(), inflight: DashMap::new() }
+        VerdictCache {
+            store: store.map(Arc::new),
+            memory: DashMap::new(),
+            inflight: DashMap::new(),
+        }
     }
 
     fn remember(&self, key: &VerdictKey, v: &Verdict) {
@@ -72,7 +76,11 @@ impl VerdictCache {
         if let Some(v) = self.lookup(&key) {
             return v;
         }
-        let cell = self.inflight.entry(key.clone()).or_insert_with(|| Arc::new(OnceCell::new())).clone();
+        let cell = self
+            .inflight
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .clone();
         let verdict = cell
             .get_or_init(|| async {
                 let v = verify().await;

@@ -6,7 +6,10 @@ use tracing::info;
 
 use super::{Outcome, Reason, Verdict};
 use crate::policy::{Policy, Requirement};
-use crate::verify::{verify_bundle, verify_legacy, BundleExpectation, Expectation, ImageRef, LegacySignature, VerifyError};
+use crate::verify::{
+    verify_bundle, verify_legacy, BundleExpectation, Expectation, ImageRef, LegacySignature,
+    VerifyError,
+};
 
 /// A signature artifact as found in the registry.
 #[derive(Debug, Clone)]
@@ -31,7 +34,12 @@ pub struct SignatureSource {
 
 /// Evaluate `image@digest` under `policy` given the signatures found. Pure and synchronous:
 /// the registry work happens before, the caching around it.
-pub fn evaluate(policy: &Policy, image: &ImageRef, digest: &str, sources: &[SignatureSource]) -> Verdict {
+pub fn evaluate(
+    policy: &Policy,
+    image: &ImageRef,
+    digest: &str,
+    sources: &[SignatureSource],
+) -> Verdict {
     let rule = policy.rule_for(image);
     let mut v = Verdict {
         outcome: Outcome::Untrusted,
@@ -56,28 +64,53 @@ pub fn evaluate(policy: &Policy, image: &ImageRef, digest: &str, sources: &[Sign
     };
     match &rule.requirement {
         Requirement::Reject => {
-            v.reasons.push(reason("-", None, format!("scope {} rejects every image", rule.scope)));
+            v.reasons.push(reason(
+                "-",
+                None,
+                format!("scope {} rejects every image", rule.scope),
+            ));
         }
         Requirement::Accept => {
             v.outcome = Outcome::Trusted;
-            v.reasons.push(Reason { accepted: true, ..reason("-", None, format!("scope {} accepts without signatures", rule.scope)) });
+            v.reasons.push(Reason {
+                accepted: true,
+                ..reason(
+                    "-",
+                    None,
+                    format!("scope {} accepts without signatures", rule.scope),
+                )
+            });
         }
-        Requirement::Signatures { authorities, threshold } => {
+        Requirement::Signatures {
+            authorities,
+            threshold,
+        } => {
             v.threshold = *threshold;
             let mut verified = BTreeSet::new();
             if sources.is_empty() {
-                v.reasons.push(reason("-", None, "no signatures found".into()));
+                v.reasons
+                    .push(reason("-", None, "no signatures found".into()));
             }
             for auth in authorities {
                 let mut ok = false;
                 for src in sources {
                     let res = match &src.candidate {
-                        Candidate::Legacy(sig) => {
-                            verify_legacy(sig, auth, &Expectation { digest: &src.signed_digest, image: Some(image) })
-                        }
-                        Candidate::Bundle(json) => {
-                            verify_bundle(json, auth, &BundleExpectation { digest: &src.signed_digest, predicate_type: None })
-                        }
+                        Candidate::Legacy(sig) => verify_legacy(
+                            sig,
+                            auth,
+                            &Expectation {
+                                digest: &src.signed_digest,
+                                image: Some(image),
+                            },
+                        ),
+                        Candidate::Bundle(json) => verify_bundle(
+                            json,
+                            auth,
+                            &BundleExpectation {
+                                digest: &src.signed_digest,
+                                predicate_type: None,
+                            },
+                        ),
                         Candidate::Unusable(e) => Err(e.clone()),
                     };
                     match res {
@@ -91,7 +124,10 @@ pub fn evaluate(policy: &Policy, image: &ImageRef, digest: &str, sources: &[Sign
                                 ..reason(&src.label, Some(&auth.name), String::new())
                             });
                         }
-                        Err(e) => v.reasons.push(Reason { kind: Some(e.kind()), ..reason(&src.label, Some(&auth.name), e.to_string()) }),
+                        Err(e) => v.reasons.push(Reason {
+                            kind: Some(e.kind()),
+                            ..reason(&src.label, Some(&auth.name), e.to_string())
+                        }),
                     }
                 }
                 if ok {
@@ -101,9 +137,21 @@ pub fn evaluate(policy: &Policy, image: &ImageRef, digest: &str, sources: &[Sign
             if v.satisfied.len() >= *threshold {
                 v.outcome = Outcome::Trusted;
             } else if !sources.is_empty() {
-                v.reasons.push(reason("-", None, format!("{} of {} required authorities satisfied", v.satisfied.len(), threshold)));
+                v.reasons.push(reason(
+                    "-",
+                    None,
+                    format!(
+                        "{} of {} required authorities satisfied",
+                        v.satisfied.len(),
+                        threshold
+                    ),
+                ));
             }
-            v.verified_digests = if v.outcome == Outcome::Trusted { verified.into_iter().collect() } else { Vec::new() };
+            v.verified_digests = if v.outcome == Outcome::Trusted {
+                verified.into_iter().collect()
+            } else {
+                Vec::new()
+            };
         }
     }
     info!(image = %v.image, digest, outcome = ?v.outcome, scope = %v.scope, mode = ?v.mode, "verdict");

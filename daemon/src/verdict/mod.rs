@@ -81,7 +81,15 @@ impl Verdict {
     }
 
     /// A verdict for a failure before any signature could be judged (fail closed).
-    pub fn error(image: &str, digest: &str, scope: &str, mode: Mode, policy_hash: &str, kind: Option<FailureKind>, detail: String) -> Self {
+    pub fn error(
+        image: &str,
+        digest: &str,
+        scope: &str,
+        mode: Mode,
+        policy_hash: &str,
+        kind: Option<FailureKind>,
+        detail: String,
+    ) -> Self {
         Verdict {
             outcome: Outcome::Error,
             image: image.to_string(),
@@ -92,7 +100,14 @@ impl Verdict {
             policy_hash: policy_hash.to_string(),
             satisfied: Vec::new(),
             threshold: 0,
-            reasons: vec![Reason { signature: "-".into(), authority: None, accepted: false, kind, detail, signer: None }],
+            reasons: vec![Reason {
+                signature: "-".into(),
+                authority: None,
+                accepted: false,
+                kind,
+                detail,
+                signer: None,
+            }],
             decided_at: crate::verify::time::now_unix(),
         }
     }
@@ -113,15 +128,36 @@ impl std::fmt::Display for Verdict {
         };
         writeln!(f, "  scope: {}  mode: {mode}", self.scope)?;
         if self.threshold > 0 {
-            writeln!(f, "  authorities satisfied: {}/{} {:?}", self.satisfied.len(), self.threshold, self.satisfied)?;
+            writeln!(
+                f,
+                "  authorities satisfied: {}/{} {:?}",
+                self.satisfied.len(),
+                self.threshold,
+                self.satisfied
+            )?;
         }
         if !self.verified_digests.is_empty() {
             writeln!(f, "  signed digests: {}", self.verified_digests.join(", "))?;
         }
         for r in &self.reasons {
             let mark = if r.accepted { "ok  " } else { "FAIL" };
-            let kind = r.kind.map(|k| format!("[{}] ", serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())).unwrap_or_default();
-            let auth = r.authority.as_deref().map(|a| format!(" ({a})")).unwrap_or_default();
+            let kind = r
+                .kind
+                .map(|k| {
+                    format!(
+                        "[{}] ",
+                        serde_json::to_value(k)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            let auth = r
+                .authority
+                .as_deref()
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default();
             writeln!(f, "  {mark} {}{auth}: {kind}{}", r.signature, r.detail)?;
         }
         Ok(())

@@ -22,13 +22,19 @@ pub enum StoreError {
     #[error("cannot open verdict database {}: {detail}", path.display())]
     Open { path: PathBuf, detail: String },
     #[error("verdict database {operation} failed: {detail}")]
-    Database { operation: &'static str, detail: String },
+    Database {
+        operation: &'static str,
+        detail: String,
+    },
     #[error("stored verdict for {key} is unreadable: {detail}")]
     Corrupt { key: String, detail: String },
 }
 
 fn db_err(operation: &'static str) -> impl Fn(redb::Error) -> StoreError {
-    move |e| StoreError::Database { operation, detail: e.to_string() }
+    move |e| StoreError::Database {
+        operation,
+        detail: e.to_string(),
+    }
 }
 
 /// The identity of a cached decision.
@@ -61,9 +67,15 @@ pub struct VerdictStore {
 impl VerdictStore {
     /// Open (or create) the database file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open { path: path.to_path_buf(), detail: e.to_string() })?;
-        let w = db.begin_write().map_err(|e| db_err("begin write")(e.into()))?;
-        w.open_table(TABLE).map_err(|e| db_err("create table")(e.into()))?;
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let w = db
+            .begin_write()
+            .map_err(|e| db_err("begin write")(e.into()))?;
+        w.open_table(TABLE)
+            .map_err(|e| db_err("create table")(e.into()))?;
         w.commit().map_err(|e| db_err("commit")(e.into()))?;
         Ok(VerdictStore { db })
     }
@@ -71,11 +83,20 @@ impl VerdictStore {
     /// The stored verdict, unless absent or expired at `now`.
     pub fn get(&self, key: &VerdictKey, now: i64) -> Result<Option<Verdict>, StoreError> {
         let k = key.encode();
-        let r = self.db.begin_read().map_err(|e| db_err("begin read")(e.into()))?;
-        let t = r.open_table(TABLE).map_err(|e| db_err("open table")(e.into()))?;
-        let Some(raw) = t.get(k.as_str()).map_err(|e| db_err("get")(e.into()))? else { return Ok(None) };
-        let rec: Record =
-            serde_json::from_slice(raw.value()).map_err(|e| StoreError::Corrupt { key: k.clone(), detail: e.to_string() })?;
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| db_err("begin read")(e.into()))?;
+        let t = r
+            .open_table(TABLE)
+            .map_err(|e| db_err("open table")(e.into()))?;
+        let Some(raw) = t.get(k.as_str()).map_err(|e| db_err("get")(e.into()))? else {
+            return Ok(None);
+        };
+        let rec: Record = serde_json::from_slice(raw.value()).map_err(|e| StoreError::Corrupt {
+            key: k.clone(),
+            detail: e.to_string(),
+        })?;
         if rec.expires_at.is_some_and(|t| now >= t) {
             return Ok(None);
         }
@@ -84,35 +105,55 @@ impl VerdictStore {
 
     /// Store a verdict (durably, on commit). Non-trusted verdicts expire after [`FAILURE_TTL_SECS`].
     pub fn put(&self, key: &VerdictKey, verdict: &Verdict) -> Result<(), StoreError> {
-        let expires_at = (verdict.outcome != Outcome::Trusted).then_some(verdict.decided_at + FAILURE_TTL_SECS);
-        let bytes = serde_json::to_vec(&Record { verdict: verdict.clone(), expires_at })
-            .map_err(|e| StoreError::Corrupt { key: key.encode(), detail: e.to_string() })?;
-        let w = self.db.begin_write().map_err(|e| db_err("begin write")(e.into()))?;
+        let expires_at =
+            (verdict.outcome != Outcome::Trusted).then_some(verdict.decided_at + FAILURE_TTL_SECS);
+        let bytes = serde_json::to_vec(&Record {
+            verdict: verdict.clone(),
+            expires_at,
+        })
+        .map_err(|e| StoreError::Corrupt {
+            key: key.encode(),
+            detail: e.to_string(),
+        })?;
+        let w = self
+            .db
+            .begin_write()
+            .map_err(|e| db_err("begin write")(e.into()))?;
         {
-            let mut t = w.open_table(TABLE).map_err(|e| db_err("open table")(e.into()))?;
-            t.insert(key.encode().as_str(), bytes.as_slice()).map_err(|e| db_err("insert")(e.into()))?;
+            let mut t = w
+                .open_table(TABLE)
+                .map_err(|e| db_err("open table")(e.into()))?;
+            t.insert(key.encode().as_str(), bytes.as_slice())
+                .map_err(|e| db_err("insert")(e.into()))?;
         }
         w.commit().map_err(|e| db_err("commit")(e.into()))
     }
 
     /// Drop records of other policies and expired ones (call after a policy reload).
     pub fn prune(&self, keep_policy_hash: &str, now: i64) -> Result<usize, StoreError> {
-        let w = self.db.begin_write().map_err(|e| db_err("begin write")(e.into()))?;
+        let w = self
+            .db
+            .begin_write()
+            .map_err(|e| db_err("begin write")(e.into()))?;
         let mut removed = 0;
         {
-            let mut t = w.open_table(TABLE).map_err(|e| db_err("open table")(e.into()))?;
+            let mut t = w
+                .open_table(TABLE)
+                .map_err(|e| db_err("open table")(e.into()))?;
             let mut doomed = Vec::new();
             for item in t.iter().map_err(|e| db_err("iterate")(e.into()))? {
                 let (k, v) = item.map_err(|e| db_err("iterate")(e.into()))?;
                 let key = k.value().to_string();
                 let stale = !key.starts_with(&format!("{keep_policy_hash}|"))
-                    || serde_json::from_slice::<Record>(v.value()).map_or(true, |r| r.expires_at.is_some_and(|t| now >= t));
+                    || serde_json::from_slice::<Record>(v.value())
+                        .map_or(true, |r| r.expires_at.is_some_and(|t| now >= t));
                 if stale {
                     doomed.push(key);
                 }
             }
             for k in doomed {
-                t.remove(k.as_str()).map_err(|e| db_err("remove")(e.into()))?;
+                t.remove(k.as_str())
+                    .map_err(|e| db_err("remove")(e.into()))?;
                 removed += 1;
             }
         }

@@ -32,9 +32,10 @@ impl TrustedKey {
         match self.hash {
             Some(h) => self.key.verify(msg, sig, h),
             None => match self.key.verify(msg, sig, HashAlg::Sha256) {
-                Err(e) if self.key.natural_hash() != HashAlg::Sha256 => {
-                    self.key.verify(msg, sig, self.key.natural_hash()).map_err(|_| e)
-                }
+                Err(e) if self.key.natural_hash() != HashAlg::Sha256 => self
+                    .key
+                    .verify(msg, sig, self.key.natural_hash())
+                    .map_err(|_| e),
                 r => r,
             },
         }
@@ -71,8 +72,13 @@ pub struct Authority {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum SignerInfo {
-    Key { fingerprint: String },
-    Certificate { subjects: Vec<String>, issuer: Option<String> },
+    Key {
+        fingerprint: String,
+    },
+    Certificate {
+        subjects: Vec<String>,
+        issuer: Option<String>,
+    },
 }
 
 /// Which container format the signature came in.
@@ -102,7 +108,9 @@ pub(crate) fn verify_with_keys<'a>(
     msg: &[u8],
     sig: &[u8],
 ) -> Result<&'a TrustedKey, VerifyError> {
-    let mut last = VerifyError::SignatureInvalid { key: "no configured key".into() };
+    let mut last = VerifyError::SignatureInvalid {
+        key: "no configured key".into(),
+    };
     for k in keys {
         match k.verify(msg, sig) {
             Ok(()) => return Ok(k),
@@ -111,7 +119,9 @@ pub(crate) fn verify_with_keys<'a>(
     }
     if keys.len() > 1 {
         if let VerifyError::SignatureInvalid { .. } = last {
-            return Err(VerifyError::SignatureInvalid { key: format!("any of {} configured keys", keys.len()) });
+            return Err(VerifyError::SignatureInvalid {
+                key: format!("any of {} configured keys", keys.len()),
+            });
         }
     }
     Err(last)
@@ -123,7 +133,9 @@ pub(crate) fn verify_with_cert(cert: &Cert, msg: &[u8], sig: &[u8]) -> Result<()
     let key = cert.public_key();
     match key.verify(msg, sig, HashAlg::Sha256) {
         Ok(()) => Ok(()),
-        Err(e) if key.natural_hash() != HashAlg::Sha256 => key.verify(msg, sig, key.natural_hash()).map_err(|_| e),
+        Err(e) if key.natural_hash() != HashAlg::Sha256 => {
+            key.verify(msg, sig, key.natural_hash()).map_err(|_| e)
+        }
         Err(e) => Err(e),
     }
 }
@@ -137,12 +149,21 @@ pub(crate) fn check_certificate(
     require_sct: bool,
     at: i64,
 ) -> Result<SignerInfo, VerifyError> {
-    let pool: Vec<Cert> = intermediates.iter().chain(trust.intermediates.iter()).cloned().collect();
+    let pool: Vec<Cert> = intermediates
+        .iter()
+        .chain(trust.intermediates.iter())
+        .cloned()
+        .collect();
     let path = verify_chain(leaf, &pool, &trust.cas, at)?;
     if require_sct {
-        let issuer = path.get(1).ok_or_else(|| VerifyError::Sct { detail: "no issuer for SCT check".into() })?;
+        let issuer = path.get(1).ok_or_else(|| VerifyError::Sct {
+            detail: "no issuer for SCT check".into(),
+        })?;
         verify_embedded_scts(leaf, issuer, trust)?;
     }
     let id = check_identity(leaf, identities)?;
-    Ok(SignerInfo::Certificate { subjects: id.subjects, issuer: id.issuer })
+    Ok(SignerInfo::Certificate {
+        subjects: id.subjects,
+        issuer: id.issuer,
+    })
 }

@@ -30,7 +30,9 @@ pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 
 fn fmt_err(detail: impl std::fmt::Display) -> VerifyError {
-    VerifyError::BundleFormat { detail: detail.to_string() }
+    VerifyError::BundleFormat {
+        detail: detail.to_string(),
+    }
 }
 
 fn b64(s: &str, what: &str) -> Result<Vec<u8>, VerifyError> {
@@ -180,13 +182,20 @@ struct Subject {
 
 /// DSSE pre-authentication encoding: what a DSSE signature covers.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len()).into_bytes();
+    let mut out = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
     out.extend_from_slice(payload);
     out
 }
 
 fn parse_u64(s: &str, what: &str) -> Result<u64, VerifyError> {
-    s.parse().map_err(|_| fmt_err(format!("{what} {s:?} is not a number")))
+    s.parse()
+        .map_err(|_| fmt_err(format!("{what} {s:?} is not a number")))
 }
 
 /// What the bundle must be about.
@@ -199,35 +208,56 @@ pub struct BundleExpectation<'a> {
 }
 
 /// Verify a bundle (JSON) against an authority.
-pub fn verify_bundle(json: &[u8], auth: &Authority, want: &BundleExpectation<'_>) -> Result<Verified, VerifyError> {
+pub fn verify_bundle(
+    json: &[u8],
+    auth: &Authority,
+    want: &BundleExpectation<'_>,
+) -> Result<Verified, VerifyError> {
     if json.len() > MAX_BUNDLE_BYTES {
         return Err(fmt_err("bundle too large"));
     }
     // Parse fully first: serde skips ignored fields leniently, but a bundle must be valid JSON
     // throughout, including the parts imagegate does not use.
-    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| fmt_err(format!("malformed bundle: {e}")))?;
-    let bundle: RawBundle = serde_json::from_value(value).map_err(|e| fmt_err(format!("malformed bundle: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| fmt_err(format!("malformed bundle: {e}")))?;
+    let bundle: RawBundle =
+        serde_json::from_value(value).map_err(|e| fmt_err(format!("malformed bundle: {e}")))?;
     let version = match bundle.media_type.as_str() {
         BUNDLE_V01 => 1,
         BUNDLE_V02 => 2,
         BUNDLE_V03_MEDIA_TYPE | BUNDLE_V03_ALT => 3,
         other => return Err(fmt_err(format!("unsupported bundle mediaType {other:?}"))),
     };
-    let expected_hex = want
-        .digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| VerifyError::SubjectDigest { expected: want.digest.to_string() })?;
-    let expected_bytes = hex::decode(expected_hex).map_err(|_| VerifyError::SubjectDigest { expected: want.digest.to_string() })?;
+    let expected_hex =
+        want.digest
+            .strip_prefix("sha256:")
+            .ok_or_else(|| VerifyError::SubjectDigest {
+                expected: want.digest.to_string(),
+            })?;
+    let expected_bytes = hex::decode(expected_hex).map_err(|_| VerifyError::SubjectDigest {
+        expected: want.digest.to_string(),
+    })?;
 
     // Signer material.
     let m = &bundle.verification_material;
     let (leaf, intermediates) = match (&m.certificate, &m.x509_certificate_chain, &m.public_key) {
-        (Some(c), None, None) => (Some(Cert::from_der(&b64(&c.raw_bytes, "certificate")?, "bundle certificate")?), Vec::new()),
+        (Some(c), None, None) => (
+            Some(Cert::from_der(
+                &b64(&c.raw_bytes, "certificate")?,
+                "bundle certificate",
+            )?),
+            Vec::new(),
+        ),
         (None, Some(ch), None) => {
             let mut certs = ch
                 .certificates
                 .iter()
-                .map(|c| Cert::from_der(&b64(&c.raw_bytes, "certificate")?, "bundle certificate chain"))
+                .map(|c| {
+                    Cert::from_der(
+                        &b64(&c.raw_bytes, "certificate")?,
+                        "bundle certificate chain",
+                    )
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             if certs.is_empty() {
                 return Err(fmt_err("empty certificate chain"));
@@ -236,57 +266,112 @@ pub fn verify_bundle(json: &[u8], auth: &Authority, want: &BundleExpectation<'_>
             (Some(leaf), certs)
         }
         (None, None, Some(_)) => (None, Vec::new()),
-        _ => return Err(fmt_err("verification material must be exactly one of certificate, chain, public key")),
+        _ => {
+            return Err(fmt_err(
+                "verification material must be exactly one of certificate, chain, public key",
+            ))
+        }
     };
 
     // Content: what was signed, and the signature over it, checked with the signer's key.
-    let (payload_sha256, sig, format, key_used): ([u8; 32], Vec<u8>, SignatureFormat, Option<PublicKey>) =
-        match (&bundle.dsse_envelope, &bundle.message_signature) {
-            (Some(env), None) => {
-                if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
-                    return Err(fmt_err(format!("unsupported DSSE payloadType {:?}", env.payload_type)));
-                }
-                if env.signatures.len() != 1 {
-                    return Err(fmt_err(format!("DSSE envelope has {} signatures, expected 1", env.signatures.len())));
-                }
-                let payload = b64(&env.payload, "DSSE payload")?;
-                let sig = b64(&env.signatures[0].sig, "DSSE signature")?;
-                let key = verify_content(auth, leaf.as_ref(), &pae(&env.payload_type, &payload), &sig, None)?;
-                let st: Statement = serde_json::from_slice(&payload).map_err(|e| fmt_err(format!("in-toto statement: {e}")))?;
-                if st.kind != "https://in-toto.io/Statement/v1" && st.kind != "https://in-toto.io/Statement/v0.1" {
-                    return Err(fmt_err(format!("unsupported statement _type {:?}", st.kind)));
-                }
-                let want_pred = want.predicate_type.unwrap_or(COSIGN_SIGN_PREDICATE);
-                if st.predicate_type != want_pred {
-                    return Err(fmt_err(format!("predicateType {:?} is not {want_pred:?}", st.predicate_type)));
-                }
-                if !st.subject.iter().any(|s| s.digest.get("sha256").map(String::as_str) == Some(expected_hex)) {
-                    return Err(VerifyError::SubjectDigest { expected: want.digest.to_string() });
-                }
-                (Sha256::digest(&payload).into(), sig, SignatureFormat::BundleDsse, key)
+    let (payload_sha256, sig, format, key_used): (
+        [u8; 32],
+        Vec<u8>,
+        SignatureFormat,
+        Option<PublicKey>,
+    ) = match (&bundle.dsse_envelope, &bundle.message_signature) {
+        (Some(env), None) => {
+            if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
+                return Err(fmt_err(format!(
+                    "unsupported DSSE payloadType {:?}",
+                    env.payload_type
+                )));
             }
-            (None, Some(ms)) => {
-                if ms.message_digest.algorithm != "SHA2_256" {
-                    return Err(fmt_err(format!("unsupported message digest {:?}", ms.message_digest.algorithm)));
-                }
-                let digest = b64(&ms.message_digest.digest, "message digest")?;
-                if digest != expected_bytes {
-                    return Err(VerifyError::SubjectDigest { expected: want.digest.to_string() });
-                }
-                let sig = b64(&ms.signature, "message signature")?;
-                let key = verify_content(auth, leaf.as_ref(), &digest, &sig, Some(()))?;
-                let d: [u8; 32] = digest.try_into().map_err(|_| fmt_err("message digest is not 32 bytes"))?;
-                (d, sig, SignatureFormat::BundleMessageSignature, key)
+            if env.signatures.len() != 1 {
+                return Err(fmt_err(format!(
+                    "DSSE envelope has {} signatures, expected 1",
+                    env.signatures.len()
+                )));
             }
-            _ => return Err(fmt_err("bundle must hold exactly one of dsseEnvelope, messageSignature")),
-        };
+            let payload = b64(&env.payload, "DSSE payload")?;
+            let sig = b64(&env.signatures[0].sig, "DSSE signature")?;
+            let key = verify_content(
+                auth,
+                leaf.as_ref(),
+                &pae(&env.payload_type, &payload),
+                &sig,
+                None,
+            )?;
+            let st: Statement = serde_json::from_slice(&payload)
+                .map_err(|e| fmt_err(format!("in-toto statement: {e}")))?;
+            if st.kind != "https://in-toto.io/Statement/v1"
+                && st.kind != "https://in-toto.io/Statement/v0.1"
+            {
+                return Err(fmt_err(format!(
+                    "unsupported statement _type {:?}",
+                    st.kind
+                )));
+            }
+            let want_pred = want.predicate_type.unwrap_or(COSIGN_SIGN_PREDICATE);
+            if st.predicate_type != want_pred {
+                return Err(fmt_err(format!(
+                    "predicateType {:?} is not {want_pred:?}",
+                    st.predicate_type
+                )));
+            }
+            if !st
+                .subject
+                .iter()
+                .any(|s| s.digest.get("sha256").map(String::as_str) == Some(expected_hex))
+            {
+                return Err(VerifyError::SubjectDigest {
+                    expected: want.digest.to_string(),
+                });
+            }
+            (
+                Sha256::digest(&payload).into(),
+                sig,
+                SignatureFormat::BundleDsse,
+                key,
+            )
+        }
+        (None, Some(ms)) => {
+            if ms.message_digest.algorithm != "SHA2_256" {
+                return Err(fmt_err(format!(
+                    "unsupported message digest {:?}",
+                    ms.message_digest.algorithm
+                )));
+            }
+            let digest = b64(&ms.message_digest.digest, "message digest")?;
+            if digest != expected_bytes {
+                return Err(VerifyError::SubjectDigest {
+                    expected: want.digest.to_string(),
+                });
+            }
+            let sig = b64(&ms.signature, "message signature")?;
+            let key = verify_content(auth, leaf.as_ref(), &digest, &sig, Some(()))?;
+            let d: [u8; 32] = digest
+                .try_into()
+                .map_err(|_| fmt_err("message digest is not 32 bytes"))?;
+            (d, sig, SignatureFormat::BundleMessageSignature, key)
+        }
+        _ => {
+            return Err(fmt_err(
+                "bundle must hold exactly one of dsseEnvelope, messageSignature",
+            ))
+        }
+    };
 
     let signer_der = match (&leaf, &key_used) {
         (Some(l), _) => l.der().to_vec(),
         (None, Some(k)) => k.spki_der().to_vec(),
         (None, None) => return Err(fmt_err("no signer")),
     };
-    let expected_kind = if format == SignatureFormat::BundleDsse { "dsse" } else { "hashedrekord" };
+    let expected_kind = if format == SignatureFormat::BundleDsse {
+        "dsse"
+    } else {
+        "hashedrekord"
+    };
 
     // Transparency log.
     let mut signed_at = None;
@@ -301,12 +386,20 @@ pub fn verify_bundle(json: &[u8], auth: &Authority, want: &BundleExpectation<'_>
         }
         let e = &m.tlog_entries[0];
         if e.kind_version.kind != expected_kind || e.kind_version.version != "0.0.1" {
-            return Err(fmt_err(format!("tlog entry kind {}/{}", e.kind_version.kind, e.kind_version.version)));
+            return Err(fmt_err(format!(
+                "tlog entry kind {}/{}",
+                e.kind_version.kind, e.kind_version.version
+            )));
         }
         let body = b64(&e.canonicalized_body, "canonicalizedBody")?;
         match_body(
             &e.canonicalized_body,
-            &ExpectedEntry { payload_sha256, signature: &sig, signer_der: &signer_der, signer_is_cert: leaf.is_some() },
+            &ExpectedEntry {
+                payload_sha256,
+                signature: &sig,
+                signer_der: &signer_der,
+                signer_is_cert: leaf.is_some(),
+            },
         )?;
         let log_id = b64(&e.log_id.key_id, "logId")?;
         let log_index: i64 = parse_u64(&e.log_index, "logIndex")? as i64;
@@ -324,29 +417,52 @@ pub fn verify_bundle(json: &[u8], auth: &Authority, want: &BundleExpectation<'_>
                 signed_at = Some(integrated);
                 k
             }
-            None if version == 1 => return Err(VerifyError::TlogSet { detail: "v0.1 bundle without inclusion promise".into() }),
+            None if version == 1 => {
+                return Err(VerifyError::TlogSet {
+                    detail: "v0.1 bundle without inclusion promise".into(),
+                })
+            }
             None => auth
                 .trust
                 .tlog(&log_id)
-                .ok_or_else(|| VerifyError::TlogKeyUnknown { log_id: hex::encode(&log_id) })?,
+                .ok_or_else(|| VerifyError::TlogKeyUnknown {
+                    log_id: hex::encode(&log_id),
+                })?,
         };
         match &e.inclusion_proof {
             Some(p) => {
                 let index = parse_u64(&p.log_index, "inclusion proof logIndex")?;
                 let size = parse_u64(&p.tree_size, "treeSize")?;
-                let root: [u8; 32] = b64(&p.root_hash, "rootHash")?
-                    .try_into()
-                    .map_err(|_| VerifyError::TlogProof { detail: "rootHash is not 32 bytes".into() })?;
+                let root: [u8; 32] = b64(&p.root_hash, "rootHash")?.try_into().map_err(|_| {
+                    VerifyError::TlogProof {
+                        detail: "rootHash is not 32 bytes".into(),
+                    }
+                })?;
                 let hashes = p
                     .hashes
                     .iter()
-                    .map(|h| b64(h, "proof hash")?.try_into().map_err(|_| VerifyError::TlogProof { detail: "proof hash is not 32 bytes".into() }))
+                    .map(|h| {
+                        b64(h, "proof hash")?
+                            .try_into()
+                            .map_err(|_| VerifyError::TlogProof {
+                                detail: "proof hash is not 32 bytes".into(),
+                            })
+                    })
                     .collect::<Result<Vec<[u8; 32]>, _>>()?;
                 verify_inclusion(leaf_hash(&body), index, size, &hashes, &root)?;
-                let cp = p.checkpoint.as_ref().ok_or_else(|| VerifyError::TlogProof { detail: "inclusion proof without checkpoint".into() })?;
+                let cp = p
+                    .checkpoint
+                    .as_ref()
+                    .ok_or_else(|| VerifyError::TlogProof {
+                        detail: "inclusion proof without checkpoint".into(),
+                    })?;
                 verify_checkpoint(&cp.envelope, key, size, &root)?;
             }
-            None if version >= 2 => return Err(VerifyError::TlogProof { detail: "bundle without inclusion proof".into() }),
+            None if version >= 2 => {
+                return Err(VerifyError::TlogProof {
+                    detail: "bundle without inclusion proof".into(),
+                })
+            }
             None => {}
         }
         tlog_index = Some(log_index);
@@ -356,21 +472,38 @@ pub fn verify_bundle(json: &[u8], auth: &Authority, want: &BundleExpectation<'_>
     // then each must be valid), otherwise ignored (they add no trust imagegate relies on).
     let mut times: Vec<i64> = signed_at.into_iter().collect();
     if !auth.trust.tsas.is_empty() {
-        for t in m.timestamp_verification_data.iter().flat_map(|d| &d.rfc3161_timestamps) {
+        for t in m
+            .timestamp_verification_data
+            .iter()
+            .flat_map(|d| &d.rfc3161_timestamps)
+        {
             let raw = b64(&t.signed_timestamp, "signedTimestamp")?;
             times.push(verify_timestamp(&raw, &sig, &auth.trust)?);
         }
     }
 
     let signer = match (&auth.signer, leaf) {
-        (Signer::Certificate { identities, require_sct }, Some(leaf)) => {
+        (
+            Signer::Certificate {
+                identities,
+                require_sct,
+            },
+            Some(leaf),
+        ) => {
             if times.is_empty() {
                 return Err(VerifyError::NoSigningTime);
             }
             // The certificate must have been valid at every verified signing time.
             let mut info = None;
             for at in &times {
-                info = Some(check_certificate(&leaf, &intermediates, &auth.trust, identities, *require_sct, *at)?);
+                info = Some(check_certificate(
+                    &leaf,
+                    &intermediates,
+                    &auth.trust,
+                    identities,
+                    *require_sct,
+                    *at,
+                )?);
             }
             info.ok_or(VerifyError::NoSigningTime)?
         }
@@ -381,7 +514,14 @@ pub fn verify_bundle(json: &[u8], auth: &Authority, want: &BundleExpectation<'_>
     };
     debug!(authority = %auth.name, digest = want.digest, "bundle verified");
     let signed_at = signed_at.or(times.first().copied());
-    Ok(Verified { authority: auth.name.clone(), digest: want.digest.to_string(), signer, format, signed_at, tlog_index })
+    Ok(Verified {
+        authority: auth.name.clone(),
+        digest: want.digest.to_string(),
+        signer,
+        format,
+        signed_at,
+        tlog_index,
+    })
 }
 
 /// Verify the bundle's signature with the authority's keys (key hint material) or the leaf
@@ -395,7 +535,9 @@ fn verify_content(
 ) -> Result<Option<PublicKey>, VerifyError> {
     match (&auth.signer, leaf) {
         (Signer::Keys(keys), None) => {
-            let mut last = VerifyError::SignatureInvalid { key: "no configured key".into() };
+            let mut last = VerifyError::SignatureInvalid {
+                key: "no configured key".into(),
+            };
             for k in keys {
                 // Same digest rule as legacy signatures: SHA-256 or the key's natural digest,
                 // unless the policy names one.
@@ -412,12 +554,17 @@ fn verify_content(
         }
         (Signer::Certificate { .. }, Some(leaf)) => {
             match prehashed {
-                Some(()) => leaf.public_key().verify_prehash(msg, sig, super::keys::HashAlg::Sha256)?,
+                Some(()) => {
+                    leaf.public_key()
+                        .verify_prehash(msg, sig, super::keys::HashAlg::Sha256)?
+                }
                 None => verify_with_cert(leaf, msg, sig)?,
             }
             Ok(None)
         }
-        (Signer::Keys(_), Some(_)) => Err(fmt_err("bundle carries a certificate but the authority expects a key")),
+        (Signer::Keys(_), Some(_)) => Err(fmt_err(
+            "bundle carries a certificate but the authority expects a key",
+        )),
         (Signer::Certificate { .. }, None) => Err(VerifyError::CertMissing),
     }
 }

@@ -21,9 +21,11 @@ const OID_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.
 const OID_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
 const OID_EKU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
 /// Extended key usage a code-signing (cosign) leaf must allow.
-pub const OID_EKU_CODE_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
+pub const OID_EKU_CODE_SIGNING: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
 /// Extended key usage a timestamping authority's leaf must carry.
-pub const OID_EKU_TIME_STAMPING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.8");
+pub const OID_EKU_TIME_STAMPING: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.8");
 const OID_EKU_ANY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37.0");
 
 /// Longest chain (leaf to anchor) we follow; real Fulcio chains have 2-3 links.
@@ -44,7 +46,10 @@ impl std::fmt::Debug for Cert {
 }
 
 fn parse_err(what: &'static str, detail: impl std::fmt::Display) -> VerifyError {
-    VerifyError::CertParse { what, detail: detail.to_string() }
+    VerifyError::CertParse {
+        what,
+        detail: detail.to_string(),
+    }
 }
 
 impl Cert {
@@ -57,14 +62,21 @@ impl Cert {
             .to_der()
             .map_err(|e| parse_err(what, e))?;
         let key = PublicKey::from_spki_der(&spki).map_err(|e| parse_err(what, e))?;
-        Ok(Cert { der: der.to_vec(), parsed, key })
+        Ok(Cert {
+            der: der.to_vec(),
+            parsed,
+            key,
+        })
     }
 
     /// Parse exactly one PEM certificate.
     pub fn from_pem(pem: &str, what: &'static str) -> Result<Self, VerifyError> {
         let mut all = Self::all_from_pem(pem, what)?;
         if all.len() != 1 {
-            return Err(parse_err(what, format!("expected one certificate, found {}", all.len())));
+            return Err(parse_err(
+                what,
+                format!("expected one certificate, found {}", all.len()),
+            ));
         }
         Ok(all.remove(0))
     }
@@ -78,9 +90,13 @@ impl Cert {
         blocks
             .iter()
             .map(|b| {
-                let (label, der) = pem_rfc7468_decode(b.as_bytes()).map_err(|e| parse_err(what, e))?;
+                let (label, der) =
+                    pem_rfc7468_decode(b.as_bytes()).map_err(|e| parse_err(what, e))?;
                 if label != "CERTIFICATE" {
-                    return Err(parse_err(what, format!("PEM label {label:?} is not CERTIFICATE")));
+                    return Err(parse_err(
+                        what,
+                        format!("PEM label {label:?} is not CERTIFICATE"),
+                    ));
                 }
                 Self::from_der(&der, what)
             })
@@ -130,7 +146,10 @@ impl Cert {
         for ext in self.parsed.tbs_certificate.extensions.iter().flatten() {
             if ext.extn_id == oid {
                 if found.is_some() {
-                    return Err(parse_err("certificate", format!("duplicate extension {oid}")));
+                    return Err(parse_err(
+                        "certificate",
+                        format!("duplicate extension {oid}"),
+                    ));
                 }
                 found = Some(ext.extn_value.as_bytes());
             }
@@ -139,7 +158,9 @@ impl Cert {
     }
 
     fn is_ca(&self) -> Result<bool, VerifyError> {
-        let Some(bc) = self.extension(OID_BASIC_CONSTRAINTS)? else { return Ok(false) };
+        let Some(bc) = self.extension(OID_BASIC_CONSTRAINTS)? else {
+            return Ok(false);
+        };
         let bc = x509_cert::ext::pkix::BasicConstraints::from_der(bc)
             .map_err(|e| parse_err("CA certificate", e))?;
         if !bc.ca {
@@ -168,13 +189,19 @@ impl Cert {
         if let Some(eku) = self.extension(OID_EKU)? {
             let eku = x509_cert::ext::pkix::ExtendedKeyUsage::from_der(eku)
                 .map_err(|e| parse_err("certificate", e))?;
-            if !eku.0.iter().any(|o| *o == purpose || (*o == OID_EKU_ANY && purpose == OID_EKU_CODE_SIGNING)) {
+            if !eku
+                .0
+                .iter()
+                .any(|o| *o == purpose || (*o == OID_EKU_ANY && purpose == OID_EKU_CODE_SIGNING))
+            {
                 return Err(VerifyError::CertChain {
                     detail: format!("leaf extended key usage lacks {purpose}"),
                 });
             }
         } else if purpose == OID_EKU_TIME_STAMPING {
-            return Err(VerifyError::CertChain { detail: "timestamping certificate without extended key usage".into() });
+            return Err(VerifyError::CertChain {
+                detail: "timestamping certificate without extended key usage".into(),
+            });
         }
         Ok(())
     }
@@ -185,7 +212,11 @@ impl Cert {
         for ext in self.parsed.tbs_certificate.extensions.iter().flatten() {
             if ext.critical && !handled.contains(&ext.extn_id) {
                 return Err(VerifyError::CertChain {
-                    detail: format!("unhandled critical extension {} in {:?}", ext.extn_id, self.subject()),
+                    detail: format!(
+                        "unhandled critical extension {} in {:?}",
+                        ext.extn_id,
+                        self.subject()
+                    ),
                 });
             }
         }
@@ -197,8 +228,12 @@ impl Cert {
         if self.parsed.tbs_certificate.issuer != issuer.parsed.tbs_certificate.subject {
             return false;
         }
-        let Some(tbs) = raw_tbs(&self.der) else { return false };
-        let Some(sig) = self.parsed.signature.as_bytes() else { return false };
+        let Some(tbs) = raw_tbs(&self.der) else {
+            return false;
+        };
+        let Some(sig) = self.parsed.signature.as_bytes() else {
+            return false;
+        };
         let hash = match self.parsed.signature_algorithm.oid {
             OID_ECDSA_SHA256 | OID_RSA_SHA256 | OID_ED25519 => HashAlg::Sha256,
             OID_ECDSA_SHA384 | OID_RSA_SHA384 => HashAlg::Sha384,
@@ -219,7 +254,11 @@ pub struct TrustAnchor {
 
 impl TrustAnchor {
     pub fn new(cert: Cert) -> Self {
-        TrustAnchor { cert, valid_from: None, valid_until: None }
+        TrustAnchor {
+            cert,
+            valid_from: None,
+            valid_until: None,
+        }
     }
     fn usable_at(&self, at: i64) -> bool {
         self.valid_from.is_none_or(|s| at >= s) && self.valid_until.is_none_or(|e| at <= e)
@@ -275,19 +314,31 @@ pub fn verify_chain_for(
     leaf.check_leaf_usage(purpose)?;
     leaf.check_valid_at(at)?;
     if anchors.is_empty() {
-        return Err(VerifyError::CertChain { detail: "no trusted certificate authority configured".into() });
+        return Err(VerifyError::CertChain {
+            detail: "no trusted certificate authority configured".into(),
+        });
     }
     let mut path = vec![leaf.clone()];
     if extend(&mut path, intermediates, anchors, at)? {
         return Ok(path);
     }
     Err(VerifyError::CertChain {
-        detail: format!("no path from {:?} to a trusted CA valid at {at}", leaf.subject()),
+        detail: format!(
+            "no path from {:?} to a trusted CA valid at {at}",
+            leaf.subject()
+        ),
     })
 }
 
-fn extend(path: &mut Vec<Cert>, pool: &[Cert], anchors: &[TrustAnchor], at: i64) -> Result<bool, VerifyError> {
-    let Some(current) = path.last().cloned() else { return Ok(false) };
+fn extend(
+    path: &mut Vec<Cert>,
+    pool: &[Cert],
+    anchors: &[TrustAnchor],
+    at: i64,
+) -> Result<bool, VerifyError> {
+    let Some(current) = path.last().cloned() else {
+        return Ok(false);
+    };
     for anchor in anchors {
         if anchor.usable_at(at)
             && current.issued_by(&anchor.cert)

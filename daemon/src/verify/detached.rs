@@ -47,12 +47,31 @@ pub struct DetachedSignature {
     pub insecure_ignore_sct: bool,
 }
 
-fn authority(signer: &DetachedSigner, trust: TrustMaterial, require_tlog: bool, require_sct: bool) -> Result<Authority, VerifyError> {
+fn authority(
+    signer: &DetachedSigner,
+    trust: TrustMaterial,
+    require_tlog: bool,
+    require_sct: bool,
+) -> Result<Authority, VerifyError> {
     let signer = match signer {
-        DetachedSigner::Key(pem) => Signer::Keys(PublicKey::all_from_pem(pem)?.into_iter().map(TrustedKey::new).collect()),
-        DetachedSigner::Identity(m) => Signer::Certificate { identities: vec![m.clone()], require_sct },
+        DetachedSigner::Key(pem) => Signer::Keys(
+            PublicKey::all_from_pem(pem)?
+                .into_iter()
+                .map(TrustedKey::new)
+                .collect(),
+        ),
+        DetachedSigner::Identity(m) => Signer::Certificate {
+            identities: vec![m.clone()],
+            require_sct,
+        },
     };
-    Ok(Authority { name: "command line".into(), signer, trust: Arc::new(trust), require_tlog, signed_identity: SignedIdentity::Any })
+    Ok(Authority {
+        name: "command line".into(),
+        signer,
+        trust: Arc::new(trust),
+        require_tlog,
+        signed_identity: SignedIdentity::Any,
+    })
 }
 
 /// Verify a detached legacy signature. With `--key` the log is required only if a Rekor bundle
@@ -60,7 +79,12 @@ fn authority(signer: &DetachedSigner, trust: TrustMaterial, require_tlog: bool, 
 /// unless ignored). With a certificate, log and SCT are required unless ignored.
 pub fn verify_detached_signature(d: &DetachedSignature) -> Result<Verified, VerifyError> {
     let is_cert = matches!(d.signer, DetachedSigner::Identity(_));
-    let auth = authority(&d.signer, d.trust.clone(), !d.insecure_ignore_tlog, is_cert && !d.insecure_ignore_sct)?;
+    let auth = authority(
+        &d.signer,
+        d.trust.clone(),
+        !d.insecure_ignore_tlog,
+        is_cert && !d.insecure_ignore_sct,
+    )?;
     let sig = LegacySignature {
         media_type: SIMPLE_SIGNING_MEDIA_TYPE.into(),
         payload: d.payload.clone(),
@@ -70,7 +94,14 @@ pub fn verify_detached_signature(d: &DetachedSignature) -> Result<Verified, Veri
         bundle_json: d.rekor_bundle.clone(),
         rfc3161_json: None,
     };
-    verify_legacy(&sig, &auth, &Expectation { digest: &d.digest, image: None })
+    verify_legacy(
+        &sig,
+        &auth,
+        &Expectation {
+            digest: &d.digest,
+            image: None,
+        },
+    )
 }
 
 /// Verify a sigstore bundle file (`verify-bundle`): `--type` is the in-toto predicate type
@@ -84,5 +115,12 @@ pub fn verify_detached_bundle(
 ) -> Result<Verified, VerifyError> {
     let is_cert = matches!(signer, DetachedSigner::Identity(_));
     let auth = authority(signer, trust, true, is_cert)?;
-    verify_bundle(bundle_json, &auth, &BundleExpectation { digest, predicate_type })
+    verify_bundle(
+        bundle_json,
+        &auth,
+        &BundleExpectation {
+            digest,
+            predicate_type,
+        },
+    )
 }

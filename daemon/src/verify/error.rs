@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 pub enum VerifyError {
     /// The signature layer is not a cosign simple-signing layer (or bundle) we understand.
     #[error("layer media type {found:?} is not {expected:?}")]
-    MediaType { found: String, expected: &'static str },
+    MediaType {
+        found: String,
+        expected: &'static str,
+    },
     /// The signed payload is not a well-formed simple-signing document.
     #[error("malformed simple-signing payload: {detail}")]
     PayloadFormat { detail: String },
@@ -60,7 +63,10 @@ pub enum VerifyError {
     Sct { detail: String },
     /// The certificate identity (issuer, subject, extensions) matches no allowed identity.
     #[error("certificate identity (subjects {subjects:?}, issuer {issuer:?}) matches no allowed identity")]
-    Identity { subjects: Vec<String>, issuer: Option<String> },
+    Identity {
+        subjects: Vec<String>,
+        issuer: Option<String>,
+    },
     /// A sigstore bundle is not in a format we accept.
     #[error("bundle rejected: {detail}")]
     BundleFormat { detail: String },

@@ -26,7 +26,10 @@ pub struct CertIdentity {
 }
 
 fn parse_err(detail: impl std::fmt::Display) -> VerifyError {
-    VerifyError::CertParse { what: "certificate identity", detail: detail.to_string() }
+    VerifyError::CertParse {
+        what: "certificate identity",
+        detail: detail.to_string(),
+    }
 }
 
 impl CertIdentity {
@@ -63,7 +66,9 @@ impl CertIdentity {
             .transpose()?;
         let issuer = match (v2, v1) {
             (Some(a), Some(b)) if a != b => {
-                return Err(parse_err(format!("issuer extensions disagree: {a:?} vs {b:?}")))
+                return Err(parse_err(format!(
+                    "issuer extensions disagree: {a:?} vs {b:?}"
+                )))
             }
             (Some(a), _) => Some(a),
             (None, b) => b,
@@ -73,8 +78,13 @@ impl CertIdentity {
 
     /// Value of a Fulcio extension (e.g. 1.3.6.1.4.1.57264.1.12 source repository URI) as text:
     /// DER UTF8String for current OIDs, raw bytes for the deprecated 1.1-1.6.
-    pub fn extension_text(cert: &Cert, oid: ObjectIdentifier) -> Result<Option<String>, VerifyError> {
-        let Some(v) = cert.extension(oid)? else { return Ok(None) };
+    pub fn extension_text(
+        cert: &Cert,
+        oid: ObjectIdentifier,
+    ) -> Result<Option<String>, VerifyError> {
+        let Some(v) = cert.extension(oid)? else {
+            return Ok(None);
+        };
         if let Ok(s) = der::asn1::Utf8StringRef::from_der(v) {
             return Ok(Some(s.as_str().to_string()));
         }
@@ -154,12 +164,18 @@ impl IdentityMatcher {
 }
 
 /// Check a certificate against a list of allowed identities (any one suffices).
-pub fn check_identity(cert: &Cert, allowed: &[IdentityMatcher]) -> Result<CertIdentity, VerifyError> {
+pub fn check_identity(
+    cert: &Cert,
+    allowed: &[IdentityMatcher],
+) -> Result<CertIdentity, VerifyError> {
     let id = CertIdentity::from_cert(cert)?;
     for m in allowed {
         if m.matches(cert, &id)? {
             return Ok(id);
         }
     }
-    Err(VerifyError::Identity { subjects: id.subjects, issuer: id.issuer })
+    Err(VerifyError::Identity {
+        subjects: id.subjects,
+        issuer: id.issuer,
+    })
 }

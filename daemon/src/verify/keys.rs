@@ -63,7 +63,9 @@ impl std::fmt::Debug for PublicKey {
 }
 
 fn key_err(detail: impl std::fmt::Display) -> VerifyError {
-    VerifyError::KeyParse { detail: detail.to_string() }
+    VerifyError::KeyParse {
+        detail: detail.to_string(),
+    }
 }
 
 impl PublicKey {
@@ -113,7 +115,10 @@ impl PublicKey {
                 use rsa::traits::PublicKeyParts;
                 let key = rsa::RsaPublicKey::from_pkcs1_der(key_bytes).map_err(key_err)?;
                 if key.size() * 8 < MIN_RSA_BITS {
-                    return Err(key_err(format!("RSA key of {} bits is too small", key.size() * 8)));
+                    return Err(key_err(format!(
+                        "RSA key of {} bits is too small",
+                        key.size() * 8
+                    )));
                 }
                 KeyInner::Rsa(key)
             }
@@ -125,7 +130,10 @@ impl PublicKey {
             }
             other => return Err(key_err(format!("unsupported key algorithm {other}"))),
         };
-        Ok(PublicKey { inner, spki_der: der.to_vec() })
+        Ok(PublicKey {
+            inner,
+            spki_der: der.to_vec(),
+        })
     }
 
     /// DER SubjectPublicKeyInfo, e.g. to compare with the key recorded in a Rekor entry.
@@ -168,13 +176,16 @@ impl PublicKey {
         match &self.inner {
             KeyInner::Ed25519(vk) => {
                 let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|e| {
-                    VerifyError::SignatureEncoding { detail: format!("Ed25519 signature: {e}") }
+                    VerifyError::SignatureEncoding {
+                        detail: format!("Ed25519 signature: {e}"),
+                    }
                 })?;
                 if vk.verify_strict(msg, &sig).is_ok() {
                     return Ok(());
                 }
                 let prehash = Sha512::new_with_prefix(msg);
-                vk.verify_prehashed_strict(prehash, None, &sig).map_err(|_| self.invalid())
+                vk.verify_prehashed_strict(prehash, None, &sig)
+                    .map_err(|_| self.invalid())
             }
             _ => self.verify_prehash(&hash.digest(msg), sig, hash),
         }
@@ -182,7 +193,12 @@ impl PublicKey {
 
     /// Verify `sig` over an already computed digest (message-signature bundles, where only the
     /// artifact digest is known). Not possible for pure Ed25519.
-    pub fn verify_prehash(&self, digest: &[u8], sig: &[u8], hash: HashAlg) -> Result<(), VerifyError> {
+    pub fn verify_prehash(
+        &self,
+        digest: &[u8],
+        sig: &[u8],
+        hash: HashAlg,
+    ) -> Result<(), VerifyError> {
         use p256::ecdsa::signature::hazmat::PrehashVerifier;
         let enc = |e: &dyn std::fmt::Display| VerifyError::SignatureEncoding {
             detail: format!("{}: {e}", self.algorithm()),
@@ -211,7 +227,9 @@ impl PublicKey {
     }
 
     fn invalid(&self) -> VerifyError {
-        VerifyError::SignatureInvalid { key: format!("{} key {}", self.algorithm(), self.fingerprint()) }
+        VerifyError::SignatureInvalid {
+            key: format!("{} key {}", self.algorithm(), self.fingerprint()),
+        }
     }
 
     /// PEM encoding, for error messages and round trips.
@@ -268,7 +286,11 @@ pub(crate) fn pem_rfc7468_decode(pem: &[u8]) -> Result<(String, Vec<u8>), String
             if label.is_some() {
                 return Err("nested BEGIN line".into());
             }
-            label = Some(rest.strip_suffix("-----").ok_or("malformed BEGIN line")?.to_string());
+            label = Some(
+                rest.strip_suffix("-----")
+                    .ok_or("malformed BEGIN line")?
+                    .to_string(),
+            );
         } else if let Some(rest) = line.strip_prefix("-----END ") {
             let end = rest.strip_suffix("-----").ok_or("malformed END line")?;
             if label.as_deref() != Some(end) {

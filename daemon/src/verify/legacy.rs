@@ -5,7 +5,8 @@ use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use super::authority::{
-    check_certificate, verify_with_cert, verify_with_keys, Authority, SignatureFormat, Signer, SignerInfo, Verified,
+    check_certificate, verify_with_cert, verify_with_keys, Authority, SignatureFormat, Signer,
+    SignerInfo, Verified,
 };
 use super::cert::Cert;
 use super::error::VerifyError;
@@ -60,24 +61,44 @@ pub struct Expectation<'a> {
 
 /// Verify one legacy signature layer against one authority. Every check must pass; the
 /// signature is always verified with the signer's key (configured key or certificate key).
-pub fn verify_legacy(sig: &LegacySignature, auth: &Authority, want: &Expectation<'_>) -> Result<Verified, VerifyError> {
+pub fn verify_legacy(
+    sig: &LegacySignature,
+    auth: &Authority,
+    want: &Expectation<'_>,
+) -> Result<Verified, VerifyError> {
     if sig.media_type != SIMPLE_SIGNING_MEDIA_TYPE {
-        return Err(VerifyError::MediaType { found: sig.media_type.clone(), expected: SIMPLE_SIGNING_MEDIA_TYPE });
+        return Err(VerifyError::MediaType {
+            found: sig.media_type.clone(),
+            expected: SIMPLE_SIGNING_MEDIA_TYPE,
+        });
     }
-    let sig_bytes = b64decode(&sig.signature_b64)
-        .map_err(|e| VerifyError::SignatureEncoding { detail: format!("signature annotation: {e}") })?;
+    let sig_bytes = b64decode(&sig.signature_b64).map_err(|e| VerifyError::SignatureEncoding {
+        detail: format!("signature annotation: {e}"),
+    })?;
     if sig_bytes.is_empty() || sig_bytes.len() > 4096 {
-        return Err(VerifyError::SignatureEncoding { detail: format!("signature of {} bytes", sig_bytes.len()) });
+        return Err(VerifyError::SignatureEncoding {
+            detail: format!("signature of {} bytes", sig_bytes.len()),
+        });
     }
 
     // Signer and signature first: nothing in the payload is trusted before this passes.
     let (signer_der, signer_is_cert, leaf, key_info) = match &auth.signer {
         Signer::Keys(keys) => {
             let k = verify_with_keys(keys, &sig.payload, &sig_bytes)?;
-            (k.key.spki_der().to_vec(), false, None, Some(SignerInfo::Key { fingerprint: k.key.fingerprint() }))
+            (
+                k.key.spki_der().to_vec(),
+                false,
+                None,
+                Some(SignerInfo::Key {
+                    fingerprint: k.key.fingerprint(),
+                }),
+            )
         }
         Signer::Certificate { .. } => {
-            let pem = sig.certificate_pem.as_deref().ok_or(VerifyError::CertMissing)?;
+            let pem = sig
+                .certificate_pem
+                .as_deref()
+                .ok_or(VerifyError::CertMissing)?;
             let leaf = Cert::from_pem(pem, "signing certificate")?;
             verify_with_cert(&leaf, &sig.payload, &sig_bytes)?;
             (leaf.der().to_vec(), true, Some(leaf), None)
@@ -110,16 +131,26 @@ pub fn verify_legacy(sig: &LegacySignature, auth: &Authority, want: &Expectation
     let mut times: Vec<i64> = signed_at.into_iter().collect();
     let mut ts_time = None;
     if let (false, Some(text)) = (auth.trust.tsas.is_empty(), sig.rfc3161_json.as_deref()) {
-        let ann: Rfc3161Annotation = serde_json::from_str(text)
-            .map_err(|e| VerifyError::Timestamp { detail: format!("annotation is not JSON: {e}") })?;
-        let raw = b64decode(&ann.signed).map_err(|e| VerifyError::Timestamp { detail: format!("not base64: {e}") })?;
+        let ann: Rfc3161Annotation =
+            serde_json::from_str(text).map_err(|e| VerifyError::Timestamp {
+                detail: format!("annotation is not JSON: {e}"),
+            })?;
+        let raw = b64decode(&ann.signed).map_err(|e| VerifyError::Timestamp {
+            detail: format!("not base64: {e}"),
+        })?;
         let t = verify_timestamp(&raw, &sig_bytes, &auth.trust)?;
         ts_time = Some(t);
         times.push(t);
     }
 
     let signer = match (&auth.signer, leaf) {
-        (Signer::Certificate { identities, require_sct }, Some(leaf)) => {
+        (
+            Signer::Certificate {
+                identities,
+                require_sct,
+            },
+            Some(leaf),
+        ) => {
             let intermediates = match sig.chain_pem.as_deref() {
                 Some(pem) => Cert::all_from_pem(pem, "certificate chain")?,
                 None => Vec::new(),
@@ -127,10 +158,21 @@ pub fn verify_legacy(sig: &LegacySignature, auth: &Authority, want: &Expectation
             // Without a log entry or timestamp there is no trusted signing time; BYO-PKI
             // certificates are then checked as of now (they are long-lived; Fulcio's expire in
             // minutes, so those fail, as they should).
-            let check_at = if times.is_empty() { vec![now_unix()] } else { times };
+            let check_at = if times.is_empty() {
+                vec![now_unix()]
+            } else {
+                times
+            };
             let mut info = None;
             for at in &check_at {
-                info = Some(check_certificate(&leaf, &intermediates, &auth.trust, identities, *require_sct, *at)?);
+                info = Some(check_certificate(
+                    &leaf,
+                    &intermediates,
+                    &auth.trust,
+                    identities,
+                    *require_sct,
+                    *at,
+                )?);
             }
             info.ok_or(VerifyError::NoSigningTime)?
         }
@@ -138,7 +180,9 @@ pub fn verify_legacy(sig: &LegacySignature, auth: &Authority, want: &Expectation
     };
 
     match want.image {
-        Some(image) => auth.signed_identity.check(&claims.docker_reference, image)?,
+        Some(image) => auth
+            .signed_identity
+            .check(&claims.docker_reference, image)?,
         None if auth.signed_identity != Default::default() => {
             return Err(VerifyError::DockerReference {
                 claimed: claims.docker_reference,

@@ -9,7 +9,9 @@ use super::rekor::b64decode;
 use super::trust::LogKey;
 
 fn proof_err(detail: impl std::fmt::Display) -> VerifyError {
-    VerifyError::TlogProof { detail: detail.to_string() }
+    VerifyError::TlogProof {
+        detail: detail.to_string(),
+    }
 }
 
 /// Audit paths longer than this cannot come from a log of fewer than 2^64 entries.
@@ -40,7 +42,9 @@ pub fn verify_inclusion(
     root: &[u8; 32],
 ) -> Result<(), VerifyError> {
     if index >= tree_size {
-        return Err(proof_err(format!("leaf index {index} outside tree of size {tree_size}")));
+        return Err(proof_err(format!(
+            "leaf index {index} outside tree of size {tree_size}"
+        )));
     }
     if proof.len() > MAX_PROOF_HASHES {
         return Err(proof_err("audit path too long"));
@@ -69,22 +73,34 @@ pub fn verify_inclusion(
         return Err(proof_err("audit path too short"));
     }
     if &r != root {
-        return Err(proof_err("computed root does not match the proof's root hash"));
+        return Err(proof_err(
+            "computed root does not match the proof's root hash",
+        ));
     }
     Ok(())
 }
 
 /// Parse a Rekor checkpoint (signed note) and verify its signature with the log key; check it
 /// commits to `tree_size` and `root`.
-pub fn verify_checkpoint(envelope: &str, key: &LogKey, tree_size: u64, root: &[u8; 32]) -> Result<(), VerifyError> {
+pub fn verify_checkpoint(
+    envelope: &str,
+    key: &LogKey,
+    tree_size: u64,
+    root: &[u8; 32],
+) -> Result<(), VerifyError> {
     if envelope.len() > 64 << 10 {
         return Err(proof_err("checkpoint too large"));
     }
-    let split = envelope.find("\n\n").ok_or_else(|| proof_err("checkpoint has no signature block"))?;
+    let split = envelope
+        .find("\n\n")
+        .ok_or_else(|| proof_err("checkpoint has no signature block"))?;
     let text = &envelope[..split + 1];
     let sigs = &envelope[split + 2..];
     let mut lines = text.lines();
-    let origin = lines.next().filter(|l| !l.is_empty()).ok_or_else(|| proof_err("checkpoint without origin"))?;
+    let origin = lines
+        .next()
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| proof_err("checkpoint without origin"))?;
     let size: u64 = lines
         .next()
         .and_then(|l| l.parse().ok())
@@ -94,24 +110,40 @@ pub fn verify_checkpoint(envelope: &str, key: &LogKey, tree_size: u64, root: &[u
         .and_then(|l| b64decode(l).ok())
         .ok_or_else(|| proof_err("checkpoint root hash is not base64"))?;
     if size != tree_size || cp_root.as_slice() != root.as_slice() {
-        return Err(proof_err("checkpoint does not commit to the proof's tree size and root"));
+        return Err(proof_err(
+            "checkpoint does not commit to the proof's tree size and root",
+        ));
     }
     let hint = &key.log_id[..4];
     for line in sigs.lines() {
-        let Some(rest) = line.strip_prefix("\u{2014} ") else { continue };
-        let Some((name, b64)) = rest.rsplit_once(' ') else { continue };
+        let Some(rest) = line.strip_prefix("\u{2014} ") else {
+            continue;
+        };
+        let Some((name, b64)) = rest.rsplit_once(' ') else {
+            continue;
+        };
         // The signer's name must be the log the note is about (Rekor v1: "<host> - <tree id>").
-        if !(origin == name || origin.strip_prefix(name).is_some_and(|r| r.starts_with(" - "))) {
+        if !(origin == name
+            || origin
+                .strip_prefix(name)
+                .is_some_and(|r| r.starts_with(" - ")))
+        {
             continue;
         }
         let Ok(raw) = b64decode(b64) else { continue };
         if raw.len() < 5 || &raw[..4] != hint {
             continue;
         }
-        if key.key.verify(text.as_bytes(), &raw[4..], HashAlg::Sha256).is_ok() {
+        if key
+            .key
+            .verify(text.as_bytes(), &raw[4..], HashAlg::Sha256)
+            .is_ok()
+        {
             return Ok(());
         }
-        return Err(proof_err("checkpoint signature does not verify with the log key"));
+        return Err(proof_err(
+            "checkpoint signature does not verify with the log key",
+        ));
     }
     Err(proof_err("checkpoint carries no signature by the log key"))
 }

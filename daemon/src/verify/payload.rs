@@ -53,24 +53,37 @@ impl SimpleSigning {
     /// Parse and check `critical.type`. Call only after the signature over `bytes` verified.
     pub fn parse(bytes: &[u8]) -> Result<Self, VerifyError> {
         if bytes.len() > MAX_PAYLOAD_BYTES {
-            return Err(VerifyError::PayloadFormat { detail: format!("payload of {} bytes is too large", bytes.len()) });
+            return Err(VerifyError::PayloadFormat {
+                detail: format!("payload of {} bytes is too large", bytes.len()),
+            });
         }
-        let raw: Raw = serde_json::from_slice(bytes)
-            .map_err(|e| VerifyError::PayloadFormat { detail: e.to_string() })?;
+        let raw: Raw = serde_json::from_slice(bytes).map_err(|e| VerifyError::PayloadFormat {
+            detail: e.to_string(),
+        })?;
         if raw.critical.kind != COSIGN_SIGNATURE_TYPE {
-            return Err(VerifyError::PayloadType { found: raw.critical.kind });
+            return Err(VerifyError::PayloadType {
+                found: raw.critical.kind,
+            });
         }
         let d = raw.critical.image.docker_manifest_digest;
         if !is_valid_digest(&d) {
-            return Err(VerifyError::PayloadFormat { detail: format!("docker-manifest-digest {d:?} is not sha256:<hex>") });
+            return Err(VerifyError::PayloadFormat {
+                detail: format!("docker-manifest-digest {d:?} is not sha256:<hex>"),
+            });
         }
-        Ok(SimpleSigning { docker_reference: raw.critical.identity.docker_reference, manifest_digest: d })
+        Ok(SimpleSigning {
+            docker_reference: raw.critical.identity.docker_reference,
+            manifest_digest: d,
+        })
     }
 
     /// The digest claim must name the image being verified.
     pub fn check_digest(&self, expected: &str) -> Result<(), VerifyError> {
         if self.manifest_digest != expected {
-            return Err(VerifyError::ManifestDigest { claimed: self.manifest_digest.clone(), expected: expected.to_string() });
+            return Err(VerifyError::ManifestDigest {
+                claimed: self.manifest_digest.clone(),
+                expected: expected.to_string(),
+            });
         }
         Ok(())
     }
@@ -93,7 +106,10 @@ pub enum SignedIdentity {
     /// This repository.
     ExactRepository(String),
     /// Rewrite the image's `prefix` to `signed_prefix` (mirrors), then MatchRepoDigestOrExact.
-    Remap { prefix: String, signed_prefix: String },
+    Remap {
+        prefix: String,
+        signed_prefix: String,
+    },
 }
 
 fn parse_claim(claim: &str, expected: &str) -> Result<ImageRef, VerifyError> {
@@ -106,34 +122,63 @@ fn parse_claim(claim: &str, expected: &str) -> Result<ImageRef, VerifyError> {
 impl SignedIdentity {
     /// Check the payload's claim against the image reference being verified.
     pub fn check(&self, claim: &str, image: &ImageRef) -> Result<(), VerifyError> {
-        let mismatch = |expected: String| VerifyError::DockerReference { claimed: claim.to_string(), expected };
+        let mismatch = |expected: String| VerifyError::DockerReference {
+            claimed: claim.to_string(),
+            expected,
+        };
         match self {
             SignedIdentity::Any => Ok(()),
             SignedIdentity::MatchRepository => {
                 let c = parse_claim(claim, &image.name())?;
-                if c.name() == image.name() { Ok(()) } else { Err(mismatch(format!("repository {}", image.name()))) }
+                if c.name() == image.name() {
+                    Ok(())
+                } else {
+                    Err(mismatch(format!("repository {}", image.name())))
+                }
             }
             SignedIdentity::MatchExact => {
                 let c = parse_claim(claim, &image.to_string())?;
-                if c == *image { Ok(()) } else { Err(mismatch(format!("exactly {image}"))) }
+                if c == *image {
+                    Ok(())
+                } else {
+                    Err(mismatch(format!("exactly {image}")))
+                }
             }
             SignedIdentity::MatchRepoDigestOrExact => repo_digest_or_exact(claim, image),
             SignedIdentity::ExactReference(r) => {
-                let want = ImageRef::parse(r).map_err(|_| mismatch(format!("exactly {r} (invalid)")))?;
+                let want =
+                    ImageRef::parse(r).map_err(|_| mismatch(format!("exactly {r} (invalid)")))?;
                 let c = parse_claim(claim, r)?;
-                if c == want { Ok(()) } else { Err(mismatch(format!("exactly {want}"))) }
+                if c == want {
+                    Ok(())
+                } else {
+                    Err(mismatch(format!("exactly {want}")))
+                }
             }
             SignedIdentity::ExactRepository(r) => {
-                let want = ImageRef::parse(r).map_err(|_| mismatch(format!("repository {r} (invalid)")))?;
+                let want = ImageRef::parse(r)
+                    .map_err(|_| mismatch(format!("repository {r} (invalid)")))?;
                 let c = parse_claim(claim, r)?;
-                if c.name() == want.name() { Ok(()) } else { Err(mismatch(format!("repository {}", want.name()))) }
+                if c.name() == want.name() {
+                    Ok(())
+                } else {
+                    Err(mismatch(format!("repository {}", want.name())))
+                }
             }
-            SignedIdentity::Remap { prefix, signed_prefix } => {
+            SignedIdentity::Remap {
+                prefix,
+                signed_prefix,
+            } => {
                 let full = image.to_string();
                 let remapped = match full.strip_prefix(prefix.as_str()) {
-                    Some(rest) if rest.is_empty() || rest.starts_with(['/', ':', '@']) || prefix.ends_with('/') => {
+                    Some(rest)
+                        if rest.is_empty()
+                            || rest.starts_with(['/', ':', '@'])
+                            || prefix.ends_with('/') =>
+                    {
                         let s = format!("{signed_prefix}{rest}");
-                        ImageRef::parse(&s).map_err(|_| mismatch(format!("remapped {s} (invalid)")))?
+                        ImageRef::parse(&s)
+                            .map_err(|_| mismatch(format!("remapped {s} (invalid)")))?
                     }
                     _ => image.clone(),
                 };
@@ -145,10 +190,17 @@ impl SignedIdentity {
 
 fn repo_digest_or_exact(claim: &str, image: &ImageRef) -> Result<(), VerifyError> {
     let c = parse_claim(claim, &image.to_string())?;
-    let ok = if image.digest.is_some() { c.name() == image.name() } else { c == *image };
+    let ok = if image.digest.is_some() {
+        c.name() == image.name()
+    } else {
+        c == *image
+    };
     if ok {
         Ok(())
     } else {
-        Err(VerifyError::DockerReference { claimed: claim.to_string(), expected: format!("{image} (repo if by digest, else exact)") })
+        Err(VerifyError::DockerReference {
+            claimed: claim.to_string(),
+            expected: format!("{image} (repo if by digest, else exact)"),
+        })
     }
 }

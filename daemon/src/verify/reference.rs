@@ -26,7 +26,10 @@ pub struct ImageRef {
 impl ImageRef {
     /// Parse and normalise `reference`.
     pub fn parse(reference: &str) -> Result<Self, ReferenceError> {
-        let err = |reason| ReferenceError { reference: reference.to_string(), reason };
+        let err = |reason| ReferenceError {
+            reference: reference.to_string(),
+            reason,
+        };
         if reference.is_empty() || reference.len() > 4096 {
             return Err(err("empty or too long"));
         }
@@ -46,7 +49,9 @@ impl ImageRef {
                 let t = &rest[last_slash + i + 1..];
                 if t.is_empty()
                     || t.len() > 128
-                    || !t.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+                    || !t
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
                 {
                     return Err(err("invalid tag"));
                 }
@@ -55,7 +60,9 @@ impl ImageRef {
             None => (rest, None),
         };
         let (registry, repository) = match name.split_once('/') {
-            Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, path))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
                 (first.to_string(), path.to_string())
             }
             _ => ("docker.io".to_string(), name.to_string()),
@@ -73,19 +80,30 @@ impl ImageRef {
             repository
         };
         if registry.is_empty()
-            || !registry.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']'))
+            || !registry
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']'))
         {
             return Err(err("invalid registry host"));
         }
         if repository.is_empty()
             || repository.split('/').any(|c| {
                 c.is_empty()
-                    || !c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+                    || !c.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'.' | b'_' | b'-')
+                    })
             })
         {
             return Err(err("repository must be lowercase path components"));
         }
-        Ok(ImageRef { registry, repository, tag, digest })
+        Ok(ImageRef {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 
     /// `registry/repository`, e.g. `docker.io/library/busybox`.
@@ -95,7 +113,11 @@ impl ImageRef {
 
     /// The same reference without tag and digest.
     pub fn repository_ref(&self) -> ImageRef {
-        ImageRef { tag: None, digest: None, ..self.clone() }
+        ImageRef {
+            tag: None,
+            digest: None,
+            ..self.clone()
+        }
     }
 }
 
@@ -114,8 +136,11 @@ impl fmt::Display for ImageRef {
 
 /// Whether `d` is `sha256:` followed by 64 lowercase hex digits.
 pub fn is_valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)))
+    d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    })
 }
 
 #[cfg(test)]
@@ -127,9 +152,17 @@ mod tests {
     fn normalises_docker_hub_names() {
         let r = ImageRef::parse("busybox").unwrap();
         assert_eq!(r.name(), "docker.io/library/busybox");
-        assert_eq!(ImageRef::parse("index.docker.io/foo/bar:1").unwrap().to_string(), "docker.io/foo/bar:1");
+        assert_eq!(
+            ImageRef::parse("index.docker.io/foo/bar:1")
+                .unwrap()
+                .to_string(),
+            "docker.io/foo/bar:1"
+        );
         let r = ImageRef::parse("localhost:5000/a/b:tag").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost:5000", "a/b", Some("tag")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("localhost:5000", "a/b", Some("tag"))
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         let r = ImageRef::parse(&format!("ghcr.io/x/y@{d}")).unwrap();
         assert_eq!(r.digest.as_deref(), Some(d.as_str()));
@@ -138,7 +171,14 @@ mod tests {
     #[test]
     fn rejects_malformed_references() {
         assert_eq!(ImageRef::parse("GHCR.io/x/y").unwrap().registry, "ghcr.io");
-        for bad in ["", "UPPER/case", "ghcr.io/x@sha256:zz", "a/b:", "ghcr.io//x", "a b"] {
+        for bad in [
+            "",
+            "UPPER/case",
+            "ghcr.io/x@sha256:zz",
+            "a/b:",
+            "ghcr.io//x",
+            "a b",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
     }

@@ -35,13 +35,17 @@ pub struct SetPayload {
 }
 
 fn set_err(detail: impl std::fmt::Display) -> VerifyError {
-    VerifyError::TlogSet { detail: detail.to_string() }
+    VerifyError::TlogSet {
+        detail: detail.to_string(),
+    }
 }
 
 /// Decode base64 the way Go does for cosign annotations: line breaks and spaces are ignored.
 pub fn b64decode(s: &str) -> Result<Vec<u8>, String> {
     let cleaned: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(cleaned).map_err(|e| e.to_string())
+    base64::engine::general_purpose::STANDARD
+        .decode(cleaned)
+        .map_err(|e| e.to_string())
 }
 
 impl LegacyBundle {
@@ -62,8 +66,14 @@ pub fn verify_set<'a>(
 ) -> Result<&'a LogKey, VerifyError> {
     let id = hex::decode(&payload.log_id).map_err(|e| set_err(format!("logID is not hex: {e}")))?;
     // Several keys may share a log id across rotations (different validity windows).
-    let mut last = VerifyError::TlogKeyUnknown { log_id: payload.log_id.clone() };
-    for key in trust.tlogs.iter().filter(|k| k.log_id.as_slice() == id.as_slice()) {
+    let mut last = VerifyError::TlogKeyUnknown {
+        log_id: payload.log_id.clone(),
+    };
+    for key in trust
+        .tlogs
+        .iter()
+        .filter(|k| k.log_id.as_slice() == id.as_slice())
+    {
         match verify_set_with_key(payload, set_b64, key) {
             Ok(()) => return Ok(key),
             Err(e) => last = e,
@@ -73,14 +83,25 @@ pub fn verify_set<'a>(
 }
 
 /// Verify a SET with a given key (also checks the key's validity window).
-pub fn verify_set_with_key(payload: &SetPayload, set_b64: &str, key: &LogKey) -> Result<(), VerifyError> {
+pub fn verify_set_with_key(
+    payload: &SetPayload,
+    set_b64: &str,
+    key: &LogKey,
+) -> Result<(), VerifyError> {
     let canonical = serde_json::to_vec(payload).map_err(set_err)?;
     let sig = b64decode(set_b64).map_err(|e| set_err(format!("SET is not base64: {e}")))?;
     key.key
         .verify(&canonical, &sig, HashAlg::Sha256)
-        .map_err(|_| set_err(format!("SET does not verify with log key {}", hex::encode(key.log_id))))?;
+        .map_err(|_| {
+            set_err(format!(
+                "SET does not verify with log key {}",
+                hex::encode(key.log_id)
+            ))
+        })?;
     if !key.valid_at(payload.integrated_time) {
-        return Err(set_err("log key was not valid at the entry's integrated time"));
+        return Err(set_err(
+            "log key was not valid at the entry's integrated time",
+        ));
     }
     Ok(())
 }
@@ -110,29 +131,46 @@ fn field<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a serde_json::
     path.iter().try_fold(v, |v, k| v.get(*k))
 }
 
-fn str_field<'a>(v: &'a serde_json::Value, path: &[&str], name: &'static str) -> Result<&'a str, VerifyError> {
-    field(v, path).and_then(|x| x.as_str()).ok_or(VerifyError::TlogBody { field: name })
+fn str_field<'a>(
+    v: &'a serde_json::Value,
+    path: &[&str],
+    name: &'static str,
+) -> Result<&'a str, VerifyError> {
+    field(v, path)
+        .and_then(|x| x.as_str())
+        .ok_or(VerifyError::TlogBody { field: name })
 }
 
 /// Check that a Rekor entry body (base64 JSON) records `expected`. Supports `hashedrekord`,
 /// `rekord` and `dsse` 0.0.1, the kinds cosign writes.
 pub fn match_body(body_b64: &str, expected: &ExpectedEntry<'_>) -> Result<(), VerifyError> {
-    let raw = b64decode(body_b64).map_err(|_| VerifyError::TlogBody { field: "body encoding" })?;
-    let body: Body = serde_json::from_slice(&raw).map_err(|_| VerifyError::TlogBody { field: "body JSON" })?;
+    let raw = b64decode(body_b64).map_err(|_| VerifyError::TlogBody {
+        field: "body encoding",
+    })?;
+    let body: Body =
+        serde_json::from_slice(&raw).map_err(|_| VerifyError::TlogBody { field: "body JSON" })?;
     if body.api_version != "0.0.1" {
-        return Err(VerifyError::TlogBody { field: "apiVersion" });
+        return Err(VerifyError::TlogBody {
+            field: "apiVersion",
+        });
     }
     let payload_hash = hex::encode(expected.payload_sha256);
     let (hash_path, sigs): (&[&str], Vec<(&str, &str)>) = match body.kind.as_str() {
         "hashedrekord" | "rekord" => {
             let sig = str_field(&body.spec, &["signature", "content"], "signature")?;
-            let key = str_field(&body.spec, &["signature", "publicKey", "content"], "public key")?;
+            let key = str_field(
+                &body.spec,
+                &["signature", "publicKey", "content"],
+                "public key",
+            )?;
             (&["data", "hash"], vec![(sig, key)])
         }
         "dsse" => {
             let list = field(&body.spec, &["signatures"])
                 .and_then(|v| v.as_array())
-                .ok_or(VerifyError::TlogBody { field: "signatures" })?;
+                .ok_or(VerifyError::TlogBody {
+                    field: "signatures",
+                })?;
             let mut sigs = Vec::new();
             for s in list {
                 sigs.push((
@@ -149,22 +187,35 @@ pub fn match_body(body_b64: &str, expected: &ExpectedEntry<'_>) -> Result<(), Ve
     let alg = str_field(&body.spec, &alg_path, "hash algorithm")?;
     let value = str_field(&body.spec, &value_path, "hash value")?;
     if alg != "sha256" || !value.eq_ignore_ascii_case(&payload_hash) {
-        return Err(VerifyError::TlogBody { field: "payload hash" });
+        return Err(VerifyError::TlogBody {
+            field: "payload hash",
+        });
     }
     if sigs.len() != 1 {
-        return Err(VerifyError::TlogBody { field: "number of signatures" });
+        return Err(VerifyError::TlogBody {
+            field: "number of signatures",
+        });
     }
     let (sig_b64, signer_b64) = sigs[0];
     let sig = b64decode(sig_b64).map_err(|_| VerifyError::TlogBody { field: "signature" })?;
     if sig != expected.signature {
         return Err(VerifyError::TlogBody { field: "signature" });
     }
-    let signer_pem = b64decode(signer_b64).map_err(|_| VerifyError::TlogBody { field: "public key" })?;
-    let (label, der) =
-        pem_rfc7468_decode(&signer_pem).map_err(|_| VerifyError::TlogBody { field: "public key" })?;
-    let label_ok = if expected.signer_is_cert { label == "CERTIFICATE" } else { label == "PUBLIC KEY" };
+    let signer_pem = b64decode(signer_b64).map_err(|_| VerifyError::TlogBody {
+        field: "public key",
+    })?;
+    let (label, der) = pem_rfc7468_decode(&signer_pem).map_err(|_| VerifyError::TlogBody {
+        field: "public key",
+    })?;
+    let label_ok = if expected.signer_is_cert {
+        label == "CERTIFICATE"
+    } else {
+        label == "PUBLIC KEY"
+    };
     if !label_ok || der != expected.signer_der {
-        return Err(VerifyError::TlogBody { field: "signer key or certificate" });
+        return Err(VerifyError::TlogBody {
+            field: "signer key or certificate",
+        });
     }
     Ok(())
 }

@@ -13,7 +13,9 @@ use super::trust::TrustMaterial;
 const OID_SCT_LIST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.11129.2.4.2");
 
 fn sct_err(detail: impl std::fmt::Display) -> VerifyError {
-    VerifyError::Sct { detail: detail.to_string() }
+    VerifyError::Sct {
+        detail: detail.to_string(),
+    }
 }
 
 /// A byte reader for TLS-encoded structures.
@@ -43,7 +45,11 @@ impl<'a> Tls<'a> {
 
 /// Verify that `leaf` (issued by `issuer`) carries at least one SCT that verifies against a
 /// trusted CT log key. Returns the number of valid SCTs.
-pub fn verify_embedded_scts(leaf: &Cert, issuer: &Cert, trust: &TrustMaterial) -> Result<usize, VerifyError> {
+pub fn verify_embedded_scts(
+    leaf: &Cert,
+    issuer: &Cert,
+    trust: &TrustMaterial,
+) -> Result<usize, VerifyError> {
     let ext = leaf
         .extension(OID_SCT_LIST)?
         .ok_or_else(|| sct_err("certificate has no embedded SCT"))?;
@@ -118,7 +124,12 @@ pub fn verify_embedded_scts(leaf: &Cert, issuer: &Cert, trust: &TrustMaterial) -
         }
         match key.key.verify(&signed, signature, hash) {
             Ok(()) => valid += 1,
-            Err(_) => last_err = sct_err(format!("SCT signature by log {} does not verify", hex::encode(log_id))),
+            Err(_) => {
+                last_err = sct_err(format!(
+                    "SCT signature by log {} does not verify",
+                    hex::encode(log_id)
+                ))
+            }
         }
     }
     if valid == 0 {

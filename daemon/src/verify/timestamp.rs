@@ -16,8 +16,10 @@ use super::trust::TrustMaterial;
 
 const OID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
 const OID_TST_INFO: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.1.4");
-const OID_ATTR_CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
-const OID_ATTR_MESSAGE_DIGEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
+const OID_ATTR_CONTENT_TYPE: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
+const OID_ATTR_MESSAGE_DIGEST: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
 const OID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
 const OID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
 const OID_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
@@ -27,7 +29,9 @@ const OID_SKI: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.14");
 pub const MAX_TIMESTAMP_BYTES: usize = 64 << 10;
 
 fn ts_err(detail: impl std::fmt::Display) -> VerifyError {
-    VerifyError::Timestamp { detail: detail.to_string() }
+    VerifyError::Timestamp {
+        detail: detail.to_string(),
+    }
 }
 
 #[derive(Sequence)]
@@ -61,21 +65,32 @@ fn token(bytes: &[u8]) -> Result<ContentInfo, VerifyError> {
     if let Ok(ci) = ContentInfo::from_der(bytes) {
         return Ok(ci);
     }
-    let parts: Vec<Any> = Vec::from_der(bytes).map_err(|e| ts_err(format!("not a TimeStampResp: {e}")))?;
+    let parts: Vec<Any> =
+        Vec::from_der(bytes).map_err(|e| ts_err(format!("not a TimeStampResp: {e}")))?;
     let [status, tok] = parts.as_slice() else {
         return Err(ts_err("TimeStampResp without a token"));
     };
     let status: Vec<Any> = status.decode_as().map_err(ts_err)?;
-    let code: u32 = status.first().ok_or_else(|| ts_err("empty PKIStatusInfo"))?.decode_as().map_err(ts_err)?;
+    let code: u32 = status
+        .first()
+        .ok_or_else(|| ts_err("empty PKIStatusInfo"))?
+        .decode_as()
+        .map_err(ts_err)?;
     if code > 1 {
-        return Err(ts_err(format!("timestamp request was not granted (status {code})")));
+        return Err(ts_err(format!(
+            "timestamp request was not granted (status {code})"
+        )));
     }
     tok.decode_as().map_err(ts_err)
 }
 
 /// Verify a timestamp token over `signature` against the trust material's TSAs. Returns the
 /// timestamp's time (Unix seconds).
-pub fn verify_timestamp(bytes: &[u8], signature: &[u8], trust: &TrustMaterial) -> Result<i64, VerifyError> {
+pub fn verify_timestamp(
+    bytes: &[u8],
+    signature: &[u8],
+    trust: &TrustMaterial,
+) -> Result<i64, VerifyError> {
     if bytes.len() > MAX_TIMESTAMP_BYTES {
         return Err(ts_err("timestamp token too large"));
     }
@@ -111,7 +126,9 @@ pub fn verify_timestamp(bytes: &[u8], signature: &[u8], trust: &TrustMaterial) -
     let imprint: MessageImprint = fields[2].decode_as().map_err(ts_err)?;
     let h = digest_alg(imprint.hash_algorithm.oid)?;
     if imprint.hashed_message.as_bytes() != h.digest(signature).as_slice() {
-        return Err(ts_err("timestamp is over another signature (message imprint differs)"));
+        return Err(ts_err(
+            "timestamp is over another signature (message imprint differs)",
+        ));
     }
     let gen_time: GeneralizedTime = fields[4].decode_as().map_err(ts_err)?;
     let at = gen_time.to_unix_duration().as_secs() as i64;
@@ -119,12 +136,20 @@ pub fn verify_timestamp(bytes: &[u8], signature: &[u8], trust: &TrustMaterial) -
     let [si] = sd.signer_infos.0.as_slice() else {
         return Err(ts_err("token must have exactly one signer"));
     };
-    let attrs = si.signed_attrs.as_ref().ok_or_else(|| ts_err("signer without signed attributes"))?;
+    let attrs = si
+        .signed_attrs
+        .as_ref()
+        .ok_or_else(|| ts_err("signer without signed attributes"))?;
     let attr = |oid: ObjectIdentifier| -> Result<&Any, VerifyError> {
-        let a = attrs.iter().find(|a| a.oid == oid).ok_or_else(|| ts_err(format!("missing signed attribute {oid}")))?;
+        let a = attrs
+            .iter()
+            .find(|a| a.oid == oid)
+            .ok_or_else(|| ts_err(format!("missing signed attribute {oid}")))?;
         match a.values.as_slice() {
             [v] => Ok(v),
-            _ => Err(ts_err(format!("signed attribute {oid} must have one value"))),
+            _ => Err(ts_err(format!(
+                "signed attribute {oid} must have one value"
+            ))),
         }
     };
     let ct: ObjectIdentifier = attr(OID_ATTR_CONTENT_TYPE)?.decode_as().map_err(ts_err)?;
@@ -134,17 +159,26 @@ pub fn verify_timestamp(bytes: &[u8], signature: &[u8], trust: &TrustMaterial) -
     let md: OctetString = attr(OID_ATTR_MESSAGE_DIGEST)?.decode_as().map_err(ts_err)?;
     let dh = digest_alg(si.digest_alg.oid)?;
     if md.as_bytes() != dh.digest(&tst_der).as_slice() {
-        return Err(ts_err("message-digest attribute does not match the TSTInfo"));
+        return Err(ts_err(
+            "message-digest attribute does not match the TSTInfo",
+        ));
     }
 
     // The signer: an embedded certificate or one from the trusted TSA chains.
     let mut pool: Vec<Cert> = Vec::new();
     for c in sd.certificates.iter().flat_map(|s| s.0.iter()) {
         if let cms::cert::CertificateChoices::Certificate(c) = c {
-            pool.push(Cert::from_der(&c.to_der().map_err(ts_err)?, "timestamp certificate")?);
+            pool.push(Cert::from_der(
+                &c.to_der().map_err(ts_err)?,
+                "timestamp certificate",
+            )?);
         }
     }
-    let candidates: Vec<Cert> = pool.iter().cloned().chain(trust.tsas.iter().map(|a| a.cert.clone())).collect();
+    let candidates: Vec<Cert> = pool
+        .iter()
+        .cloned()
+        .chain(trust.tsas.iter().map(|a| a.cert.clone()))
+        .collect();
     let signer = candidates
         .iter()
         .find(|c| is_signer(c, &si.sid))
@@ -163,7 +197,9 @@ pub fn verify_timestamp(bytes: &[u8], signature: &[u8], trust: &TrustMaterial) -
 fn is_signer(cert: &Cert, sid: &SignerIdentifier) -> bool {
     let tbs = &cert.parsed().tbs_certificate;
     match sid {
-        SignerIdentifier::IssuerAndSerialNumber(ias) => ias.issuer == tbs.issuer && ias.serial_number == tbs.serial_number,
+        SignerIdentifier::IssuerAndSerialNumber(ias) => {
+            ias.issuer == tbs.issuer && ias.serial_number == tbs.serial_number
+        }
         SignerIdentifier::SubjectKeyIdentifier(ski) => cert
             .extension(OID_SKI)
             .ok()

@@ -24,7 +24,12 @@ pub struct LogKey {
 impl LogKey {
     /// A key with no window; its log id is SHA-256 of its SubjectPublicKeyInfo.
     pub fn new(key: PublicKey) -> Self {
-        LogKey { log_id: key.log_id(), key, valid_from: None, valid_until: None }
+        LogKey {
+            log_id: key.log_id(),
+            key,
+            valid_from: None,
+            valid_until: None,
+        }
     }
     /// Whether the key was valid for entries integrated at `at`.
     pub fn valid_at(&self, at: i64) -> bool {
@@ -46,7 +51,9 @@ pub struct TrustMaterial {
 }
 
 fn tr_err(detail: impl std::fmt::Display) -> VerifyError {
-    VerifyError::TrustRoot { detail: detail.to_string() }
+    VerifyError::TrustRoot {
+        detail: detail.to_string(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -120,15 +127,24 @@ fn window(w: &Option<RawWindow>) -> Result<(Option<i64>, Option<i64>), VerifyErr
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, VerifyError> {
-    base64::engine::general_purpose::STANDARD.decode(s).map_err(tr_err)
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(tr_err)
 }
 
 fn log_key(raw: &RawLog) -> Result<LogKey, VerifyError> {
     let key = PublicKey::from_spki_der(&b64(&raw.public_key.raw_bytes)?).map_err(tr_err)?;
     let id = b64(&raw.log_id.key_id)?;
-    let log_id: [u8; 32] = id.try_into().map_err(|_| tr_err("log id is not 32 bytes"))?;
+    let log_id: [u8; 32] = id
+        .try_into()
+        .map_err(|_| tr_err("log id is not 32 bytes"))?;
     let (valid_from, valid_until) = window(&raw.public_key.valid_for)?;
-    Ok(LogKey { log_id, key, valid_from, valid_until })
+    Ok(LogKey {
+        log_id,
+        key,
+        valid_from,
+        valid_until,
+    })
 }
 
 impl TrustMaterial {
@@ -138,7 +154,10 @@ impl TrustMaterial {
             return Err(tr_err("trusted_root.json is too large"));
         }
         let raw: RawRoot = serde_json::from_slice(bytes).map_err(tr_err)?;
-        if !raw.media_type.starts_with("application/vnd.dev.sigstore.trustedroot") {
+        if !raw
+            .media_type
+            .starts_with("application/vnd.dev.sigstore.trustedroot")
+        {
             return Err(tr_err(format!("unexpected mediaType {:?}", raw.media_type)));
         }
         let mut tm = TrustMaterial::default();
@@ -152,7 +171,11 @@ impl TrustMaterial {
             let (from, until) = window(&ca.valid_for)?;
             for c in &ca.cert_chain.certificates {
                 let cert = Cert::from_der(&b64(&c.raw_bytes)?, "trusted_root.json TSA")?;
-                tm.tsas.push(TrustAnchor { cert, valid_from: from, valid_until: until });
+                tm.tsas.push(TrustAnchor {
+                    cert,
+                    valid_from: from,
+                    valid_until: until,
+                });
             }
         }
         for ca in &raw.certificate_authorities {
@@ -162,7 +185,11 @@ impl TrustMaterial {
             }
             for c in &ca.cert_chain.certificates {
                 let cert = Cert::from_der(&b64(&c.raw_bytes)?, "trusted_root.json CA")?;
-                tm.cas.push(TrustAnchor { cert, valid_from: from, valid_until: until });
+                tm.cas.push(TrustAnchor {
+                    cert,
+                    valid_from: from,
+                    valid_until: until,
+                });
             }
         }
         Ok(tm)
@@ -178,7 +205,8 @@ impl TrustMaterial {
 
     /// Offer the certificates of a PEM bundle as (untrusted) intermediates for chain building.
     pub fn add_intermediates_pem(&mut self, pem: &str) -> Result<(), VerifyError> {
-        self.intermediates.extend(Cert::all_from_pem(pem, "intermediate CA").map_err(tr_err)?);
+        self.intermediates
+            .extend(Cert::all_from_pem(pem, "intermediate CA").map_err(tr_err)?);
         Ok(())
     }
 

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use imagegate::verify::{
-    self, cert::Cert, identity::check_identity, rekor, trust::LogKey, Authority, BundleExpectation, Expectation,
-    FailureKind, IdentityMatcher, LegacySignature, PublicKey, SignedIdentity, Signer, StringMatcher, TrustMaterial, TrustedKey,
-    VerifyError,
+    self, cert::Cert, identity::check_identity, rekor, trust::LogKey, Authority, BundleExpectation,
+    Expectation, FailureKind, IdentityMatcher, LegacySignature, PublicKey, SignedIdentity, Signer,
+    StringMatcher, TrustMaterial, TrustedKey, VerifyError,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -21,7 +21,8 @@ pub fn roots() -> Vec<PathBuf> {
 }
 
 pub fn read(dir: &Path, rel: &str) -> String {
-    std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(rel).display()))
+    std::fs::read_to_string(dir.join(rel))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(rel).display()))
 }
 
 pub fn s<'a>(case: &'a Value, k: &str) -> Option<&'a str> {
@@ -31,13 +32,16 @@ pub fn s<'a>(case: &'a Value, k: &str) -> Option<&'a str> {
 fn trust_for(dir: &Path, case: &Value) -> TrustMaterial {
     let mut tm = TrustMaterial::default();
     if let Some(p) = s(case, "trusted_root_json") {
-        tm.extend(TrustMaterial::from_trusted_root_json(read(dir, p).as_bytes()).expect("trusted_root"));
+        tm.extend(
+            TrustMaterial::from_trusted_root_json(read(dir, p).as_bytes()).expect("trusted_root"),
+        );
     }
     if let Some(p) = s(case, "trusted_roots_pem") {
         tm.add_ca_pem(&read(dir, p)).expect("roots");
     }
     if let Some(p) = s(case, "intermediates_pem") {
-        tm.add_intermediates_pem(&read(dir, p)).expect("intermediates");
+        tm.add_intermediates_pem(&read(dir, p))
+            .expect("intermediates");
     }
     if let Some(p) = s(case, "rekor_public_key") {
         tm.add_rekor_key_pem(&read(dir, p)).expect("rekor key");
@@ -52,17 +56,29 @@ fn identities(case: &Value) -> Vec<IdentityMatcher> {
             issuer: s(re, "issuer").map(|i| StringMatcher::Exact(i.into())),
             extensions: Vec::new(),
         };
-        for (oid, v) in re.get("ext").and_then(Value::as_object).into_iter().flatten() {
-            m.extensions.push((oid.parse().unwrap(), StringMatcher::Exact(v.as_str().unwrap().into())));
+        for (oid, v) in re
+            .get("ext")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            m.extensions.push((
+                oid.parse().unwrap(),
+                StringMatcher::Exact(v.as_str().unwrap().into()),
+            ));
         }
         return vec![m];
     }
     let id = case.get("identity").expect("identity");
-    vec![IdentityMatcher::exact(s(id, "san").expect("san"), s(id, "issuer"))]
+    vec![IdentityMatcher::exact(
+        s(id, "san").expect("san"),
+        s(id, "issuer"),
+    )]
 }
 
 fn keys(dir: &Path, case: &Value, file: &str) -> Result<Signer, VerifyError> {
-    let hash = s(case, "public_key_hash").map(|h| serde_json::from_value(Value::String(h.into())).unwrap());
+    let hash = s(case, "public_key_hash")
+        .map(|h| serde_json::from_value(Value::String(h.into())).unwrap());
     Ok(Signer::Keys(
         PublicKey::all_from_pem(&read(dir, file))?
             .into_iter()
@@ -77,18 +93,26 @@ pub fn run_legacy(dir: &Path, case: &Value) -> Result<(), VerifyError> {
     let digest = match s(case, "expected_manifest_digest") {
         Some(d) => d.to_string(),
         None => match s(case, "manifest") {
-            Some(m) => format!("sha256:{}", hex::encode(Sha256::digest(std::fs::read(dir.join(m)).unwrap()))),
+            Some(m) => format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(std::fs::read(dir.join(m)).unwrap()))
+            ),
             // No image at all (media-type case): any digest, the layer must be refused first.
             None => format!("sha256:{}", "0".repeat(64)),
         },
     };
     if let (Some(m), Some(_)) = (s(case, "manifest"), s(case, "expected_manifest_digest")) {
         // The fixture's manifest really has the digest the case verifies against.
-        let d = format!("sha256:{}", hex::encode(Sha256::digest(std::fs::read(dir.join(m)).unwrap())));
+        let d = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(std::fs::read(dir.join(m)).unwrap()))
+        );
         assert_eq!(d, digest, "manifest fixture digest");
     }
     let sig = LegacySignature {
-        media_type: s(case, "media_type").unwrap_or(verify::payload::SIMPLE_SIGNING_MEDIA_TYPE).to_string(),
+        media_type: s(case, "media_type")
+            .unwrap_or(verify::payload::SIMPLE_SIGNING_MEDIA_TYPE)
+            .to_string(),
         payload: payload.clone(),
         signature_b64: signature_b64.clone(),
         certificate_pem: s(case, "certificate").map(|p| read(dir, p)),
@@ -100,7 +124,8 @@ pub fn run_legacy(dir: &Path, case: &Value) -> Result<(), VerifyError> {
         // Upstream has no CA for this certificate: only signature-vs-certificate and identity.
         let cert = Cert::from_pem(sig.certificate_pem.as_deref().unwrap(), "cert")?;
         let raw = rekor::b64decode(&signature_b64).unwrap();
-        cert.public_key().verify(&payload, &raw, verify::HashAlg::Sha256)?;
+        cert.public_key()
+            .verify(&payload, &raw, verify::HashAlg::Sha256)?;
         verify::payload::SimpleSigning::parse(&payload)?.check_digest(&digest)?;
         check_identity(&cert, &identities(case))?;
         return Ok(());
@@ -109,17 +134,31 @@ pub fn run_legacy(dir: &Path, case: &Value) -> Result<(), VerifyError> {
         Some(p) => keys(dir, case, p)?,
         None => Signer::Certificate {
             identities: identities(case),
-            require_sct: case.get("check_sct").and_then(Value::as_bool).unwrap_or(false),
+            require_sct: case
+                .get("check_sct")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         },
     };
     let auth = Authority {
         name: "case".into(),
         signer,
         trust: Arc::new(trust_for(dir, case)),
-        require_tlog: case.get("require_tlog").and_then(Value::as_bool).unwrap_or(false),
+        require_tlog: case
+            .get("require_tlog")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         signed_identity: SignedIdentity::Any,
     };
-    verify::verify_legacy(&sig, &auth, &Expectation { digest: &digest, image: None }).map(|_| ())
+    verify::verify_legacy(
+        &sig,
+        &auth,
+        &Expectation {
+            digest: &digest,
+            image: None,
+        },
+    )
+    .map(|_| ())
 }
 
 pub fn run_bundle(dir: &Path, case: &Value) -> Result<(), VerifyError> {
@@ -135,7 +174,10 @@ pub fn run_bundle(dir: &Path, case: &Value) -> Result<(), VerifyError> {
         name: "case".into(),
         signer: match s(case, "public_key") {
             Some(p) => keys(dir, case, p)?,
-            None => Signer::Certificate { identities: identities(case), require_sct: true },
+            None => Signer::Certificate {
+                identities: identities(case),
+                require_sct: true,
+            },
         },
         trust: Arc::new(tm),
         require_tlog: true,
@@ -153,26 +195,46 @@ pub fn run_rekor_set(dir: &Path, case: &Value) -> Result<(), VerifyError> {
     let bundle = rekor::LegacyBundle::parse(&read(dir, s(case, "rekor_bundle").unwrap()))?;
     let key = PublicKey::from_pem(&read(dir, s(case, "rekor_public_key").unwrap())).unwrap();
     if case.get("force_key").and_then(Value::as_bool) == Some(true) {
-        return rekor::verify_set_with_key(&bundle.payload, &bundle.signed_entry_timestamp, &LogKey::new(key));
+        return rekor::verify_set_with_key(
+            &bundle.payload,
+            &bundle.signed_entry_timestamp,
+            &LogKey::new(key),
+        );
     }
     let mut log = LogKey::new(key);
     if let Some(id) = s(case, "rekor_key_id") {
         log.log_id = hex::decode(id).unwrap().try_into().unwrap();
     }
-    let tm = TrustMaterial { tlogs: vec![log], ..Default::default() };
+    let tm = TrustMaterial {
+        tlogs: vec![log],
+        ..Default::default()
+    };
     rekor::verify_set(&bundle.payload, &bundle.signed_entry_timestamp, &tm).map(|_| ())
 }
 
 pub fn kind_name(k: FailureKind) -> String {
-    serde_json::to_value(k).unwrap().as_str().unwrap().to_string()
+    serde_json::to_value(k)
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
 }
-
 
 /// Run a single case of a set directory by name (`multi` cases are not supported here).
 pub fn run_case(set: &str, name: &str) -> Result<(), VerifyError> {
-    let dir = roots().iter().map(|r| r.join(set)).find(|d| d.join("expected.json").exists()).expect("set");
+    let dir = roots()
+        .iter()
+        .map(|r| r.join(set))
+        .find(|d| d.join("expected.json").exists())
+        .expect("set");
     let exp: Value = serde_json::from_str(&read(&dir, "expected.json")).unwrap();
-    let case = exp["cases"].as_array().unwrap().iter().find(|c| s(c, "name") == Some(name)).expect("case").clone();
+    let case = exp["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| s(c, "name") == Some(name))
+        .expect("case")
+        .clone();
     run_value(&dir, &case)
 }
 
@@ -188,8 +250,18 @@ pub fn run_value(dir: &Path, case: &Value) -> Result<(), VerifyError> {
 
 /// Load a case's JSON for modification.
 pub fn case_value(set: &str, name: &str) -> (PathBuf, Value) {
-    let dir = roots().iter().map(|r| r.join(set)).find(|d| d.join("expected.json").exists()).expect("set");
+    let dir = roots()
+        .iter()
+        .map(|r| r.join(set))
+        .find(|d| d.join("expected.json").exists())
+        .expect("set");
     let exp: Value = serde_json::from_str(&read(&dir, "expected.json")).unwrap();
-    let case = exp["cases"].as_array().unwrap().iter().find(|c| s(c, "name") == Some(name)).expect("case").clone();
+    let case = exp["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| s(c, "name") == Some(name))
+        .expect("case")
+        .clone();
     (dir, case)
 }

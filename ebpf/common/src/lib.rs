@@ -77,6 +77,9 @@ pub mod layer_state {
     pub const VERIFIED: u32 = 1;
     /// A container's writable (upper) layer: executing from it is drift.
     pub const WRITABLE: u32 = 2;
+    /// Untrusted, but only images whose policy scope is in audit mode contain it: allow and
+    /// report, whatever the global mode.
+    pub const AUDIT: u32 = 3;
 }
 
 /// Enforcement mode. Zero is enforce, so an unset `SETTINGS` entry fails closed.

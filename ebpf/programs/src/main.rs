@@ -103,6 +103,8 @@ mod programs {
             reason: u32,
             layer: DevIno,
             scope: u32,
+            /// The layer is marked audit-only (`layer_state::AUDIT`).
+            audit_layer: bool,
         },
     }
 
@@ -133,6 +135,7 @@ mod programs {
             reason,
             layer: DevIno::default(),
             scope: 0,
+            audit_layer: false,
         };
         // `i_dentry.first` is the alias list node inside the first dentry.
         let Ok(alias) = read::<usize>(inode, off!(inode_i_dentry)) else {
@@ -194,13 +197,15 @@ mod programs {
                         reason: reason::DRIFT,
                         layer,
                         scope,
+                        audit_layer: false,
                     }
                 }
             }
-            _ => Judgement::Untrusted {
+            state => Judgement::Untrusted {
                 reason: reason::UNVERIFIED_LAYER,
                 layer,
                 scope,
+                audit_layer: state == Some(layer_state::AUDIT),
             },
         }
     }
@@ -215,16 +220,19 @@ mod programs {
     #[inline(always)]
     fn decide(inode: usize, hook: u32) -> i32 {
         let mut file = DevIno::default();
-        let (reason, layer, scope) = match judge(inode, &mut file) {
+        let (reason, layer, scope, audit_layer) = match judge(inode, &mut file) {
             Judgement::OutOfScope | Judgement::Trusted => return 0,
             Judgement::Untrusted {
                 reason,
                 layer,
                 scope,
-            } => (reason, layer, scope),
+                audit_layer,
+            } => (reason, layer, scope, audit_layer),
         };
         let mode = if scope & scope_flags::ALWAYS_ENFORCE != 0 {
             mode::ENFORCE
+        } else if audit_layer {
+            mode::AUDIT
         } else {
             settings().mode
         };

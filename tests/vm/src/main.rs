@@ -106,6 +106,10 @@ fn suite() -> i32 {
         ("6_elf_interpreter_in_unverified_layer", case_interpreter),
         ("8_layer_table_changes_take_effect", case_table_changes),
         ("9_self_test_on_scratch_overlay", case_self_test),
+        (
+            "10_audit_layer_allowed_and_reported_in_enforce_mode",
+            case_audit_layer,
+        ),
         ("7_pins_survive_kill_reattach_uninstall", case_pins),
     ];
     let kernel = nix::sys::utsname::uname()
@@ -421,6 +425,23 @@ fn case_table_changes(cx: &mut Context) -> Result<()> {
     expect_runs("after adding to the verified table", exec_true(&target))?;
     cx.backend().remove_layer(unverified)?;
     expect_eperm("after removing", exec_true(&target))?;
+    Ok(())
+}
+
+fn case_audit_layer(cx: &mut Context) -> Result<()> {
+    // A layer only audit-scope images contain: allowed and reported while the node enforces.
+    let target = cx.fixture.merged.join("bin/evil");
+    let unverified = cx.fixture.layer_id("unverified")?;
+    cx.backend().set_layer(unverified, LayerState::Audit)?;
+    expect_runs("exec from an audit layer", exec_true(&target))?;
+    let events = cx.events();
+    let event = one_event(&events, "audit layer")?;
+    ensure!(
+        event.verdict == "audit" && event.layer == Some(unverified),
+        "unexpected event {event:?}"
+    );
+    cx.backend().remove_layer(unverified)?;
+    expect_eperm("after the audit mark is removed", exec_true(&target))?;
     Ok(())
 }
 
