@@ -39,6 +39,18 @@ enum Command {
     /// Manage the BPF LSM enforcement backend directly (the daemon does this for you).
     #[command(subcommand)]
     Kernel(KernelCommand),
+    /// Run the daemon: follow containerd, verify images, keep the kernel's layer table true.
+    Daemon {
+        /// Configuration file.
+        #[arg(long, default_value = imagegate::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Show the running daemon's state: backend, images by verdict, layers, events.
+    Status {
+        /// The daemon's status socket.
+        #[arg(long, default_value = "/run/imagegate/status.sock")]
+        socket: PathBuf,
+    },
     /// Check an image against the policy without the daemon: resolve it in its registry, find
     /// its signatures and verify them. Exit code 0 trusted, 1 untrusted, 2 error.
     Verify {
@@ -157,6 +169,20 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Kernel(command) => kernel(command),
+        Command::Daemon { config } => run_daemon(&config),
+        Command::Status { socket } => {
+            let mut stream =
+                std::os::unix::net::UnixStream::connect(&socket).with_context(|| {
+                    format!(
+                        "connecting to {} (is the daemon running?)",
+                        socket.display()
+                    )
+                })?;
+            let mut body = String::new();
+            std::io::Read::read_to_string(&mut stream, &mut body)?;
+            println!("{body}");
+            Ok(())
+        }
         Command::Verify {
             image,
             policy,
@@ -171,6 +197,94 @@ fn run(cli: Cli) -> Result<()> {
             json,
         ),
     }
+}
+
+fn run_daemon(config_path: &Path) -> Result<()> {
+    use imagegate::{
+        config::{BackendChoice, Config},
+        daemon::{serve, Daemon, Verifier},
+        discover::{Credentials, DiscoveryConfig, RegistryClient},
+        verdict::{VerdictCache, VerdictStore},
+    };
+    // Everything is checked before anything is loaded: a partly understood configuration or
+    // policy never starts the daemon.
+    let config = Config::load(config_path).context("loading the configuration")?;
+    let policy = imagegate::policy::Policy::load(&config.policy).context("loading the policy")?;
+    let credentials = match &config.registry.docker_config {
+        Some(path) => Credentials::from_docker_config(path)
+            .with_context(|| format!("reading credentials from {}", path.display()))?,
+        None => Credentials::default(),
+    };
+    let client = RegistryClient::new(DiscoveryConfig {
+        credentials,
+        insecure_registries: config.registry.insecure.clone(),
+        request_timeout: Duration::from_secs(config.registry.timeout_seconds),
+        ..DiscoveryConfig::default()
+    })
+    .context("setting up the registry client")?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let store = VerdictStore::open(&config.state_dir.join("verdicts.redb"))
+        .context("opening the verdict store")?;
+    let event_log = match &config.event_log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the event log {}", path.display()))?,
+        ),
+        None => None,
+    };
+
+    if config.backend == BackendChoice::Fanotify {
+        bail!("the fanotify backend is not available in this build yet; use backend = \"bpf-lsm\" or \"auto\"");
+    }
+    let mut backend =
+        BpfBackend::install(&config.pin_dir).context("installing the BPF LSM backend")?;
+    let report = selftest::run(&mut backend, Path::new("/run/imagegate/selftest"))
+        .context("self-test failed: refusing to claim enforcement")?;
+    tracing::info!(deny_event = ?report.deny_event, startup = ?backend.startup(), "BPF LSM backend enforcing");
+    backend.set_mode(config.mode)?;
+    backend.set_drift(config.drift)?;
+    let snapshots = config.containerd.snapshots_dir();
+    std::fs::create_dir_all(&snapshots)
+        .with_context(|| format!("creating {}", snapshots.display()))?;
+    backend
+        .add_scope(&snapshots)
+        .with_context(|| format!("adding scope {}", snapshots.display()))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let containerd = loop {
+            match imagegate::catalog::Containerd::connect(&config.containerd.socket).await {
+                Ok(containerd) => break containerd,
+                Err(error) => {
+                    tracing::warn!(error = %imagegate::doctor::error_chain(&error), "waiting for containerd");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let verifier = Verifier {
+            policy: std::sync::Arc::new(policy),
+            client: std::sync::Arc::new(client),
+            cache: std::sync::Arc::new(VerdictCache::new(Some(store))),
+        };
+        let daemon = Daemon::new(backend, verifier, containerd);
+        serve::serve(
+            daemon,
+            serve::Outputs {
+                event_log,
+                status_socket: config.status_socket.clone(),
+                policy_path: config.policy.clone(),
+            },
+        )
+        .await
+    })?;
+    Ok(())
 }
 
 fn verify(

@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 
 use containerd_client::{
     services::v1::{
-        snapshots::{RemoveSnapshotRequest, ViewSnapshotRequest},
+        snapshots::{
+            ListSnapshotsRequest, MountsRequest, RemoveSnapshotRequest, ViewSnapshotRequest,
+        },
         GetImageRequest, InfoRequest, ListImagesRequest, ListNamespacesRequest, ReadContentRequest,
+        SubscribeRequest,
     },
     tonic::{metadata::MetadataValue, Request},
     Client,
@@ -337,6 +340,90 @@ impl Containerd {
             .map(|m| (m.r#type, m.source, m.options))
             .collect();
         layer_dirs_from_mounts(chain_id, &mounts)
+    }
+}
+
+impl Containerd {
+    /// Keys of the active (writable) snapshots of `namespace`: container root file systems.
+    pub async fn active_snapshots(&self, namespace: &str) -> Result<Vec<String>, ContainerdError> {
+        const KIND_ACTIVE: i32 = 2;
+        let mut stream = self
+            .client
+            .snapshots()
+            .list(request(
+                namespace,
+                ListSnapshotsRequest {
+                    snapshotter: SNAPSHOTTER.to_owned(),
+                    filters: Vec::new(),
+                },
+            )?)
+            .await
+            .map_err(call("snapshots.list"))?
+            .into_inner();
+        let mut keys = Vec::new();
+        while let Some(page) = stream.message().await.map_err(call("snapshots.list"))? {
+            keys.extend(
+                page.info
+                    .into_iter()
+                    .filter(|info| info.kind == KIND_ACTIVE)
+                    .map(|info| info.name),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// The writable `snapshots/<id>/fs` of an active snapshot (its mounts' `upperdir=`).
+    pub async fn upper_dir(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Option<PathBuf>, ContainerdError> {
+        let response = self
+            .client
+            .snapshots()
+            .mounts(request(
+                namespace,
+                MountsRequest {
+                    snapshotter: SNAPSHOTTER.to_owned(),
+                    key: key.to_owned(),
+                },
+            )?)
+            .await;
+        let mounts = match response {
+            Ok(response) => response.into_inner().mounts,
+            Err(status) if status.code() == containerd_client::tonic::Code::NotFound => {
+                return Ok(None)
+            }
+            Err(source) => {
+                return Err(ContainerdError::Call {
+                    call: "snapshots.mounts",
+                    source,
+                })
+            }
+        };
+        Ok(mounts
+            .iter()
+            .flat_map(|mount| mount.options.iter())
+            .find_map(|option| option.strip_prefix("upperdir="))
+            .map(PathBuf::from))
+    }
+
+    /// containerd's event stream (all namespaces).
+    pub async fn subscribe(
+        &self,
+    ) -> Result<
+        containerd_client::tonic::Streaming<containerd_client::types::Envelope>,
+        ContainerdError,
+    > {
+        Ok(self
+            .client
+            .events()
+            .subscribe(SubscribeRequest {
+                filters: Vec::new(),
+            })
+            .await
+            .map_err(call("events.subscribe"))?
+            .into_inner())
     }
 }
 

@@ -1,4 +1,372 @@
 //! `imagegate daemon`: follows containerd, verifies what it pulls, and keeps the kernel's layer
-//! table true. (The event loop lands with the daemon issue; the table is its core.)
+//! table true.
+//!
+//! The order of work is what makes it fail closed: a layer reaches the kernel map only after a
+//! trusted verdict for an image that contains it, so a container that starts before its image's
+//! verification ends is denied (enforce) or reported (audit), never silently allowed.
 
+pub mod serve;
 pub mod table;
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
+
+use table::{Changes, ImageEntry, ImageKey, LayerOwner, LayerTable};
+
+use crate::{
+    catalog::{self, CatalogImage, Containerd},
+    discover::RegistryClient,
+    enforce::{Backend, Decision, LayerId, LayerState},
+    policy::Policy,
+    verdict::{Verdict, VerdictCache},
+    verify::reference::ImageRef,
+};
+
+/// Why a daemon step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("containerd")]
+    Containerd(#[from] catalog::ContainerdError),
+    #[error("catalog")]
+    Catalog(#[from] catalog::CatalogError),
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("enforcement backend {backend}")]
+    Backend {
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Everything that decides: policy, registry access, verdict cache.
+pub struct Verifier {
+    /// The policy in force.
+    pub policy: Arc<Policy>,
+    /// Registry client for signature discovery.
+    pub client: Arc<RegistryClient>,
+    /// Verdicts, persisted.
+    pub cache: Arc<VerdictCache>,
+}
+
+impl Verifier {
+    /// Verifies one image's platform manifest under its name.
+    pub async fn verdict(&self, image: &CatalogImage) -> Verdict {
+        let record = &image.resolved.record;
+        let reference = match ImageRef::parse(&record.name) {
+            Ok(reference) => reference,
+            Err(_) => {
+                // An image name the policy cannot even match is judged by the default rule
+                // through verify_image's own error path: never trusted.
+                return crate::discover::verify_image(
+                    &self.client,
+                    &self.policy,
+                    None,
+                    &record.name,
+                    &crate::discover::Platform::host(),
+                )
+                .await;
+            }
+        };
+        crate::discover::verify_digest(
+            &self.client,
+            &self.policy,
+            Some(&self.cache),
+            &reference,
+            &image.resolved.manifest_digest,
+            image.resolved.index_digest.as_deref(),
+        )
+        .await
+    }
+}
+
+/// The daemon's state: the table, the container writable layers, and the backend it mirrors to.
+pub struct Daemon<B: Backend> {
+    /// The kernel (or fanotify) side.
+    pub backend: B,
+    /// Verified layers by image.
+    pub table: LayerTable,
+    /// Writable layers of containers: (namespace, snapshot key) → layer.
+    pub writable: HashMap<(String, String), (LayerId, PathBuf)>,
+    /// The last verdict per image.
+    pub verdicts: HashMap<ImageKey, Verdict>,
+    /// Decision events written out so far.
+    pub events_seen: u64,
+    verifier: Verifier,
+    containerd: Containerd,
+}
+
+fn backend_error<E: std::error::Error + Send + Sync + 'static>(
+    backend: &'static str,
+) -> impl Fn(E) -> DaemonError {
+    move |source| DaemonError::Backend {
+        backend,
+        source: Box::new(source),
+    }
+}
+
+impl<B: Backend> Daemon<B> {
+    /// A daemon over a ready backend (scope, mode and drift already set).
+    pub fn new(backend: B, verifier: Verifier, containerd: Containerd) -> Self {
+        Self {
+            backend,
+            table: LayerTable::default(),
+            writable: HashMap::new(),
+            verdicts: HashMap::new(),
+            events_seen: 0,
+            verifier,
+            containerd,
+        }
+    }
+
+    /// Replaces the policy (SIGHUP) and re-judges every image.
+    pub async fn set_policy(&mut self, policy: Arc<Policy>) -> Result<(), DaemonError> {
+        self.verifier.policy = policy;
+        self.reconcile().await
+    }
+
+    /// Applies table changes to the backend.
+    fn apply(&mut self, changes: &Changes) -> Result<(), DaemonError> {
+        let name = self.backend.name();
+        for layer in &changes.verified {
+            self.backend
+                .set_layer(*layer, LayerState::Verified)
+                .map_err(backend_error(name))?;
+        }
+        for layer in &changes.audit {
+            self.backend
+                .set_layer(*layer, LayerState::Audit)
+                .map_err(backend_error(name))?;
+        }
+        for layer in &changes.unverified {
+            self.backend
+                .remove_layer(*layer)
+                .map_err(backend_error(name))?;
+        }
+        Ok(())
+    }
+
+    /// Verifies a catalogued image and records it.
+    async fn admit(&mut self, image: CatalogImage) -> Result<(), DaemonError> {
+        let verdict = self.verifier.verdict(&image).await;
+        let key = ImageKey {
+            namespace: image.resolved.record.namespace.clone(),
+            name: image.resolved.record.name.clone(),
+        };
+        let trusted = verdict.outcome == crate::verdict::Outcome::Trusted;
+        let audit = verdict.mode == crate::policy::Mode::Audit;
+        tracing::info!(
+            image = %key.name,
+            namespace = %key.namespace,
+            digest = %image.resolved.manifest_digest,
+            outcome = ?verdict.outcome,
+            scope = %verdict.scope,
+            layers = image.layers.len(),
+            "image judged"
+        );
+        let entry = ImageEntry {
+            manifest_digest: image.resolved.manifest_digest.clone(),
+            trusted,
+            audit,
+            layers: image
+                .layers
+                .iter()
+                .map(|layer| (layer.chain_id.clone(), layer.id))
+                .collect(),
+        };
+        let changes = self.table.upsert(key.clone(), entry);
+        self.verdicts.insert(key, verdict);
+        self.apply(&changes)
+    }
+
+    /// Re-reads one image from containerd (after an event) and judges it again; forgets it if
+    /// containerd no longer has it.
+    pub async fn refresh_image(&mut self, namespace: &str, name: &str) -> Result<(), DaemonError> {
+        let key = ImageKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        let Some(record) = self.containerd.image(namespace, name).await? else {
+            let changes = self.table.remove(&key);
+            self.verdicts.remove(&key);
+            return self.apply(&changes);
+        };
+        match self.containerd.resolve(&record).await {
+            Ok(resolved) => {
+                let image = catalog::locate(&self.containerd, resolved).await?;
+                self.admit(image).await
+            }
+            Err(error) => {
+                // An image that cannot be understood vouches for nothing.
+                tracing::warn!(image = %name, error = %crate::doctor::error_chain(&error), "cannot resolve image");
+                let changes = self.table.remove(&key);
+                self.apply(&changes)
+            }
+        }
+    }
+
+    /// Records a container's writable layer (drift is judged against it).
+    pub async fn track_active(&mut self, namespace: &str, key: &str) -> Result<(), DaemonError> {
+        let Some(upper) = self.containerd.upper_dir(namespace, key).await? else {
+            return Ok(());
+        };
+        let Ok(id) = LayerId::of(&upper) else {
+            return Ok(());
+        };
+        let name = self.backend.name();
+        self.backend
+            .set_layer(id, LayerState::Writable)
+            .map_err(backend_error(name))?;
+        self.writable
+            .insert((namespace.to_owned(), key.to_owned()), (id, upper));
+        Ok(())
+    }
+
+    /// Forgets a removed snapshot's writable layer.
+    pub fn untrack_active(&mut self, namespace: &str, key: &str) -> Result<(), DaemonError> {
+        if let Some((id, _)) = self
+            .writable
+            .remove(&(namespace.to_owned(), key.to_owned()))
+        {
+            let name = self.backend.name();
+            self.backend.remove_layer(id).map_err(backend_error(name))?;
+        }
+        Ok(())
+    }
+
+    /// Everything containerd has, judged; the backend's table made the exact mirror of ours.
+    pub async fn reconcile(&mut self) -> Result<(), DaemonError> {
+        let mut table = LayerTable::default();
+        std::mem::swap(&mut table, &mut self.table);
+        let previous = table.desired();
+        self.verdicts.clear();
+        for result in catalog::reconcile(&self.containerd).await? {
+            match result {
+                Ok(image) => self.admit(image).await?,
+                Err(error) => {
+                    tracing::warn!(error = %crate::doctor::error_chain(&error), "image skipped: vouches for nothing")
+                }
+            }
+        }
+        // Layers the old table had and the new one lacks.
+        let now = self.table.desired();
+        let stale: Vec<LayerId> = previous
+            .keys()
+            .filter(|layer| !now.contains_key(layer))
+            .copied()
+            .collect();
+        self.apply(&Changes {
+            unverified: stale,
+            ..Changes::default()
+        })?;
+        for namespace in self.containerd.namespaces().await? {
+            for key in self.containerd.active_snapshots(&namespace).await? {
+                self.track_active(&namespace, &key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-locates images whose layers were not unpacked yet (after a snapshot commit).
+    pub async fn refresh_unpacked(&mut self) -> Result<(), DaemonError> {
+        let pending: Vec<ImageKey> = self
+            .table
+            .images()
+            .filter(|(_, entry)| entry.layers.is_empty())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in pending {
+            self.refresh_image(&key.namespace, &key.name).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one containerd event.
+    pub async fn handle_event(
+        &mut self,
+        envelope: &containerd_client::types::Envelope,
+    ) -> Result<(), DaemonError> {
+        use containerd_client::events;
+        use prost::Message as _;
+        let Some(any) = &envelope.event else {
+            return Ok(());
+        };
+        let namespace = envelope.namespace.as_str();
+        match envelope.topic.as_str() {
+            "/images/create" | "/images/update" => {
+                let name = if envelope.topic == "/images/create" {
+                    containerd_client::services::v1::ImageCreate::decode(any.value.as_slice())
+                        .map(|e| e.name)
+                } else {
+                    containerd_client::services::v1::ImageUpdate::decode(any.value.as_slice())
+                        .map(|e| e.name)
+                };
+                if let Ok(name) = name {
+                    self.refresh_image(namespace, &name).await?;
+                }
+            }
+            "/images/delete" => {
+                if let Ok(event) =
+                    containerd_client::services::v1::ImageDelete::decode(any.value.as_slice())
+                {
+                    self.refresh_image(namespace, &event.name).await?;
+                }
+            }
+            "/snapshot/commit" => self.refresh_unpacked().await?,
+            "/snapshot/prepare" => {
+                if let Ok(event) = events::SnapshotPrepare::decode(any.value.as_slice()) {
+                    if event.snapshotter.is_empty()
+                        || event.snapshotter == catalog::containerd::SNAPSHOTTER
+                    {
+                        self.track_active(namespace, &event.key).await?;
+                    }
+                }
+            }
+            "/snapshot/remove" => {
+                if let Ok(event) = events::SnapshotRemove::decode(any.value.as_slice()) {
+                    self.untrack_active(namespace, &event.key)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A decision event with the images and container it concerns, as one JSON object.
+    #[must_use]
+    pub fn describe(&self, decision: &Decision) -> serde_json::Value {
+        let owners: Vec<LayerOwner> = decision
+            .layer
+            .map(|layer| self.table.owners(layer))
+            .unwrap_or_default();
+        let container = decision.layer.and_then(|layer| {
+            self.writable
+                .iter()
+                .find(|(_, (id, _))| *id == layer)
+                .map(|((namespace, key), _)| serde_json::json!({"namespace": namespace, "id": key}))
+        });
+        let mut value = serde_json::to_value(decision).unwrap_or_default();
+        value["images"] = serde_json::to_value(&owners).unwrap_or_default();
+        value["container"] = container.unwrap_or(serde_json::Value::Null);
+        value
+    }
+
+    /// Status for `imagegate status`.
+    #[must_use]
+    pub fn status(&self) -> serde_json::Value {
+        let (trusted, untrusted) = self.table.counts();
+        serde_json::json!({
+            "backend": self.backend.name(),
+            "images": {"trusted": trusted, "untrusted": untrusted},
+            "layers": {"verified_or_audit": self.table.desired().len(), "writable": self.writable.len()},
+            "events": self.events_seen,
+            "verdicts": self.verdicts.iter().map(|(key, verdict)| serde_json::json!({
+                "namespace": key.namespace, "image": key.name, "digest": verdict.digest,
+                "outcome": verdict.outcome, "scope": verdict.scope,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
