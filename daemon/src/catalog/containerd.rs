@@ -408,7 +408,32 @@ impl Containerd {
             .map(PathBuf::from))
     }
 
-    /// containerd's event stream (all namespaces).
+    /// containerd's events (all namespaces) on a channel that closes when the stream ends.
+    /// containerd sends the stream's headers only with its first event, so awaiting the
+    /// subscription itself would block until something happens; a task does that instead. The
+    /// request is on the wire when this returns, so events from then on are queued for us.
+    pub fn events(&self) -> tokio::sync::mpsc::Receiver<containerd_client::types::Envelope> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(1024);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut stream = match me.subscribe().await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(error = %crate::doctor::error_chain(&error), "subscribing to containerd events failed");
+                    return;
+                }
+            };
+            while let Ok(Some(envelope)) = stream.message().await {
+                if sender.send(envelope).await.is_err() {
+                    return;
+                }
+            }
+        });
+        receiver
+    }
+
+    /// containerd's event stream (all namespaces). Resolves only once containerd sends its first
+    /// event (see [`Containerd::events`]).
     pub async fn subscribe(
         &self,
     ) -> Result<

@@ -47,15 +47,8 @@ pub async fn serve<B: Backend>(
     let mut drain = tokio::time::interval(EVENT_DRAIN_INTERVAL);
 
     loop {
-        let mut events = match daemon.containerd.subscribe().await {
-            Ok(events) => events,
-            Err(error) => {
-                tracing::warn!(error = %crate::doctor::error_chain(&error), "containerd unavailable; retrying");
-                tokio::time::sleep(RECONNECT_DELAY).await;
-                continue;
-            }
-        };
         // Subscribe first, then reconcile: nothing that happens in between is missed.
+        let mut events = daemon.containerd.events();
         if let Err(error) = daemon.reconcile().await {
             tracing::warn!(error = %crate::doctor::error_chain(&error), "reconciliation failed; retrying");
             tokio::time::sleep(RECONNECT_DELAY).await;
@@ -65,13 +58,13 @@ pub async fn serve<B: Backend>(
         notify_ready();
         loop {
             tokio::select! {
-                message = events.message() => match message {
-                    Ok(Some(envelope)) => {
+                message = events.recv() => match message {
+                    Some(envelope) => {
                         if let Err(error) = daemon.handle_event(&envelope).await {
                             tracing::warn!(topic = %envelope.topic, error = %crate::doctor::error_chain(&error), "event handling failed");
                         }
                     }
-                    Ok(None) | Err(_) => {
+                    None => {
                         tracing::warn!("containerd event stream ended; reconnecting and reconciling");
                         break;
                     }

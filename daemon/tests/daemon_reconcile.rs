@@ -1,0 +1,221 @@
+//! The daemon's bookkeeping against a real (private) containerd: reconcile judges every image by
+//! the policy and mirrors the trusted images' layers into the backend; containerd events (image
+//! create and delete, container snapshots) keep it true; a layer shared with a trusted image
+//! stays verified when another image goes.
+//!
+//! The backend here records what it is told: the kernel backends cannot load on this machine's
+//! kernel (BPF LSM) or arrive with their own issue (fanotify); they are tested in their suites.
+
+mod support;
+
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+
+use imagegate::{
+    catalog::Containerd,
+    daemon::{Daemon, Verifier},
+    discover::{DiscoveryConfig, RegistryClient},
+    enforce::{Backend, Decision, Drift, LayerId, LayerState, Mode},
+    verdict::VerdictCache,
+};
+use support::{
+    containerd::PrivateContainerd,
+    image::{self, File},
+};
+
+#[derive(Default)]
+struct RecordingBackend {
+    layers: HashMap<LayerId, LayerState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+impl Backend for RecordingBackend {
+    type Error = Never;
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+    fn set_mode(&mut self, _: Mode) -> Result<(), Never> {
+        Ok(())
+    }
+    fn set_drift(&mut self, _: Drift) -> Result<(), Never> {
+        Ok(())
+    }
+    fn add_scope(&mut self, dir: &Path) -> Result<LayerId, Never> {
+        Ok(LayerId::of(dir).expect("scope"))
+    }
+    fn remove_scope(&mut self, _: LayerId) -> Result<(), Never> {
+        Ok(())
+    }
+    fn set_layer(&mut self, layer: LayerId, state: LayerState) -> Result<(), Never> {
+        self.layers.insert(layer, state);
+        Ok(())
+    }
+    fn remove_layer(&mut self, layer: LayerId) -> Result<(), Never> {
+        self.layers.remove(&layer);
+        Ok(())
+    }
+    fn drain_events(&mut self) -> Vec<Decision> {
+        Vec::new()
+    }
+}
+
+const POLICY: &str = r#"version = 1
+[default]
+require = "reject"
+[[scope]]
+match = "registry.test/trusted/**"
+require = "accept"
+[[scope]]
+match = "registry.test/audited/**"
+require = "reject"
+mode = "audit"
+"#;
+
+fn layer_dirs(containerd: &PrivateContainerd) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(containerd.snapshots_dir())
+        .expect("snapshots dir")
+        .map(|entry| entry.expect("entry").path().join("fs"))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn id_of_dir_with(containerd: &PrivateContainerd, file: &str) -> LayerId {
+    let dir = layer_dirs(containerd)
+        .into_iter()
+        .find(|dir| dir.join(file).exists())
+        .unwrap_or_else(|| panic!("no layer holds {file}"));
+    LayerId::of(&dir).expect("stat layer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_and_events_keep_the_backend_table_true() {
+    if !support::is_root() {
+        eprintln!("skipping: containerd needs root");
+        return;
+    }
+    let dir = support::scratch_dir("daemon");
+    let containerd = PrivateContainerd::start(&dir);
+    let policy_path = dir.join("policy.toml");
+    std::fs::write(&policy_path, POLICY).expect("policy");
+
+    let shared = image::layer(&[File::new("shared/marker", "base", 0o644)]);
+    let import = |name: &str, layers: Vec<Vec<u8>>| {
+        let archive = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        image::write_archive(&archive, name, &image::image(layers), false);
+        containerd.import("default", &archive);
+    };
+    import(
+        "registry.test/trusted/a:1",
+        vec![
+            shared.clone(),
+            image::layer(&[File::new("a/marker", "a", 0o644)]),
+        ],
+    );
+    import(
+        "registry.test/untrusted/b:1",
+        vec![
+            shared.clone(),
+            image::layer(&[File::new("b/marker", "b", 0o644)]),
+        ],
+    );
+    import(
+        "registry.test/audited/c:1",
+        vec![image::layer(&[File::new("c/marker", "c", 0o644)])],
+    );
+
+    let verifier = Verifier {
+        policy: Arc::new(imagegate::policy::Policy::load(&policy_path).expect("policy")),
+        client: Arc::new(RegistryClient::new(DiscoveryConfig::default()).expect("client")),
+        cache: Arc::new(VerdictCache::new(None)),
+    };
+    let client = Containerd::connect(&containerd.socket)
+        .await
+        .expect("connect");
+    let mut events = client.events();
+    let mut daemon = Daemon::new(RecordingBackend::default(), verifier, client);
+    daemon.reconcile().await.expect("reconcile");
+
+    let shared_id = id_of_dir_with(&containerd, "shared/marker");
+    let a_id = id_of_dir_with(&containerd, "a/marker");
+    let b_id = id_of_dir_with(&containerd, "b/marker");
+    let c_id = id_of_dir_with(&containerd, "c/marker");
+    let state = |daemon: &Daemon<RecordingBackend>, id| daemon.backend.layers.get(&id).copied();
+    assert_eq!(
+        state(&daemon, shared_id),
+        Some(LayerState::Verified),
+        "the trusted image vouches for the shared layer"
+    );
+    assert_eq!(state(&daemon, a_id), Some(LayerState::Verified));
+    assert_eq!(
+        state(&daemon, b_id),
+        None,
+        "a rejected image's own layer stays unknown (denied)"
+    );
+    assert_eq!(
+        state(&daemon, c_id),
+        Some(LayerState::Audit),
+        "an audit scope's rejected image is audit-only"
+    );
+
+    // A container's writable layer, then the trusted image's deletion, arrive as events.
+    let out = containerd.ctr(&[
+        "snapshots",
+        "prepare",
+        "container-1",
+        &daemon_chain_top(&daemon, "registry.test/trusted/a:1"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = containerd.ctr(&["images", "rm", "registry.test/trusted/a:1"]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state(&daemon, a_id).is_some()
+        || !daemon
+            .writable
+            .contains_key(&("default".into(), "container-1".into()))
+    {
+        let envelope = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("events within 10 s")
+            .expect("event stream open");
+        daemon.handle_event(&envelope).await.expect("handle event");
+    }
+    assert_eq!(
+        state(&daemon, shared_id),
+        None,
+        "no trusted image holds the shared layer any more"
+    );
+    let (writable, _) = daemon.writable[&("default".to_owned(), "container-1".to_owned())];
+    assert_eq!(state(&daemon, writable), Some(LayerState::Writable));
+    assert_eq!(state(&daemon, c_id), Some(LayerState::Audit));
+
+    let out = containerd.ctr(&["snapshots", "rm", "container-1"]);
+    assert!(out.status.success(), "{out:?}");
+    while daemon
+        .writable
+        .contains_key(&("default".into(), "container-1".into()))
+    {
+        let envelope = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("events within 10 s")
+            .expect("event stream open");
+        daemon.handle_event(&envelope).await.expect("handle event");
+    }
+    assert_eq!(
+        state(&daemon, writable),
+        None,
+        "a removed container's writable layer is forgotten"
+    );
+}
+
+/// The top chainID of an image the daemon knows.
+fn daemon_chain_top(daemon: &Daemon<RecordingBackend>, name: &str) -> String {
+    daemon
+        .table
+        .images()
+        .find(|(key, _)| key.name == name)
+        .and_then(|(_, entry)| entry.layers.last().map(|(chain_id, _)| chain_id.clone()))
+        .expect("image known with layers")
+}
