@@ -120,15 +120,25 @@ impl Shared {
         }
     }
 
-    /// Answers `pending` unless someone already did. Returns whether this call answered.
-    fn answer(&self, pending: &Pending, allow: bool) -> bool {
-        if pending.answered.swap(true, Ordering::AcqRel) {
-            return false;
-        }
+    /// Claims the right to answer `pending`; exactly one caller ever gets `true`.
+    fn claim(&self, pending: &Pending) -> bool {
+        !pending.answered.swap(true, Ordering::AcqRel)
+    }
+
+    /// Writes the answer of a claimed event.
+    fn respond(&self, pending: &Pending, allow: bool) {
         if let Err(error) = self.group.respond(pending.fd.as_fd(), allow) {
             tracing::warn!(%error, pid = pending.pid, "answering a fanotify permission event failed");
         }
-        true
+    }
+
+    /// Claims and answers `pending` unless someone already did. Returns whether this call did.
+    fn answer(&self, pending: &Pending, allow: bool) -> bool {
+        let claimed = self.claim(pending);
+        if claimed {
+            self.respond(pending, allow);
+        }
+        claimed
     }
 
     pub fn drain_events(&self) -> Vec<Decision> {
@@ -204,13 +214,15 @@ fn file_id(st: &libc::stat) -> LayerId {
 /// Answers an event the backend could not decide in time, by the mode, and reports it.
 fn answer_by_mode(shared: &Shared, pending: &Pending) {
     let mode = shared.policy().mode;
-    if shared.answer(pending, mode == Mode::Audit) {
+    // The event is queued before the answer, so whoever sees the exec fail also sees why.
+    if shared.claim(pending) {
         shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
         let file = sys::fstat(pending.fd.as_fd())
             .map(|st| file_id(&st))
             .unwrap_or(LayerId { dev: 0, ino: 0 });
         tracing::warn!(pid = pending.pid, %file, ?mode, "no decision within the bound; answered by the mode");
         shared.push_event(decision(mode, Reason::Timeout, pending.pid, file, None));
+        shared.respond(pending, mode == Mode::Audit);
     }
 }
 
@@ -402,7 +414,7 @@ fn finish(shared: &Shared, policy: &Policy, pending: &Pending, verdict: Verdict,
         }
         Verdict::Untrusted { reason, layer } => {
             let mode = policy.mode;
-            if shared.answer(pending, mode == Mode::Audit) {
+            if shared.claim(pending) {
                 let counter = match mode {
                     Mode::Enforce => &shared.stats.denied,
                     Mode::Audit => &shared.stats.audited,
@@ -410,6 +422,7 @@ fn finish(shared: &Shared, policy: &Policy, pending: &Pending, verdict: Verdict,
                 counter.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(pid = pending.pid, %file, layer = ?layer, reason = reason.as_str(), ?mode, "untrusted exec");
                 shared.push_event(decision(mode, reason, pending.pid, file, layer));
+                shared.respond(pending, mode == Mode::Audit);
             }
         }
     }
