@@ -63,6 +63,10 @@ fn test() -> Result<()> {
             eprintln!("xtask: vm-test {kernel}: {error:#}");
             failed.push(kernel.to_string());
         }
+        if let Err(error) = vm::fanotify_test(kernel) {
+            eprintln!("xtask: fanotify guest {kernel}: {error:#}");
+            failed.push(format!("{kernel} (fanotify)"));
+        }
     }
     if failed.is_empty() {
         Ok(())
