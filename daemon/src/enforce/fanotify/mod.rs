@@ -143,7 +143,10 @@ fn spawn(
 ) -> Result<JoinHandle<()>, FanotifyError> {
     std::thread::Builder::new()
         .name(format!("fanotify-{name}"))
-        .spawn(body)
+        .spawn(move || {
+            sys::raise_thread_priority();
+            body();
+        })
         .map_err(|source| FanotifyError::Thread { name, source })
 }
 

@@ -367,6 +367,17 @@ pub fn kernel_version() -> (u32, u32) {
     (major, minor)
 }
 
+/// Runs the calling thread at nice -10: the threads that answer exec permission events must
+/// not be starved by the very exec storms they gate (every waiting exec sleeps on them).
+/// Best effort: without `CAP_SYS_NICE` the thread keeps its priority.
+pub fn raise_thread_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id.
+    unsafe {
+        let tid = libc::gettid();
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -10);
+    }
+}
+
 /// Raises the soft open-file limit to the hard one: every queued event holds an fd, and the
 /// kernel denies a permission event whose fd it cannot install.
 pub fn raise_fd_limit() {
