@@ -56,6 +56,7 @@ fn backend(config: &ChildConfig) {
             _ => Strategy::Auto,
         },
         ignore_marks: config.ignore_marks,
+        runtime_binaries: config.runtimes.iter().map(Into::into).collect(),
         stall: config.stall.map(|(dev, ino, ms)| Stall {
             layer: LayerId { dev, ino },
             duration: Duration::from_millis(ms),

@@ -24,6 +24,8 @@ pub struct Fixture {
     pub other_merged: PathBuf,
     /// A binary on the tmpfs outside the scope.
     pub host_binary: PathBuf,
+    /// A stand-in for runc, outside the scope.
+    pub runtime: PathBuf,
     mounts: Vec<PathBuf>,
 }
 
@@ -85,6 +87,7 @@ impl Fixture {
             merged: root.join("rootfs/c1"),
             other_merged: root.join("other/merged"),
             host_binary: root.join("host/bin/true"),
+            runtime: root.join("host/bin/runc"),
             snapshots,
             root,
             mounts: Vec::new(),
@@ -95,6 +98,7 @@ impl Fixture {
         copy_program(&fixture.layer(1).join("bin/ok"));
         copy_program(&fixture.layer(2).join("bin/evil"));
         copy_program(&fixture.host_binary);
+        copy_program(&fixture.runtime);
         let merged = fixture.merged.clone();
         fixture.overlay(&merged, &[2, 1], 3);
 

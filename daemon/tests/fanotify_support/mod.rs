@@ -48,6 +48,8 @@ pub struct ChildConfig {
     pub ignore_marks: bool,
     /// `(dev, ino, ms)`: decisions about this layer sleep first.
     pub stall: Option<(u64, u64, u64)>,
+    /// Stand-ins for runc: their exec marks the overlays mounted so far (before 6.5).
+    pub runtimes: Vec<String>,
 }
 
 impl ChildConfig {
@@ -60,6 +62,7 @@ impl ChildConfig {
             strategy: "auto".into(),
             ignore_marks: true,
             stall: None,
+            runtimes: Vec::new(),
         }
     }
 }

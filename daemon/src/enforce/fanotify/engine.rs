@@ -48,6 +48,8 @@ pub struct Shared {
     /// Whether scoped overlays are marked (kernels before 6.5).
     pub overlay_marks: bool,
     pub stall: Option<Stall>,
+    /// Container runtime binaries whose exec rescans the mounts (overlay marks only).
+    pub runtime_paths: Vec<std::path::PathBuf>,
     timer: Mutex<VecDeque<(Instant, Weak<Pending>)>>,
     timer_wake: Condvar,
     /// Serialises overlay rescans (they do I/O; decisions never take it).
@@ -74,6 +76,7 @@ impl Shared {
         ignore_marks: bool,
         overlay_marks: bool,
         stall: Option<Stall>,
+        runtime_paths: Vec<std::path::PathBuf>,
     ) -> Self {
         Self {
             group,
@@ -86,6 +89,7 @@ impl Shared {
             ignore_marks,
             overlay_marks,
             stall,
+            runtime_paths,
             timer: Mutex::new(VecDeque::new()),
             timer_wake: Condvar::new(),
             rescan: Mutex::new(()),
@@ -375,6 +379,15 @@ fn decide(shared: &Shared, pending: &Pending) {
         finish(shared, &policy, pending, verdict, LayerId { dev: 0, ino: 0 });
         return;
     };
+    if policy.runtimes.contains(&(st.st_dev, st.st_ino)) {
+        // A container runtime starts: whatever rootfs it is about to run is mounted by now, so
+        // mark it before the runtime may exec anything from it. Never cached: every start counts.
+        super::watcher::rescan_overlays(shared, false);
+        if shared.answer(pending, true) {
+            shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
     let (location, cacheable_here, file) = locate(shared, &policy, pending, &st);
     if let (Some(stall), Location::Layer { layer }) = (&shared.stall, location) {
         if stall.layer == layer {

@@ -34,6 +34,15 @@ use super::{Decision, Drift, LayerId, LayerState, Mode};
 /// Default time a decision may take before the mode answers it.
 pub const DEFAULT_BOUND: Duration = Duration::from_millis(200);
 
+/// Where container runtimes usually live.
+pub const DEFAULT_RUNTIMES: &[&str] = &[
+    "/usr/bin/runc",
+    "/usr/sbin/runc",
+    "/usr/local/bin/runc",
+    "/usr/local/sbin/runc",
+    "/usr/bin/crun",
+];
+
 /// How container execs are made visible.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,6 +75,10 @@ pub struct FanotifyConfig {
     pub strategy: Strategy,
     /// Ignore marks for allowed host and verified-layer inodes (off only to measure).
     pub ignore_marks: bool,
+    /// Container runtimes (runc) whose every exec first marks the overlays mounted so far
+    /// (`overlay` strategy): containerd mounts a rootfs before it runs runc, so the container's
+    /// first exec cannot beat the mark. Missing paths are skipped.
+    pub runtime_binaries: Vec<PathBuf>,
     #[doc(hidden)]
     pub stall: Option<Stall>,
 }
@@ -79,6 +92,7 @@ impl Default for FanotifyConfig {
             workers: 0,
             strategy: Strategy::Auto,
             ignore_marks: true,
+            runtime_binaries: DEFAULT_RUNTIMES.iter().map(PathBuf::from).collect(),
             stall: None,
         }
     }
@@ -167,7 +181,9 @@ impl FanotifyBackend {
             config.ignore_marks,
             strategy == Strategy::Overlay,
             config.stall,
+            config.runtime_binaries.clone(),
         ));
+        watcher::refresh_runtimes(&shared);
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
         } else {

@@ -35,6 +35,9 @@ pub struct Policy {
     /// Overlays marked because a layer of theirs is in a scope (kernels before 6.5), by the
     /// overlay's kernel device.
     pub overlays: HashMap<u64, Arc<Overlay>>,
+    /// `(dev, ino)` of container runtime binaries (runc) whose exec first rescans the mounts
+    /// (kernels before 6.5): it closes the window between a rootfs mount and its mark.
+    pub runtimes: Vec<(u64, u64)>,
 }
 
 impl Policy {
@@ -45,6 +48,7 @@ impl Policy {
             scopes: Vec::new(),
             layers: HashMap::new(),
             overlays: HashMap::new(),
+            runtimes: Vec::new(),
         }
     }
 

@@ -113,6 +113,16 @@ impl Group {
         )
     }
 
+    /// An exec permission mark on the inode at `path` (a container runtime binary).
+    pub fn mark_inode_path_exec(&self, path: &Path) -> io::Result<()> {
+        self.mark(
+            libc::FAN_MARK_ADD,
+            libc::FAN_OPEN_EXEC_PERM,
+            libc::AT_FDCWD,
+            Some(path),
+        )
+    }
+
     /// Tells the kernel to stop asking about the inode behind `fd` until it is written to
     /// (no `FAN_MARK_IGNORED_SURV_MODIFY`: a modification clears the ignore mark).
     pub fn ignore_inode(&self, fd: BorrowedFd<'_>) -> io::Result<()> {

@@ -125,8 +125,39 @@ pub fn mount_watcher(shared: &Arc<Shared>) {
         }
         idle += 1;
         if changed || idle >= 5 {
+            if idle >= 5 {
+                refresh_runtimes(shared);
+            }
             idle = 0;
             rescan_overlays(shared, false);
         }
+    }
+}
+
+/// Marks the container runtime binaries (`runtime_paths`) for exec permission events on their
+/// own inodes and records their identities; re-run every second so an upgraded runc (a new
+/// inode) is marked again.
+pub fn refresh_runtimes(shared: &Shared) {
+    if !shared.overlay_marks || shared.runtime_paths.is_empty() {
+        return;
+    }
+    let mut found = Vec::new();
+    for path in &shared.runtime_paths {
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        use std::os::unix::fs::MetadataExt as _;
+        let id = (meta.dev(), meta.ino());
+        if !shared.policy().runtimes.contains(&id) {
+            if let Err(error) = shared.group.mark_inode_path_exec(path) {
+                tracing::warn!(path = %path.display(), %error, "marking a container runtime failed");
+                continue;
+            }
+            tracing::info!(path = %path.display(), "container runtime exec rescans the mounts first");
+        }
+        found.push(id);
+    }
+    if shared.policy().runtimes != found {
+        shared.update(false, |policy| policy.runtimes = found);
     }
 }
