@@ -354,6 +354,7 @@ fn new_overlay_mark_window() {
                 }
                 if first {
                     ran_before_mark += 1;
+                    eprintln!("round {round}: an exec {:?} after the mount ran", mounted.elapsed());
                     first = false;
                 }
                 assert!(

@@ -85,10 +85,13 @@ pub fn fanotify_test(series: KernelSeries) -> Result<()> {
     let spec = GuestSpec {
         files: vec![(binary, "/usr/bin/imagegate-fanotify-tests".into())],
         modules: vec!["overlay".into()],
+        // For debugging a guest run: a libtest filter and a log filter, taken from the host.
         command: format!(
             "cat /sys/kernel/security/lsm; echo; \
-             IMAGEGATE_EXPECT_BACKEND={expected} RUST_LOG=warn \
-             /usr/bin/imagegate-fanotify-tests --test-threads=1 --nocapture"
+             IMAGEGATE_EXPECT_BACKEND={expected} RUST_LOG={log} \
+             /usr/bin/imagegate-fanotify-tests --test-threads=1 --nocapture {filter}",
+            log = std::env::var("IMAGEGATE_GUEST_LOG").unwrap_or_else(|_| "warn".into()),
+            filter = std::env::var("IMAGEGATE_GUEST_FILTER").unwrap_or_default(),
         ),
         append: append.into(),
         memory_mib: 1024,
@@ -327,8 +330,11 @@ mod tests {
     #[test]
     #[ignore = "downloads kernels and boots QEMU guests"]
     fn fanotify_guests() -> Result<()> {
+        let only = std::env::var("IMAGEGATE_GUEST_KERNEL").ok();
         for series in [KernelSeries::V6_1, KernelSeries::V6_12] {
-            fanotify_test(series)?;
+            if only.as_deref().is_none_or(|only| only == series.to_string()) {
+                fanotify_test(series)?;
+            }
         }
         Ok(())
     }

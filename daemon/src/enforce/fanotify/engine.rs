@@ -52,8 +52,10 @@ pub struct Shared {
     pub runtime_paths: Vec<std::path::PathBuf>,
     timer: Mutex<VecDeque<(Instant, Weak<Pending>)>>,
     timer_wake: Condvar,
-    /// Serialises overlay rescans (they do I/O; decisions never take it).
-    pub rescan: Mutex<()>,
+    /// Serialises overlay rescans (they do I/O; decisions never take it) and remembers the
+    /// mount points of overlays found to have no layer in a scope, so they are not re-derived on
+    /// every mount change.
+    pub rescan: Mutex<std::collections::HashMap<u64, Vec<(std::path::PathBuf, String)>>>,
 }
 
 /// Counters, readable while running.
@@ -92,7 +94,7 @@ impl Shared {
             runtime_paths,
             timer: Mutex::new(VecDeque::new()),
             timer_wake: Condvar::new(),
-            rescan: Mutex::new(()),
+            rescan: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -382,6 +384,7 @@ fn decide(shared: &Shared, pending: &Pending) {
     if policy.runtimes.contains(&(st.st_dev, st.st_ino)) {
         // A container runtime starts: whatever rootfs it is about to run is mounted by now, so
         // mark it before the runtime may exec anything from it. Never cached: every start counts.
+        tracing::debug!(pid = pending.pid, "container runtime exec: rescanning the mounts first");
         super::watcher::rescan_overlays(shared, false);
         if shared.answer(pending, true) {
             shared.stats.allowed.fetch_add(1, Ordering::Relaxed);

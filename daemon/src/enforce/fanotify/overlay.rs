@@ -121,6 +121,21 @@ pub struct Overlay {
     pub mounts: Vec<(PathBuf, PathBuf)>,
     /// Upper first, then lowers in order.
     pub layers: Vec<OverlayLayer>,
+    /// What it was derived from: its mounts' `(mount point, super options)`, sorted. A device
+    /// number is reused by the next overlay, so only a different key means a different overlay
+    /// to re-derive (and every rescan re-marks anyway: a mark is per super block).
+    pub key: Vec<(PathBuf, String)>,
+}
+
+/// The [`Overlay::key`] of a device's mounts.
+#[must_use]
+pub fn mounts_key(mounts: &[&MountInfo]) -> Vec<(PathBuf, String)> {
+    let mut key: Vec<(PathBuf, String)> = mounts
+        .iter()
+        .map(|mount| (mount.mount_point.clone(), mount.super_options.clone()))
+        .collect();
+    key.sort();
+    key
 }
 
 /// The layer identity of `dir` if its grandparent is one of `scopes`.
@@ -134,61 +149,50 @@ fn scope_layer(dir: &Path, scopes: &[std::sync::Arc<Scope>]) -> Option<LayerId> 
     }
 }
 
-/// Builds the overlays of `mounts` that have a layer in a scope. Opens and stats directories:
-/// call it without holding any lock a decision needs.
+/// Derives the overlay of one device from its mounts (all of the same super block) if a layer
+/// of it is in a scope. Opens and stats directories: call it without holding any lock a decision
+/// needs.
 #[must_use]
-pub fn scoped_overlays(mounts: &[MountInfo], scopes: &[std::sync::Arc<Scope>]) -> Vec<Overlay> {
-    let mut overlays: Vec<Overlay> = Vec::new();
-    for mount in mounts.iter().filter(|m| m.fs_type == "overlay") {
-        if let Some(known) = overlays.iter_mut().find(|o| o.dev == mount.dev) {
-            known
-                .mounts
-                .push((mount.mount_point.clone(), mount.root.clone()));
-            continue;
-        }
-        let (upper, lowers) = layer_dirs(&mount.super_options);
-        let mut layers = Vec::new();
-        let mut in_scope = false;
-        let dirs = upper
-            .iter()
-            .map(|dir| (dir, true))
-            .chain(lowers.iter().map(|dir| (dir, false)));
-        let mut complete = true;
-        for (dir, is_upper) in dirs {
-            let layer = scope_layer(dir, scopes);
-            in_scope |= layer.is_some();
-            match sys::open_dir(dir) {
-                Ok(fd) => layers.push(OverlayLayer {
-                    dir: dir.clone(),
-                    fd,
-                    layer,
-                    upper: is_upper,
-                }),
-                Err(error) => {
-                    tracing::warn!(dir = %dir.display(), %error, "cannot open an overlay layer directory");
-                    complete = false;
-                }
+pub fn scoped_overlay(mounts: &[&MountInfo], scopes: &[std::sync::Arc<Scope>]) -> Option<Overlay> {
+    let first = mounts.first()?;
+    let (upper, lowers) = layer_dirs(&first.super_options);
+    let mut layers = Vec::new();
+    let mut in_scope = false;
+    let dirs = upper
+        .iter()
+        .map(|dir| (dir, true))
+        .chain(lowers.iter().map(|dir| (dir, false)));
+    for (dir, is_upper) in dirs {
+        let layer = scope_layer(dir, scopes);
+        in_scope |= layer.is_some();
+        match sys::open_dir(dir) {
+            Ok(fd) => layers.push(OverlayLayer {
+                dir: dir.clone(),
+                fd,
+                layer,
+                upper: is_upper,
+            }),
+            // Files of a missing layer resolve to another layer's path or to nothing; the
+            // look-up checks inode numbers and fails closed.
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot open an overlay layer directory");
             }
         }
-        if in_scope {
-            if !complete {
-                // Files of the missing layer resolve to a lower one or to nothing: the look-up
-                // fails closed for those, so the overlay is still worth marking.
-                tracing::warn!(mount_point = %mount.mount_point.display(), "overlay marked with a layer missing");
-            }
-            overlays.push(Overlay {
-                dev: mount.dev,
-                mounts: vec![(mount.mount_point.clone(), mount.root.clone())],
-                layers,
-            });
-        }
     }
-    for overlay in &mut overlays {
-        overlay
-            .mounts
-            .sort_by_key(|(point, _)| std::cmp::Reverse(point.as_os_str().len()));
+    if !in_scope {
+        return None;
     }
-    overlays
+    let mut points: Vec<(PathBuf, PathBuf)> = mounts
+        .iter()
+        .map(|mount| (mount.mount_point.clone(), mount.root.clone()))
+        .collect();
+    points.sort_by_key(|(point, _)| std::cmp::Reverse(point.as_os_str().len()));
+    Some(Overlay {
+        dev: first.dev,
+        mounts: points,
+        layers,
+        key: mounts_key(mounts),
+    })
 }
 
 impl Overlay {
@@ -290,6 +294,7 @@ mod tests {
                 (PathBuf::from("/mnt/bind"), PathBuf::from("/sub")),
             ],
             layers: Vec::new(),
+            key: Vec::new(),
         };
         assert_eq!(
             overlay.relative(Path::new("/tmp/x/rootfs/c1/bin/evil")),

@@ -3,7 +3,7 @@
 //! I/O without holding anything a decision needs and publishes the overlay before its mark.
 
 use std::{
-    collections::HashSet,
+    collections::BTreeMap,
     os::fd::AsFd as _,
     path::PathBuf,
     sync::{atomic::Ordering, Arc, PoisonError},
@@ -12,13 +12,18 @@ use std::{
 use super::{engine::Shared, overlay, sys};
 
 /// Re-reads the mount table and marks every overlay with a layer in a scope (kernels before
-/// 6.5). `rebuild`: the scopes changed, so re-derive every overlay's layers. New overlays enter
-/// the policy before their mark, so no event ever comes from an overlay the workers do not know.
+/// 6.5). `rebuild`: the scopes changed, so re-derive every overlay. New overlays enter the
+/// policy before their mark, so no event ever comes from an overlay the workers do not know, and
+/// every scoped overlay is marked again on every rescan (cheap, idempotent): a device number and
+/// a mount point can come back for a new super block that would otherwise go unmarked.
 pub fn rescan_overlays(shared: &Shared, rebuild: bool) {
     if !shared.overlay_marks {
         return;
     }
-    let _serial = shared.rescan.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut unscoped = shared.rescan.lock().unwrap_or_else(PoisonError::into_inner);
+    if rebuild {
+        unscoped.clear();
+    }
     let text = match std::fs::read_to_string("/proc/self/mountinfo") {
         Ok(text) => text,
         Err(error) => {
@@ -27,83 +32,68 @@ pub fn rescan_overlays(shared: &Shared, rebuild: bool) {
         }
     };
     let mounts = overlay::parse_mountinfo(&text);
-    let policy = shared.policy();
-    let changed: Vec<overlay::MountInfo> = mounts
-        .iter()
-        .filter(|mount| mount.fs_type == "overlay")
-        .filter(|mount| {
-            rebuild
-                || policy.overlays.get(&mount.dev).is_none_or(|known| {
-                    !known
-                        .mounts
-                        .iter()
-                        .any(|(point, _)| *point == mount.mount_point)
-                })
-        })
-        .cloned()
-        .collect();
-    let changed_devs: HashSet<u64> =
-        changed.iter().map(|mount| mount.dev).collect();
-    // A changed device is re-derived from all of its mounts, not only the new one.
-    let affected: Vec<overlay::MountInfo> = mounts
-        .iter()
-        .filter(|mount| mount.fs_type == "overlay" && changed_devs.contains(&mount.dev))
-        .cloned()
-        .collect();
-    let found = overlay::scoped_overlays(&affected, &policy.scopes);
-    let present: HashSet<u64> = mounts
-        .iter()
-        .filter(|mount| mount.fs_type == "overlay")
-        .map(|mount| mount.dev)
-        .collect();
-    let stale: Vec<u64> = policy
-        .overlays
-        .keys()
-        .copied()
-        .filter(|dev| !present.contains(dev) || (changed_devs.contains(dev) && rebuild))
-        .filter(|dev| !found.iter().any(|overlay| overlay.dev == *dev))
-        .collect();
-    if found.is_empty() && stale.is_empty() {
-        return;
+    let mut by_dev: BTreeMap<u64, Vec<&overlay::MountInfo>> = BTreeMap::new();
+    for mount in mounts.iter().filter(|mount| mount.fs_type == "overlay") {
+        by_dev.entry(mount.dev).or_default().push(mount);
     }
-    let to_mark: Vec<(u64, PathBuf)> = found
-        .iter()
-        .filter_map(|overlay| {
-            overlay
-                .mounts
-                .first()
-                .map(|(point, _)| (overlay.dev, point.clone()))
-        })
-        .collect();
-    let unmark: Vec<PathBuf> = stale
-        .iter()
-        .filter_map(|dev| policy.overlays.get(dev))
-        .filter_map(|overlay| overlay.mounts.first().map(|(point, _)| point.clone()))
-        .collect();
-    shared.update(false, |next| {
-        for dev in &stale {
-            next.overlays.remove(dev);
+    let policy = shared.policy();
+    let mut derived = Vec::new();
+    let mut no_longer_scoped = Vec::new();
+    let mut to_mark: Vec<PathBuf> = Vec::new();
+    for (dev, dev_mounts) in &by_dev {
+        let key = overlay::mounts_key(dev_mounts);
+        let known = policy.overlays.get(dev);
+        if !rebuild {
+            if let Some(known) = known.filter(|known| known.key == key) {
+                to_mark.extend(known.mounts.first().map(|(point, _)| point.clone()));
+                continue;
+            }
+            if unscoped.get(dev) == Some(&key) {
+                continue;
+            }
         }
-        for overlay in found {
-            next.overlays.insert(overlay.dev, Arc::new(overlay));
-        }
-    });
-    for (dev, point) in to_mark {
-        match shared
-            .group
-            .mark_filesystem(true, sys::MarkAt::Path(&point))
-        {
-            Ok(()) => tracing::info!(mount_point = %point.display(), dev, "marked a scoped overlay"),
-            Err(error) => {
-                tracing::error!(mount_point = %point.display(), %error, "marking a scoped overlay failed");
+        match overlay::scoped_overlay(dev_mounts, &policy.scopes) {
+            Some(found) => {
+                unscoped.remove(dev);
+                to_mark.extend(found.mounts.first().map(|(point, _)| point.clone()));
+                derived.push(found);
+            }
+            None => {
+                unscoped.insert(*dev, key);
+                if known.is_some() {
+                    no_longer_scoped.push((*dev, dev_mounts[0].mount_point.clone()));
+                }
             }
         }
     }
-    for point in unmark {
-        // Gone mounts lost their marks with their super block; a failure here is expected.
-        let _ = shared
-            .group
-            .mark_filesystem(false, sys::MarkAt::Path(&point));
+    unscoped.retain(|dev, _| by_dev.contains_key(dev));
+    let gone: Vec<u64> = policy
+        .overlays
+        .keys()
+        .copied()
+        .filter(|dev| !by_dev.contains_key(dev))
+        .collect();
+    tracing::debug!(derived = derived.len(), gone = ?gone, marks = to_mark.len(), "overlay rescan");
+    if !derived.is_empty() || !gone.is_empty() || !no_longer_scoped.is_empty() {
+        shared.update(false, |next| {
+            for dev in gone.iter().chain(no_longer_scoped.iter().map(|(dev, _)| dev)) {
+                next.overlays.remove(dev);
+            }
+            for found in derived {
+                next.overlays.insert(found.dev, Arc::new(found));
+            }
+        });
+    }
+    for point in to_mark {
+        if let Err(error) = shared.group.mark_filesystem(true, sys::MarkAt::Path(&point)) {
+            tracing::error!(mount_point = %point.display(), %error, "marking a scoped overlay failed");
+        }
+    }
+    // A gone overlay's mark went with its super block. One that is still mounted but no longer
+    // scoped loses its mark through a mount point it has now.
+    for (dev, point) in no_longer_scoped {
+        tracing::info!(mount_point = %point.display(), dev, "overlay no longer scoped; unmarked");
+        let _ = shared.group.mark_filesystem(false, sys::MarkAt::Path(&point));
     }
 }
 
