@@ -31,6 +31,8 @@ pub struct Pending {
     fd: OwnedFd,
     pid: i32,
     answered: AtomicBool,
+    /// When the reader took it off the group: decision latency is measured from here.
+    received: Instant,
 }
 
 /// State shared by the threads and the control side.
@@ -68,6 +70,8 @@ pub struct Counters {
     pub timeouts: AtomicU64,
     pub ignore_marks: AtomicU64,
     pub events_lost: AtomicU64,
+    pub answer_micros: AtomicU64,
+    pub answer_micros_max: AtomicU64,
 }
 
 impl Shared {
@@ -136,6 +140,9 @@ impl Shared {
         if let Err(error) = self.group.respond(pending.fd.as_fd(), allow) {
             tracing::warn!(%error, pid = pending.pid, "answering a fanotify permission event failed");
         }
+        let micros = u64::try_from(pending.received.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.answer_micros.fetch_add(micros, Ordering::Relaxed);
+        self.stats.answer_micros_max.fetch_max(micros, Ordering::Relaxed);
     }
 
     /// Claims and answers `pending` unless someone already did. Returns whether this call did.
@@ -174,6 +181,8 @@ impl Shared {
             timeouts: load(&self.stats.timeouts),
             ignore_marks: load(&self.stats.ignore_marks),
             events_lost: load(&self.stats.events_lost),
+            answer_micros_total: load(&self.stats.answer_micros),
+            answer_micros_max: load(&self.stats.answer_micros_max),
         }
     }
 }
@@ -264,6 +273,7 @@ pub fn reader(shared: &Arc<Shared>, work: &mpsc::SyncSender<Arc<Pending>>) {
                 fd,
                 pid: event.pid,
                 answered: AtomicBool::new(false),
+                received: now,
             });
             schedule(shared, now + shared.bound, &pending);
             if let Err(error) = work.try_send(pending) {

@@ -141,6 +141,10 @@ pub struct FanotifyStats {
     /// Ignore marks placed (allowed inodes the kernel stops asking about).
     pub ignore_marks: u64,
     pub events_lost: u64,
+    /// Sum and maximum of the time from reading an event to answering it: the latency the
+    /// backend adds on top of the kernel's round trip.
+    pub answer_micros_total: u64,
+    pub answer_micros_max: u64,
 }
 
 /// The running backend. Dropping it stops the threads and closes the group (the kernel then
