@@ -326,13 +326,18 @@ impl super::Backend for FanotifyBackend {
         self.shared
             .update(true, |policy| policy.scopes.push(Arc::new(scope)));
         if first_on_fs {
-            self.shared
+            if let Err(source) = self
+                .shared
                 .group
                 .mark_filesystem(true, sys::MarkAt::Fd(mount_fd.as_fd()))
-                .map_err(|source| FanotifyError::Mark {
+            {
+                self.shared
+                    .update(false, |policy| policy.scopes.retain(|scope| scope.id != id));
+                return Err(FanotifyError::Mark {
                     path: snapshots_dir.to_owned(),
                     source,
-                })?;
+                });
+            }
         }
         watcher::rescan_overlays(&self.shared, true);
         Ok(id)

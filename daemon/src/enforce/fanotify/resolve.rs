@@ -8,8 +8,12 @@
 //! closed), never as a host file.
 
 use std::{
-    os::{fd::AsFd as _, fd::BorrowedFd, unix::fs::MetadataExt as _},
+    os::{
+        fd::{AsFd as _, BorrowedFd, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Component, Path, PathBuf},
+    sync::Arc,
 };
 
 use imagegate_common::kernel_dev;
@@ -47,20 +51,26 @@ fn layer_dir_of(relative: &Path) -> Option<PathBuf> {
 #[must_use]
 pub fn locate(policy: &Policy, fd: BorrowedFd<'_>, st: &libc::stat) -> Location {
     let dev = kernel_dev(st.st_dev);
-    let mut scopes = policy.scopes_on(dev).peekable();
-    let Some(first) = scopes.peek() else {
-        return Location::OutOfScope;
-    };
-    let Some(path) = host_path(fd, first) else {
-        return Location::Unknown { layer: None };
-    };
-    let same_file = std::fs::symlink_metadata(&path)
-        .is_ok_and(|meta| meta.dev() == st.st_dev && meta.ino() == st.st_ino);
-    if !same_file {
-        tracing::debug!(path = %path.display(), "reported path does not lead back to the file");
-        return Location::Unknown { layer: None };
-    }
-    for scope in scopes {
+    // Each scope's prefix is spelled through its own mount fd; scopes on one file system
+    // normally share one (its root mount), so the path is usually computed once.
+    let mut seen: Option<(Arc<OwnedFd>, PathBuf)> = None;
+    for scope in policy.scopes_on(dev) {
+        let reuse = seen
+            .as_ref()
+            .is_some_and(|(via, _)| Arc::ptr_eq(via, &scope.mount_fd));
+        if !reuse {
+            let Some(path) = host_path(fd, scope) else {
+                return Location::Unknown { layer: None };
+            };
+            let same_file = std::fs::symlink_metadata(&path)
+                .is_ok_and(|meta| meta.dev() == st.st_dev && meta.ino() == st.st_ino);
+            if !same_file {
+                tracing::debug!(path = %path.display(), "reported path does not lead back to the file");
+                return Location::Unknown { layer: None };
+            }
+            seen = Some((Arc::clone(&scope.mount_fd), path));
+        }
+        let Some((_, path)) = &seen else { continue };
         let Ok(relative) = path.strip_prefix(&scope.prefix) else {
             continue;
         };
