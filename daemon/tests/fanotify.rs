@@ -98,6 +98,22 @@ fn verified_layer_allowed_without_event() {
     let stats = responder.stats();
     assert!(stats["events"].as_u64() >= Some(1), "no permission event seen: {stats}");
     assert_eq!(stats["denied"], 0, "{stats}");
+    if responder.ready.contains("Backing") {
+        // Cached: the kernel no longer asks about this inode...
+        expect_runs("cached", exec_true(&fixture.merged.join("bin/ok")));
+        assert_eq!(responder.stats()["events"], stats["events"], "an ignore-marked exec was asked about");
+        // ...until it is written to (no FAN_MARK_IGNORED_SURV_MODIFY).
+        let file = fixture.layer(1).join("bin/ok");
+        let mut bytes = std::fs::read(&file).expect("read");
+        bytes.push(0);
+        std::fs::write(&file, bytes).expect("rewrite in place");
+        expect_runs("after a write", exec_true(&fixture.merged.join("bin/ok")));
+        let after = responder.stats();
+        assert!(
+            after["events"].as_u64() > stats["events"].as_u64(),
+            "a written file kept its ignore mark: {after}"
+        );
+    }
 }
 
 #[test]
