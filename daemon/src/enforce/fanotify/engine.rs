@@ -33,6 +33,10 @@ pub struct Pending {
     answered: AtomicBool,
     /// When the reader took it off the group: decision latency is measured from here.
     received: Instant,
+    /// A container runtime's exec, held while the mounts are rescanned: a host binary, so the
+    /// bound allows it (denying runc would stop every container; allowing only reopens the
+    /// window the hold narrows).
+    runtime: AtomicBool,
 }
 
 /// State shared by the threads and the control side.
@@ -228,6 +232,13 @@ fn file_id(st: &libc::stat) -> LayerId {
 
 /// Answers an event the backend could not decide in time, by the mode, and reports it.
 fn answer_by_mode(shared: &Shared, pending: &Pending) {
+    if pending.runtime.load(Ordering::Acquire) {
+        if shared.answer(pending, true) {
+            shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pid = pending.pid, "container runtime allowed before the mount rescan finished");
+        }
+        return;
+    }
     let mode = shared.policy().mode;
     // The event is queued before the answer, so whoever sees the exec fail also sees why.
     if shared.claim(pending) {
@@ -274,6 +285,7 @@ pub fn reader(shared: &Arc<Shared>, work: &mpsc::SyncSender<Arc<Pending>>) {
                 pid: event.pid,
                 answered: AtomicBool::new(false),
                 received: now,
+                runtime: AtomicBool::new(false),
             });
             schedule(shared, now + shared.bound, &pending);
             if let Err(error) = work.try_send(pending) {
@@ -395,6 +407,7 @@ fn decide(shared: &Shared, pending: &Pending) {
         // A container runtime starts: whatever rootfs it is about to run is mounted by now, so
         // mark it before the runtime may exec anything from it. Never cached: every start counts.
         tracing::debug!(pid = pending.pid, "container runtime exec: rescanning the mounts first");
+        pending.runtime.store(true, Ordering::Release);
         super::watcher::rescan_overlays(shared, false);
         if shared.answer(pending, true) {
             shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
