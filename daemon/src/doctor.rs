@@ -103,7 +103,10 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
 fn backend_choice(checks: &[Check]) -> Check {
     let ok = |name: &str| checks.iter().any(|c| c.capability == name && c.ok);
     let (ok, detail) = if ok("bpf_lsm_active") && ok("bpf_lsm_programs_load") {
-        (true, "bpf-lsm (covers exec and executable mappings; survives the daemon)".to_owned())
+        (
+            true,
+            "bpf-lsm (covers exec and executable mappings; survives the daemon)".to_owned(),
+        )
     } else if ok("fanotify_exec_permission") {
         (
             true,
@@ -111,7 +114,10 @@ fn backend_choice(checks: &[Check]) -> Check {
                 .to_owned(),
         )
     } else {
-        (false, "none: neither BPF LSM programs nor fanotify permission events work".to_owned())
+        (
+            false,
+            "none: neither BPF LSM programs nor fanotify permission events work".to_owned(),
+        )
     };
     Check {
         capability: "enforcement_backend",

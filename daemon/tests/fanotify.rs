@@ -94,14 +94,24 @@ fn verified_layer_allowed_without_event() {
         );
     }
     let events = responder.events();
-    assert!(events.is_empty(), "verified exec produced events: {events:?}");
+    assert!(
+        events.is_empty(),
+        "verified exec produced events: {events:?}"
+    );
     let stats = responder.stats();
-    assert!(stats["events"].as_u64() >= Some(1), "no permission event seen: {stats}");
+    assert!(
+        stats["events"].as_u64() >= Some(1),
+        "no permission event seen: {stats}"
+    );
     assert_eq!(stats["denied"], 0, "{stats}");
     if responder.ready.contains("Backing") {
         // Cached: the kernel no longer asks about this inode...
         expect_runs("cached", exec_true(&fixture.merged.join("bin/ok")));
-        assert_eq!(responder.stats()["events"], stats["events"], "an ignore-marked exec was asked about");
+        assert_eq!(
+            responder.stats()["events"],
+            stats["events"],
+            "an ignore-marked exec was asked about"
+        );
         // ...until it is written to (no FAN_MARK_IGNORED_SURV_MODIFY).
         let file = fixture.layer(1).join("bin/ok");
         let mut bytes = std::fs::read(&file).expect("read");
@@ -142,7 +152,10 @@ fn drift_denied_unless_allowed() {
     expect_runs("drift=allow, again", exec_true(&written));
     assert!(responder.events().is_empty(), "drift=allow produced events");
     responder.send("drift deny");
-    expect_eperm("drift=deny again: allowed drift is never cached", exec_true(&written));
+    expect_eperm(
+        "drift=deny again: allowed drift is never cached",
+        exec_true(&written),
+    );
 }
 
 #[test]
@@ -164,7 +177,10 @@ fn out_of_scope_overlay_and_host_binaries_allowed_without_event() {
         expect_runs("host binary elsewhere", exec_true(Path::new("/bin/true")));
     }
     let events = responder.events();
-    assert!(events.is_empty(), "out-of-scope execs produced events: {events:?}");
+    assert!(
+        events.is_empty(),
+        "out-of-scope execs produced events: {events:?}"
+    );
 }
 
 #[test]
@@ -183,7 +199,10 @@ fn table_changes_take_effect_on_the_next_exec() {
     expect_runs("after adding", exec_true(&evil));
     expect_runs("after adding, again (now cached)", exec_true(&evil));
     responder.remove_layer(unverified);
-    expect_eperm("after removing: the cache must not let it through", exec_true(&evil));
+    expect_eperm(
+        "after removing: the cache must not let it through",
+        exec_true(&evil),
+    );
     // A verified layer that turns writable, then goes away.
     expect_runs("verified", exec_true(&ok));
     expect_runs("verified, cached", exec_true(&ok));
@@ -199,7 +218,10 @@ fn table_changes_take_effect_on_the_next_exec() {
     expect_runs("host, cached", exec_true(&fixture.host_binary));
     let stats = responder.stats();
     if responder.ready.contains("Backing") {
-        assert!(stats["ignore_marks"].as_u64() >= Some(2), "no ignore marks: {stats}");
+        assert!(
+            stats["ignore_marks"].as_u64() >= Some(2),
+            "no ignore marks: {stats}"
+        );
     }
 }
 
@@ -221,21 +243,34 @@ fn stuck_decision_is_answered_by_the_bound() {
     let started = Instant::now();
     expect_eperm("stuck decision in enforce mode", exec_true(&evil));
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(1500), "the bound did not answer: {took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "the bound did not answer: {took:?}"
+    );
     let events = responder.events();
     assert!(
-        events.iter().any(|e| e["reason"] == "timeout" && e["verdict"] == "denied"),
+        events
+            .iter()
+            .any(|e| e["reason"] == "timeout" && e["verdict"] == "denied"),
         "no timeout event: {events:?}"
     );
-    expect_runs("other decisions go on", exec_true(&fixture.merged.join("bin/ok")));
+    expect_runs(
+        "other decisions go on",
+        exec_true(&fixture.merged.join("bin/ok")),
+    );
     responder.send("mode audit");
     let started = Instant::now();
     expect_runs("stuck decision in audit mode", exec_true(&evil));
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(1500), "the bound did not answer: {took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "the bound did not answer: {took:?}"
+    );
     let events = responder.events();
     assert!(
-        events.iter().any(|e| e["reason"] == "timeout" && e["verdict"] == "audit"),
+        events
+            .iter()
+            .any(|e| e["reason"] == "timeout" && e["verdict"] == "audit"),
         "no timeout audit event: {events:?}"
     );
     eprintln!("stuck decision answered after {took:?} (bound 200 ms)");
@@ -284,8 +319,7 @@ fn parallel_execs_see_no_wrong_verdict_and_no_hang() {
                     slowest.fetch_max(micros, Ordering::Relaxed);
                     total.fetch_add(1, Ordering::Relaxed);
                     let ran = matches!(&result, Ok(status) if status.success());
-                    let denied =
-                        matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EPERM));
+                    let denied = matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EPERM));
                     if (*allowed && !ran) || (!*allowed && !denied) {
                         wrong.fetch_add(1, Ordering::Relaxed);
                         eprintln!("wrong verdict for {}: {result:?}", path.display());
@@ -300,8 +334,13 @@ fn parallel_execs_see_no_wrong_verdict_and_no_hang() {
     let stats = responder.stats();
     let total = total.load(Ordering::Relaxed);
     let slowest = Duration::from_micros(slowest.load(Ordering::Relaxed));
-    eprintln!("parallel: {total} execs by 8 threads in {seconds} s, slowest {slowest:?}, backend {stats}");
-    assert!(!responder.watchdog_fired(), "the watchdog had to kill the backend");
+    eprintln!(
+        "parallel: {total} execs by 8 threads in {seconds} s, slowest {slowest:?}, backend {stats}"
+    );
+    assert!(
+        !responder.watchdog_fired(),
+        "the watchdog had to kill the backend"
+    );
     assert_eq!(wrong.load(Ordering::Relaxed), 0, "wrong verdicts");
     assert!(total > 8, "too few execs: {total}");
     // A decision that misses the bound under load is answered by the mode (deny in enforce):
@@ -370,7 +409,10 @@ fn new_overlay_mark_window() {
                 }
                 if first {
                     ran_before_mark += 1;
-                    eprintln!("round {round}: an exec {:?} after the mount ran", mounted.elapsed());
+                    eprintln!(
+                        "round {round}: an exec {:?} after the mount ran",
+                        mounted.elapsed()
+                    );
                     first = false;
                 }
                 assert!(

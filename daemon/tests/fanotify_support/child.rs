@@ -111,7 +111,9 @@ fn backend(config: &ChildConfig) {
             (Some("events"), _) => {
                 serde_json::to_string(&backend.drain_events()).map_err(|e| e.to_string())
             }
-            (Some("stats"), _) => serde_json::to_string(&backend.stats()).map_err(|e| e.to_string()),
+            (Some("stats"), _) => {
+                serde_json::to_string(&backend.stats()).map_err(|e| e.to_string())
+            }
             (Some("overlays"), _) => Ok(backend.marked_overlays().to_string()),
             (Some("rescan"), _) => {
                 backend.rescan_overlays();
@@ -137,9 +139,7 @@ fn floor(config: &ChildConfig) {
         Ok(group) => group,
         Err(error) => return reply(&format!("error {error}")),
     };
-    if let Err(error) =
-        group.mark_filesystem(true, sys::MarkAt::Path(Path::new(&config.scope)))
-    {
+    if let Err(error) = group.mark_filesystem(true, sys::MarkAt::Path(Path::new(&config.scope))) {
         return reply(&format!("error {error}"));
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

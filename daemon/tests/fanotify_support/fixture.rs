@@ -31,7 +31,8 @@ pub struct Fixture {
 
 fn copy_program(to: &Path) {
     std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
-    std::fs::copy(PROGRAM, to).unwrap_or_else(|e| panic!("copy {PROGRAM} to {}: {e}", to.display()));
+    std::fs::copy(PROGRAM, to)
+        .unwrap_or_else(|e| panic!("copy {PROGRAM} to {}: {e}", to.display()));
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
@@ -45,7 +46,11 @@ fn clean_stale() {
         let Some(rest) = name.strip_prefix("imagegate-fanotify-") else {
             continue;
         };
-        let pid: i32 = rest.split('-').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let pid: i32 = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         if pid == 0 || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
@@ -142,7 +147,10 @@ impl Fixture {
             "lowerdir={},upperdir={},workdir={}",
             lowerdir.join(":"),
             self.layer(upper).display(),
-            self.snapshots.join(upper.to_string()).join("work").display()
+            self.snapshots
+                .join(upper.to_string())
+                .join("work")
+                .display()
         );
         self.mount_overlay(target, &options);
     }

@@ -102,7 +102,11 @@ pub fn fanotify_test(series: KernelSeries) -> Result<()> {
     println!(
         "vm fanotify {series} ({}{}): {passed} passed, {failed} failed",
         kernel.release,
-        if append.is_empty() { "" } else { ", bpf not in lsm=" }
+        if append.is_empty() {
+            ""
+        } else {
+            ", bpf not in lsm="
+        }
     );
     if failed > 0 || passed == 0 {
         bail!("the fanotify tests failed on {series}: {passed} passed, {failed} failed");
@@ -164,8 +168,23 @@ pub fn scan_libtest(output: &str) -> Result<(u32, u32)> {
 pub fn fanotify_bench() -> Result<()> {
     let output = crate::setup::output(
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["test", "--release", "-p", "imagegate", "--test", "fanotify_bench", "--"])
-            .args(["--ignored", "--exact", "exec_latency", "--nocapture", "--test-threads", "1"])
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "imagegate",
+                "--test",
+                "fanotify_bench",
+                "--",
+            ])
+            .args([
+                "--ignored",
+                "--exact",
+                "exec_latency",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env("RUST_LOG", "warn")
             .current_dir(crate::setup::workspace_root()),
     )?;
@@ -301,10 +320,17 @@ mod tests {
     fn scans_libtest_results() -> Result<()> {
         let output = "test a ... ok\ntest result: ok. 9 passed; 0 failed; 1 ignored; 0 measured\nIMAGEGATE-GUEST-EXIT 0\n";
         assert_eq!(scan_libtest(output)?, (9, 0));
-        let failed = "test result: FAILED. 8 passed; 2 failed; 1 ignored\nIMAGEGATE-GUEST-EXIT 101\n";
+        let failed =
+            "test result: FAILED. 8 passed; 2 failed; 1 ignored\nIMAGEGATE-GUEST-EXIT 101\n";
         assert_eq!(scan_libtest(failed)?, (8, 2));
-        assert!(scan_libtest("test result: ok. 9 passed; 0 failed;\n").is_err(), "no exit line");
-        assert!(scan_libtest("IMAGEGATE-GUEST-EXIT 101\n").is_err(), "no result line");
+        assert!(
+            scan_libtest("test result: ok. 9 passed; 0 failed;\n").is_err(),
+            "no exit line"
+        );
+        assert!(
+            scan_libtest("IMAGEGATE-GUEST-EXIT 101\n").is_err(),
+            "no result line"
+        );
         Ok(())
     }
 
@@ -357,7 +383,10 @@ mod tests {
     fn fanotify_guests() -> Result<()> {
         let only = std::env::var("IMAGEGATE_GUEST_KERNEL").ok();
         for series in [KernelSeries::V6_1, KernelSeries::V6_12] {
-            if only.as_deref().is_none_or(|only| only == series.to_string()) {
+            if only
+                .as_deref()
+                .is_none_or(|only| only == series.to_string())
+            {
                 fanotify_test(series)?;
             }
         }

@@ -145,8 +145,12 @@ impl Shared {
             tracing::warn!(%error, pid = pending.pid, "answering a fanotify permission event failed");
         }
         let micros = u64::try_from(pending.received.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.stats.answer_micros.fetch_add(micros, Ordering::Relaxed);
-        self.stats.answer_micros_max.fetch_max(micros, Ordering::Relaxed);
+        self.stats
+            .answer_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        self.stats
+            .answer_micros_max
+            .fetch_max(micros, Ordering::Relaxed);
     }
 
     /// Claims and answers `pending` unless someone already did. Returns whether this call did.
@@ -235,7 +239,10 @@ fn answer_by_mode(shared: &Shared, pending: &Pending) {
     if pending.runtime.load(Ordering::Acquire) {
         if shared.answer(pending, true) {
             shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(pid = pending.pid, "container runtime allowed before the mount rescan finished");
+            tracing::warn!(
+                pid = pending.pid,
+                "container runtime allowed before the mount rescan finished"
+            );
         }
         return;
     }
@@ -289,8 +296,8 @@ pub fn reader(shared: &Arc<Shared>, work: &mpsc::SyncSender<Arc<Pending>>) {
             });
             schedule(shared, now + shared.bound, &pending);
             if let Err(error) = work.try_send(pending) {
-                let (mpsc::TrySendError::Full(pending)
-                | mpsc::TrySendError::Disconnected(pending)) = error;
+                let (mpsc::TrySendError::Full(pending) | mpsc::TrySendError::Disconnected(pending)) =
+                    error;
                 answer_by_mode(shared, &pending);
             }
         }
@@ -400,13 +407,22 @@ fn decide(shared: &Shared, pending: &Pending) {
             reason: Reason::Unreadable,
             layer: None,
         };
-        finish(shared, &policy, pending, verdict, LayerId { dev: 0, ino: 0 });
+        finish(
+            shared,
+            &policy,
+            pending,
+            verdict,
+            LayerId { dev: 0, ino: 0 },
+        );
         return;
     };
     if policy.runtimes.contains(&(st.st_dev, st.st_ino)) {
         // A container runtime starts: whatever rootfs it is about to run is mounted by now, so
         // mark it before the runtime may exec anything from it. Never cached: every start counts.
-        tracing::debug!(pid = pending.pid, "container runtime exec: rescanning the mounts first");
+        tracing::debug!(
+            pid = pending.pid,
+            "container runtime exec: rescanning the mounts first"
+        );
         pending.runtime.store(true, Ordering::Release);
         super::watcher::rescan_overlays(shared, false);
         if shared.answer(pending, true) {

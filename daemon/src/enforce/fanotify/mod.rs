@@ -211,16 +211,21 @@ impl FanotifyBackend {
             .threads
             .push(spawn("timer", move || engine::timer(&timer_shared))?);
         let reader_shared = Arc::clone(&shared);
-        backend
-            .threads
-            .push(spawn("reader", move || engine::reader(&reader_shared, &work))?);
+        backend.threads.push(spawn("reader", move || {
+            engine::reader(&reader_shared, &work)
+        })?);
         if strategy == Strategy::Overlay {
             let watcher_shared = Arc::clone(&shared);
             backend.threads.push(spawn("mounts", move || {
                 watcher::mount_watcher(&watcher_shared);
             })?);
         }
-        tracing::info!(?strategy, workers, bound_ms = config.bound.as_millis() as u64, "fanotify backend started");
+        tracing::info!(
+            ?strategy,
+            workers,
+            bound_ms = config.bound.as_millis() as u64,
+            "fanotify backend started"
+        );
         Ok(backend)
     }
 
@@ -379,9 +384,10 @@ impl super::Backend for FanotifyBackend {
             return Ok(());
         }
         // Its files may carry ignore marks from when it was verified.
-        self.shared.update(before == Some(LayerState::Verified), |policy| {
-            policy.layers.remove(&layer);
-        });
+        self.shared
+            .update(before == Some(LayerState::Verified), |policy| {
+                policy.layers.remove(&layer);
+            });
         Ok(())
     }
 

@@ -279,7 +279,10 @@ mod tests {
         assert_eq!(upper, Some(PathBuf::from("/tmp/x/s/3/fs")));
         assert_eq!(
             lowers,
-            vec![PathBuf::from("/tmp/x/s/2/fs"), PathBuf::from("/tmp/x/s/1/fs")]
+            vec![
+                PathBuf::from("/tmp/x/s/2/fs"),
+                PathBuf::from("/tmp/x/s/1/fs")
+            ]
         );
         assert_eq!(unescape("a\\134b\\012"), "a\\b\n");
         assert_eq!(unescape("trailing\\"), "trailing\\");

@@ -2,12 +2,7 @@
 //! marked overlays) swapped whole on every change, so a decision reads one consistent version
 //! without holding a lock, and the verdict rules, which are the BPF programs' rules.
 
-use std::{
-    collections::HashMap,
-    os::fd::OwnedFd,
-    path::PathBuf,
-    sync::Arc,
-};
+use std::{collections::HashMap, os::fd::OwnedFd, path::PathBuf, sync::Arc};
 
 use super::overlay::Overlay;
 use crate::enforce::{Drift, LayerId, LayerState, Mode};
@@ -100,7 +95,10 @@ pub enum Verdict {
     /// only host files and verified layers, never a writable or unverified one.
     Allow { cacheable: bool },
     /// Would deny: denied in enforce mode, allowed and reported in audit mode.
-    Untrusted { reason: Reason, layer: Option<LayerId> },
+    Untrusted {
+        reason: Reason,
+        layer: Option<LayerId>,
+    },
 }
 
 impl Policy {

@@ -93,12 +93,9 @@ impl Group {
         } | libc::FAN_MARK_FILESYSTEM;
         match at {
             MarkAt::Fd(fd) => self.mark(flags, libc::FAN_OPEN_EXEC_PERM, fd.as_raw_fd(), None),
-            MarkAt::Path(path) => self.mark(
-                flags,
-                libc::FAN_OPEN_EXEC_PERM,
-                libc::AT_FDCWD,
-                Some(path),
-            ),
+            MarkAt::Path(path) => {
+                self.mark(flags, libc::FAN_OPEN_EXEC_PERM, libc::AT_FDCWD, Some(path))
+            }
         }
     }
 
@@ -182,13 +179,8 @@ impl Group {
         };
         let size = size_of::<libc::fanotify_response>();
         // SAFETY: response is a plain repr(C) struct of `size` bytes.
-        let written = unsafe {
-            libc::write(
-                self.fd.as_raw_fd(),
-                (&raw const response).cast(),
-                size,
-            )
-        };
+        let written =
+            unsafe { libc::write(self.fd.as_raw_fd(), (&raw const response).cast(), size) };
         if written < 0 {
             Err(io::Error::last_os_error())
         } else {

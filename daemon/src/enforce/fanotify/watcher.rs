@@ -76,7 +76,10 @@ pub fn rescan_overlays(shared: &Shared, rebuild: bool) {
     tracing::debug!(derived = derived.len(), gone = ?gone, marks = to_mark.len(), "overlay rescan");
     if !derived.is_empty() || !gone.is_empty() || !no_longer_scoped.is_empty() {
         shared.update(false, |next| {
-            for dev in gone.iter().chain(no_longer_scoped.iter().map(|(dev, _)| dev)) {
+            for dev in gone
+                .iter()
+                .chain(no_longer_scoped.iter().map(|(dev, _)| dev))
+            {
                 next.overlays.remove(dev);
             }
             for found in derived {
@@ -85,7 +88,10 @@ pub fn rescan_overlays(shared: &Shared, rebuild: bool) {
         });
     }
     for point in to_mark {
-        if let Err(error) = shared.group.mark_filesystem(true, sys::MarkAt::Path(&point)) {
+        if let Err(error) = shared
+            .group
+            .mark_filesystem(true, sys::MarkAt::Path(&point))
+        {
             tracing::error!(mount_point = %point.display(), %error, "marking a scoped overlay failed");
         }
     }
@@ -93,7 +99,9 @@ pub fn rescan_overlays(shared: &Shared, rebuild: bool) {
     // scoped loses its mark through a mount point it has now.
     for (dev, point) in no_longer_scoped {
         tracing::info!(mount_point = %point.display(), dev, "overlay no longer scoped; unmarked");
-        let _ = shared.group.mark_filesystem(false, sys::MarkAt::Path(&point));
+        let _ = shared
+            .group
+            .mark_filesystem(false, sys::MarkAt::Path(&point));
     }
 }
 
