@@ -85,6 +85,7 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
     ));
     checks.push(check("overlayfs", overlay_report()));
     checks.push(check("fanotify_exec_permission", fanotify_probe()));
+    checks.push(backend_choice(&checks));
     checks.push(Check {
         capability: "bpf_backend_installed",
         ok: bpf::installed(pin_dir),
@@ -95,6 +96,34 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
         },
     });
     checks
+}
+
+/// Which enforcement backend this kernel gets, from the checks above, by the rule of
+/// `enforce::choose()`: BPF LSM when its programs load here, fanotify otherwise.
+fn backend_choice(checks: &[Check]) -> Check {
+    let ok = |name: &str| checks.iter().any(|c| c.capability == name && c.ok);
+    let (ok, detail) = if ok("bpf_lsm_active") && ok("bpf_lsm_programs_load") {
+        (
+            true,
+            "bpf-lsm (covers exec and executable mappings; survives the daemon)".to_owned(),
+        )
+    } else if ok("fanotify_exec_permission") {
+        (
+            true,
+            "fanotify (BPF LSM unavailable; exec only, no executable mappings; needs the daemon running)"
+                .to_owned(),
+        )
+    } else {
+        (
+            false,
+            "none: neither BPF LSM programs nor fanotify permission events work".to_owned(),
+        )
+    };
+    Check {
+        capability: "enforcement_backend",
+        ok,
+        detail,
+    }
 }
 
 /// `error: cause: cause` in one line.

@@ -30,7 +30,8 @@ enum Command {
         #[arg(long)]
         kernel: vm::KernelSeries,
     },
-    /// Run the benchmarks (exec latency with programs attached vs detached, in the 6.12 guest).
+    /// Run the benchmarks: exec latency with the BPF programs attached vs detached (6.12 guest),
+    /// and with the fanotify backend on vs off beside a minimal responder (this machine).
     Bench,
     /// The end-to-end demo.
     Demo,
@@ -42,7 +43,11 @@ fn main() {
         Command::Setup => setup::run(),
         Command::Test => test(),
         Command::VmTest { kernel } => setup::run().and_then(|()| vm::test(kernel)),
-        Command::Bench => setup::run().and_then(|()| vm::bench()),
+        Command::Bench => setup::run().and_then(|()| {
+            let bpf = vm::bench();
+            let fanotify = vm::fanotify_bench();
+            bpf.and(fanotify)
+        }),
         Command::Demo => {
             println!("cargo xtask demo: not yet available (lands with the daemon issue)");
             Ok(())
@@ -64,6 +69,10 @@ fn test() -> Result<()> {
         if let Err(error) = vm::test(kernel) {
             eprintln!("xtask: vm-test {kernel}: {error:#}");
             failed.push(kernel.to_string());
+        }
+        if let Err(error) = vm::fanotify_test(kernel) {
+            eprintln!("xtask: fanotify guest {kernel}: {error:#}");
+            failed.push(format!("{kernel} (fanotify)"));
         }
     }
     if failed.is_empty() {

@@ -2,15 +2,18 @@
 //! (`snapshots/<id>/fs`, by `(dev, ino)`) that verified images vouch for, and denies exec and
 //! executable mappings of files from any other layer under a scope.
 //!
-//! Backends: `bpf` (BPF LSM programs, decisions in the kernel, survive the daemon) and, later,
-//! `fanotify` (permission events answered by the daemon).
+//! Backends: `bpf` (BPF LSM programs, decisions in the kernel, survive the daemon) and
+//! `fanotify` (permission events answered by the daemon, for kernels without BPF LSM);
+//! [`choose`] picks one by probing the kernel.
 
 pub mod bpf;
 pub mod event;
+pub mod fanotify;
 pub mod layer;
 pub mod selftest;
 
 pub use event::Decision;
+pub use fanotify::choose::{choose, BackendKind, Choice};
 pub use layer::LayerId;
 
 /// What a backend does with a file from an unverified layer.

@@ -71,6 +71,137 @@ pub fn bench() -> Result<()> {
     Ok(())
 }
 
+/// Runs the fanotify backend's tests (`daemon/tests/fanotify.rs`, the same binary as on the host)
+/// in a guest: on 6.1, where overlays must be marked one by one and `choose()` must pick BPF LSM,
+/// and on 6.12 booted with `bpf` left out of `lsm=`, where `choose()` must pick fanotify by
+/// itself. Fails unless libtest reports at least one pass and no failure.
+pub fn fanotify_test(series: KernelSeries) -> Result<()> {
+    let kernel = fetch_kernel(series)?;
+    let binary = fanotify_test_binary()?;
+    let (append, expected) = match series {
+        KernelSeries::V6_1 => ("", "bpf-lsm"),
+        KernelSeries::V6_12 => ("lsm=capability,landlock,lockdown,yama", "fanotify"),
+    };
+    let spec = GuestSpec {
+        files: vec![(binary, "/usr/bin/imagegate-fanotify-tests".into())],
+        modules: vec!["overlay".into()],
+        // For debugging a guest run: a libtest filter and a log filter, taken from the host.
+        command: format!(
+            "cat /sys/kernel/security/lsm; echo; \
+             IMAGEGATE_EXPECT_BACKEND={expected} RUST_LOG={log} \
+             /usr/bin/imagegate-fanotify-tests --test-threads=1 --nocapture {filter}",
+            log = std::env::var("IMAGEGATE_GUEST_LOG").unwrap_or_else(|_| "warn".into()),
+            filter = std::env::var("IMAGEGATE_GUEST_FILTER").unwrap_or_default(),
+        ),
+        append: append.into(),
+        memory_mib: 1024,
+        timeout: std::time::Duration::from_secs(900),
+    };
+    let output = run_guest(&kernel, "fanotify", &spec)?;
+    let (passed, failed) = scan_libtest(&output)?;
+    println!(
+        "vm fanotify {series} ({}{}): {passed} passed, {failed} failed",
+        kernel.release,
+        if append.is_empty() {
+            ""
+        } else {
+            ", bpf not in lsm="
+        }
+    );
+    if failed > 0 || passed == 0 {
+        bail!("the fanotify tests failed on {series}: {passed} passed, {failed} failed");
+    }
+    Ok(())
+}
+
+/// Builds `daemon/tests/fanotify.rs` (dev profile, as `cargo test` does) and returns the path of
+/// its executable, from cargo's JSON messages.
+fn fanotify_test_binary() -> Result<PathBuf> {
+    let messages = crate::setup::output(
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["test", "-p", "imagegate", "--test", "fanotify", "--no-run"])
+            .arg("--message-format=json")
+            .current_dir(crate::setup::workspace_root()),
+    )?;
+    messages
+        .lines()
+        .filter(|line| line.contains(r#""name":"fanotify""#) && line.contains(r#""test":true"#))
+        .find_map(|line| {
+            let rest = &line[line.find(r#""executable":""#)? + r#""executable":""#.len()..];
+            Some(PathBuf::from(&rest[..rest.find('"')?]))
+        })
+        .context("cargo reported no executable for daemon/tests/fanotify.rs")
+}
+
+/// `(passed, failed)` of the last libtest `test result:` line, requiring `/init`'s exit line (a
+/// guest that crashed or hung has none) and a failure count when the command failed.
+pub fn scan_libtest(output: &str) -> Result<(u32, u32)> {
+    let status: i32 = output
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix(initramfs::EXIT_MARKER))
+        .context("the guest never reported its command's exit status (crash or panic?)")?
+        .trim()
+        .parse()
+        .context("bad exit status line")?;
+    let line = output
+        .lines()
+        .rev()
+        .find(|line| line.contains("test result:"))
+        .context("the guest printed no libtest \"test result:\" line")?;
+    let count = |word: &str| -> Option<u32> {
+        line.split(';')
+            .find_map(|part| part.trim().strip_suffix(word))
+            .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+    };
+    let passed = count(" passed").context("no passed count")?;
+    let failed = count(" failed").context("no failed count")?;
+    if status != 0 && failed == 0 {
+        bail!("the guest command exited with status {status} after {passed} passed, 0 failed");
+    }
+    Ok((passed, failed))
+}
+
+/// Exec latency with the fanotify backend on versus off on this machine, beside a minimal
+/// allow-all responder measured in the same run (`daemon/tests/fanotify_bench.rs`, release).
+/// Runs on the host: fanotify needs no guest, and the marks cover a private tmpfs only.
+pub fn fanotify_bench() -> Result<()> {
+    let output = crate::setup::output(
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "imagegate",
+                "--test",
+                "fanotify_bench",
+                "--",
+            ])
+            .args([
+                "--ignored",
+                "--exact",
+                "exec_latency",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("RUST_LOG", "warn")
+            .current_dir(crate::setup::workspace_root()),
+    )?;
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|line| line.starts_with("bench "))
+        .collect();
+    if lines.len() < 3 {
+        bail!("the fanotify benchmark printed no results");
+    }
+    println!("\nexec latency, fanotify backend on this machine:");
+    for line in lines {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
 /// Builds the daemon and the suite (release), the LD_PRELOAD fixture library, and a guest that
 /// holds them with a dynamically linked host binary for the interpreter case.
 fn suite_guest(command: &str) -> Result<GuestSpec> {
@@ -186,6 +317,24 @@ mod tests {
     }
 
     #[test]
+    fn scans_libtest_results() -> Result<()> {
+        let output = "test a ... ok\ntest result: ok. 9 passed; 0 failed; 1 ignored; 0 measured\nIMAGEGATE-GUEST-EXIT 0\n";
+        assert_eq!(scan_libtest(output)?, (9, 0));
+        let failed =
+            "test result: FAILED. 8 passed; 2 failed; 1 ignored\nIMAGEGATE-GUEST-EXIT 101\n";
+        assert_eq!(scan_libtest(failed)?, (8, 2));
+        assert!(
+            scan_libtest("test result: ok. 9 passed; 0 failed;\n").is_err(),
+            "no exit line"
+        );
+        assert!(
+            scan_libtest("IMAGEGATE-GUEST-EXIT 101\n").is_err(),
+            "no result line"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn counts_tolerates_skips_and_prefixes() {
         assert_eq!(counts("1 passed, 0 failed"), Some((1, 0)));
         assert_eq!(counts("  12 passed, 3 failed, 4 skipped\r"), Some((12, 3)));
@@ -224,6 +373,22 @@ mod tests {
                 started.elapsed().as_secs_f64()
             );
             assert_eq!(scan_result(&output)?, (1, 0), "{series}");
+        }
+        Ok(())
+    }
+
+    /// The fanotify guests alone: `cargo test -p xtask fanotify_guests -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "downloads kernels and boots QEMU guests"]
+    fn fanotify_guests() -> Result<()> {
+        let only = std::env::var("IMAGEGATE_GUEST_KERNEL").ok();
+        for series in [KernelSeries::V6_1, KernelSeries::V6_12] {
+            if only
+                .as_deref()
+                .is_none_or(|only| only == series.to_string())
+            {
+                fanotify_test(series)?;
+            }
         }
         Ok(())
     }
