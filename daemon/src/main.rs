@@ -202,9 +202,8 @@ fn run(cli: Cli) -> Result<()> {
 fn run_daemon(config_path: &Path) -> Result<()> {
     use imagegate::{
         config::{BackendChoice, Config},
-        daemon::{serve, Daemon, Verifier},
         discover::{Credentials, DiscoveryConfig, RegistryClient},
-        verdict::{VerdictCache, VerdictStore},
+        verdict::VerdictStore,
     };
     // Everything is checked before anything is loaded: a partly understood configuration or
     // policy never starts the daemon.
@@ -237,23 +236,83 @@ fn run_daemon(config_path: &Path) -> Result<()> {
         None => None,
     };
 
-    if config.backend == BackendChoice::Fanotify {
-        bail!("the fanotify backend is not available in this build yet; use backend = \"bpf-lsm\" or \"auto\"");
-    }
-    let mut backend =
-        BpfBackend::install(&config.pin_dir).context("installing the BPF LSM backend")?;
-    let report = selftest::run(&mut backend, Path::new("/run/imagegate/selftest"))
-        .context("self-test failed: refusing to claim enforcement")?;
-    tracing::info!(deny_event = ?report.deny_event, startup = ?backend.startup(), "BPF LSM backend enforcing");
-    backend.set_mode(config.mode)?;
-    backend.set_drift(config.drift)?;
+    let kind = match config.backend {
+        BackendChoice::BpfLsm => imagegate::enforce::BackendKind::BpfLsm,
+        BackendChoice::Fanotify => imagegate::enforce::BackendKind::Fanotify,
+        BackendChoice::Auto => {
+            imagegate::enforce::choose()
+                .context("no enforcement backend works on this kernel")?
+                .backend
+        }
+    };
     let snapshots = config.containerd.snapshots_dir();
     std::fs::create_dir_all(&snapshots)
         .with_context(|| format!("creating {}", snapshots.display()))?;
+    let context = DaemonContext {
+        policy,
+        client,
+        store,
+        event_log,
+        config: config.clone(),
+    };
+    match kind {
+        imagegate::enforce::BackendKind::BpfLsm => {
+            let mut backend =
+                BpfBackend::install(&config.pin_dir).context("installing the BPF LSM backend")?;
+            let report = selftest::run(&mut backend, Path::new("/run/imagegate/selftest"))
+                .context("self-test failed: refusing to claim enforcement")?;
+            tracing::info!(deny_event = ?report.deny_event, startup = ?backend.startup(), "BPF LSM backend enforcing");
+            serve_with(backend, context)
+        }
+        imagegate::enforce::BackendKind::Fanotify => {
+            let backend = imagegate::enforce::fanotify::FanotifyBackend::start(
+                imagegate::enforce::fanotify::FanotifyConfig {
+                    mode: config.mode,
+                    drift: config.drift,
+                    ..Default::default()
+                },
+            )
+            .context("starting the fanotify backend")?;
+            tracing::info!(
+                "fanotify backend enforcing (exec only; executable mappings are not covered)"
+            );
+            serve_with(backend, context)
+        }
+    }
+}
+
+/// What the daemon needs besides its backend.
+struct DaemonContext {
+    policy: imagegate::policy::Policy,
+    client: imagegate::discover::RegistryClient,
+    store: imagegate::verdict::VerdictStore,
+    event_log: Option<std::fs::File>,
+    config: imagegate::config::Config,
+}
+
+fn serve_with<B: imagegate::enforce::Backend>(
+    mut backend: B,
+    context: DaemonContext,
+) -> Result<()> {
+    use imagegate::daemon::{serve, Daemon, Verifier};
+    let DaemonContext {
+        policy,
+        client,
+        store,
+        event_log,
+        config,
+    } = context;
+    let name = backend.name();
+    backend
+        .set_mode(config.mode)
+        .map_err(|e| anyhow::anyhow!("{name}: setting the mode: {e}"))?;
+    backend
+        .set_drift(config.drift)
+        .map_err(|e| anyhow::anyhow!("{name}: setting drift: {e}"))?;
+    let snapshots = config.containerd.snapshots_dir();
     backend
         .add_scope(&snapshots)
-        .with_context(|| format!("adding scope {}", snapshots.display()))?;
-
+        .map_err(|e| anyhow::anyhow!("{name}: adding scope {}: {e}", snapshots.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -271,7 +330,7 @@ fn run_daemon(config_path: &Path) -> Result<()> {
         let verifier = Verifier {
             policy: std::sync::Arc::new(policy),
             client: std::sync::Arc::new(client),
-            cache: std::sync::Arc::new(VerdictCache::new(Some(store))),
+            cache: std::sync::Arc::new(imagegate::verdict::VerdictCache::new(Some(store))),
         };
         let daemon = Daemon::new(backend, verifier, containerd);
         serve::serve(
