@@ -11,10 +11,32 @@ pub struct PrivateContainerd {
     child: Child,
     pub dir: PathBuf,
     pub socket: PathBuf,
+    /// Where root and state live (the tmpfs for `start_on_tmpfs`).
+    pub data: PathBuf,
 }
 
 impl PrivateContainerd {
+    /// Starts containerd with root and state on a fresh tmpfs under `dir`, so that fanotify
+    /// filesystem marks on the snapshotter root cover only that tmpfs, never the host's disk.
+    pub fn start_on_tmpfs(dir: &Path) -> Self {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &data,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0711"),
+        )
+        .expect("mount tmpfs for containerd");
+        Self::start_with_data(dir, &data)
+    }
+
     pub fn start(dir: &Path) -> Self {
+        Self::start_with_data(dir, dir)
+    }
+
+    fn start_with_data(dir: &Path, data: &Path) -> Self {
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
         std::fs::write(
@@ -23,8 +45,8 @@ impl PrivateContainerd {
                 "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
                  [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
-                root = dir.join("root").display(),
-                state = dir.join("state").display(),
+                root = data.join("root").display(),
+                state = data.join("state").display(),
                 socket = socket.display(),
             ),
         )
@@ -49,6 +71,7 @@ impl PrivateContainerd {
             child,
             dir: dir.to_owned(),
             socket,
+            data: data.to_owned(),
         };
         // The socket appears before the services answer.
         while !me.ctr(&["version"]).status.success() {
@@ -119,6 +142,7 @@ impl Drop for PrivateContainerd {
             for target in ours.into_iter().rev() {
                 let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
             }
+            let _ = nix::mount::umount2(&self.data, nix::mount::MntFlags::MNT_DETACH);
         }
         if !std::thread::panicking() {
             // Keep the directory (and containerd.log) of a failed test for a post-mortem.

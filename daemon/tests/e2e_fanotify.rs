@@ -1,0 +1,284 @@
+//! End to end on this machine: `imagegate daemon` (fanotify backend, since this kernel refuses
+//! BPF LSM programs) watching a private containerd whose root is on its own tmpfs, real runc
+//! containers started with `ctr run`:
+//! a trusted image's entrypoint runs; an untrusted image's cannot execute (`operation not
+//! permitted`) and an event names the image and its digest; an image made of a trusted base plus
+//! an untrusted top layer cannot run the top layer's binary; drift is denied; audit mode reports
+//! and allows.
+//!
+//! Trust here comes from the policy's `accept`/`reject` scopes so that this test needs no
+//! registry; signature verification has its own tests (registry.rs, testvectors.rs).
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::{
+    containerd::PrivateContainerd,
+    image::{self, File},
+};
+
+const POLICY: &str = r#"version = 1
+[default]
+require = "reject"
+[[scope]]
+match = "registry.test/trusted/**"
+require = "accept"
+"#;
+
+/// The daemon under test, killed by pid when dropped (the kernel then allows what is pending).
+struct DaemonProcess {
+    child: Child,
+}
+
+impl DaemonProcess {
+    fn start(config: &Path, log: &Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+            .args(["daemon", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(log.with_extension("stdout")).expect("log"))
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("start imagegate daemon");
+        Self { child }
+    }
+
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none()
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn busybox() -> Vec<u8> {
+    std::fs::read("/bin/busybox").expect("busybox (apt-get install busybox-static)")
+}
+
+fn write_config(dir: &Path, containerd: &PrivateContainerd, mode: &str) -> PathBuf {
+    let config = dir.join(format!("imagegate-{mode}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "mode = \"{mode}\"\ndrift = \"deny\"\nbackend = \"fanotify\"\npolicy = \"{policy}\"\n\
+             state_dir = \"{state}\"\nevent_log = \"{events}\"\nstatus_socket = \"{status}\"\n\
+             [containerd]\nsocket = \"{socket}\"\nroot = \"{root}\"\n",
+            policy = dir.join("policy.toml").display(),
+            state = dir.join(format!("state-{mode}")).display(),
+            events = dir.join(format!("events-{mode}.jsonl")).display(),
+            status = dir.join("status.sock").display(),
+            socket = containerd.socket.display(),
+            root = containerd.data.join("root").display(),
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// Waits until `imagegate status` reports `images` judged images.
+fn wait_ready(dir: &Path, images: u64, daemon_log: &Path) {
+    let started = Instant::now();
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+            .args(["status", "--socket"])
+            .arg(dir.join("status.sock"))
+            .output()
+            .expect("imagegate status");
+        if out.status.success() {
+            let status: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("status JSON");
+            let judged = status["images"]["trusted"].as_u64().unwrap_or(0)
+                + status["images"]["untrusted"].as_u64().unwrap_or(0);
+            if judged >= images {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "daemon not ready: {}",
+            std::fs::read_to_string(daemon_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run(containerd: &PrivateContainerd, image: &str, id: &str, args: &[&str]) -> Output {
+    let mut command = vec!["run", "--rm", image, id];
+    command.extend_from_slice(args);
+    let out = containerd.ctr(&command);
+    // A failed start can leave the container record behind.
+    let _ = containerd.ctr(&["containers", "rm", id]);
+    out
+}
+
+fn events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+fn wait_for_event(path: &Path, what: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        if let Some(event) = events(path).into_iter().find(|e| what(e)) {
+            return event;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no such event in {:?}",
+            events(path)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn daemon_enforces_on_real_containers_with_fanotify() {
+    if !support::is_root() {
+        eprintln!("skipping: containerd, runc and fanotify need root");
+        return;
+    }
+    let dir = support::scratch_dir("e2e-fanotify");
+    let containerd = PrivateContainerd::start_on_tmpfs(&dir);
+    std::fs::write(dir.join("policy.toml"), POLICY).expect("policy");
+
+    let base = image::layer(&[File::new("bin/busybox", busybox(), 0o755)]);
+    let trusted = image::image(vec![base.clone()]);
+    let untrusted = image::image(vec![image::layer(&[
+        File::new("bin/busybox", busybox(), 0o755),
+        File::new("etc/untrusted", "x", 0o644),
+    ])]);
+    let mixed = image::image(vec![
+        base,
+        image::layer(&[File::new("bin/evil", busybox(), 0o755)]),
+    ]);
+    for (name, img) in [
+        ("registry.test/trusted/app:1", &trusted),
+        ("registry.test/untrusted/app:1", &untrusted),
+        ("registry.test/mixed/app:1", &mixed),
+    ] {
+        let archive = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        image::write_archive(&archive, name, img, false);
+        containerd.import("default", &archive);
+    }
+
+    // Enforce mode.
+    let config = write_config(&dir, &containerd, "enforce");
+    let daemon_log = dir.join("daemon-enforce.log");
+    let daemon = DaemonProcess::start(&config, &daemon_log);
+    wait_ready(&dir, 3, &daemon_log);
+    let events_path = dir.join("events-enforce.jsonl");
+
+    let out = run(
+        &containerd,
+        "registry.test/trusted/app:1",
+        "c-trusted",
+        &["/bin/busybox", "echo", "hello"],
+    );
+    assert!(
+        out.status.success(),
+        "trusted container failed: {out:?}\n{}",
+        std::fs::read_to_string(&daemon_log).unwrap_or_default()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+
+    let out = run(
+        &containerd,
+        "registry.test/untrusted/app:1",
+        "c-untrusted",
+        &["/bin/busybox", "echo", "hello"],
+    );
+    assert!(!out.status.success(), "untrusted container ran: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("operation not permitted"),
+        "unexpected failure: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event = wait_for_event(&events_path, |e| {
+        e["verdict"] == "denied"
+            && e["images"].as_array().is_some_and(|images| {
+                images
+                    .iter()
+                    .any(|i| i["image"]["name"] == "registry.test/untrusted/app:1")
+            })
+    });
+    let owner = event["images"].as_array().expect("images")[0].clone();
+    assert_eq!(
+        owner["manifest_digest"],
+        untrusted.manifest_digest(),
+        "{event}"
+    );
+
+    // Trusted base, untrusted top layer: the base's binary runs, the top layer's cannot.
+    let out = run(
+        &containerd,
+        "registry.test/mixed/app:1",
+        "c-mixed-base",
+        &["/bin/busybox", "true"],
+    );
+    assert!(
+        out.status.success(),
+        "base binary of the mixed image failed: {out:?}"
+    );
+    let out = run(
+        &containerd,
+        "registry.test/mixed/app:1",
+        "c-mixed-top",
+        &["/bin/evil", "true"],
+    );
+    assert!(
+        !out.status.success(),
+        "top-layer binary of the mixed image ran: {out:?}"
+    );
+
+    // Drift: a binary written into the container's writable layer cannot run.
+    let out = run(
+        &containerd,
+        "registry.test/trusted/app:1",
+        "c-drift",
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox cp /bin/busybox /dropped && /dropped true",
+        ],
+    );
+    assert!(!out.status.success(), "drift ran: {out:?}");
+    wait_for_event(&events_path, |e| e["reason"] == "drift");
+    daemon.stop();
+
+    // Audit mode: the untrusted image runs, and is reported.
+    let config = write_config(&dir, &containerd, "audit");
+    let daemon_log = dir.join("daemon-audit.log");
+    let daemon = DaemonProcess::start(&config, &daemon_log);
+    wait_ready(&dir, 3, &daemon_log);
+    let out = run(
+        &containerd,
+        "registry.test/untrusted/app:1",
+        "c-audit",
+        &["/bin/busybox", "echo", "hello"],
+    );
+    assert!(out.status.success(), "audit mode blocked: {out:?}");
+    wait_for_event(&dir.join("events-audit.jsonl"), |e| e["verdict"] == "audit");
+    daemon.stop();
+}
