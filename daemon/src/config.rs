@@ -210,4 +210,11 @@ mod tests {
         let error = Config::parse(Path::new("c.toml"), "mode = \"off\"\n").expect_err("bad mode");
         assert!(error.to_string().contains("line 1"), "{error}");
     }
+
+    #[test]
+    fn the_packaged_config_parses_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/imagegate.toml");
+        let packaged = Config::load(&path).expect("packaged config parses");
+        assert_eq!(packaged, Config::default(), "the packaged file must show the defaults");
+    }
 }
