@@ -215,6 +215,10 @@ mod tests {
     fn the_packaged_config_parses_and_states_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/imagegate.toml");
         let packaged = Config::load(&path).expect("packaged config parses");
-        assert_eq!(packaged, Config::default(), "the packaged file must show the defaults");
+        assert_eq!(
+            packaged,
+            Config::default(),
+            "the packaged file must show the defaults"
+        );
     }
 }

@@ -176,11 +176,7 @@ async fn reconcile_and_events_keep_the_backend_table_true() {
             .writable
             .contains_key(&("default".into(), "container-1".into()))
     {
-        let envelope = tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .expect("events within 10 s")
-            .expect("event stream open");
-        daemon.handle_event(&envelope).await.expect("handle event");
+        handle_next(&mut daemon, &mut events, deadline).await;
     }
     assert_eq!(
         state(&daemon, shared_id),
@@ -197,17 +193,26 @@ async fn reconcile_and_events_keep_the_backend_table_true() {
         .writable
         .contains_key(&("default".into(), "container-1".into()))
     {
-        let envelope = tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .expect("events within 10 s")
-            .expect("event stream open");
-        daemon.handle_event(&envelope).await.expect("handle event");
+        handle_next(&mut daemon, &mut events, deadline).await;
     }
     assert_eq!(
         state(&daemon, writable),
         None,
         "a removed container's writable layer is forgotten"
     );
+}
+
+/// Feeds the next containerd event to the daemon, failing at `deadline`.
+async fn handle_next(
+    daemon: &mut Daemon<RecordingBackend>,
+    events: &mut tokio::sync::mpsc::Receiver<containerd_client::types::Envelope>,
+    deadline: tokio::time::Instant,
+) {
+    let envelope = tokio::time::timeout_at(deadline, events.recv())
+        .await
+        .expect("events within 10 s")
+        .expect("event stream open");
+    daemon.handle_event(&envelope).await.expect("handle event");
 }
 
 /// The top chainID of an image the daemon knows.

@@ -170,44 +170,29 @@ impl BpfBackend {
             return Err(BpfError::NoObject);
         }
         lsm_active()?;
-        ensure_overlay_loaded();
         ensure_bpffs(pin_dir)?;
-        let vmlinux = Btf::vmlinux()?;
-        let overlay = vmlinux.module("overlay")?;
-        let kernel_offsets = offsets::from_btf(&vmlinux, overlay.as_ref())?;
         std::fs::create_dir_all(pin_dir).map_err(|source| BpfError::Io {
             path: pin_dir.to_owned(),
             source,
         })?;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(OFFSETS_GLOBAL, &kernel_offsets, true)
-            .default_map_pin_directory(pin_dir)
-            .load(OBJECT)?;
-        let btf = AyaBtf::from_sys_fs()?;
-        for (program, hook) in PROGRAMS {
-            let pin = link_pin(pin_dir, program);
-            if pin.exists() {
-                continue;
-            }
-            let lsm: &mut Lsm = ebpf
-                .program_mut(program)
-                .ok_or(BpfError::MissingProgram { program })?
-                .try_into()
-                .map_err(|source| BpfError::Program { program, source })?;
-            lsm.load(hook, &btf)
-                .map_err(|source| BpfError::Program { program, source })?;
-            let link_id = lsm
-                .attach()
-                .map_err(|source| BpfError::Program { program, source })?;
-            let link = lsm
-                .take_link(link_id)
-                .map_err(|source| BpfError::Program { program, source })?;
-            let fd_link: FdLink = link.into();
-            fd_link
-                .pin(&pin)
-                .map_err(|source| BpfError::Pin { path: pin, source })?;
-        }
-        drop(ebpf);
+        load_programs(
+            pin_dir,
+            |program| !link_pin(pin_dir, program).exists(),
+            |program, lsm| {
+                let pin = link_pin(pin_dir, program);
+                let link_id = lsm
+                    .attach()
+                    .map_err(|source| BpfError::Program { program, source })?;
+                let link = lsm
+                    .take_link(link_id)
+                    .map_err(|source| BpfError::Program { program, source })?;
+                let fd_link: FdLink = link.into();
+                fd_link
+                    .pin(&pin)
+                    .map_err(|source| BpfError::Pin { path: pin, source })?;
+                Ok(())
+            },
+        )?;
         Self::open(pin_dir, Startup::Loaded)
     }
 
@@ -559,42 +544,53 @@ fn ensure_overlay_loaded() {
     }
 }
 
-/// Loads (does not attach) every program into the kernel and unloads it again: proves the
-/// verifier accepts them on this kernel. Maps go to a scratch pin directory that is removed.
-pub fn probe_load() -> Result<String, BpfError> {
+/// Reads the kernel's struct offsets from BTF, loads the object with its maps pinned under
+/// `pin_dir`, and passes each `wanted` program, once the kernel's verifier accepted it, to
+/// `loaded` (which attaches and pins it, or does nothing for a probe).
+fn load_programs(
+    pin_dir: &Path,
+    wanted: impl Fn(&str) -> bool,
+    mut loaded: impl FnMut(&'static str, &mut Lsm) -> Result<(), BpfError>,
+) -> Result<(), BpfError> {
     if OBJECT.is_empty() {
         return Err(BpfError::NoObject);
     }
     ensure_overlay_loaded();
-    ensure_bpffs(Path::new("/sys/fs/bpf/x"))?;
     let vmlinux = Btf::vmlinux()?;
     let overlay = vmlinux.module("overlay")?;
     let kernel_offsets = offsets::from_btf(&vmlinux, overlay.as_ref())?;
+    let mut ebpf = EbpfLoader::new()
+        .override_global(OFFSETS_GLOBAL, &kernel_offsets, true)
+        .default_map_pin_directory(pin_dir)
+        .load(OBJECT)?;
+    let btf = AyaBtf::from_sys_fs()?;
+    for (program, hook) in PROGRAMS {
+        if !wanted(program) {
+            continue;
+        }
+        let lsm: &mut Lsm = ebpf
+            .program_mut(program)
+            .ok_or(BpfError::MissingProgram { program })?
+            .try_into()
+            .map_err(|source| BpfError::Program { program, source })?;
+        lsm.load(hook, &btf)
+            .map_err(|source| BpfError::Program { program, source })?;
+        loaded(program, lsm)?;
+    }
+    Ok(())
+}
+
+/// Loads (does not attach) every program into the kernel and unloads it again: proves the
+/// verifier accepts them on this kernel. Maps go to a scratch pin directory that is removed.
+pub fn probe_load() -> Result<String, BpfError> {
+    ensure_bpffs(Path::new("/sys/fs/bpf/x"))?;
     let scratch = Path::new("/sys/fs/bpf").join(format!("imagegate-probe-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|source| BpfError::Io {
         path: scratch.clone(),
         source,
     })?;
-    let result = (|| {
-        let mut ebpf = EbpfLoader::new()
-            .override_global(OFFSETS_GLOBAL, &kernel_offsets, true)
-            .default_map_pin_directory(&scratch)
-            .load(OBJECT)?;
-        let btf = AyaBtf::from_sys_fs()?;
-        for (program, hook) in PROGRAMS {
-            let lsm: &mut Lsm = ebpf
-                .program_mut(program)
-                .ok_or(BpfError::MissingProgram { program })?
-                .try_into()
-                .map_err(|source| BpfError::Program { program, source })?;
-            lsm.load(hook, &btf)
-                .map_err(|source| BpfError::Program { program, source })?;
-        }
-        Ok(format!(
-            "{} LSM programs passed the verifier",
-            PROGRAMS.len()
-        ))
-    })();
+    let result = load_programs(&scratch, |_| true, |_, _| Ok(()))
+        .map(|()| format!("{} LSM programs passed the verifier", PROGRAMS.len()));
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
