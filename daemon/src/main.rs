@@ -1,5 +1,7 @@
 //! The `imagegate` binary: one command with subcommands.
 
+mod offline_verify;
+
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
@@ -65,10 +67,26 @@ enum Command {
         /// docker config.json with registry credentials.
         #[arg(long)]
         docker_config: Option<PathBuf>,
-        /// Print the verdict as JSON.
+        /// Take insecure registries and credentials from this daemon configuration file.
         #[arg(long)]
-        json: bool,
+        config: Option<PathBuf>,
+        /// `text` or `json`.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
+    /// Verify a detached cosign signature offline (cosign's flag names). Exit 0/1/2.
+    VerifySignature(offline_verify::SignatureArgs),
+    /// Verify a sigstore bundle offline (cosign's flag names). Exit 0/1/2.
+    VerifyBundle(offline_verify::BundleArgs),
+}
+
+/// How a verification result is printed.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Output {
+    /// For people.
+    Text,
+    /// One JSON document.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -186,16 +204,38 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify {
             image,
             policy,
-            insecure_registry,
-            docker_config,
-            json,
-        } => verify(
-            &image,
-            &policy,
-            insecure_registry,
-            docker_config.as_deref(),
-            json,
-        ),
+            mut insecure_registry,
+            mut docker_config,
+            config,
+            output,
+        } => {
+            if let Some(path) = config {
+                let config =
+                    imagegate::config::Config::load(&path).context("loading the configuration")?;
+                insecure_registry.extend(config.registry.insecure);
+                docker_config = docker_config.or(config.registry.docker_config);
+            }
+            exit_with(verify(
+                &image,
+                &policy,
+                insecure_registry,
+                docker_config.as_deref(),
+                matches!(output, Output::Json),
+            ))
+        }
+        Command::VerifySignature(args) => exit_with(offline_verify::signature(&args)),
+        Command::VerifyBundle(args) => exit_with(offline_verify::bundle(&args)),
+    }
+}
+
+/// Exit 0/1 as the verification decided; 2 when it could not be checked at all.
+fn exit_with(result: Result<i32>) -> ! {
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            eprintln!("imagegate: {error:#}");
+            std::process::exit(2);
+        }
     }
 }
 
@@ -352,7 +392,7 @@ fn verify(
     insecure_registries: Vec<String>,
     docker_config: Option<&Path>,
     json: bool,
-) -> Result<()> {
+) -> Result<i32> {
     use imagegate::discover::{Credentials, DiscoveryConfig, Platform, RegistryClient};
     let policy = imagegate::policy::Policy::load(policy_path).context("loading the policy")?;
     let credentials = match docker_config {
@@ -383,7 +423,7 @@ fn verify(
         print!("{verdict}");
     }
     std::io::stdout().flush()?;
-    std::process::exit(verdict.exit_code());
+    Ok(verdict.exit_code())
 }
 
 fn open(pin_dir: &Path) -> Result<BpfBackend> {

@@ -473,7 +473,14 @@ async fn verify_command_reports_verdicts_with_exit_codes() {
     };
     let run = |name: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_imagegate"))
-            .args(["verify", "--json", "--insecure-registry", &addr, "--policy"])
+            .args([
+                "verify",
+                "--output",
+                "json",
+                "--insecure-registry",
+                &addr,
+                "--policy",
+            ])
             .arg(&policy_path)
             .arg(reference(name))
             .output()
