@@ -75,7 +75,11 @@ pub struct SignatureArtifact {
 }
 
 /// Builds the `.sig` artifact signing `manifest_digest` (pulled as `docker_reference`) with `key`.
-pub fn legacy_artifact(key: &Key, docker_reference: &str, manifest_digest: &str) -> SignatureArtifact {
+pub fn legacy_artifact(
+    key: &Key,
+    docker_reference: &str,
+    manifest_digest: &str,
+) -> SignatureArtifact {
     let payload = payload(docker_reference, manifest_digest);
     let payload_digest = digest(&payload);
     // cosign writes a minimal image config naming the payload as the only diff id.
