@@ -2,6 +2,7 @@
 //! process is ours: it is stopped by its pid when [`LocalRegistry`] is dropped.
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -40,7 +41,9 @@ impl LocalRegistry {
         .map_err(io("writing the registry config"))?;
         let log = std::fs::File::create(dir.join("registry.log"))
             .map_err(io("creating the registry log"))?;
+        // Its own process group: a terminal's Ctrl-C goes to the caller, which stops it by pid.
         let child = Command::new(REGISTRY_BIN)
+            .process_group(0)
             .arg("serve")
             .arg(&config)
             .stdout(Stdio::null())

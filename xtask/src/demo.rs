@@ -7,8 +7,10 @@
 //! when a step fails (and leftovers of an interrupted run are cleaned at the next start).
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -56,6 +58,7 @@ pub fn run() -> Result<()> {
     }
     setup::run()?;
     setup::cargo(&["build", "-p", "imagegate"])?;
+    catch_interrupts()?;
     let imagegate = target_dir().join("debug/imagegate");
     let dir = setup::workspace_root().join("target/demo");
     clean_leftovers(&dir);
@@ -80,15 +83,15 @@ pub fn run() -> Result<()> {
 
 fn demo(running: &mut Running, imagegate: &Path) -> Result<()> {
     let dir = running.dir.clone();
-    step("starting a private containerd (root and state on a tmpfs under target/demo)");
+    step("starting a private containerd (root and state on a tmpfs under target/demo)")?;
     let socket = start_containerd(running)?;
-    step("starting docker-registry on 127.0.0.1");
+    step("starting docker-registry on 127.0.0.1")?;
     let registry =
         LocalRegistry::start(&dir.join("registry")).context("starting docker-registry")?;
     let addr = registry.addr.clone();
     running.registry = Some(registry);
 
-    step("building, pushing and signing the demo images");
+    step("building, pushing and signing the demo images")?;
     let demo_key = Key::generate()?;
     let untrusted_key = Key::generate()?;
     std::fs::write(dir.join("demo-key.pub"), demo_key.public_pem()?)?;
@@ -138,10 +141,11 @@ fn demo(running: &mut Running, imagegate: &Path) -> Result<()> {
         ),
     )?;
 
-    step("starting imagegate daemon (enforce mode)");
+    step("starting imagegate daemon (enforce mode)")?;
     let log = dir.join("imagegate.log");
     running.daemon = Some(
         Command::new(imagegate)
+            .process_group(0)
             .args(["daemon", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -158,7 +162,7 @@ fn demo(running: &mut Running, imagegate: &Path) -> Result<()> {
     )
     .with_context(|| daemon_log(&log))?;
 
-    step("pulling the images into the private containerd (ctr images pull --plain-http)");
+    step("pulling the images into the private containerd (ctr images pull --plain-http)")?;
     let reference = |img: &DemoImage| format!("{addr}/{}:v1", img.repo);
     for img in &images {
         let out = ctr(
@@ -173,7 +177,7 @@ fn demo(running: &mut Running, imagegate: &Path) -> Result<()> {
             );
         }
     }
-    step("waiting for the daemon's verdicts (imagegate status)");
+    step("waiting for the daemon's verdicts (imagegate status)")?;
     let mut verdicts = Vec::new();
     wait_for(Duration::from_secs(60), "verdicts for every image", || {
         verdicts = images
@@ -187,7 +191,7 @@ fn demo(running: &mut Running, imagegate: &Path) -> Result<()> {
         .and_then(|s| s["backend"].as_str().map(str::to_owned))
         .unwrap_or_else(|| "?".into());
 
-    step("running each image with ctr run --rm");
+    step("running each image with ctr run --rm")?;
     let events_path = dir.join("events.jsonl");
     let mut summary = String::new();
     summary.push_str(&format!(
@@ -197,6 +201,9 @@ fn demo(running: &mut Running, imagegate: &Path) -> Result<()> {
          \x20        everything else is rejected\n"
     ));
     for (index, (img, verdict)) in images.iter().zip(&verdicts).enumerate() {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted; stopping what the demo started");
+        }
         let name = reference(img);
         let digest = img.image.manifest_digest();
         let verdict = verdict.clone().unwrap_or(Value::Null);
@@ -266,7 +273,7 @@ fn demo(running: &mut Running, imagegate: &Path) -> Result<()> {
     ));
     println!("{summary}");
     std::fs::write(dir.join("summary.txt"), &summary)?;
-    step("stopping the daemon, the registry and containerd; unmounting the tmpfs");
+    eprintln!("xtask demo: stopping the daemon, the registry and containerd; unmounting the tmpfs");
     Ok(())
 }
 
@@ -326,8 +333,36 @@ fn demo_images() -> Result<Vec<DemoImage>> {
     ])
 }
 
-fn step(what: &str) {
+/// Set by SIGINT/SIGTERM: the demo then stops at the next step and tears down as on an error.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: std::os::raw::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C must not kill the demo before it has stopped what it started and unmounted its
+/// tmpfs; the long-lived children run in their own process groups so the terminal's SIGINT
+/// reaches only the demo, which stops them in order.
+fn catch_interrupts() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.context("installing a signal handler")?;
+    }
+    Ok(())
+}
+
+fn step(what: &str) -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; stopping what the demo started");
+    }
     eprintln!("xtask demo: {what}");
+    Ok(())
 }
 
 fn target_dir() -> PathBuf {
@@ -363,6 +398,7 @@ fn start_containerd(running: &mut Running) -> Result<PathBuf> {
     )?;
     running.containerd = Some(
         Command::new("containerd")
+            .process_group(0)
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
@@ -529,6 +565,9 @@ fn daemon_log(log: &Path) -> String {
 fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
     let started = Instant::now();
     loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted while waiting for {what}");
+        }
         if done() {
             return Ok(());
         }
