@@ -5,6 +5,7 @@
 //! `vm-test` boots one Debian kernel in QEMU and runs the kernel enforcement suite in it;
 //! `bench` runs the benchmarks; `demo` shows the product end to end.
 
+mod demo;
 mod setup;
 mod vm;
 
@@ -48,10 +49,7 @@ fn main() {
             let fanotify = vm::fanotify_bench();
             bpf.and(fanotify)
         }),
-        Command::Demo => {
-            println!("cargo xtask demo: not yet available (lands with the daemon issue)");
-            Ok(())
-        }
+        Command::Demo => demo::run(),
     };
     if let Err(error) = result {
         eprintln!("xtask: {error:#}");

@@ -315,7 +315,16 @@ impl<B: Backend> Daemon<B> {
                     self.refresh_image(namespace, &event.name).await?;
                 }
             }
-            "/snapshot/commit" => self.refresh_unpacked().await?,
+            "/snapshot/commit" => {
+                // Unpacking prepares each layer as an active snapshot (on overlayfs, with an
+                // upper dir once it has a parent) and commits it in place: the committed layer
+                // is the same directory, so it must stop counting as a writable layer (else an
+                // exec from it is reported as drift) before the image's layers are re-located.
+                if let Ok(event) = events::SnapshotCommit::decode(any.value.as_slice()) {
+                    self.untrack_active(namespace, &event.key)?;
+                }
+                self.refresh_unpacked().await?;
+            }
             "/snapshot/prepare" => {
                 if let Ok(event) = events::SnapshotPrepare::decode(any.value.as_slice()) {
                     if event.snapshotter.is_empty()
