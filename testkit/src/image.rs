@@ -43,6 +43,8 @@ pub struct Image {
     pub layers: Vec<Vec<u8>>,
     pub config: Vec<u8>,
     pub manifest: Vec<u8>,
+    /// The layers' digests as the config lists them (uncompressed layers: the same as blobs).
+    pub diff_ids: Vec<String>,
 }
 
 impl Image {
@@ -111,5 +113,6 @@ pub fn image(layers: Vec<Vec<u8>>, entrypoint: &[&str]) -> Image {
         layers,
         config,
         manifest,
+        diff_ids,
     }
 }

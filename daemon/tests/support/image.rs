@@ -1,110 +1,18 @@
-//! Builds OCI images in memory (uncompressed tar layers) and writes them as OCI archives that
-//! `ctr images import` takes. Digests are computed here, so tests know every chainID in advance.
+//! OCI images built in memory (testkit's builder), written as OCI archives that
+//! `ctr images import` takes. Digests are known up front, so tests know every chainID.
 
 use std::path::Path;
 
-use sha2::{Digest as _, Sha256};
+pub use imagegate_testkit::image::{digest, File, Image};
 
-/// A file in a layer: path inside the image, contents, mode.
-pub struct File {
-    pub path: String,
-    pub contents: Vec<u8>,
-    pub mode: u32,
-}
-
-impl File {
-    pub fn new(path: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
-        Self {
-            path: path.to_owned(),
-            contents: contents.into(),
-            mode,
-        }
-    }
-}
-
-pub fn digest(bytes: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    )
-}
-
-/// An image's blobs.
-pub struct Image {
-    pub layers: Vec<Vec<u8>>,
-    pub config: Vec<u8>,
-    pub manifest: Vec<u8>,
-    pub diff_ids: Vec<String>,
-}
-
-impl Image {
-    pub fn manifest_digest(&self) -> String {
-        digest(&self.manifest)
-    }
-}
-
-/// A tar of `files` (parent directories added as needed).
+/// A tar of `files` (testkit's builder; panics in tests rather than returning errors).
 pub fn layer(files: &[File]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut dirs = std::collections::BTreeSet::new();
-    for file in files {
-        let mut parent = Path::new(&file.path).parent();
-        let mut chain = Vec::new();
-        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
-            chain.push(dir.to_owned());
-            parent = dir.parent();
-        }
-        for dir in chain.into_iter().rev() {
-            if dirs.insert(dir.clone()) {
-                let mut header = tar::Header::new_gnu();
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_mode(0o755);
-                header.set_size(0);
-                header.set_mtime(0);
-                builder
-                    .append_data(&mut header, &dir, std::io::empty())
-                    .expect("tar dir");
-            }
-        }
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(file.mode);
-        header.set_size(file.contents.len() as u64);
-        header.set_mtime(0);
-        builder
-            .append_data(&mut header, &file.path, file.contents.as_slice())
-            .expect("tar file");
-    }
-    builder.into_inner().expect("tar")
+    imagegate_testkit::image::layer(files).expect("build a layer tar")
 }
 
-/// An image of `layers` (each already a tar) for linux/amd64.
+/// A linux/amd64 image of `layers`; the tests name what they run, so the entrypoint is a stub.
 pub fn image(layers: Vec<Vec<u8>>) -> Image {
-    let diff_ids: Vec<String> = layers.iter().map(|l| digest(l)).collect();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Entrypoint": ["/bin/true"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .expect("config json");
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
-        "layers": layers.iter().map(|l| serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(l), "size": l.len()
-        })).collect::<Vec<_>>(),
-    }))
-    .expect("manifest json");
-    Image {
-        layers,
-        config,
-        manifest,
-        diff_ids,
-    }
+    imagegate_testkit::image::image(layers, &["/bin/true"])
 }
 
 /// Writes an OCI archive holding `image` under `name`; with `index`, the archive's index points
