@@ -43,7 +43,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Setup => setup::run(),
         Command::Test => test(),
-        Command::VmTest { kernel } => setup::run().and_then(|()| vm::test(kernel)),
+        Command::VmTest { kernel } => setup::run().and_then(|()| vm::test(kernel).map(drop)),
         Command::Bench => setup::run().and_then(|()| {
             let bpf = vm::bench();
             let fanotify = vm::fanotify_bench();
@@ -61,19 +61,32 @@ fn test() -> Result<()> {
     setup::run()?;
     // The registry tests skip without docker-registry; here it is installed, so a skip is a failure.
     std::env::set_var("IMAGEGATE_REQUIRE_REGISTRY", "1");
-    setup::cargo(&["test", "--workspace", "--exclude", "imagegate-ebpf"])?;
+    let (mut passed, mut failed_count) =
+        setup::cargo_test(&["test", "--workspace", "--exclude", "imagegate-ebpf"])?;
     let mut failed = Vec::new();
     for kernel in [vm::KernelSeries::V6_1, vm::KernelSeries::V6_12] {
-        if let Err(error) = vm::test(kernel) {
-            eprintln!("xtask: vm-test {kernel}: {error:#}");
-            failed.push(kernel.to_string());
+        match vm::test(kernel) {
+            Ok((p, f)) => {
+                (passed, failed_count) = (passed + u64::from(p), failed_count + u64::from(f))
+            }
+            Err(error) => {
+                eprintln!("xtask: vm-test {kernel}: {error:#}");
+                failed.push(kernel.to_string());
+            }
         }
-        if let Err(error) = vm::fanotify_test(kernel) {
-            eprintln!("xtask: fanotify guest {kernel}: {error:#}");
-            failed.push(format!("{kernel} (fanotify)"));
+        match vm::fanotify_test(kernel) {
+            Ok((p, f)) => {
+                (passed, failed_count) = (passed + u64::from(p), failed_count + u64::from(f))
+            }
+            Err(error) => {
+                eprintln!("xtask: fanotify guest {kernel}: {error:#}");
+                failed.push(format!("{kernel} (fanotify)"));
+            }
         }
     }
     if failed.is_empty() {
+        // One closing line over every suite: host tests and all guests.
+        println!("total: {passed} passed, {failed_count} failed");
         Ok(())
     } else {
         anyhow::bail!("VM suites failed on: {}", failed.join(", "))

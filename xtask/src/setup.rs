@@ -151,6 +151,66 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
+/// Runs `cargo test ARGS` in the workspace root, echoing its output, and returns the summed
+/// `N passed; M failed` of every test binary it ran.
+pub fn cargo_test(args: &[&str]) -> Result<(u64, u64)> {
+    use std::io::BufRead as _;
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = result_counts(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok((passed, failed))
+}
+
+/// `(passed, failed)` of a libtest `test result: ok. N passed; M failed; ...` line.
+fn result_counts(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| {
+        rest.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .strip_suffix(word)?
+                    .trim()
+                    .rsplit(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    Some((count(" passed"), count(" failed")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_libtest_result_lines() {
+        let line = "test result: ok. 38 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.39s";
+        assert_eq!(super::result_counts(line), Some((38, 2)));
+        assert_eq!(
+            super::result_counts("test result: FAILED. 0 passed; 1 failed; 0 ignored"),
+            Some((0, 1))
+        );
+        assert_eq!(super::result_counts("running 3 tests"), None);
+    }
+}
+
 /// Runs a command, failing with its name when it fails.
 pub fn run_command(command: &mut Command) -> Result<()> {
     let status = command

@@ -34,7 +34,7 @@ impl std::fmt::Display for KernelSeries {
 
 /// Runs the kernel enforcement suite (tests/vm) in a guest booted on `series`; fails unless it
 /// reports at least one pass and no failure.
-pub fn test(series: KernelSeries) -> Result<()> {
+pub fn test(series: KernelSeries) -> Result<(u32, u32)> {
     let kernel = fetch_kernel(series)?;
     let spec = suite_guest("/usr/bin/imagegate-vm-suite")?;
     let output = run_guest(&kernel, "suite", &spec)?;
@@ -46,7 +46,7 @@ pub fn test(series: KernelSeries) -> Result<()> {
     if failed > 0 || passed == 0 {
         bail!("the kernel suite failed on {series}: {passed} passed, {failed} failed");
     }
-    Ok(())
+    Ok((passed, failed))
 }
 
 /// Exec latency with the programs attached and detached, in the 6.12 guest.
@@ -75,7 +75,7 @@ pub fn bench() -> Result<()> {
 /// in a guest: on 6.1, where overlays must be marked one by one and `choose()` must pick BPF LSM,
 /// and on 6.12 booted with `bpf` left out of `lsm=`, where `choose()` must pick fanotify by
 /// itself. Fails unless libtest reports at least one pass and no failure.
-pub fn fanotify_test(series: KernelSeries) -> Result<()> {
+pub fn fanotify_test(series: KernelSeries) -> Result<(u32, u32)> {
     let kernel = fetch_kernel(series)?;
     let binary = fanotify_test_binary()?;
     let (append, expected) = match series {
@@ -111,7 +111,7 @@ pub fn fanotify_test(series: KernelSeries) -> Result<()> {
     if failed > 0 || passed == 0 {
         bail!("the fanotify tests failed on {series}: {passed} passed, {failed} failed");
     }
-    Ok(())
+    Ok((passed, failed))
 }
 
 /// Builds `daemon/tests/fanotify.rs` (dev profile, as `cargo test` does) and returns the path of
