@@ -59,6 +59,13 @@ impl Backend for RecordingBackend {
     fn drain_events(&mut self) -> Vec<Decision> {
         Vec::new()
     }
+    fn layers(&self) -> Result<Vec<(LayerId, LayerState)>, Never> {
+        Ok(self
+            .layers
+            .iter()
+            .map(|(id, state)| (*id, *state))
+            .collect())
+    }
 }
 
 const POLICY: &str = r#"version = 1
@@ -135,8 +142,20 @@ async fn reconcile_and_events_keep_the_backend_table_true() {
         .await
         .expect("connect");
     let mut events = client.events();
-    let mut daemon = Daemon::new(RecordingBackend::default(), verifier, client);
+    // What a backend kept from an earlier run (pinned BPF maps survive the daemon): a layer of
+    // an image deleted meanwhile, and a container's writable layer that is gone.
+    let stale_verified = LayerId { dev: 999, ino: 1 };
+    let stale_writable = LayerId { dev: 999, ino: 2 };
+    let mut backend = RecordingBackend::default();
+    backend.layers.insert(stale_verified, LayerState::Verified);
+    backend.layers.insert(stale_writable, LayerState::Writable);
+    let mut daemon = Daemon::new(backend, verifier, client);
     daemon.reconcile().await.expect("reconcile");
+    assert!(
+        !daemon.backend.layers.contains_key(&stale_verified)
+            && !daemon.backend.layers.contains_key(&stale_writable),
+        "reconcile leaves the backend holding exactly what the new table vouches for"
+    );
 
     let shared_id = id_of_dir_with(&containerd, "shared/marker");
     let a_id = id_of_dir_with(&containerd, "a/marker");

@@ -237,11 +237,11 @@ impl<B: Backend> Daemon<B> {
         Ok(())
     }
 
-    /// Everything containerd has, judged; the backend's table made the exact mirror of ours.
+    /// Everything containerd has, judged; the backend's table made the exact mirror of ours:
+    /// anything the backend holds that the new table does not (a layer of an image deleted while
+    /// the daemon was down, kept alive by pinned BPF maps) is removed.
     pub async fn reconcile(&mut self) -> Result<(), DaemonError> {
-        let mut table = LayerTable::default();
-        std::mem::swap(&mut table, &mut self.table);
-        let previous = table.desired();
+        self.table = LayerTable::default();
         self.verdicts.clear();
         for result in catalog::reconcile(&self.containerd).await? {
             match result {
@@ -251,20 +251,27 @@ impl<B: Backend> Daemon<B> {
                 }
             }
         }
-        // Layers the old table had and the new one lacks.
-        let now = self.table.desired();
-        let stale: Vec<LayerId> = previous
-            .keys()
-            .filter(|layer| !now.contains_key(layer))
-            .copied()
-            .collect();
-        self.apply(&Changes {
-            unverified: stale,
-            ..Changes::default()
-        })?;
+        self.writable.clear();
         for namespace in self.containerd.namespaces().await? {
             for key in self.containerd.active_snapshots(&namespace).await? {
                 self.track_active(&namespace, &key).await?;
+            }
+        }
+        let name = self.backend.name();
+        let desired = self.table.desired();
+        let writable: std::collections::HashSet<LayerId> =
+            self.writable.values().map(|(id, _)| *id).collect();
+        for (layer, state) in self.backend.layers().map_err(backend_error(name))? {
+            let keep = match state {
+                LayerState::Verified => desired.get(&layer) == Some(&table::Desired::Verified),
+                LayerState::Audit => desired.get(&layer) == Some(&table::Desired::Audit),
+                LayerState::Writable => writable.contains(&layer),
+            };
+            if !keep {
+                tracing::info!(%layer, ?state, "removing a layer the backend held that nothing vouches for now");
+                self.backend
+                    .remove_layer(layer)
+                    .map_err(backend_error(name))?;
             }
         }
         Ok(())

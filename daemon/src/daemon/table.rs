@@ -85,7 +85,7 @@ pub struct LayerTable {
 impl LayerTable {
     /// Sets (or replaces) an image's entry.
     pub fn upsert(&mut self, key: ImageKey, entry: ImageEntry) -> Changes {
-        let before = self.verified_set();
+        let before = self.desired();
         if let Some(old) = self.images.remove(&key) {
             self.release(&old);
         }
@@ -96,7 +96,7 @@ impl LayerTable {
 
     /// Forgets an image (deleted from containerd).
     pub fn remove(&mut self, key: &ImageKey) -> Changes {
-        let before = self.verified_set();
+        let before = self.desired();
         if let Some(old) = self.images.remove(key) {
             self.release(&old);
         }
@@ -150,10 +150,6 @@ impl LayerTable {
                 .map(|&layer| (layer, Desired::Verified)),
         );
         out
-    }
-
-    fn verified_set(&self) -> std::collections::BTreeMap<LayerId, Desired> {
-        self.desired()
     }
 
     fn diff(&self, before: &std::collections::BTreeMap<LayerId, Desired>) -> Changes {

@@ -98,4 +98,7 @@ pub trait Backend {
     fn remove_layer(&mut self, layer: LayerId) -> Result<(), Self::Error>;
     /// Decision events queued since the last call.
     fn drain_events(&mut self) -> Vec<Decision>;
+    /// Every layer the backend holds, with its state: the daemon compares it with its table at
+    /// startup, because pinned BPF maps outlive the daemon that filled them.
+    fn layers(&self) -> Result<Vec<(LayerId, LayerState)>, Self::Error>;
 }

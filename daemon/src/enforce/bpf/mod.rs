@@ -622,4 +622,12 @@ impl super::Backend for BpfBackend {
     fn drain_events(&mut self) -> Vec<Decision> {
         Self::drain_events(self)
     }
+    fn layers(&self) -> Result<Vec<(LayerId, LayerState)>, BpfError> {
+        // An entry with a state this build does not know is listed as unverified-by-default:
+        // the daemon then removes it, which fails closed.
+        Ok(Self::layers(self)?
+            .into_iter()
+            .map(|(id, state)| (id, state.unwrap_or(LayerState::Writable)))
+            .collect())
+    }
 }

@@ -394,4 +394,14 @@ impl super::Backend for FanotifyBackend {
     fn drain_events(&mut self) -> Vec<Decision> {
         self.shared.drain_events()
     }
+
+    fn layers(&self) -> Result<Vec<(LayerId, LayerState)>, FanotifyError> {
+        Ok(self
+            .shared
+            .policy()
+            .layers
+            .iter()
+            .map(|(id, state)| (*id, *state))
+            .collect())
+    }
 }
