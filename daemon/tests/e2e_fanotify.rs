@@ -13,12 +13,13 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Output},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
 use support::{
     containerd::PrivateContainerd,
+    daemon,
     image::{self, File},
 };
 
@@ -95,14 +96,7 @@ fn write_config(dir: &Path, containerd: &PrivateContainerd, mode: &str) -> PathB
 fn wait_ready(dir: &Path, images: u64, daemon_log: &Path) {
     let started = Instant::now();
     loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-            .args(["status", "--socket"])
-            .arg(dir.join("status.sock"))
-            .output()
-            .expect("imagegate status");
-        if out.status.success() {
-            let status: serde_json::Value =
-                serde_json::from_slice(&out.stdout).expect("status JSON");
+        if let Some(status) = daemon::status(dir) {
             let judged = status["images"]["trusted"].as_u64().unwrap_or(0)
                 + status["images"]["untrusted"].as_u64().unwrap_or(0);
             if judged >= images {
@@ -113,38 +107,6 @@ fn wait_ready(dir: &Path, images: u64, daemon_log: &Path) {
             started.elapsed() < Duration::from_secs(30),
             "daemon not ready: {}",
             std::fs::read_to_string(daemon_log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn run(containerd: &PrivateContainerd, image: &str, id: &str, args: &[&str]) -> Output {
-    let mut command = vec!["run", "--rm", image, id];
-    command.extend_from_slice(args);
-    let out = containerd.ctr(&command);
-    // A failed start can leave the container record behind.
-    let _ = containerd.ctr(&["containers", "rm", id]);
-    out
-}
-
-fn events(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
-
-fn wait_for_event(path: &Path, what: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        if let Some(event) = events(path).into_iter().find(|e| what(e)) {
-            return event;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no such event in {:?}",
-            events(path)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -187,8 +149,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     wait_ready(&dir, 3, &daemon_log);
     let events_path = dir.join("events-enforce.jsonl");
 
-    let out = run(
-        &containerd,
+    let out = containerd.run(
         "registry.test/trusted/app:1",
         "c-trusted",
         &["/bin/busybox", "echo", "hello"],
@@ -200,8 +161,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
 
-    let out = run(
-        &containerd,
+    let out = containerd.run(
         "registry.test/untrusted/app:1",
         "c-untrusted",
         &["/bin/busybox", "echo", "hello"],
@@ -214,13 +174,8 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         "unexpected failure: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let event = wait_for_event(&events_path, |e| {
-        e["verdict"] == "denied"
-            && e["images"].as_array().is_some_and(|images| {
-                images
-                    .iter()
-                    .any(|i| i["image"]["name"] == "registry.test/untrusted/app:1")
-            })
+    let event = daemon::wait_for_event(&events_path, |e| {
+        e["verdict"] == "denied" && daemon::names_image(e, "registry.test/untrusted/app:1")
     });
     let owner = event["images"].as_array().expect("images")[0].clone();
     assert_eq!(
@@ -230,8 +185,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     );
 
     // Trusted base, untrusted top layer: the base's binary runs, the top layer's cannot.
-    let out = run(
-        &containerd,
+    let out = containerd.run(
         "registry.test/mixed/app:1",
         "c-mixed-base",
         &["/bin/busybox", "true"],
@@ -240,8 +194,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         out.status.success(),
         "base binary of the mixed image failed: {out:?}"
     );
-    let out = run(
-        &containerd,
+    let out = containerd.run(
         "registry.test/mixed/app:1",
         "c-mixed-top",
         &["/bin/evil", "true"],
@@ -252,8 +205,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     );
 
     // Drift: a binary written into the container's writable layer cannot run.
-    let out = run(
-        &containerd,
+    let out = containerd.run(
         "registry.test/trusted/app:1",
         "c-drift",
         &[
@@ -264,7 +216,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         ],
     );
     assert!(!out.status.success(), "drift ran: {out:?}");
-    wait_for_event(&events_path, |e| e["reason"] == "drift");
+    daemon::wait_for_event(&events_path, |e| e["reason"] == "drift");
     daemon.stop();
 
     // Audit mode: the untrusted image runs, and is reported.
@@ -272,13 +224,12 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     let daemon_log = dir.join("daemon-audit.log");
     let daemon = DaemonProcess::start(&config, &daemon_log);
     wait_ready(&dir, 3, &daemon_log);
-    let out = run(
-        &containerd,
+    let out = containerd.run(
         "registry.test/untrusted/app:1",
         "c-audit",
         &["/bin/busybox", "echo", "hello"],
     );
     assert!(out.status.success(), "audit mode blocked: {out:?}");
-    wait_for_event(&dir.join("events-audit.jsonl"), |e| e["verdict"] == "audit");
+    daemon::wait_for_event(&dir.join("events-audit.jsonl"), |e| e["verdict"] == "audit");
     daemon.stop();
 }

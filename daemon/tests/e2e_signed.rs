@@ -22,7 +22,14 @@ use imagegate_testkit::{
     sign::{self, Key},
 };
 use serde_json::Value;
-use support::containerd::PrivateContainerd;
+use support::{containerd::PrivateContainerd, daemon};
+
+/// The first denial naming `name`, waited for up to 10 s.
+fn denial_for(path: &Path, name: &str) -> Value {
+    daemon::wait_for_event(path, |e| {
+        e["verdict"] == "denied" && daemon::names_image(e, name)
+    })
+}
 
 /// The daemon under test, stopped by its pid when dropped.
 struct DaemonProcess(Option<Child>);
@@ -35,62 +42,12 @@ impl Drop for DaemonProcess {
     }
 }
 
-fn status(dir: &Path) -> Option<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-        .args(["status", "--socket"])
-        .arg(dir.join("status.sock"))
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
 fn outcome(status: &Value, name: &str) -> Option<String> {
     status["verdicts"]
         .as_array()?
         .iter()
         .find(|v| v["image"] == name)
         .and_then(|v| v["outcome"].as_str().map(str::to_owned))
-}
-
-fn run(containerd: &PrivateContainerd, image: &str, id: &str, args: &[&str]) -> Output {
-    let mut command = vec!["run", "--rm", image, id];
-    command.extend_from_slice(args);
-    let out = containerd.ctr(&command);
-    let _ = containerd.ctr(&["containers", "rm", id]);
-    out
-}
-
-fn events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
-
-/// The first denial naming `name`, waited for up to 10 s.
-fn denial_for(path: &Path, name: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let found = events(path).into_iter().find(|e| {
-            e["verdict"] == "denied"
-                && e["images"]
-                    .as_array()
-                    .is_some_and(|images| images.iter().any(|i| i["image"]["name"] == name))
-        });
-        if let Some(event) = found {
-            return event;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no denial naming {name} in {:?}",
-            events(path)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn assert_denied(out: &Output, what: &str) {
@@ -215,7 +172,7 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
     ));
     let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let started = Instant::now();
-    while status(&dir).is_none() {
+    while daemon::status(&dir).is_none() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "daemon not up: {}",
@@ -242,7 +199,7 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
     ];
     let started = Instant::now();
     loop {
-        let now = status(&dir).unwrap_or(Value::Null);
+        let now = daemon::status(&dir).unwrap_or(Value::Null);
         let outcomes: Vec<Option<String>> = expected
             .iter()
             .map(|(repo, _)| outcome(&now, &name(repo)))
@@ -263,7 +220,7 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
     let events_path = dir.join("events.jsonl");
 
     // 1. Signed by the trusted key: the entrypoint runs.
-    let out = run(&containerd, &name("e2e/signed"), "c-signed", &[]);
+    let out = containerd.run(&name("e2e/signed"), "c-signed", &[]);
     assert!(
         out.status.success(),
         "signed image failed: {out:?}\n{}",
@@ -272,7 +229,7 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
 
     // 2. Unsigned, and signed by a key the policy does not trust: the entrypoint cannot execute.
-    let out = run(&containerd, &name("e2e/unsigned"), "c-unsigned", &[]);
+    let out = containerd.run(&name("e2e/unsigned"), "c-unsigned", &[]);
     assert_denied(&out, "unsigned image");
     assert_event(
         &denial_for(&events_path, &name("e2e/unsigned")),
@@ -280,7 +237,7 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
         &unsigned,
     );
 
-    let out = run(&containerd, &name("e2e/untrusted-key"), "c-untrusted", &[]);
+    let out = containerd.run(&name("e2e/untrusted-key"), "c-untrusted", &[]);
     assert_denied(&out, "image signed by an untrusted key");
     assert_event(
         &denial_for(&events_path, &name("e2e/untrusted-key")),
@@ -290,15 +247,14 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
 
     // 3. Signed base + unsigned top layer: the top layer's binary cannot execute (and is an
     // unverified layer, not drift: unpacking commits the layer in place), the base's can.
-    let out = run(&containerd, &name("e2e/mixed"), "c-mixed-top", &[]);
+    let out = containerd.run(&name("e2e/mixed"), "c-mixed-top", &[]);
     assert_denied(&out, "top layer of the mixed image");
     assert_event(
         &denial_for(&events_path, &name("e2e/mixed")),
         &name("e2e/mixed"),
         &mixed,
     );
-    let out = run(
-        &containerd,
+    let out = containerd.run(
         &name("e2e/mixed"),
         "c-mixed-base",
         &["/bin/busybox", "echo", "base"],

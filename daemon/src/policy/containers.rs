@@ -105,11 +105,7 @@ struct Pki {
 
 /// Load and convert a containers-policy.json file.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-        file: path.to_path_buf(),
-        source,
-    })?;
-    parse(path, &text)
+    parse(path, &Policy::read(path)?)
 }
 
 /// Convert containers-policy.json text (relative key paths resolve beside `path`).

@@ -135,11 +135,7 @@ impl Ctx<'_> {
 
 /// Load and validate an imagegate TOML policy.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-        file: path.to_path_buf(),
-        source,
-    })?;
-    parse(path, &text)
+    parse(path, &Policy::read(path)?)
 }
 
 /// Parse policy text as if read from `path` (relative paths resolve beside `path`).

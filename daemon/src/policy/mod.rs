@@ -73,6 +73,14 @@ impl Policy {
         }
     }
 
+    /// The text of a policy file, for either format's loader.
+    pub(crate) fn read(path: &Path) -> Result<String, PolicyError> {
+        std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            file: path.to_path_buf(),
+            source,
+        })
+    }
+
     /// The rule for an image: the most specific matching scope, else the default.
     pub fn rule_for(&self, image: &ImageRef) -> &Rule {
         match scope::most_specific(self.scopes.iter().map(|(p, _)| p), image) {

@@ -105,6 +105,16 @@ impl PrivateContainerd {
             .expect("run ctr")
     }
 
+    /// `ctr run --rm IMAGE ID ARGS...`; a failed start can leave the container record behind,
+    /// so it is removed too.
+    pub fn run(&self, image: &str, id: &str, args: &[&str]) -> Output {
+        let mut command = vec!["run", "--rm", image, id];
+        command.extend_from_slice(args);
+        let out = self.ctr(&command);
+        let _ = self.ctr(&["containers", "rm", id]);
+        out
+    }
+
     /// `ctr images import` of an OCI archive, asserting success.
     pub fn import(&self, namespace: &str, archive: &Path) {
         let out = self.ctr_in(

@@ -2,6 +2,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 pub mod containerd;
+pub mod daemon;
 pub mod image;
 
 /// Whether the test runs as root; privileged tests print why they skip otherwise.
