@@ -12,14 +12,13 @@
 mod support;
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use support::{
     containerd::PrivateContainerd,
-    daemon,
+    daemon::{self, DaemonProcess, Settings},
     image::{self, File},
 };
 
@@ -31,65 +30,17 @@ match = "registry.test/trusted/**"
 require = "accept"
 "#;
 
-/// The daemon under test, killed by pid when dropped (the kernel then allows what is pending).
-struct DaemonProcess {
-    child: Child,
-}
-
-impl DaemonProcess {
-    fn start(config: &Path, log: &Path) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-            .args(["daemon", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(std::fs::File::create(log.with_extension("stdout")).expect("log"))
-            .stderr(std::fs::File::create(log).expect("log"))
-            .spawn()
-            .expect("start imagegate daemon");
-        Self { child }
-    }
-
-    fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let started = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none()
-            && started.elapsed() < Duration::from_secs(5)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn busybox() -> Vec<u8> {
     std::fs::read("/bin/busybox").expect("busybox (apt-get install busybox-static)")
 }
 
-fn write_config(dir: &Path, containerd: &PrivateContainerd, mode: &str) -> PathBuf {
-    let config = dir.join(format!("imagegate-{mode}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "mode = \"{mode}\"\ndrift = \"deny\"\nbackend = \"fanotify\"\npolicy = \"{policy}\"\n\
-             state_dir = \"{state}\"\nevent_log = \"{events}\"\nstatus_socket = \"{status}\"\n\
-             [containerd]\nsocket = \"{socket}\"\nroot = \"{root}\"\n",
-            policy = dir.join("policy.toml").display(),
-            state = dir.join(format!("state-{mode}")).display(),
-            events = dir.join(format!("events-{mode}.jsonl")).display(),
-            status = dir.join("status.sock").display(),
-            socket = containerd.socket.display(),
-            root = containerd.data.join("root").display(),
-        ),
-    )
-    .expect("config");
-    config
+fn settings(mode: &'static str) -> Settings<'static> {
+    Settings {
+        mode,
+        backend: "fanotify",
+        insecure: Vec::new(),
+        tag: mode,
+    }
 }
 
 /// Waits until `imagegate status` reports `images` judged images.
@@ -143,11 +94,11 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     }
 
     // Enforce mode.
-    let config = write_config(&dir, &containerd, "enforce");
-    let daemon_log = dir.join("daemon-enforce.log");
-    let daemon = DaemonProcess::start(&config, &daemon_log);
+    let enforce = settings("enforce");
+    let daemon = DaemonProcess::start(&dir, &enforce.write(&dir, &containerd), "enforce");
+    let daemon_log = daemon.log.clone();
     wait_ready(&dir, 3, &daemon_log);
-    let events_path = dir.join("events-enforce.jsonl");
+    let events_path = enforce.events(&dir);
 
     let out = containerd.run(
         "registry.test/trusted/app:1",
@@ -216,20 +167,23 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         ],
     );
     assert!(!out.status.success(), "drift ran: {out:?}");
-    daemon::wait_for_event(&events_path, |e| e["reason"] == "drift");
+    let event = daemon::wait_for_event(&events_path, |e| e["reason"] == "drift");
+    assert_eq!(event["container"]["id"], "c-drift", "{event}");
+    assert_eq!(event["path"], "/dropped", "{event}");
     daemon.stop();
 
     // Audit mode: the untrusted image runs, and is reported.
-    let config = write_config(&dir, &containerd, "audit");
-    let daemon_log = dir.join("daemon-audit.log");
-    let daemon = DaemonProcess::start(&config, &daemon_log);
-    wait_ready(&dir, 3, &daemon_log);
+    let audit = settings("audit");
+    let daemon = DaemonProcess::start(&dir, &audit.write(&dir, &containerd), "audit");
+    wait_ready(&dir, 3, &daemon.log);
     let out = containerd.run(
         "registry.test/untrusted/app:1",
         "c-audit",
         &["/bin/busybox", "echo", "hello"],
     );
     assert!(out.status.success(), "audit mode blocked: {out:?}");
-    daemon::wait_for_event(&dir.join("events-audit.jsonl"), |e| e["verdict"] == "audit");
+    let event = daemon::wait_for_event(&audit.events(&dir), |e| e["verdict"] == "audit");
+    assert_eq!(event["container"]["id"], "c-audit", "{event}");
+    assert_eq!(event["path"], "/bin/busybox", "{event}");
     daemon.stop();
 }

@@ -8,8 +8,8 @@ use containerd_client::{
         snapshots::{
             ListSnapshotsRequest, MountsRequest, RemoveSnapshotRequest, ViewSnapshotRequest,
         },
-        GetImageRequest, InfoRequest, ListImagesRequest, ListNamespacesRequest, ReadContentRequest,
-        SubscribeRequest,
+        GetContainerRequest, GetImageRequest, InfoRequest, ListContainersRequest,
+        ListImagesRequest, ListNamespacesRequest, ReadContentRequest, SubscribeRequest,
     },
     tonic::{metadata::MetadataValue, Request},
     Client,
@@ -343,7 +343,74 @@ impl Containerd {
     }
 }
 
+/// A container record: the image it was made from and the snapshot that is its root file
+/// system (decision events name containers with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRecord {
+    /// containerd namespace.
+    pub namespace: String,
+    /// Container id.
+    pub id: String,
+    /// The image reference it was created from.
+    pub image: String,
+    /// Its writable snapshot's key (usually the id).
+    pub snapshot_key: String,
+}
+
 impl Containerd {
+    /// Every container record in `namespace`.
+    pub async fn containers(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<ContainerRecord>, ContainerdError> {
+        let response = self
+            .client
+            .containers()
+            .list(request(namespace, ListContainersRequest::default())?)
+            .await
+            .map_err(call("containers.list"))?;
+        Ok(response
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| ContainerRecord {
+                namespace: namespace.to_owned(),
+                id: c.id,
+                image: c.image,
+                snapshot_key: c.snapshot_key,
+            })
+            .collect())
+    }
+
+    /// One container record, `None` if it does not exist (any more).
+    pub async fn container(
+        &self,
+        namespace: &str,
+        id: &str,
+    ) -> Result<Option<ContainerRecord>, ContainerdError> {
+        let response = self
+            .client
+            .containers()
+            .get(request(
+                namespace,
+                GetContainerRequest { id: id.to_owned() },
+            )?)
+            .await;
+        match response {
+            Ok(response) => Ok(response.into_inner().container.map(|c| ContainerRecord {
+                namespace: namespace.to_owned(),
+                id: c.id,
+                image: c.image,
+                snapshot_key: c.snapshot_key,
+            })),
+            Err(status) if status.code() == containerd_client::tonic::Code::NotFound => Ok(None),
+            Err(source) => Err(ContainerdError::Call {
+                call: "containers.get",
+                source,
+            }),
+        }
+    }
+
     /// Keys of the active (writable) snapshots of `namespace`: container root file systems.
     pub async fn active_snapshots(&self, namespace: &str) -> Result<Vec<String>, ContainerdError> {
         const KIND_ACTIVE: i32 = 2;

@@ -8,7 +8,7 @@ pub mod oci;
 
 use std::path::PathBuf;
 
-pub use containerd::{Containerd, ContainerdError, ImageRecord, ResolvedImage};
+pub use containerd::{ContainerRecord, Containerd, ContainerdError, ImageRecord, ResolvedImage};
 
 use crate::enforce::LayerId;
 

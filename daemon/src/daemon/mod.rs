@@ -5,6 +5,7 @@
 //! trusted verdict for an image that contains it, so a container that starts before its image's
 //! verification ends is denied (enforce) or reported (audit), never silently allowed.
 
+pub mod describe;
 pub mod serve;
 pub mod table;
 
@@ -95,6 +96,11 @@ pub struct Daemon<B: Backend> {
     pub verdicts: HashMap<ImageKey, Verdict>,
     /// Decision events written out so far.
     pub events_seen: u64,
+    /// Containers, for naming them in events.
+    pub containers: describe::Containers,
+    /// Directory of every layer the table or the writable set knows, for event paths.
+    layer_dirs: HashMap<LayerId, PathBuf>,
+    paths: describe::PathFinder,
     verifier: Verifier,
     containerd: Containerd,
 }
@@ -117,6 +123,9 @@ impl<B: Backend> Daemon<B> {
             writable: HashMap::new(),
             verdicts: HashMap::new(),
             events_seen: 0,
+            containers: describe::Containers::default(),
+            layer_dirs: HashMap::new(),
+            paths: describe::PathFinder::default(),
             verifier,
             containerd,
         }
@@ -177,6 +186,9 @@ impl<B: Backend> Daemon<B> {
                 .map(|layer| (layer.chain_id.clone(), layer.id))
                 .collect(),
         };
+        for layer in &image.layers {
+            self.layer_dirs.insert(layer.id, layer.dir.clone());
+        }
         let changes = self.table.upsert(key.clone(), entry);
         self.verdicts.insert(key, verdict);
         self.apply(&changes)
@@ -220,6 +232,7 @@ impl<B: Backend> Daemon<B> {
         self.backend
             .set_layer(id, LayerState::Writable)
             .map_err(backend_error(name))?;
+        self.layer_dirs.insert(id, upper.clone());
         self.writable
             .insert((namespace.to_owned(), key.to_owned()), (id, upper));
         Ok(())
@@ -243,6 +256,7 @@ impl<B: Backend> Daemon<B> {
     pub async fn reconcile(&mut self) -> Result<(), DaemonError> {
         self.table = LayerTable::default();
         self.verdicts.clear();
+        self.layer_dirs.clear();
         for result in catalog::reconcile(&self.containerd).await? {
             match result {
                 Ok(image) => self.admit(image).await?,
@@ -252,11 +266,14 @@ impl<B: Backend> Daemon<B> {
             }
         }
         self.writable.clear();
+        let mut containers = Vec::new();
         for namespace in self.containerd.namespaces().await? {
             for key in self.containerd.active_snapshots(&namespace).await? {
                 self.track_active(&namespace, &key).await?;
             }
+            containers.extend(self.containerd.containers(&namespace).await?);
         }
+        self.containers.replace_live(containers);
         let name = self.backend.name();
         let desired = self.table.desired();
         let writable: std::collections::HashSet<LayerId> =
@@ -341,6 +358,23 @@ impl<B: Backend> Daemon<B> {
                     }
                 }
             }
+            "/containers/create" | "/containers/update" => {
+                let id = if envelope.topic == "/containers/create" {
+                    events::ContainerCreate::decode(any.value.as_slice()).map(|e| e.id)
+                } else {
+                    events::ContainerUpdate::decode(any.value.as_slice()).map(|e| e.id)
+                };
+                if let Ok(id) = id {
+                    if let Some(record) = self.containerd.container(namespace, &id).await? {
+                        self.containers.insert(record);
+                    }
+                }
+            }
+            "/containers/delete" => {
+                if let Ok(event) = events::ContainerDelete::decode(any.value.as_slice()) {
+                    self.containers.delete(namespace, &event.id);
+                }
+            }
             "/snapshot/remove" => {
                 if let Ok(event) = events::SnapshotRemove::decode(any.value.as_slice()) {
                     self.untrack_active(namespace, &event.key)?;
@@ -351,20 +385,43 @@ impl<B: Backend> Daemon<B> {
         Ok(())
     }
 
-    /// A decision event with the images and container it concerns, as one JSON object.
-    #[must_use]
-    pub fn describe(&self, decision: &Decision) -> serde_json::Value {
+    /// A decision event with the images and container it concerns and the file's path as the
+    /// process saw it, as one JSON object (see [`describe`]).
+    pub fn describe(&mut self, decision: &Decision) -> serde_json::Value {
         let owners: Vec<LayerOwner> = decision
             .layer
             .map(|layer| self.table.owners(layer))
             .unwrap_or_default();
-        let container = decision.layer.and_then(|layer| {
+        let path = decision.layer.and_then(|layer| {
+            let dir = self.layer_dirs.get(&layer)?;
+            self.paths.path_in(layer, dir, decision.file)
+        });
+        let writable = decision.layer.and_then(|layer| {
             self.writable
                 .iter()
                 .find(|(_, (id, _))| *id == layer)
-                .map(|((namespace, key), _)| serde_json::json!({"namespace": namespace, "id": key}))
+                .map(|((namespace, key), _)| (namespace.clone(), key.clone()))
         });
+        let container = match &writable {
+            Some((namespace, key)) => {
+                Some(self.containers.by_snapshot(namespace, key).map_or_else(
+                    || serde_json::json!({"namespace": namespace, "id": key}),
+                    container_json,
+                ))
+            }
+            None => {
+                let images: Vec<(String, String)> = owners
+                    .iter()
+                    .map(|o| (o.image.namespace.clone(), o.image.name.clone()))
+                    .collect();
+                let candidates = self.containers.from_images(&images);
+                describe::pick_container(&candidates, decision.tgid).map(container_json)
+            }
+        };
         let mut value = serde_json::to_value(decision).unwrap_or_default();
+        value["path"] = path.map_or(serde_json::Value::Null, |p| {
+            serde_json::Value::String(p.to_string_lossy().into_owned())
+        });
         value["images"] = serde_json::to_value(&owners).unwrap_or_default();
         value["container"] = container.unwrap_or(serde_json::Value::Null);
         value
@@ -378,6 +435,7 @@ impl<B: Backend> Daemon<B> {
             "backend": self.backend.name(),
             "images": {"trusted": trusted, "untrusted": untrusted},
             "layers": {"verified_or_audit": self.table.desired().len(), "writable": self.writable.len()},
+            "containers": self.containers.live(),
             "events": self.events_seen,
             "verdicts": self.verdicts.iter().map(|(key, verdict)| serde_json::json!({
                 "namespace": key.namespace, "image": key.name, "digest": verdict.digest,
@@ -385,4 +443,8 @@ impl<B: Backend> Daemon<B> {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+fn container_json(record: &catalog::ContainerRecord) -> serde_json::Value {
+    serde_json::json!({"namespace": record.namespace, "id": record.id, "image": record.image})
 }

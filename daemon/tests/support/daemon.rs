@@ -54,3 +54,161 @@ pub fn names_image(event: &Value, name: &str) -> bool {
         .as_array()
         .is_some_and(|images| images.iter().any(|i| i["image"]["name"] == name))
 }
+
+/// Settings of a test daemon's config file; every path lives under the test's directory.
+pub struct Settings<'a> {
+    /// `enforce` or `audit`.
+    pub mode: &'a str,
+    /// `fanotify`, `bpf-lsm` or `auto`.
+    pub backend: &'a str,
+    /// Registries reached over plain HTTP (the test's own).
+    pub insecure: Vec<String>,
+    /// A name distinguishing this daemon's state, log and event files from another run's.
+    pub tag: &'a str,
+}
+
+impl Settings<'_> {
+    /// The event log this daemon writes.
+    pub fn events(&self, dir: &Path) -> std::path::PathBuf {
+        dir.join(format!("events-{}.jsonl", self.tag))
+    }
+
+    /// Writes `dir/imagegate-TAG.toml` against `containerd`, with the policy at `dir/policy.toml`
+    /// and the status socket at `dir/status.sock`.
+    pub fn write(
+        &self,
+        dir: &Path,
+        containerd: &super::containerd::PrivateContainerd,
+    ) -> std::path::PathBuf {
+        let config = dir.join(format!("imagegate-{}.toml", self.tag));
+        let insecure: Vec<String> = self.insecure.iter().map(|r| format!("\"{r}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "mode = \"{mode}\"\ndrift = \"deny\"\nbackend = \"{backend}\"\npolicy = \"{policy}\"\n\
+                 state_dir = \"{state}\"\nevent_log = \"{events}\"\nstatus_socket = \"{status}\"\n\
+                 [containerd]\nsocket = \"{socket}\"\nroot = \"{root}\"\n\
+                 [registry]\ninsecure = [{insecure}]\ntimeout_seconds = 5\n",
+                mode = self.mode,
+                backend = self.backend,
+                policy = dir.join("policy.toml").display(),
+                // One state directory per test: verdicts persist across the daemon's restarts.
+                state = dir.join("state").display(),
+                events = self.events(dir).display(),
+                status = dir.join("status.sock").display(),
+                socket = containerd.socket.display(),
+                root = containerd.data.join("root").display(),
+                insecure = insecure.join(", "),
+            ),
+        )
+        .expect("write daemon config");
+        config
+    }
+}
+
+/// An `imagegate daemon` under test: SIGTERM by [`Self::stop`], killed by pid when dropped
+/// (the fanotify kernel side then allows what is pending; BPF pins keep enforcing).
+pub struct DaemonProcess {
+    child: std::process::Child,
+    /// Its stderr (tracing logs).
+    pub log: std::path::PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `imagegate daemon --config CONFIG`, logging to `dir/daemon-TAG.log`, and waits until
+    /// its status socket at `dir/status.sock` answers.
+    pub fn start(dir: &Path, config: &Path, tag: &str) -> Self {
+        let log = dir.join(format!("daemon-{tag}.log"));
+        let _ = std::fs::remove_file(dir.join("status.sock"));
+        let child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+            .args(["daemon", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(log.with_extension("stdout")).expect("daemon stdout"))
+            .stderr(std::fs::File::create(&log).expect("daemon log"))
+            .spawn()
+            .expect("start imagegate daemon");
+        let me = Self { child, log };
+        let started = Instant::now();
+        while status(dir).is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "daemon not up: {}",
+                me.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        me
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, waiting up to 5 s for it to exit (then SIGKILL on drop).
+    pub fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none()
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The outcome (`trusted`, `untrusted`, `error`) `status` reports for image `name`.
+pub fn outcome(status: &Value, name: &str) -> Option<String> {
+    status["verdicts"]
+        .as_array()?
+        .iter()
+        .find(|v| v["image"] == name)
+        .and_then(|v| v["outcome"].as_str().map(str::to_owned))
+}
+
+/// Waits (up to `limit`) until the daemon in `dir` reports an outcome for every image in
+/// `expected`, then asserts each is the expected one.
+pub fn assert_outcomes(dir: &Path, expected: &[(String, &str)], limit: Duration, log: &str) {
+    let started = Instant::now();
+    loop {
+        let now = status(dir).unwrap_or(Value::Null);
+        let outcomes: Vec<Option<String>> = expected
+            .iter()
+            .map(|(name, _)| outcome(&now, name))
+            .collect();
+        if outcomes.iter().all(Option::is_some) {
+            for ((name, want), got) in expected.iter().zip(&outcomes) {
+                assert_eq!(got.as_deref(), Some(*want), "{name}: {now}");
+            }
+            return;
+        }
+        assert!(started.elapsed() < limit, "verdicts missing: {now}\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts a container start failed because its entrypoint could not execute.
+pub fn assert_denied(out: &std::process::Output, what: &str) {
+    assert!(!out.status.success(), "{what} ran: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("operation not permitted"),
+        "{what} failed otherwise: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

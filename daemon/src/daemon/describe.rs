@@ -1,0 +1,268 @@
+//! Turning a kernel decision into an event a person can act on: which images hold the layer,
+//! which container the process ran in, and the file's path as the process saw it.
+//!
+//! The kernel reports identities only (file and layer `(dev, ino)`, pid, command). The rest is
+//! recovered in userspace from what the daemon already follows:
+//! - the path: the layer directory is the container's root for the files it holds, so the path
+//!   inside the container is the file's path under its layer directory, found by a bounded walk
+//!   of that directory and remembered;
+//! - the container: a container's root file system is its writable snapshot over its image's
+//!   layers, so a decision on a writable layer names the container that owns it, and one on an
+//!   image layer names the containers made from an image holding that layer (containerd's
+//!   container records, kept for a while after deletion because a denied entrypoint usually
+//!   ends its container before the event is written out). When several containers qualify, the
+//!   process's cgroup (which names the container id under both `ctr` and the CRI plugin) picks
+//!   one if the process still lives.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::{DirEntryExt as _, MetadataExt as _},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use imagegate_common::kernel_dev;
+
+use crate::{catalog::ContainerRecord, enforce::LayerId};
+
+/// How long a deleted container is still named in events.
+const RETAIN_DELETED: Duration = Duration::from_secs(300);
+/// Entries a path search reads before giving up (a layer of a large image has ~10^4 files).
+const WALK_LIMIT: usize = 200_000;
+/// Remembered paths; the oldest half is dropped when full.
+const PATH_CACHE: usize = 4096;
+
+/// Containers containerd has (or had until recently).
+#[derive(Debug, Default)]
+pub struct Containers {
+    by_key: HashMap<(String, String), (ContainerRecord, Option<Instant>)>,
+}
+
+impl Containers {
+    /// Records a live container.
+    pub fn insert(&mut self, record: ContainerRecord) {
+        self.by_key.insert(
+            (record.namespace.clone(), record.id.clone()),
+            (record, None),
+        );
+    }
+
+    /// Marks a container deleted (still named for [`RETAIN_DELETED`]).
+    pub fn delete(&mut self, namespace: &str, id: &str) {
+        if let Some((_, gone)) = self.by_key.get_mut(&(namespace.to_owned(), id.to_owned())) {
+            gone.get_or_insert_with(Instant::now);
+        }
+        self.prune();
+    }
+
+    /// Replaces every live record (after a reconcile); deleted ones age out as usual.
+    pub fn replace_live(&mut self, live: Vec<ContainerRecord>) {
+        let now = Instant::now();
+        for (_, gone) in self.by_key.values_mut() {
+            gone.get_or_insert(now);
+        }
+        for record in live {
+            self.insert(record);
+        }
+        self.prune();
+    }
+
+    fn prune(&mut self) {
+        self.by_key
+            .retain(|_, (_, gone)| gone.is_none_or(|at| at.elapsed() < RETAIN_DELETED));
+    }
+
+    /// Live containers.
+    pub fn live(&self) -> usize {
+        self.by_key
+            .values()
+            .filter(|(_, gone)| gone.is_none())
+            .count()
+    }
+
+    /// The container whose writable snapshot is `key` in `namespace`.
+    #[must_use]
+    pub fn by_snapshot(&self, namespace: &str, key: &str) -> Option<&ContainerRecord> {
+        self.by_key
+            .values()
+            .map(|(record, _)| record)
+            .find(|r| r.namespace == namespace && r.snapshot_key == key)
+    }
+
+    /// Containers made from one of `images` (namespace, name), live ones first.
+    #[must_use]
+    pub fn from_images(&self, images: &[(String, String)]) -> Vec<&ContainerRecord> {
+        let mut found: Vec<(&ContainerRecord, bool)> = self
+            .by_key
+            .values()
+            .filter(|(r, _)| {
+                images
+                    .iter()
+                    .any(|(namespace, name)| r.namespace == *namespace && r.image == *name)
+            })
+            .map(|(r, gone)| (r, gone.is_some()))
+            .collect();
+        found.sort_by(|a, b| (a.1, &a.0.id).cmp(&(b.1, &b.0.id)));
+        found.into_iter().map(|(r, _)| r).collect()
+    }
+}
+
+/// Picks the container a process ran in among `candidates`: the only one, or the one whose id
+/// the process's cgroup path names (while the process lives).
+#[must_use]
+pub fn pick_container<'a>(
+    candidates: &[&'a ContainerRecord],
+    tgid: u32,
+) -> Option<&'a ContainerRecord> {
+    match candidates {
+        [] => None,
+        [only] => Some(only),
+        _ => {
+            let cgroup = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
+            let mut named = candidates.iter().filter(|c| cgroup.contains(&c.id));
+            match (named.next(), named.next()) {
+                (Some(one), None) => Some(one),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Paths of judged files inside their layer directories, found by a bounded walk and
+/// remembered (image layers do not change; a writable layer's file keeps its inode).
+#[derive(Debug, Default)]
+pub struct PathFinder {
+    known: HashMap<(LayerId, LayerId), PathBuf>,
+}
+
+impl PathFinder {
+    /// The path of `file` as a process whose root is the layer at `layer_dir` sees it, e.g.
+    /// `/usr/local/bin/busybox`; `None` when it is not found within the walk limit.
+    pub fn path_in(&mut self, layer: LayerId, layer_dir: &Path, file: LayerId) -> Option<PathBuf> {
+        if let Some(path) = self.known.get(&(layer, file)) {
+            return Some(path.clone());
+        }
+        let found = find_inode(layer_dir, file)?;
+        if self.known.len() >= PATH_CACHE {
+            let drop: Vec<_> = self.known.keys().take(PATH_CACHE / 2).copied().collect();
+            for key in drop {
+                self.known.remove(&key);
+            }
+        }
+        let path = Path::new("/").join(found);
+        self.known.insert((layer, file), path.clone());
+        Some(path)
+    }
+}
+
+/// The path of `file` relative to `root`, by a breadth-first walk that does not follow symlinks
+/// or leave `root`'s file system, reading at most [`WALK_LIMIT`] entries.
+fn find_inode(root: &Path, file: LayerId) -> Option<PathBuf> {
+    let root_dev = std::fs::symlink_metadata(root).ok()?.dev();
+    let mut queue = std::collections::VecDeque::from([PathBuf::new()]);
+    let mut read = 0usize;
+    while let Some(relative) = queue.pop_front() {
+        let Ok(entries) = std::fs::read_dir(root.join(&relative)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            read += 1;
+            if read > WALK_LIMIT {
+                return None;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = relative.join(entry.file_name());
+            if entry.ino() == file.ino {
+                if let Ok(meta) = std::fs::symlink_metadata(entry.path()) {
+                    if kernel_dev(meta.dev()) == file.dev && meta.ino() == file.ino {
+                        return Some(path);
+                    }
+                }
+            }
+            if kind.is_dir() {
+                if let Ok(meta) = entry.metadata() {
+                    if meta.dev() == root_dev {
+                        queue.push_back(path);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(namespace: &str, id: &str, image: &str) -> ContainerRecord {
+        ContainerRecord {
+            namespace: namespace.into(),
+            id: id.into(),
+            image: image.into(),
+            snapshot_key: id.into(),
+        }
+    }
+
+    #[test]
+    fn files_are_found_under_their_layer_directory() {
+        let dir = std::env::temp_dir().join(format!("ig-describe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("fs/usr/local/bin")).unwrap();
+        std::fs::write(dir.join("fs/usr/local/bin/tool"), b"x").unwrap();
+        std::fs::write(dir.join("fs/other"), b"y").unwrap();
+        let layer = LayerId::of(&dir.join("fs")).unwrap();
+        let file = LayerId::of(&dir.join("fs/usr/local/bin/tool")).unwrap();
+        let mut finder = PathFinder::default();
+        assert_eq!(
+            finder.path_in(layer, &dir.join("fs"), file),
+            Some(PathBuf::from("/usr/local/bin/tool"))
+        );
+        // Remembered: found again after the directory is gone.
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            finder.path_in(layer, &dir.join("fs"), file),
+            Some(PathBuf::from("/usr/local/bin/tool"))
+        );
+        let missing = LayerId {
+            dev: file.dev,
+            ino: file.ino + 1_000_000,
+        };
+        assert_eq!(finder.path_in(layer, &dir.join("fs"), missing), None);
+    }
+
+    #[test]
+    fn containers_are_named_while_live_and_for_a_while_after_deletion() {
+        let mut containers = Containers::default();
+        containers.insert(record("default", "a", "img:1"));
+        containers.insert(record("default", "b", "other:1"));
+        containers.insert(record("k8s.io", "c", "img:1"));
+        let images = [("default".to_owned(), "img:1".to_owned())];
+        let found = containers.from_images(&images);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, "a");
+        assert_eq!(pick_container(&found, 0).map(|c| c.id.as_str()), Some("a"));
+        containers.delete("default", "a");
+        assert_eq!(containers.live(), 2);
+        assert_eq!(
+            containers.from_images(&images).len(),
+            1,
+            "kept after deletion"
+        );
+        assert_eq!(
+            containers
+                .by_snapshot("default", "b")
+                .map(|c| c.id.as_str()),
+            Some("b")
+        );
+        containers.insert(record("default", "a2", "img:1"));
+        let found = containers.from_images(&images);
+        assert_eq!(found[0].id, "a2", "live containers first");
+        // Two candidates and no process to ask: nobody is named rather than a guess.
+        assert_eq!(pick_container(&found, u32::MAX), None);
+        containers.replace_live(vec![record("default", "b", "other:1")]);
+        assert_eq!(containers.live(), 1);
+    }
+}

@@ -1,0 +1,121 @@
+//! The signed-image test bed: a private containerd on its own tmpfs, Debian's docker-registry on
+//! 127.0.0.1, a trusted and an untrusted ECDSA P-256 key, and a push-and-sign helper writing
+//! cosign's legacy `.sig` format (imagegate-testkit's signer, independent of the verifier).
+
+use std::path::{Path, PathBuf};
+
+use imagegate_testkit::{
+    image::{self, File, Image},
+    registry::{self, Client, LocalRegistry},
+    sign::{self, Key},
+};
+
+use super::containerd::PrivateContainerd;
+
+pub struct SignedBed {
+    /// Dropped before `registry` and `dir`'s removal.
+    pub containerd: PrivateContainerd,
+    pub registry: LocalRegistry,
+    pub client: Client,
+    /// `127.0.0.1:PORT` of the registry.
+    pub addr: String,
+    /// The key the policy trusts.
+    pub trusted: Key,
+    /// A valid key the policy does not trust.
+    pub other: Key,
+    pub dir: PathBuf,
+    busybox: Vec<u8>,
+}
+
+impl SignedBed {
+    /// Starts containerd and the registry under a fresh scratch dir; `None` (with the reason
+    /// printed) when this machine cannot run it: not root, or no docker-registry unless
+    /// `IMAGEGATE_REQUIRE_REGISTRY` demands it.
+    pub fn start(name: &str) -> Option<Self> {
+        if !super::is_root() {
+            eprintln!("SKIPPED: containerd, runc and fanotify need root");
+            return None;
+        }
+        if !Path::new(registry::REGISTRY_BIN).exists() {
+            assert!(
+                std::env::var_os("IMAGEGATE_REQUIRE_REGISTRY").is_none(),
+                "IMAGEGATE_REQUIRE_REGISTRY is set but {} is missing",
+                registry::REGISTRY_BIN
+            );
+            eprintln!("SKIPPED: {} not installed", registry::REGISTRY_BIN);
+            return None;
+        }
+        let dir = super::scratch_dir(name);
+        let containerd = PrivateContainerd::start_on_tmpfs(&dir);
+        let registry = LocalRegistry::start(&dir.join("registry")).expect("start docker-registry");
+        let addr = registry.addr.clone();
+        let client = Client::new(&addr).expect("registry client");
+        Some(Self {
+            containerd,
+            registry,
+            client,
+            addr,
+            trusted: Key::generate().expect("key"),
+            other: Key::generate().expect("key"),
+            dir,
+            busybox: std::fs::read("/bin/busybox")
+                .expect("busybox (apt-get install busybox-static)"),
+        })
+    }
+
+    /// `ADDR/REPO:v1`.
+    pub fn name(&self, repo: &str) -> String {
+        format!("{}/{repo}:v1", self.addr)
+    }
+
+    /// A layer holding busybox at `bin/busybox`, plus `etc/MARKER` when given (a distinct layer).
+    pub fn busybox_layer(&self, marker: Option<&str>) -> Vec<u8> {
+        let mut files = vec![File::new("bin/busybox", self.busybox.clone(), 0o755)];
+        if let Some(marker) = marker {
+            files.push(File::new(&format!("etc/{marker}"), marker, 0o644));
+        }
+        image::layer(&files).expect("layer")
+    }
+
+    /// A layer holding busybox at `path`.
+    pub fn busybox_at(&self, path: &str) -> Vec<u8> {
+        image::layer(&[File::new(path, self.busybox.clone(), 0o755)]).expect("layer")
+    }
+
+    /// Pushes `image` as `REPO:v1` and, with a key, signs its manifest digest; returns the digest.
+    pub fn push(&self, repo: &str, image: &Image, key: Option<&Key>) -> String {
+        let digest = self
+            .client
+            .push_image(repo, "v1", image)
+            .expect("push image");
+        if let Some(key) = key {
+            sign::sign_legacy(&self.client, key, &self.addr, repo, &digest).expect("sign");
+        }
+        digest
+    }
+
+    /// Writes `dir/policy.toml`: images under `ADDR/PREFIX/**` need a signature by the trusted
+    /// key; everything else is rejected.
+    pub fn write_policy(&self, prefix: &str) {
+        let key = self.dir.join("trusted.pub");
+        std::fs::write(&key, self.trusted.public_pem().expect("pem")).expect("key file");
+        std::fs::write(
+            self.dir.join("policy.toml"),
+            format!(
+                "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"{addr}/{prefix}/**\"\n\
+                 require = \"signatures\"\n[[scope.keys]]\nname = \"trusted\"\npath = \"{key}\"\n",
+                addr = self.addr,
+                key = key.display(),
+            ),
+        )
+        .expect("policy");
+    }
+
+    /// `ctr images pull --plain-http NAME`, asserting success.
+    pub fn pull(&self, name: &str) {
+        let out = self
+            .containerd
+            .ctr(&["images", "pull", "--plain-http", name]);
+        assert!(out.status.success(), "pull {name}: {out:?}");
+    }
+}
