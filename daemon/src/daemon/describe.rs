@@ -194,6 +194,7 @@ fn find_inode(root: &Path, file: LayerId) -> Option<PathBuf> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
