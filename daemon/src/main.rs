@@ -372,7 +372,10 @@ fn serve_with<B: imagegate::enforce::Backend>(
             client: std::sync::Arc::new(client),
             cache: std::sync::Arc::new(imagegate::verdict::VerdictCache::new(Some(store))),
         };
-        let daemon = Daemon::new(backend, verifier, containerd);
+        let mut daemon = Daemon::new(backend, verifier, containerd);
+        daemon.watch_content(imagegate::catalog::content_watch::blob_dir(
+            &config.containerd.root,
+        ));
         serve::serve(
             daemon,
             serve::Outputs {

@@ -55,7 +55,7 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
     let untrusted = image::image(vec![bed.busybox_layer(Some("untrusted"))], &hello);
     let top = ["/usr/local/bin/busybox", "echo", "top"];
     let mixed = image::image(vec![base, bed.busybox_at("usr/local/bin/busybox")], &top);
-    bed.push("e2e/signed", &signed, Some(&bed.trusted));
+    let signed_digest = bed.push("e2e/signed", &signed, Some(&bed.trusted));
     bed.push("e2e/unsigned", &unsigned, None);
     bed.push("e2e/untrusted-key", &untrusted, Some(&bed.other));
     bed.push("e2e/mixed", &mixed, None);
@@ -84,6 +84,15 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
         bed.pull(name);
     }
     daemon::assert_outcomes(&dir, &expected, Duration::from_secs(30), &daemon.log_text());
+    // The content-store watch saw the manifest land and verified it before the image existed.
+    let early = daemon.log_text().lines().any(|line| {
+        line.contains("verified early") && line.contains(&signed_digest) && line.contains("Trusted")
+    });
+    assert!(
+        early,
+        "no early verification of {signed_digest}: {}",
+        daemon.log_text()
+    );
     let events_path = settings.events(&dir);
     let containerd = &bed.containerd;
 

@@ -241,6 +241,52 @@ impl Containerd {
         Ok(bytes)
     }
 
+    /// Where a blob was pulled from, as `host/repository` names: containerd labels fetched
+    /// content `containerd.io/distribution.source.<host>=<repo>[,<repo>...]` (the registry's
+    /// host name without its port). Empty when
+    /// `namespace` does not hold the blob (yet).
+    pub async fn distribution_sources(
+        &self,
+        namespace: &str,
+        digest: &str,
+    ) -> Result<Vec<String>, ContainerdError> {
+        const PREFIX: &str = "containerd.io/distribution.source.";
+        let response = self
+            .client
+            .content()
+            .info(request(
+                namespace,
+                InfoRequest {
+                    digest: digest.to_owned(),
+                },
+            )?)
+            .await;
+        let info = match response {
+            Ok(response) => response.into_inner().info,
+            Err(status) if status.code() == containerd_client::tonic::Code::NotFound => None,
+            Err(source) => {
+                return Err(ContainerdError::Call {
+                    call: "content.info",
+                    source,
+                })
+            }
+        };
+        Ok(info
+            .map(|info| {
+                info.labels
+                    .iter()
+                    .filter_map(|(key, value)| Some((key.strip_prefix(PREFIX)?, value)))
+                    .flat_map(|(registry, repos)| {
+                        repos
+                            .split(',')
+                            .filter(|repo| !repo.is_empty())
+                            .map(move |repo| format!("{registry}/{repo}"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// Follows an image record to its platform manifest, config and chainIDs.
     pub async fn resolve(&self, record: &ImageRecord) -> Result<ResolvedImage, ContainerdError> {
         let doc_error = |source| ContainerdError::Document {

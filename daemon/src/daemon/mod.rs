@@ -6,10 +6,15 @@
 //! verification ends is denied (enforce) or reported (audit), never silently allowed.
 
 pub mod describe;
+pub mod prefetch;
 pub mod serve;
 pub mod table;
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use table::{Changes, ImageEntry, ImageKey, LayerOwner, LayerTable};
 
@@ -43,7 +48,11 @@ pub enum DaemonError {
     },
 }
 
+/// Verifications running at once during a reconciliation.
+const VERIFY_CONCURRENCY: usize = 16;
+
 /// Everything that decides: policy, registry access, verdict cache.
+#[derive(Clone)]
 pub struct Verifier {
     /// The policy in force.
     pub policy: Arc<Policy>,
@@ -101,6 +110,10 @@ pub struct Daemon<B: Backend> {
     /// Directory of every layer the table or the writable set knows, for event paths.
     layer_dirs: HashMap<LayerId, PathBuf>,
     paths: describe::PathFinder,
+    /// Early verification of manifests as they land in the content store.
+    prefetch: Option<Arc<prefetch::Prefetcher>>,
+    /// The content store's blob directory, watched once it exists.
+    blob_dir: Option<PathBuf>,
     verifier: Verifier,
     containerd: Containerd,
 }
@@ -126,6 +139,8 @@ impl<B: Backend> Daemon<B> {
             containers: describe::Containers::default(),
             layer_dirs: HashMap::new(),
             paths: describe::PathFinder::default(),
+            prefetch: None,
+            blob_dir: None,
             verifier,
             containerd,
         }
@@ -133,34 +148,105 @@ impl<B: Backend> Daemon<B> {
 
     /// Replaces the policy (SIGHUP) and re-judges every image.
     pub async fn set_policy(&mut self, policy: Arc<Policy>) -> Result<(), DaemonError> {
+        if let Some(prefetch) = &self.prefetch {
+            prefetch.set_policy(Arc::clone(&policy));
+        }
         self.verifier.policy = policy;
         self.reconcile().await
     }
 
-    /// Applies table changes to the backend.
+    /// Verifies manifests early, as they land in containerd's content store under `blob_dir`
+    /// (see [`prefetch`]). Tried again at every reconciliation until the directory exists;
+    /// without it (old kernel, no directory yet) images are verified at their image event.
+    pub fn watch_content(&mut self, blob_dir: PathBuf) {
+        self.blob_dir = Some(blob_dir);
+        self.start_content_watch();
+    }
+
+    fn start_content_watch(&mut self) {
+        let Some(blob_dir) = self.blob_dir.clone() else {
+            return;
+        };
+        if self.prefetch.is_some() {
+            return;
+        }
+        if !blob_dir.is_dir() {
+            // containerd makes the directory at its first pull; making it first (as containerd
+            // would, 0755) lets that pull be seen too. A read-only root just waits.
+            let content_root = blob_dir.parent().and_then(Path::parent);
+            if !content_root.is_some_and(Path::is_dir)
+                || std::fs::create_dir_all(&blob_dir).is_err()
+            {
+                return;
+            }
+        }
+        let mut watch = match catalog::content_watch::ContentWatch::new(&blob_dir) {
+            Ok(watch) => watch,
+            Err(error) => {
+                tracing::warn!(dir = %blob_dir.display(), error = %crate::doctor::error_chain(&error), "content store not watched; images are verified at their image event");
+                self.blob_dir = None;
+                return;
+            }
+        };
+        let prefetch = Arc::new(prefetch::Prefetcher::new(
+            self.containerd.clone(),
+            Arc::clone(&self.verifier.client),
+            Arc::clone(&self.verifier.cache),
+            Arc::clone(&self.verifier.policy),
+            blob_dir.clone(),
+        ));
+        self.prefetch = Some(Arc::clone(&prefetch));
+        tracing::info!(dir = %blob_dir.display(), "watching the content store for new manifests");
+        tokio::spawn(async move {
+            loop {
+                match watch.next().await {
+                    Ok(digests) => {
+                        for digest in digests {
+                            tokio::spawn(Arc::clone(&prefetch).landed(digest));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "content store watch failed; images are verified at their image event");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Applies table changes to the backend, in one batch.
     fn apply(&mut self, changes: &Changes) -> Result<(), DaemonError> {
         let name = self.backend.name();
-        for layer in &changes.verified {
-            self.backend
-                .set_layer(*layer, LayerState::Verified)
-                .map_err(backend_error(name))?;
-        }
-        for layer in &changes.audit {
-            self.backend
-                .set_layer(*layer, LayerState::Audit)
-                .map_err(backend_error(name))?;
-        }
-        for layer in &changes.unverified {
-            self.backend
-                .remove_layer(*layer)
-                .map_err(backend_error(name))?;
-        }
-        Ok(())
+        let batch: Vec<(LayerId, Option<LayerState>)> = changes
+            .verified
+            .iter()
+            .map(|layer| (*layer, Some(LayerState::Verified)))
+            .chain(
+                changes
+                    .audit
+                    .iter()
+                    .map(|layer| (*layer, Some(LayerState::Audit))),
+            )
+            .chain(changes.unverified.iter().map(|layer| (*layer, None)))
+            .collect();
+        self.backend
+            .apply_layers(&batch)
+            .map_err(backend_error(name))
     }
 
     /// Verifies a catalogued image and records it.
     async fn admit(&mut self, image: CatalogImage) -> Result<(), DaemonError> {
+        if let (Some(prefetch), Ok(reference)) =
+            (&self.prefetch, ImageRef::parse(&image.resolved.record.name))
+        {
+            prefetch.saw_registry(&reference.registry);
+        }
         let verdict = self.verifier.verdict(&image).await;
+        self.record(image, verdict)
+    }
+
+    /// Records a judged image in the table and mirrors the change to the backend.
+    fn record(&mut self, image: CatalogImage, verdict: Verdict) -> Result<(), DaemonError> {
         let key = ImageKey {
             namespace: image.resolved.record.namespace.clone(),
             name: image.resolved.record.name.clone(),
@@ -254,17 +340,59 @@ impl<B: Backend> Daemon<B> {
     /// anything the backend holds that the new table does not (a layer of an image deleted while
     /// the daemon was down, kept alive by pinned BPF maps) is removed.
     pub async fn reconcile(&mut self) -> Result<(), DaemonError> {
+        self.start_content_watch();
         self.table = LayerTable::default();
         self.verdicts.clear();
         self.layer_dirs.clear();
+        let started = std::time::Instant::now();
+        let mut images = Vec::new();
         for result in catalog::reconcile(&self.containerd).await? {
             match result {
-                Ok(image) => self.admit(image).await?,
+                Ok(image) => images.push(image),
                 Err(error) => {
                     tracing::warn!(error = %crate::doctor::error_chain(&error), "image skipped: vouches for nothing")
                 }
             }
         }
+        let catalogued = started.elapsed();
+        // Verdicts (cached, or from the registry) for all images at once, bounded; recorded in
+        // listing order afterwards.
+        let limit = Arc::new(tokio::sync::Semaphore::new(VERIFY_CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, image) in images.into_iter().enumerate() {
+            if let Some(prefetch) = &self.prefetch {
+                if let Ok(reference) = ImageRef::parse(&image.resolved.record.name) {
+                    prefetch.saw_registry(&reference.registry);
+                }
+            }
+            let verifier = self.verifier.clone();
+            let limit = Arc::clone(&limit);
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let verdict = verifier.verdict(&image).await;
+                (index, image, verdict)
+            });
+        }
+        let mut judged = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(done) => judged.push(done),
+                Err(error) => {
+                    tracing::error!(%error, "verification task failed; its image vouches for nothing")
+                }
+            }
+        }
+        judged.sort_by_key(|(index, _, _)| *index);
+        let count = judged.len();
+        for (_, image, verdict) in judged {
+            self.record(image, verdict)?;
+        }
+        tracing::info!(
+            images = count,
+            catalog_ms = catalogued.as_millis() as u64,
+            judged_ms = started.elapsed().as_millis() as u64,
+            "images reconciled"
+        );
         self.writable.clear();
         let mut containers = Vec::new();
         for namespace in self.containerd.namespaces().await? {
@@ -315,6 +443,7 @@ impl<B: Backend> Daemon<B> {
     ) -> Result<(), DaemonError> {
         use containerd_client::events;
         use prost::Message as _;
+        self.start_content_watch();
         let Some(any) = &envelope.event else {
             return Ok(());
         };

@@ -293,13 +293,19 @@ pub async fn verify_digest(
     };
     match cache {
         Some(c) => {
-            let key = VerdictKey {
-                policy_hash: policy.hash.clone(),
-                repository: image.name(),
-                digest: digest.to_string(),
-            };
-            c.get_or_verify(key, work).await
+            c.get_or_verify(verdict_key(policy, image, digest), work)
+                .await
         }
         None => work().await,
+    }
+}
+
+/// The cache key of `image`'s verdict for `digest` under `policy`.
+#[must_use]
+pub fn verdict_key(policy: &Policy, image: &ImageRef, digest: &str) -> VerdictKey {
+    VerdictKey {
+        policy_hash: policy.hash.clone(),
+        repository: image.name(),
+        digest: digest.to_string(),
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 pub use auth::Credentials;
 pub use client::RegistryClient;
 pub use find::find_signatures;
-pub use image::{verify_digest, verify_image, Platform};
+pub use image::{verdict_key, verify_digest, verify_image, Platform};
 
 /// Limits and switches for registry access.
 #[derive(Debug, Clone)]

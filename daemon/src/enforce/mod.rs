@@ -96,6 +96,20 @@ pub trait Backend {
     fn set_layer(&mut self, layer: LayerId, state: LayerState) -> Result<(), Self::Error>;
     /// Forgets a layer: its files are unverified from the next decision on.
     fn remove_layer(&mut self, layer: LayerId) -> Result<(), Self::Error>;
+    /// Sets (`Some`) or forgets (`None`) many layers, in order; a backend that rebuilds state
+    /// per change (fanotify's copy-on-write table) does it once for the whole batch.
+    fn apply_layers(
+        &mut self,
+        changes: &[(LayerId, Option<LayerState>)],
+    ) -> Result<(), Self::Error> {
+        for (layer, state) in changes {
+            match state {
+                Some(state) => self.set_layer(*layer, *state)?,
+                None => self.remove_layer(*layer)?,
+            }
+        }
+        Ok(())
+    }
     /// Decision events queued since the last call.
     fn drain_events(&mut self) -> Vec<Decision>;
     /// Every layer the backend holds, with its state: the daemon compares it with its table at

@@ -66,6 +66,23 @@ impl VerdictCache {
         }
     }
 
+    /// Stores a trusted verdict computed elsewhere (early verification, which may lack context a
+    /// later request has, such as the index that lists the manifest: only a trusted verdict is
+    /// independent of that context, so nothing else is offered).
+    pub async fn offer_trusted(&self, key: VerdictKey, verdict: Verdict) {
+        if verdict.outcome != Outcome::Trusted {
+            return;
+        }
+        self.remember(&key, &verdict);
+        if let Some(store) = self.store.clone() {
+            match tokio::task::spawn_blocking(move || store.put(&key, &verdict)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "verdict not persisted"),
+                Err(e) => warn!(error = %e, "verdict persistence task failed"),
+            }
+        }
+    }
+
     /// The verdict for `key`: cached, or computed by `verify` exactly once however many callers
     /// ask concurrently, then stored.
     pub async fn get_or_verify<F, Fut>(&self, key: VerdictKey, verify: F) -> Verdict

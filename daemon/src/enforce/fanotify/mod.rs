@@ -391,6 +391,35 @@ impl super::Backend for FanotifyBackend {
         Ok(())
     }
 
+    fn apply_layers(
+        &mut self,
+        changes: &[(LayerId, Option<LayerState>)],
+    ) -> Result<(), FanotifyError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // One copy of the table for the batch; ignore marks are revoked if any layer stops
+        // being verified (the same rule as set_layer/remove_layer, applied once).
+        let current = self.shared.policy();
+        let revoke = changes.iter().any(|(layer, state)| {
+            current.layers.get(layer) == Some(&LayerState::Verified)
+                && *state != Some(LayerState::Verified)
+        });
+        self.shared.update(revoke, |policy| {
+            for (layer, state) in changes {
+                match state {
+                    Some(state) => {
+                        policy.layers.insert(*layer, *state);
+                    }
+                    None => {
+                        policy.layers.remove(layer);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
     fn drain_events(&mut self) -> Vec<Decision> {
         self.shared.drain_events()
     }

@@ -1,0 +1,279 @@
+//! The daemon's benchmarks (issue "daemon end to end"), on this machine with the fanotify
+//! backend, a private containerd on a tmpfs and Debian's docker-registry on 127.0.0.1, images
+//! signed in cosign's legacy format. `cargo xtask bench` runs them:
+//! `cargo test --release -p imagegate --test daemon_bench -- --ignored --nocapture --test-threads 1`.
+//!
+//! - `pull_to_verified`: from `ctr images pull` returning to the image's layer being in the
+//!   daemon's verified-layer table (the backend's mirror), p50 and p99;
+//! - `container_start`: `ctr run --rm` of a signed image with the daemon in enforce mode versus
+//!   no daemon, interleaved round by round, as a ratio;
+//! - `scale_500`: 500 signed images of 10 layers each (5,000 layers): the daemon's resident
+//!   memory once it tracks them all, startup reconciliation verifying them all against the
+//!   registry, and startup reconciliation with the registry down (every verdict from the
+//!   persisted cache).
+//!
+//! Each prints `bench NAME VALUE UNIT` lines.
+#![allow(clippy::unwrap_used)] // benchmarks: a panic is a failure with its message
+
+mod support;
+
+use std::{
+    io::Read as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use imagegate_testkit::{image, registry::Client};
+use serde_json::Value;
+use support::{
+    daemon::{DaemonProcess, Settings},
+    signed::SignedBed,
+};
+
+/// The daemon's status straight from its socket (no `imagegate status` process per poll).
+fn status(dir: &Path) -> Option<Value> {
+    let mut stream = std::os::unix::net::UnixStream::connect(dir.join("status.sock")).ok()?;
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+fn verified_layers(dir: &Path) -> u64 {
+    status(dir).map_or(0, |s| {
+        s["layers"]["verified_or_audit"].as_u64().unwrap_or(0)
+    })
+}
+
+fn quantile(mut values: Vec<f64>, q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let at = ((values.len() - 1) as f64 * q).round() as usize;
+    values[at]
+}
+
+fn settings(bed: &SignedBed, tag: &'static str) -> Settings<'static> {
+    Settings {
+        mode: "enforce",
+        backend: "fanotify",
+        insecure: vec![bed.addr.clone()],
+        tag,
+    }
+}
+
+/// Kibibytes of a process's `VmRSS` / `VmHWM`.
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "benchmark: cargo xtask bench"]
+fn pull_to_verified() {
+    let Some(bed) = SignedBed::start("bench-pull") else {
+        return;
+    };
+    let dir = bed.dir.clone();
+    const PULLS: usize = 40;
+    let base = bed.busybox_layer(None);
+    let mut names = Vec::new();
+    for i in 0..PULLS {
+        let top = image::layer(&[image::File::new(&format!("etc/p{i}"), "x", 0o644)]).unwrap();
+        let img = image::image(vec![base.clone(), top], &["/bin/busybox", "true"]);
+        let repo = format!("pull/img-{i:02}");
+        bed.push(&repo, &img, Some(&bed.trusted));
+        names.push(bed.name(&repo));
+    }
+    bed.write_policy("pull");
+    let settings = settings(&bed, "pull");
+    let daemon = DaemonProcess::start(&dir, &settings.write(&dir, &bed.containerd), "pull");
+    let mut latencies = Vec::new();
+    for name in &names {
+        let before = verified_layers(&dir);
+        bed.pull(name);
+        let pulled = Instant::now();
+        // The first pull adds the shared base too.
+        let want = before + if before == 0 { 2 } else { 1 };
+        while verified_layers(&dir) < want {
+            assert!(
+                pulled.elapsed() < Duration::from_secs(30),
+                "{name} never verified: {}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        latencies.push(pulled.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "bench pull_to_verified_p50 {:.1} ms",
+        quantile(latencies.clone(), 0.5)
+    );
+    println!(
+        "bench pull_to_verified_p99 {:.1} ms",
+        quantile(latencies.clone(), 0.99)
+    );
+    println!("bench pull_to_verified_samples {} pulls", latencies.len());
+    daemon.stop();
+}
+
+#[test]
+#[ignore = "benchmark: cargo xtask bench"]
+fn container_start() {
+    let Some(bed) = SignedBed::start("bench-start") else {
+        return;
+    };
+    let dir = bed.dir.clone();
+    let img = image::image(vec![bed.busybox_layer(None)], &["/bin/busybox", "true"]);
+    bed.push("start/app", &img, Some(&bed.trusted));
+    bed.write_policy("start");
+    let name = bed.name("start/app");
+    bed.pull(&name);
+    let settings = settings(&bed, "start");
+    let config = settings.write(&dir, &bed.containerd);
+    const ROUNDS: usize = 8;
+    const RUNS: usize = 5;
+    let mut ratios = Vec::new();
+    let (mut on_all, mut off_all) = (Vec::new(), Vec::new());
+    let mut run = |id: &str| {
+        let started = Instant::now();
+        let out = bed.containerd.run(&name, id, &[]);
+        assert!(out.status.success(), "container failed: {out:?}");
+        started.elapsed().as_secs_f64() * 1e3
+    };
+    for round in 0..ROUNDS {
+        let off: Vec<f64> = (0..RUNS)
+            .map(|i| run(&format!("off-{round}-{i}")))
+            .collect();
+        let daemon = DaemonProcess::start(&dir, &config, "start");
+        let on: Vec<f64> = (0..RUNS).map(|i| run(&format!("on-{round}-{i}"))).collect();
+        daemon.stop();
+        let (on_median, off_median) = (quantile(on.clone(), 0.5), quantile(off.clone(), 0.5));
+        ratios.push(on_median / off_median);
+        on_all.extend(on);
+        off_all.extend(off);
+    }
+    println!(
+        "bench container_start_no_daemon_median {:.1} ms",
+        quantile(off_all, 0.5)
+    );
+    println!(
+        "bench container_start_enforce_median {:.1} ms",
+        quantile(on_all, 0.5)
+    );
+    println!(
+        "bench container_start_ratio_median {:.3} (rounds {:.3}..{:.3})",
+        quantile(ratios.clone(), 0.5),
+        quantile(ratios.clone(), 0.0),
+        quantile(ratios, 1.0)
+    );
+}
+
+#[test]
+#[ignore = "benchmark: cargo xtask bench"]
+fn scale_500() {
+    let Some(mut bed) = SignedBed::start("bench-scale") else {
+        return;
+    };
+    let dir = bed.dir.clone();
+    const IMAGES: usize = 500;
+    const LAYERS: usize = 10;
+    let started = Instant::now();
+    // Push and sign from 4 threads, each with its own client.
+    let names: Vec<String> = (0..IMAGES)
+        .map(|i| bed.name(&format!("scale/img-{i:03}")))
+        .collect();
+    std::thread::scope(|scope| {
+        for worker in 0..4 {
+            let bed = &bed;
+            scope.spawn(move || {
+                let client = Client::new(&bed.addr).unwrap();
+                for i in (worker..IMAGES).step_by(4) {
+                    let layers = (0..LAYERS)
+                        .map(|l| {
+                            image::layer(&[image::File::new(
+                                &format!("opt/{i}/{l}"),
+                                format!("{i}.{l}"),
+                                0o644,
+                            )])
+                            .unwrap()
+                        })
+                        .collect();
+                    let img = image::image(layers, &["/bin/true"]);
+                    let repo = format!("scale/img-{i:03}");
+                    let digest = client.push_image(&repo, "v1", &img).unwrap();
+                    imagegate_testkit::sign::sign_legacy(
+                        &client,
+                        &bed.trusted,
+                        &bed.addr,
+                        &repo,
+                        &digest,
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    bed.write_policy("scale");
+    // Pulled before the daemon runs, 8 at a time.
+    for chunk in names.chunks(8) {
+        let pulls: Vec<_> = chunk
+            .iter()
+            .map(|name| {
+                std::process::Command::new("ctr")
+                    .arg("--address")
+                    .arg(&bed.containerd.socket)
+                    .args(["images", "pull", "--plain-http", name])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut pull in pulls {
+            assert!(pull.wait().unwrap().success(), "pull failed");
+        }
+    }
+    eprintln!("prepared {IMAGES} images in {:?}", started.elapsed());
+
+    let settings = settings(&bed, "scale");
+    let config = settings.write(&dir, &bed.containerd);
+    let expect = (IMAGES * LAYERS) as u64;
+    // Cold: every image verified against the registry during startup reconciliation.
+    let started = Instant::now();
+    let daemon = DaemonProcess::start(&dir, &config, "scale-cold");
+    let cold = started.elapsed();
+    let status_now = status(&dir).unwrap();
+    assert_eq!(status_now["images"]["trusted"], IMAGES, "{status_now}");
+    assert_eq!(verified_layers(&dir), expect, "{status_now}");
+    let rss = memory_kib(daemon.pid(), "VmRSS:");
+    let hwm = memory_kib(daemon.pid(), "VmHWM:");
+    daemon.stop();
+
+    // Warm: the registry is gone; every verdict comes from the persisted cache.
+    bed.registry.stop();
+    let started = Instant::now();
+    let daemon = DaemonProcess::start(&dir, &config, "scale-cached");
+    let cached = started.elapsed();
+    let status_now = status(&dir).unwrap();
+    assert_eq!(status_now["images"]["trusted"], IMAGES, "{status_now}");
+    assert_eq!(verified_layers(&dir), expect, "{status_now}");
+    let cached_rss = memory_kib(daemon.pid(), "VmRSS:");
+    daemon.stop();
+
+    println!("bench scale_images {IMAGES} images, {expect} layers");
+    println!(
+        "bench startup_reconcile_cold {:.2} s (verifying every image against the registry)",
+        cold.as_secs_f64()
+    );
+    println!(
+        "bench startup_reconcile_cached {:.2} s (registry down; target < 2 s)",
+        cached.as_secs_f64()
+    );
+    println!(
+        "bench daemon_rss {:.1} MiB (peak {:.1} MiB; cached start {:.1} MiB; target < 64 MiB)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        cached_rss as f64 / 1024.0
+    );
+}
