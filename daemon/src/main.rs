@@ -373,6 +373,7 @@ fn serve_with<B: imagegate::enforce::Backend>(
             cache: std::sync::Arc::new(imagegate::verdict::VerdictCache::new(Some(store))),
         };
         let mut daemon = Daemon::new(backend, verifier, containerd);
+        daemon.settings = Some((config.mode, config.drift));
         daemon.watch_content(imagegate::catalog::content_watch::blob_dir(
             &config.containerd.root,
         ));

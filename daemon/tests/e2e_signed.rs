@@ -93,6 +93,10 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
         "no early verification of {signed_digest}: {}",
         daemon.log_text()
     );
+    let status = daemon::status(&dir).unwrap();
+    assert_eq!(status["backend"], "fanotify", "{status}");
+    assert_eq!(status["mode"], "enforce", "{status}");
+    assert_eq!(status["last_errors"], serde_json::json!([]), "{status}");
     let events_path = settings.events(&dir);
     let containerd = &bed.containerd;
 

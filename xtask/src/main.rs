@@ -5,6 +5,7 @@
 //! `vm-test` boots one Debian kernel in QEMU and runs the kernel enforcement suite in it;
 //! `bench` runs the benchmarks; `demo` shows the product end to end.
 
+mod daemon_bench;
 mod demo;
 mod setup;
 mod vm;
@@ -32,7 +33,8 @@ enum Command {
         kernel: vm::KernelSeries,
     },
     /// Run the benchmarks: exec latency with the BPF programs attached vs detached (6.12 guest),
-    /// and with the fanotify backend on vs off beside a minimal responder (this machine).
+    /// with the fanotify backend on vs off beside a minimal responder (this machine), and the
+    /// daemon end to end (pull to verified, container start, 500 images).
     Bench,
     /// The end-to-end demo.
     Demo,
@@ -47,7 +49,8 @@ fn main() {
         Command::Bench => setup::run().and_then(|()| {
             let bpf = vm::bench();
             let fanotify = vm::fanotify_bench();
-            bpf.and(fanotify)
+            let daemon = daemon_bench::run();
+            bpf.and(fanotify).and(daemon)
         }),
         Command::Demo => demo::run(),
     };

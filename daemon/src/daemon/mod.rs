@@ -48,6 +48,9 @@ pub enum DaemonError {
     },
 }
 
+/// Errors kept for `status`.
+const LAST_ERRORS: usize = 10;
+
 /// Verifications running at once during a reconciliation.
 const VERIFY_CONCURRENCY: usize = 16;
 
@@ -107,6 +110,10 @@ pub struct Daemon<B: Backend> {
     pub events_seen: u64,
     /// Containers, for naming them in events.
     pub containers: describe::Containers,
+    /// The backend's mode and drift setting, for `status`.
+    pub settings: Option<(crate::enforce::Mode, crate::enforce::Drift)>,
+    /// The most recent errors (newest last), for `status`.
+    errors: std::collections::VecDeque<(std::time::SystemTime, String)>,
     /// Directory of every layer the table or the writable set knows, for event paths.
     layer_dirs: HashMap<LayerId, PathBuf>,
     paths: describe::PathFinder,
@@ -137,6 +144,8 @@ impl<B: Backend> Daemon<B> {
             verdicts: HashMap::new(),
             events_seen: 0,
             containers: describe::Containers::default(),
+            settings: None,
+            errors: std::collections::VecDeque::new(),
             layer_dirs: HashMap::new(),
             paths: describe::PathFinder::default(),
             prefetch: None,
@@ -350,6 +359,7 @@ impl<B: Backend> Daemon<B> {
             match result {
                 Ok(image) => images.push(image),
                 Err(error) => {
+                    self.note_error("image skipped", &error);
                     tracing::warn!(error = %crate::doctor::error_chain(&error), "image skipped: vouches for nothing")
                 }
             }
@@ -556,12 +566,32 @@ impl<B: Backend> Daemon<B> {
         value
     }
 
+    /// Remembers an error for `status` (the last [`LAST_ERRORS`]).
+    pub fn note_error(&mut self, what: &str, error: &dyn std::error::Error) {
+        if self.errors.len() >= LAST_ERRORS {
+            self.errors.pop_front();
+        }
+        self.errors.push_back((
+            std::time::SystemTime::now(),
+            format!("{what}: {}", crate::doctor::error_chain(error)),
+        ));
+    }
+
     /// Status for `imagegate status`.
     #[must_use]
     pub fn status(&self) -> serde_json::Value {
         let (trusted, untrusted) = self.table.counts();
+        let (mode, drift) = self
+            .settings
+            .map_or((None, None), |(m, d)| (Some(m), Some(d)));
         serde_json::json!({
             "backend": self.backend.name(),
+            "mode": mode,
+            "drift": drift,
+            "last_errors": self.errors.iter().map(|(at, message)| serde_json::json!({
+                "time": at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                "error": message,
+            })).collect::<Vec<_>>(),
             "images": {"trusted": trusted, "untrusted": untrusted},
             "layers": {"verified_or_audit": self.table.desired().len(), "writable": self.writable.len()},
             "containers": self.containers.live(),

@@ -50,6 +50,7 @@ pub async fn serve<B: Backend>(
         // Subscribe first, then reconcile: nothing that happens in between is missed.
         let mut events = daemon.containerd.events();
         if let Err(error) = daemon.reconcile().await {
+            daemon.note_error("reconciliation", &error);
             tracing::warn!(error = %crate::doctor::error_chain(&error), "reconciliation failed; retrying");
             tokio::time::sleep(RECONNECT_DELAY).await;
             continue;
@@ -61,6 +62,7 @@ pub async fn serve<B: Backend>(
                 message = events.recv() => match message {
                     Some(envelope) => {
                         if let Err(error) = daemon.handle_event(&envelope).await {
+                            daemon.note_error(&envelope.topic, &error);
                             tracing::warn!(topic = %envelope.topic, error = %crate::doctor::error_chain(&error), "event handling failed");
                         }
                     }
@@ -80,10 +82,14 @@ pub async fn serve<B: Backend>(
                     Ok(policy) => {
                         tracing::info!(policy = %outputs.policy_path.display(), "policy reloaded; re-judging every image");
                         if let Err(error) = daemon.set_policy(Arc::new(policy)).await {
+                            daemon.note_error("re-judging after a policy reload", &error);
                             tracing::warn!(error = %crate::doctor::error_chain(&error), "re-judging after reload failed");
                         }
                     }
-                    Err(error) => tracing::error!(error = %crate::doctor::error_chain(&error), "new policy rejected; keeping the old one"),
+                    Err(error) => {
+                        daemon.note_error("policy reload rejected", &error);
+                        tracing::error!(error = %crate::doctor::error_chain(&error), "new policy rejected; keeping the old one");
+                    }
                 },
                 _ = terminate.recv() => return stop(&mut daemon, &mut outputs),
                 _ = interrupt.recv() => return stop(&mut daemon, &mut outputs),
