@@ -234,23 +234,7 @@ fn scale_500() {
     });
     bed.write_policy("scale");
     // Pulled before the daemon runs, 8 at a time.
-    for chunk in names.chunks(8) {
-        let pulls: Vec<_> = chunk
-            .iter()
-            .map(|name| {
-                std::process::Command::new("ctr")
-                    .arg("--address")
-                    .arg(&bed.containerd.socket)
-                    .args(["images", "pull", "--plain-http", name])
-                    .stdout(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for mut pull in pulls {
-            assert!(pull.wait().unwrap().success(), "pull failed");
-        }
-    }
+    bed.pull_all(&names, 8);
     eprintln!("prepared {IMAGES} images in {:?}", started.elapsed());
 
     let settings = settings(&bed, "scale");

@@ -12,10 +12,7 @@
 
 mod support;
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use imagegate_testkit::image;
 use support::{
@@ -165,30 +162,8 @@ fn fifty_images_pulled_concurrently_each_get_the_right_verdict() {
     let daemon = DaemonProcess::start(&dir, &settings.write(&dir, &bed.containerd), "fifty");
 
     // All 50 pulls at once, each its own ctr process.
-    let pulls: Vec<_> = expected
-        .iter()
-        .map(|(name, _)| {
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&bed.containerd.socket)
-                .args([
-                    "--namespace",
-                    "default",
-                    "images",
-                    "pull",
-                    "--plain-http",
-                    name,
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for pull in pulls {
-        let out = pull.wait_with_output().unwrap();
-        assert!(out.status.success(), "pull failed: {out:?}");
-    }
+    let names: Vec<String> = expected.iter().map(|(name, _)| name.clone()).collect();
+    bed.pull_all(&names, IMAGES);
     let started = Instant::now();
     daemon::assert_outcomes(
         &dir,

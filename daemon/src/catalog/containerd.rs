@@ -403,6 +403,17 @@ pub struct ContainerRecord {
     pub snapshot_key: String,
 }
 
+impl ContainerRecord {
+    fn new(namespace: &str, container: containerd_client::services::v1::Container) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            id: container.id,
+            image: container.image,
+            snapshot_key: container.snapshot_key,
+        }
+    }
+}
+
 impl Containerd {
     /// Every container record in `namespace`.
     pub async fn containers(
@@ -419,12 +430,7 @@ impl Containerd {
             .into_inner()
             .containers
             .into_iter()
-            .map(|c| ContainerRecord {
-                namespace: namespace.to_owned(),
-                id: c.id,
-                image: c.image,
-                snapshot_key: c.snapshot_key,
-            })
+            .map(|c| ContainerRecord::new(namespace, c))
             .collect())
     }
 
@@ -443,12 +449,10 @@ impl Containerd {
             )?)
             .await;
         match response {
-            Ok(response) => Ok(response.into_inner().container.map(|c| ContainerRecord {
-                namespace: namespace.to_owned(),
-                id: c.id,
-                image: c.image,
-                snapshot_key: c.snapshot_key,
-            })),
+            Ok(response) => Ok(response
+                .into_inner()
+                .container
+                .map(|c| ContainerRecord::new(namespace, c))),
             Err(status) if status.code() == containerd_client::tonic::Code::NotFound => Ok(None),
             Err(source) => Err(ContainerdError::Call {
                 call: "containers.get",

@@ -111,6 +111,37 @@ impl SignedBed {
         .expect("policy");
     }
 
+    /// Pulls every name, `at_once` `ctr images pull` processes at a time, asserting success.
+    pub fn pull_all(&self, names: &[String], at_once: usize) {
+        for chunk in names.chunks(at_once.max(1)) {
+            let pulls: Vec<_> = chunk
+                .iter()
+                .map(|name| {
+                    let child = std::process::Command::new("ctr")
+                        .arg("--address")
+                        .arg(&self.containerd.socket)
+                        .args([
+                            "--namespace",
+                            "default",
+                            "images",
+                            "pull",
+                            "--plain-http",
+                            name,
+                        ])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("run ctr");
+                    (name, child)
+                })
+                .collect();
+            for (name, pull) in pulls {
+                let out = pull.wait_with_output().expect("wait for ctr");
+                assert!(out.status.success(), "pull {name}: {out:?}");
+            }
+        }
+    }
+
     /// `ctr images pull --plain-http NAME`, asserting success.
     pub fn pull(&self, name: &str) {
         let out = self
