@@ -761,9 +761,45 @@ mod tests {
         metrics.backend_attached("fanotify");
         assert_eq!(route("GET /healthz HTTP/1.1", &metrics).0, 200);
         assert_eq!(route("GET /readyz HTTP/1.0", &metrics).0, 503);
-        assert_eq!(route("HEAD /metrics HTTP/1.1", &metrics).3, true);
+        assert!(route("HEAD /metrics HTTP/1.1", &metrics).3);
         assert_eq!(route("POST /metrics HTTP/1.1", &metrics).0, 405);
         assert_eq!(route("GET /nope HTTP/1.1", &metrics).0, 404);
         assert_eq!(route("garbage", &metrics).0, 400);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn serves_over_tcp_and_bounds_requests() {
+        let server = Server::start(Listen::Tcp("127.0.0.1:0".parse().expect("addr")))
+            .await
+            .expect("bind");
+        let Listen::Tcp(addr) = server.local else {
+            panic!("tcp")
+        };
+        let request = |text: &'static [u8]| async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(text).await.expect("write");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.expect("read");
+            response
+        };
+        let response = request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.contains("text/plain; version=0.0.4"), "{response}");
+        assert!(response.contains("imagegate_verifications_total{outcome=\"trusted\"}"));
+        let response = request(b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(
+            response.ends_with("\r\n\r\n"),
+            "HEAD has no body: {response}"
+        );
+        // A request head over the bound is refused without reading the rest.
+        let (mut client, server_side) = tokio::io::duplex(64 * 1024);
+        let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        client.write_all(huge.as_bytes()).await.expect("write");
+        respond(server_side, &Metrics::default())
+            .await
+            .expect("respond");
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with("HTTP/1.1 431"), "{response}");
     }
 }
