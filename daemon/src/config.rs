@@ -1,6 +1,10 @@
 //! The daemon's configuration file (TOML, `/etc/imagegate/imagegate.toml`). Strict: an unknown
 //! key is an error, because a mistyped setting in a security daemon must not be ignored. Every
 //! setting has a default, chosen to fail closed.
+//!
+//! [`SETTINGS`] is the one list of every setting with its type, default and meaning: the
+//! reference `docs/config.md` is generated from it (`imagegate config reference`, `cargo xtask
+//! docs`), and tests check it against the structs below and their `Default`s.
 
 use std::path::{Path, PathBuf};
 
@@ -14,14 +18,20 @@ pub const DEFAULT_PATH: &str = "/etc/imagegate/imagegate.toml";
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}")]
+    #[error("{}: cannot read configuration: {source}", path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// `file:line: field: message`, the way compilers and the policy loader report.
+    #[error("{}:{}: {field}: {message}", path.display(), line.map_or_else(|| "?".to_owned(), |l| l.to_string()))]
+    Parse {
+        path: PathBuf,
+        line: Option<usize>,
+        field: String,
+        message: String,
+    },
 }
 
 /// Which enforcement backend to use.
@@ -34,6 +44,19 @@ pub enum BackendChoice {
     BpfLsm,
     /// fanotify permission events only.
     Fanotify,
+}
+
+/// How log lines are written (decision events are always JSON lines on stdout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// JSON lines unless stderr is a terminal (journald, containers get JSON; a person gets text).
+    #[default]
+    Auto,
+    /// Always JSON lines.
+    Json,
+    /// Always human-readable text.
+    Human,
 }
 
 /// The configuration.
@@ -56,6 +79,12 @@ pub struct Config {
     pub status_socket: PathBuf,
     /// BPF pin directory.
     pub pin_dir: PathBuf,
+    /// Where metrics and health are served: a unix socket path, `host:port`, or `off`.
+    pub metrics_listen: String,
+    /// `auto`, `json` or `human`.
+    pub log_format: LogFormat,
+    /// Log filter (`RUST_LOG` syntax); the `RUST_LOG` environment variable overrides it.
+    pub log_level: String,
     /// containerd.
     pub containerd: ContainerdConfig,
     /// Registries.
@@ -96,6 +125,9 @@ impl Default for Config {
             event_log: None,
             status_socket: PathBuf::from("/run/imagegate/status.sock"),
             pin_dir: PathBuf::from(imagegate_common::PIN_DIR),
+            metrics_listen: "/run/imagegate/metrics.sock".to_owned(),
+            log_format: LogFormat::Auto,
+            log_level: "info".to_owned(),
             containerd: ContainerdConfig::default(),
             registry: RegistryConfig::default(),
         }
@@ -140,26 +172,244 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Parses configuration text; errors name the file, line and key.
+    /// Parses configuration text; errors name the file, line and key. Values that parse as
+    /// TOML but cannot be used (a metrics address, a log filter) are errors here too, so that
+    /// `imagegate config check` catches everything the daemon would refuse.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml_parse(text).map_err(|message| ConfigError::Parse {
+        let error = |line: Option<usize>, field: String, message: String| ConfigError::Parse {
             path: path.to_owned(),
+            line,
+            field,
             message,
-        })
+        };
+        let config = Config::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let offset = e.span().map(|span| span.start.min(text.len()));
+            let line = offset.map(|offset| text[..offset].matches('\n').count() + 1);
+            let field = offset
+                .and_then(|offset| key_at(text, offset))
+                .or_else(|| unknown_field(e.message()))
+                .unwrap_or_else(|| "-".to_owned());
+            error(line, field, e.message().to_owned())
+        })?;
+        if let Err(message) = crate::metrics::Listen::parse(&config.metrics_listen) {
+            return Err(error(
+                line_of_key(text, "metrics_listen"),
+                "metrics_listen".into(),
+                message,
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
+            return Err(error(
+                line_of_key(text, "log_level"),
+                "log_level".into(),
+                e.to_string(),
+            ));
+        }
+        Ok(config)
     }
 }
 
-fn toml_parse(text: &str) -> Result<Config, String> {
-    let deserializer = toml::Deserializer::new(text);
-    Config::deserialize(deserializer).map_err(|error| {
-        let line = error
-            .span()
-            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-        match line {
-            Some(line) => format!("line {line}: {}", error.message()),
-            None => error.message().to_owned(),
-        }
+/// The dotted key (`containerd.socket`) defined on the line holding byte `offset`: the key
+/// before `=` on that line, under the last `[table]` header above it.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split('=').next()?.trim();
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') || !line.contains('=') {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match table {
+        Some(table) if !table.is_empty() => format!("{table}.{key}"),
+        _ => key.to_owned(),
     })
+}
+
+/// The name in serde's "unknown field `x`" message.
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_owned())
+}
+
+/// The line where top-level `key` is set, if it is.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|index| index + 1)
+}
+
+/// One setting of the configuration file, for the generated reference.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// Dotted key (`containerd.socket`).
+    pub key: &'static str,
+    /// The TOML type and allowed values.
+    pub kind: &'static str,
+    /// The default as a TOML value; empty when the setting is unset by default.
+    pub default: &'static str,
+    /// What it does and why one would change it.
+    pub doc: &'static str,
+}
+
+/// Every setting: the source of `docs/config.md`. Tests check that it names every field of
+/// [`Config`] and that its defaults are [`Config::default`]'s.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "mode",
+        kind: "`\"enforce\"` \\| `\"audit\"`",
+        default: "\"enforce\"",
+        doc: "`enforce` denies exec (and, with BPF LSM, executable mappings) of files from layers no trusted image vouches for; `audit` allows them and reports each as an event. Policy scopes can set `mode = \"audit\"` for themselves (docs/rollout.md).",
+    },
+    Setting {
+        key: "drift",
+        kind: "`\"deny\"` \\| `\"allow\"`",
+        default: "\"deny\"",
+        doc: "Exec of a file written into a container's writable layer after it started (drift): `deny` treats it as unverified, `allow` lets it run.",
+    },
+    Setting {
+        key: "backend",
+        kind: "`\"auto\"` \\| `\"bpf-lsm\"` \\| `\"fanotify\"`",
+        default: "\"auto\"",
+        doc: "`auto` uses BPF LSM where the kernel runs it (`bpf` in `/sys/kernel/security/lsm` and the programs load), fanotify otherwise; the other two force one and fail when it cannot start. `imagegate doctor` tells which one this kernel gets and why.",
+    },
+    Setting {
+        key: "policy",
+        kind: "path",
+        default: "\"/etc/imagegate/policy.toml\"",
+        doc: "The policy: TOML (docs/policy.md), or a containers-policy.json by its `.json` extension. Reloaded on SIGHUP (`systemctl reload imagegate`); a policy that does not load is refused and the old one kept.",
+    },
+    Setting {
+        key: "state_dir",
+        kind: "path",
+        default: "\"/var/lib/imagegate\"",
+        doc: "Where verdicts persist (`verdicts.redb`), so that a registry outage does not stop images verified before.",
+    },
+    Setting {
+        key: "event_log",
+        kind: "path (optional)",
+        default: "",
+        doc: "Decision events are written to stdout as JSON lines, and also appended to this file when set.",
+    },
+    Setting {
+        key: "status_socket",
+        kind: "path",
+        default: "\"/run/imagegate/status.sock\"",
+        doc: "The unix socket `imagegate status` reads.",
+    },
+    Setting {
+        key: "pin_dir",
+        kind: "path",
+        default: "\"/sys/fs/bpf/imagegate\"",
+        doc: "Where the BPF LSM backend pins its programs and maps, on a bpffs mount; enforcement survives the daemon through these pins.",
+    },
+    Setting {
+        key: "metrics_listen",
+        kind: "string: socket path \\| `host:port` \\| `\"off\"`",
+        default: "\"/run/imagegate/metrics.sock\"",
+        doc: "Where Prometheus metrics (`/metrics`) and the health endpoints (`/healthz`, `/readyz`) are served over HTTP/1.1: an absolute path is a unix socket (reachable only by root by default), `host:port` a TCP listener (for example `\"127.0.0.1:9464\"`, or `\"0.0.0.0:9464\"` for a scraper on the pod network), `off` serves nothing.",
+    },
+    Setting {
+        key: "log_format",
+        kind: "`\"auto\"` \\| `\"json\"` \\| `\"human\"`",
+        default: "\"auto\"",
+        doc: "Log lines on stderr: `auto` writes JSON lines unless stderr is a terminal (journald and container logs get JSON, a person at a terminal gets text).",
+    },
+    Setting {
+        key: "log_level",
+        kind: "string (`RUST_LOG` syntax)",
+        default: "\"info\"",
+        doc: "Log filter, e.g. `\"info\"` or `\"info,imagegate::discover=debug\"`. The `RUST_LOG` environment variable overrides it.",
+    },
+    Setting {
+        key: "containerd.socket",
+        kind: "path",
+        default: "\"/run/containerd/containerd.sock\"",
+        doc: "containerd's gRPC socket. The daemon waits for it at start and reconnects (and reconciles) when containerd restarts.",
+    },
+    Setting {
+        key: "containerd.root",
+        kind: "path",
+        default: "\"/var/lib/containerd\"",
+        doc: "containerd's root directory. Its overlayfs snapshotter's `snapshots` directory is the enforcement scope: files outside it (the host's own) are left alone.",
+    },
+    Setting {
+        key: "registry.insecure",
+        kind: "array of `host:port`",
+        default: "[]",
+        doc: "Registries reached over plain HTTP when fetching signatures; every other registry uses HTTPS.",
+    },
+    Setting {
+        key: "registry.docker_config",
+        kind: "path (optional)",
+        default: "",
+        doc: "A docker `config.json` with credentials for private registries.",
+    },
+    Setting {
+        key: "registry.timeout_seconds",
+        kind: "integer",
+        default: "10",
+        doc: "Seconds per registry request. A registry that does not answer gives an `error` verdict: denied in enforce mode, retried later.",
+    },
+];
+
+/// The configuration reference (`docs/config.md`), generated from [`SETTINGS`].
+#[must_use]
+pub fn reference_markdown() -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         <!-- Generated from daemon/src/config.rs (SETTINGS) by `cargo xtask docs` \
+         (`imagegate config reference`); do not edit by hand. -->\n\n\
+         The daemon reads `/etc/imagegate/imagegate.toml` (`imagegate daemon --config FILE`). \
+         Every key is optional and defaults to the value below; unknown keys and invalid values \
+         are errors naming the file, line and key, and the daemon refuses to start on them. \
+         `imagegate config check FILE` checks a file, and the policy file it names, without \
+         starting anything (exit 0 when both load, 2 otherwise).\n\n\
+         | key | type | default | meaning |\n|---|---|---|---|\n",
+    );
+    for setting in SETTINGS {
+        let default = if setting.default.is_empty() {
+            "unset".to_owned()
+        } else {
+            format!("`{}`", setting.default)
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            setting.key, setting.kind, default, setting.doc
+        ));
+    }
+    out.push_str("\nThe same settings with their defaults, as a file:\n\n```toml\n");
+    out.push_str(&defaults_toml());
+    out.push_str("```\n");
+    out
+}
+
+/// Every setting at its default, as TOML (unset optional settings commented out).
+#[must_use]
+pub fn defaults_toml() -> String {
+    let mut out = String::new();
+    let mut table = "";
+    for setting in SETTINGS {
+        let (section, key) = setting.key.rsplit_once('.').unwrap_or(("", setting.key));
+        if section != table {
+            out.push_str(&format!("\n[{section}]\n"));
+            table = section;
+        }
+        if setting.default.is_empty() {
+            out.push_str(&format!("# {key} = ...\n"));
+        } else {
+            out.push_str(&format!("{key} = {}\n", setting.default));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -202,13 +452,22 @@ mod tests {
         .expect_err("typo must fail");
         let message = error.to_string();
         assert!(
-            message.contains("/etc/x.toml")
-                && message.contains("line 2")
-                && message.contains("mdoe"),
+            message.starts_with("/etc/x.toml:2: mdoe: unknown field `mdoe`"),
             "{message}"
         );
         let error = Config::parse(Path::new("c.toml"), "mode = \"off\"\n").expect_err("bad mode");
-        assert!(error.to_string().contains("line 1"), "{error}");
+        assert!(error.to_string().starts_with("c.toml:1: mode: "), "{error}");
+        let error = Config::parse(
+            Path::new("c.toml"),
+            "mode = \"audit\"\n[registry]\ntimeout_seconds = \"ten\"\n",
+        )
+        .expect_err("bad type");
+        assert!(
+            error
+                .to_string()
+                .starts_with("c.toml:3: registry.timeout_seconds: "),
+            "{error}"
+        );
     }
 
     #[test]
@@ -219,6 +478,116 @@ mod tests {
             packaged,
             Config::default(),
             "the packaged file must show the defaults"
+        );
+    }
+
+    #[test]
+    fn unusable_values_are_errors_at_their_line() {
+        let error = Config::parse(
+            Path::new("c.toml"),
+            "mode = \"audit\"\nmetrics_listen = \"relative/path\"\n",
+        )
+        .expect_err("relative socket path");
+        assert!(
+            error.to_string().starts_with("c.toml:2: metrics_listen: "),
+            "{error}"
+        );
+        let error =
+            Config::parse(Path::new("c.toml"), "log_level = \"info,[\"\n").expect_err("bad filter");
+        assert!(
+            error.to_string().starts_with("c.toml:1: log_level: "),
+            "{error}"
+        );
+        for listen in ["off", "127.0.0.1:9464", "[::1]:9464", "/run/x/metrics.sock"] {
+            Config::parse(
+                Path::new("c.toml"),
+                &format!("metrics_listen = \"{listen}\"\n"),
+            )
+            .unwrap_or_else(|e| panic!("{listen}: {e}"));
+        }
+    }
+
+    /// Leaf keys of a serialized value, dotted (`containerd.socket`).
+    fn leaf_keys(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    if value.is_object() {
+                        leaf_keys(value, &path, out);
+                    } else {
+                        out.push(path);
+                    }
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+
+    #[test]
+    fn settings_table_names_every_field_exactly_once() {
+        let value = serde_json::to_value(Config::default()).expect("serializable");
+        let mut fields = Vec::new();
+        leaf_keys(&value, "", &mut fields);
+        fields.sort();
+        let mut listed: Vec<String> = SETTINGS.iter().map(|s| s.key.to_owned()).collect();
+        listed.sort();
+        assert_eq!(
+            fields, listed,
+            "config.rs SETTINGS must list every Config field once (and nothing else)"
+        );
+    }
+
+    #[test]
+    fn settings_table_defaults_are_the_code_defaults() {
+        let text = defaults_toml();
+        let parsed = Config::parse(Path::new("defaults"), &text).expect("defaults parse");
+        assert_eq!(parsed, Config::default(), "SETTINGS defaults:\n{text}");
+        // Setting by setting too, so a mismatch names the setting.
+        for setting in SETTINGS.iter().filter(|s| !s.default.is_empty()) {
+            let (section, key) = setting.key.rsplit_once('.').unwrap_or(("", setting.key));
+            let single = if section.is_empty() {
+                format!("{key} = {}\n", setting.default)
+            } else {
+                format!("[{section}]\n{key} = {}\n", setting.default)
+            };
+            assert_eq!(
+                Config::parse(Path::new("one"), &single).expect("one setting"),
+                Config::default(),
+                "{}",
+                setting.key
+            );
+        }
+    }
+
+    #[test]
+    fn the_packaged_config_mentions_every_setting() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/imagegate.toml");
+        let text = std::fs::read_to_string(path).expect("packaged config");
+        for setting in SETTINGS {
+            let key = setting.key.rsplit('.').next().unwrap_or(setting.key);
+            assert!(
+                text.lines().any(|line| line
+                    .trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} ="))),
+                "packaging/config/imagegate.toml does not show `{}`",
+                setting.key
+            );
+        }
+    }
+
+    #[test]
+    fn docs_config_md_is_generated_from_the_settings_table() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md");
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == reference_markdown(),
+            "docs/config.md is out of date with daemon/src/config.rs SETTINGS: run `cargo xtask docs` \
+             (or `imagegate config reference > docs/config.md`) and commit the result"
         );
     }
 }

@@ -3,7 +3,8 @@
 //! Modules: `verify` (cosign signatures), `policy` (what must be signed by whom), `verdict`
 //! (results, persisted), `discover` (finding signatures in registries), `catalog` (what
 //! containerd has), `enforce` (kernel backends, their self-test), `btf` (kernel type information
-//! for the programs' struct offsets), `doctor` (capability report), `telemetry` (logging set-up).
+//! for the programs' struct offsets), `doctor` (capability report), `telemetry` (logging set-up),
+//! `metrics` (Prometheus metrics and health endpoints), `systemd` (readiness and watchdog).
 
 pub mod btf;
 pub mod catalog;
@@ -12,7 +13,9 @@ pub mod daemon;
 pub mod discover;
 pub mod doctor;
 pub mod enforce;
+pub mod metrics;
 pub mod policy;
+pub mod systemd;
 pub mod telemetry;
 pub mod verdict;
 pub mod verify;

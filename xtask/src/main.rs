@@ -7,6 +7,7 @@
 
 mod daemon_bench;
 mod demo;
+mod package;
 mod setup;
 mod vm;
 
@@ -38,6 +39,14 @@ enum Command {
     Bench,
     /// The end-to-end demo.
     Demo,
+    /// Build the Debian package (target/debian/imagegate_*.deb) with cargo-deb.
+    Package {
+        /// Then install it on this machine, run it, remove and purge it (as `test` does).
+        #[arg(long)]
+        test: bool,
+    },
+    /// Regenerate docs/config.md from the daemon's settings table.
+    Docs,
 }
 
 fn main() {
@@ -53,11 +62,38 @@ fn main() {
             bpf.and(fanotify).and(daemon)
         }),
         Command::Demo => demo::run(),
+        Command::Package { test: false } => setup::run().and_then(|()| package::run()),
+        Command::Package { test: true } => setup::run().and_then(|()| match package::test()? {
+            (_, 0) => Ok(()),
+            (_, failed) => anyhow::bail!("{failed} package checks failed"),
+        }),
+        Command::Docs => docs(),
     };
     if let Err(error) = result {
         eprintln!("xtask: {error:#}");
         std::process::exit(1);
     }
+}
+
+/// Writes docs/config.md from `imagegate config reference` (daemon/src/config.rs SETTINGS).
+fn docs() -> Result<()> {
+    let reference = setup::output(
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "imagegate",
+                "--",
+                "config",
+                "reference",
+            ])
+            .current_dir(setup::workspace_root()),
+    )?;
+    let path = setup::workspace_root().join("docs/config.md");
+    std::fs::write(&path, reference)?;
+    println!("wrote {}", path.display());
+    Ok(())
 }
 
 fn test() -> Result<()> {
@@ -67,6 +103,19 @@ fn test() -> Result<()> {
     let (mut passed, mut failed_count) =
         setup::cargo_test(&["test", "--workspace", "--exclude", "imagegate-ebpf"])?;
     let mut failed = Vec::new();
+    // The Debian package: built, installed, run, removed and purged on this machine.
+    match package::test() {
+        Ok((p, f)) => {
+            (passed, failed_count) = (passed + p, failed_count + f);
+            if f > 0 {
+                failed.push("package".to_owned());
+            }
+        }
+        Err(error) => {
+            eprintln!("xtask: package test: {error:#}");
+            failed.push("package".to_owned());
+        }
+    }
     for kernel in [vm::KernelSeries::V6_1, vm::KernelSeries::V6_12] {
         match vm::test(kernel) {
             Ok((p, f)) => {
@@ -92,6 +141,6 @@ fn test() -> Result<()> {
         println!("total: {passed} passed, {failed_count} failed");
         Ok(())
     } else {
-        anyhow::bail!("VM suites failed on: {}", failed.join(", "))
+        anyhow::bail!("suites failed: {}", failed.join(", "))
     }
 }

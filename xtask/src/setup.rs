@@ -20,6 +20,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "docker-registry",
+    "systemd",     // systemd-analyze verify (the unit's test)
+    "libcap2-bin", // capsh (the unit's capability names)
 ];
 
 /// The bpf-linker release that builds against LLVM 22 (the nightly's LLVM).
@@ -29,7 +31,26 @@ pub fn run() -> Result<()> {
     debian_packages()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     Ok(())
+}
+
+/// cargo-deb, which builds the Debian package (`cargo xtask package`), from crates.io.
+fn cargo_deb() -> Result<()> {
+    let version = crate::package::CARGO_DEB_VERSION;
+    if output(Command::new("cargo").args(["deb", "--version"]))
+        .is_ok_and(|out| out.split_whitespace().any(|word| word == version))
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-deb {version}");
+    run_command(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-deb",
+        "--version",
+        version,
+    ]))
 }
 
 /// The workspace root (xtask lives one level below it).

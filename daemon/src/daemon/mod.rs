@@ -66,8 +66,15 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Verifies one image's platform manifest under its name.
+    /// Verifies one image's platform manifest under its name (counted in the metrics).
     pub async fn verdict(&self, image: &CatalogImage) -> Verdict {
+        let started = std::time::Instant::now();
+        let verdict = self.judge(image).await;
+        crate::metrics::global().verification(verdict.outcome, started.elapsed());
+        verdict
+    }
+
+    async fn judge(&self, image: &CatalogImage) -> Verdict {
         let record = &image.resolved.record;
         let reference = match ImageRef::parse(&record.name) {
             Ok(reference) => reference,

@@ -45,11 +45,16 @@ pub async fn serve<B: Backend>(
     let _ = std::fs::remove_file(&outputs.status_socket);
     let status = UnixListener::bind(&outputs.status_socket).map_err(io)?;
     let mut drain = tokio::time::interval(EVENT_DRAIN_INTERVAL);
+    let mut watchdog = crate::systemd::Watchdog::from_env();
+    let metrics = crate::metrics::global();
 
     loop {
         // Subscribe first, then reconcile: nothing that happens in between is missed.
         let mut events = daemon.containerd.events();
-        if let Err(error) = daemon.reconcile().await {
+        let reconciled = watchdog.during(daemon.reconcile()).await;
+        metrics.reconciled(reconciled.is_ok());
+        metrics.observe_table(&daemon.table, daemon.writable.len());
+        if let Err(error) = reconciled {
             daemon.note_error("reconciliation", &error);
             tracing::warn!(error = %crate::doctor::error_chain(&error), "reconciliation failed; retrying");
             tokio::time::sleep(RECONNECT_DELAY).await;
@@ -65,6 +70,7 @@ pub async fn serve<B: Backend>(
                             daemon.note_error(&envelope.topic, &error);
                             tracing::warn!(topic = %envelope.topic, error = %crate::doctor::error_chain(&error), "event handling failed");
                         }
+                        metrics.observe_table(&daemon.table, daemon.writable.len());
                     }
                     None => {
                         tracing::warn!("containerd event stream ended; reconnecting and reconciling");
@@ -72,6 +78,7 @@ pub async fn serve<B: Backend>(
                     }
                 },
                 _ = drain.tick() => write_events(&mut daemon, &mut outputs),
+                () = watchdog.tick() => watchdog.ping(),
                 accepted = status.accept() => {
                     if let Ok((mut stream, _)) = accepted {
                         let body = serde_json::to_vec_pretty(&daemon.status()).unwrap_or_default();
@@ -100,6 +107,8 @@ pub async fn serve<B: Backend>(
 }
 
 fn stop<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs) -> Result<(), DaemonError> {
+    crate::metrics::global().stopping();
+    crate::systemd::notify("STOPPING=1");
     write_events(daemon, outputs);
     let _ = std::fs::remove_file(&outputs.status_socket);
     tracing::info!(
@@ -116,6 +125,7 @@ fn write_events<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs) {
     }
     let mut stdout = std::io::stdout().lock();
     for decision in &decisions {
+        crate::metrics::global().decision(daemon.backend.name(), decision.verdict, decision.hook);
         let line = daemon.describe(decision).to_string();
         let _ = writeln!(stdout, "{line}");
         if let Some(file) = outputs.event_log.as_mut() {
@@ -128,12 +138,5 @@ fn write_events<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs) {
 
 /// Tells systemd (`Type=notify`) that the daemon is ready, when it runs under systemd.
 fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let socket = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(socket) => socket,
-        Err(_) => return,
-    };
-    let _ = socket.send_to(b"READY=1", PathBuf::from(path));
+    crate::systemd::notify("READY=1");
 }

@@ -112,8 +112,26 @@ impl Session {
         self.used.load(Ordering::SeqCst)
     }
 
-    /// GET `/v2/<repo>/<path>`; `Ok(None)` on 404. Bodies over `limit` are refused.
+    /// GET `/v2/<repo>/<path>`; `Ok(None)` on 404. Bodies over `limit` are refused. Failures
+    /// are counted in the registry error metric.
     pub async fn get(
+        &self,
+        registry: &str,
+        repo: &str,
+        path: &str,
+        accept: &str,
+        limit: usize,
+    ) -> Result<Option<Fetched>, DiscoverError> {
+        let result = self
+            .get_uncounted(registry, repo, path, accept, limit)
+            .await;
+        if let Err(error) = &result {
+            crate::metrics::global().registry_error(error);
+        }
+        result
+    }
+
+    async fn get_uncounted(
         &self,
         registry: &str,
         repo: &str,
@@ -182,11 +200,13 @@ impl Session {
             .await?;
         if let Some(f) = &got {
             if f.digest != digest {
-                return Err(DiscoverError::DigestMismatch {
+                let error = DiscoverError::DigestMismatch {
                     url: format!("{registry}/{repo}/{kind}/{digest}"),
                     expected: digest.to_string(),
                     actual: f.digest.clone(),
-                });
+                };
+                crate::metrics::global().registry_error(&error);
+                return Err(error);
             }
         }
         Ok(got)

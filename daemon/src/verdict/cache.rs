@@ -91,8 +91,10 @@ impl VerdictCache {
         Fut: Future<Output = Verdict>,
     {
         if let Some(v) = self.lookup(&key) {
+            crate::metrics::global().cache_hit();
             return v;
         }
+        crate::metrics::global().cache_miss();
         let cell = self
             .inflight
             .entry(key.clone())

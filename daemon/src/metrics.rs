@@ -1,0 +1,805 @@
+//! Metrics in the Prometheus text format, and the health endpoints probes use, served over a
+//! small HTTP/1.1 responder on a unix socket (the default: only root reaches it) or TCP.
+//!
+//! The counters are process-global atomics so that the places that count (the verifier, the
+//! verdict cache, the registry client, the event loop) need no handle threaded through them;
+//! a scrape renders them. The responder answers `GET /metrics`, `/healthz` and `/readyz`, one
+//! request per connection, with bounded reads and a bounded number of connections: a scraper
+//! that misbehaves cannot take the daemon's memory or file descriptors.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
+        Arc, LazyLock, Mutex,
+    },
+    time::Duration,
+};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::{daemon::table::LayerTable, discover::DiscoverError, verdict::Outcome};
+
+/// Where metrics are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A unix socket at this path.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(SocketAddr),
+}
+
+impl Listen {
+    /// `off` → `None`; an absolute path → unix socket; `host:port` → TCP.
+    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+        let text = text.trim();
+        if text == "off" {
+            return Ok(None);
+        }
+        if text.starts_with('/') {
+            return Ok(Some(Self::Unix(PathBuf::from(text))));
+        }
+        text.parse::<SocketAddr>()
+            .map(|addr| Some(Self::Tcp(addr)))
+            .map_err(|_| {
+                format!(
+                    "{text:?} is neither \"off\", an absolute unix socket path, nor an IP address with a port (\"127.0.0.1:9464\")"
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the verification latency histogram: from a cached verdict
+/// (microseconds) to a registry at its request timeout.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Verdict outcomes, in the order of [`Metrics::verifications`].
+const OUTCOMES: [&str; 3] = ["trusted", "untrusted", "error"];
+
+/// Registry error kinds, one per [`DiscoverError`] variant the client returns.
+const REGISTRY_ERROR_KINDS: [&str; 8] = [
+    "http",
+    "timeout",
+    "status",
+    "too_large",
+    "request_budget",
+    "malformed",
+    "digest_mismatch",
+    "auth",
+];
+
+/// Where the daemon is in its reconciliation with containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Reconcile {
+    /// None finished yet (containerd not reached, or the first one running).
+    Pending = 0,
+    /// The last one succeeded.
+    Ok = 1,
+    /// The last one failed (it is being retried).
+    Failed = 2,
+}
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+struct Histogram {
+    /// Per bucket (not cumulative); the last slot is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let slot = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything counted.
+#[derive(Default)]
+pub struct Metrics {
+    verifications: [AtomicU64; 3],
+    verification_latency: Histogram,
+    /// (backend, verdict, hook) → decisions the backend reported.
+    decisions: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    registry_errors: [AtomicU64; REGISTRY_ERROR_KINDS.len()],
+    layers_verified: AtomicU64,
+    layers_audit: AtomicU64,
+    layers_writable: AtomicU64,
+    images_trusted: AtomicU64,
+    images_untrusted: AtomicU64,
+    reconciliations_ok: AtomicU64,
+    reconciliations_failed: AtomicU64,
+    reconcile: AtomicU8,
+    backend: Mutex<Option<&'static str>>,
+    stopping: AtomicBool,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+/// The process's metrics.
+#[must_use]
+pub fn global() -> &'static Metrics {
+    &METRICS
+}
+
+/// What a probe gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// `/healthz`: the backend is attached and the last reconciliation did not fail.
+    pub live: bool,
+    /// `/readyz`: the backend is attached and the last reconciliation succeeded.
+    pub ready: bool,
+    /// Why, in a few words.
+    pub detail: String,
+}
+
+impl Metrics {
+    /// One image verified: its outcome and how long it took (cache lookups included).
+    pub fn verification(&self, outcome: Outcome, elapsed: Duration) {
+        let index = match outcome {
+            Outcome::Trusted => 0,
+            Outcome::Untrusted => 1,
+            Outcome::Error => 2,
+        };
+        self.verifications[index].fetch_add(1, Ordering::Relaxed);
+        self.verification_latency.observe(elapsed);
+    }
+
+    /// One decision the backend reported (`denied` or `audit`).
+    pub fn decision(&self, backend: &'static str, verdict: &'static str, hook: &'static str) {
+        if let Ok(mut decisions) = self.decisions.lock() {
+            *decisions.entry((backend, verdict, hook)).or_default() += 1;
+        }
+    }
+
+    /// A verdict answered from the cache (memory or the persisted store).
+    pub fn cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A verdict that had to be computed.
+    pub fn cache_miss(&self) {
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A registry request that failed.
+    pub fn registry_error(&self, error: &DiscoverError) {
+        let kind = match error {
+            DiscoverError::Http { .. } => "http",
+            DiscoverError::Timeout { .. } => "timeout",
+            DiscoverError::Status { .. } => "status",
+            DiscoverError::TooLarge { .. } => "too_large",
+            DiscoverError::RequestBudget { .. } => "request_budget",
+            DiscoverError::DigestMismatch { .. } => "digest_mismatch",
+            DiscoverError::Auth { .. } => "auth",
+            DiscoverError::Malformed { .. }
+            | DiscoverError::Reference { .. }
+            | DiscoverError::NoPlatform { .. } => "malformed",
+        };
+        if let Some(index) = REGISTRY_ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.registry_errors[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The layer table's size and the images by verdict, after it changed.
+    pub fn observe_table(&self, table: &LayerTable, writable: usize) {
+        let desired = table.desired();
+        let verified = desired
+            .values()
+            .filter(|d| **d == crate::daemon::table::Desired::Verified)
+            .count();
+        let (trusted, untrusted) = table.counts();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        self.layers_verified
+            .store(count(verified), Ordering::Relaxed);
+        self.layers_audit
+            .store(count(desired.len() - verified), Ordering::Relaxed);
+        self.layers_writable
+            .store(count(writable), Ordering::Relaxed);
+        self.images_trusted.store(count(trusted), Ordering::Relaxed);
+        self.images_untrusted
+            .store(count(untrusted), Ordering::Relaxed);
+    }
+
+    /// The enforcement backend is attached (after its self-test, for BPF LSM).
+    pub fn backend_attached(&self, name: &'static str) {
+        if let Ok(mut backend) = self.backend.lock() {
+            *backend = Some(name);
+        }
+        if let Ok(mut decisions) = self.decisions.lock() {
+            for verdict in ["denied", "audit"] {
+                decisions.entry((name, verdict, "exec")).or_default();
+            }
+        }
+    }
+
+    /// A reconciliation with containerd ended.
+    pub fn reconciled(&self, ok: bool) {
+        let (counter, state) = if ok {
+            (&self.reconciliations_ok, Reconcile::Ok)
+        } else {
+            (&self.reconciliations_failed, Reconcile::Failed)
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.reconcile.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The daemon is shutting down: probes fail from now on.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn reconcile_state(&self) -> Reconcile {
+        match self.reconcile.load(Ordering::Relaxed) {
+            1 => Reconcile::Ok,
+            2 => Reconcile::Failed,
+            _ => Reconcile::Pending,
+        }
+    }
+
+    fn backend_name(&self) -> Option<&'static str> {
+        self.backend.lock().ok().and_then(|b| *b)
+    }
+
+    /// What `/healthz` and `/readyz` answer.
+    #[must_use]
+    pub fn health(&self) -> Health {
+        let backend = self.backend_name();
+        let state = self.reconcile_state();
+        let stopping = self.stopping.load(Ordering::Relaxed);
+        let detail = match (backend, state, stopping) {
+            (_, _, true) => "stopping".to_owned(),
+            (None, _, _) => "no enforcement backend attached".to_owned(),
+            (Some(b), Reconcile::Pending, _) => {
+                format!("{b} attached; waiting for containerd and the first reconciliation")
+            }
+            (Some(b), Reconcile::Ok, _) => format!("{b} attached; reconciled with containerd"),
+            (Some(b), Reconcile::Failed, _) => {
+                format!("{b} attached; the last reconciliation with containerd failed")
+            }
+        };
+        let attached = backend.is_some() && !stopping;
+        Health {
+            live: attached && state != Reconcile::Failed,
+            ready: attached && state == Reconcile::Ok,
+            detail,
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+
+        header(
+            &mut out,
+            "imagegate_verifications_total",
+            "counter",
+            "Images verified, by verdict outcome.",
+        );
+        for (outcome, counter) in OUTCOMES.iter().zip(&self.verifications) {
+            let _ = writeln!(
+                out,
+                "imagegate_verifications_total{{outcome=\"{outcome}\"}} {}",
+                load(counter)
+            );
+        }
+
+        header(
+            &mut out,
+            "imagegate_verification_duration_seconds",
+            "histogram",
+            "Time to reach a verdict for one image (cache lookups, registry requests, signature checks).",
+        );
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS
+            .iter()
+            .map(ToString::to_string)
+            .chain(std::iter::once("+Inf".to_owned()))
+            .zip(&self.verification_latency.buckets)
+        {
+            cumulative += load(bucket);
+            let _ = writeln!(
+                out,
+                "imagegate_verification_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "imagegate_verification_duration_seconds_sum {}\nimagegate_verification_duration_seconds_count {}",
+            load(&self.verification_latency.sum_micros) as f64 / 1e6,
+            load(&self.verification_latency.count)
+        );
+
+        header(
+            &mut out,
+            "imagegate_exec_decisions_total",
+            "counter",
+            "Execs and executable mappings the backend denied (verdict=\"denied\") or allowed and reported (verdict=\"audit\").",
+        );
+        if let Ok(decisions) = self.decisions.lock() {
+            for ((backend, verdict, hook), count) in decisions.iter() {
+                let _ = writeln!(
+                    out,
+                    "imagegate_exec_decisions_total{{backend=\"{backend}\",verdict=\"{verdict}\",hook=\"{hook}\"}} {count}"
+                );
+            }
+        }
+
+        header(
+            &mut out,
+            "imagegate_verdict_cache_hits_total",
+            "counter",
+            "Verdicts answered from the cache (memory or the persisted store).",
+        );
+        let _ = writeln!(
+            out,
+            "imagegate_verdict_cache_hits_total {}",
+            load(&self.cache_hits)
+        );
+        header(
+            &mut out,
+            "imagegate_verdict_cache_misses_total",
+            "counter",
+            "Verdicts that had to be computed.",
+        );
+        let _ = writeln!(
+            out,
+            "imagegate_verdict_cache_misses_total {}",
+            load(&self.cache_misses)
+        );
+
+        header(
+            &mut out,
+            "imagegate_registry_errors_total",
+            "counter",
+            "Registry requests that failed, by kind.",
+        );
+        for (kind, counter) in REGISTRY_ERROR_KINDS.iter().zip(&self.registry_errors) {
+            let _ = writeln!(
+                out,
+                "imagegate_registry_errors_total{{kind=\"{kind}\"}} {}",
+                load(counter)
+            );
+        }
+
+        header(
+            &mut out,
+            "imagegate_layers",
+            "gauge",
+            "Layers in the enforcement table: verified (a trusted image contains it), audit (only audit-scope images do), writable (container writable layers, judged for drift).",
+        );
+        for (state, gauge) in [
+            ("verified", &self.layers_verified),
+            ("audit", &self.layers_audit),
+            ("writable", &self.layers_writable),
+        ] {
+            let _ = writeln!(out, "imagegate_layers{{state=\"{state}\"}} {}", load(gauge));
+        }
+
+        header(
+            &mut out,
+            "imagegate_images",
+            "gauge",
+            "containerd images tracked, by verdict.",
+        );
+        for (verdict, gauge) in [
+            ("trusted", &self.images_trusted),
+            ("untrusted", &self.images_untrusted),
+        ] {
+            let _ = writeln!(
+                out,
+                "imagegate_images{{verdict=\"{verdict}\"}} {}",
+                load(gauge)
+            );
+        }
+
+        header(
+            &mut out,
+            "imagegate_reconciliations_total",
+            "counter",
+            "Reconciliations with containerd, by result.",
+        );
+        let _ = writeln!(
+            out,
+            "imagegate_reconciliations_total{{result=\"ok\"}} {}\nimagegate_reconciliations_total{{result=\"failed\"}} {}",
+            load(&self.reconciliations_ok),
+            load(&self.reconciliations_failed)
+        );
+
+        let health = self.health();
+        header(
+            &mut out,
+            "imagegate_ready",
+            "gauge",
+            "1 when the backend is attached and the last reconciliation succeeded (as /readyz).",
+        );
+        let _ = writeln!(out, "imagegate_ready {}", u8::from(health.ready));
+        if let Some(backend) = self.backend_name() {
+            header(
+                &mut out,
+                "imagegate_backend_info",
+                "gauge",
+                "The enforcement backend in use.",
+            );
+            let _ = writeln!(out, "imagegate_backend_info{{backend=\"{backend}\"}} 1");
+        }
+        out
+    }
+}
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("serving metrics on {listen}")]
+pub struct ServeError {
+    listen: Listen,
+    #[source]
+    source: std::io::Error,
+}
+
+/// The running endpoint; stops (and removes its socket file) when dropped.
+pub struct Server {
+    task: tokio::task::JoinHandle<()>,
+    socket: Option<PathBuf>,
+    /// The bound address (the real port when the configured one was 0).
+    pub local: Listen,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 32;
+/// A request head larger than this is refused.
+const MAX_REQUEST: usize = 8 * 1024;
+/// A client must send its request within this time.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Server {
+    /// Binds `listen` and serves [`global`] until dropped. Must be called inside a tokio runtime.
+    pub async fn start(listen: Listen) -> Result<Self, ServeError> {
+        let error = |source| ServeError {
+            listen: listen.clone(),
+            source,
+        };
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        match &listen {
+            Listen::Unix(path) => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(error)?;
+                }
+                let _ = std::fs::remove_file(path);
+                let listener = tokio::net::UnixListener::bind(path).map_err(error)?;
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+                    .map_err(error)?;
+                let task = tokio::spawn(async move {
+                    loop {
+                        if let Ok((stream, _)) = listener.accept().await {
+                            spawn_connection(stream, &limit);
+                        }
+                    }
+                });
+                Ok(Self {
+                    task,
+                    socket: Some(path.clone()),
+                    local: listen,
+                })
+            }
+            Listen::Tcp(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(error)?;
+                let local = Listen::Tcp(listener.local_addr().map_err(error)?);
+                let task = tokio::spawn(async move {
+                    loop {
+                        if let Ok((stream, _)) = listener.accept().await {
+                            spawn_connection(stream, &limit);
+                        }
+                    }
+                });
+                Ok(Self {
+                    task,
+                    socket: None,
+                    local,
+                })
+            }
+        }
+    }
+}
+
+fn spawn_connection<S>(stream: S, limit: &Arc<tokio::sync::Semaphore>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Over the limit, the connection is closed at once rather than queued in memory.
+    let Ok(permit) = Arc::clone(limit).try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, global())).await;
+        drop(permit);
+    });
+}
+
+/// Reads one request head and writes one response.
+async fn respond<S>(mut stream: S, metrics: &Metrics) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0_u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.len() > MAX_REQUEST {
+            return write_response(&mut stream, 431, "text/plain", "request too large\n", false)
+                .await;
+        }
+    }
+    let request_line = head
+        .split(|b| *b == b'\n')
+        .next()
+        .map(|line| String::from_utf8_lossy(line).trim().to_owned())
+        .unwrap_or_default();
+    let (status, content_type, body, head_only) = route(&request_line, metrics);
+    write_response(&mut stream, status, content_type, &body, head_only).await
+}
+
+/// (status, content type, body, HEAD) for a request line.
+fn route(request_line: &str, metrics: &Metrics) -> (u16, &'static str, String, bool) {
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
+        return (400, "text/plain", "bad request\n".into(), false);
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return (405, "text/plain", "only GET and HEAD\n".into(), false),
+    };
+    let path = target.split('?').next().unwrap_or(target);
+    let text = "text/plain; charset=utf-8";
+    match path {
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+            head_only,
+        ),
+        "/healthz" | "/livez" => {
+            let health = metrics.health();
+            let status = if health.live { 200 } else { 503 };
+            (status, text, format!("{}\n", health.detail), head_only)
+        }
+        "/readyz" => {
+            let health = metrics.health();
+            let status = if health.ready { 200 } else { 503 };
+            (status, text, format!("{}\n", health.detail), head_only)
+        }
+        _ => (
+            404,
+            text,
+            "not found: /metrics, /healthz, /readyz\n".into(),
+            head_only,
+        ),
+    }
+}
+
+async fn write_response<S>(
+    stream: &mut S,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(body.as_bytes()).await?;
+    }
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(Listen::parse("off"), Ok(None));
+        assert_eq!(
+            Listen::parse("/run/imagegate/metrics.sock"),
+            Ok(Some(Listen::Unix("/run/imagegate/metrics.sock".into())))
+        );
+        assert_eq!(
+            Listen::parse("127.0.0.1:9464"),
+            Ok(Some(Listen::Tcp("127.0.0.1:9464".parse().expect("addr"))))
+        );
+        assert!(Listen::parse("localhost:9464").is_err());
+        assert!(Listen::parse("metrics.sock").is_err());
+        assert!(Listen::parse("").is_err());
+    }
+
+    #[test]
+    fn health_follows_backend_and_reconciliation() {
+        let metrics = Metrics::default();
+        assert!(!metrics.health().live && !metrics.health().ready);
+        metrics.backend_attached("fanotify");
+        assert!(metrics.health().live && !metrics.health().ready);
+        metrics.reconciled(true);
+        assert!(metrics.health().live && metrics.health().ready);
+        metrics.reconciled(false);
+        assert!(!metrics.health().live && !metrics.health().ready);
+        metrics.reconciled(true);
+        metrics.stopping();
+        assert!(!metrics.health().live && !metrics.health().ready);
+    }
+
+    /// Parses the exposition into (series, value), checking every line is a comment or a sample.
+    fn samples(text: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            out.insert(series.to_owned(), value.parse().expect("numeric value"));
+        }
+        out
+    }
+
+    #[test]
+    fn exposition_counts_what_happened() {
+        let metrics = Metrics::default();
+        metrics.backend_attached("bpf-lsm");
+        metrics.verification(Outcome::Trusted, Duration::from_millis(3));
+        metrics.verification(Outcome::Error, Duration::from_secs(20));
+        metrics.decision("bpf-lsm", "denied", "mmap");
+        metrics.cache_hit();
+        metrics.registry_error(&DiscoverError::Timeout { url: "u".into() });
+        let text = metrics.render();
+        let s = samples(&text);
+        assert_eq!(s["imagegate_verifications_total{outcome=\"trusted\"}"], 1.0);
+        assert_eq!(
+            s["imagegate_verifications_total{outcome=\"untrusted\"}"],
+            0.0
+        );
+        assert_eq!(s["imagegate_verifications_total{outcome=\"error\"}"], 1.0);
+        assert_eq!(
+            s["imagegate_verification_duration_seconds_bucket{le=\"0.001\"}"],
+            0.0
+        );
+        assert_eq!(
+            s["imagegate_verification_duration_seconds_bucket{le=\"0.005\"}"],
+            1.0
+        );
+        assert_eq!(
+            s["imagegate_verification_duration_seconds_bucket{le=\"10\"}"],
+            1.0
+        );
+        assert_eq!(
+            s["imagegate_verification_duration_seconds_bucket{le=\"30\"}"],
+            2.0
+        );
+        assert_eq!(
+            s["imagegate_verification_duration_seconds_bucket{le=\"+Inf\"}"],
+            2.0
+        );
+        assert_eq!(s["imagegate_verification_duration_seconds_count"], 2.0);
+        assert!((s["imagegate_verification_duration_seconds_sum"] - 20.003).abs() < 1e-9);
+        assert_eq!(
+            s["imagegate_exec_decisions_total{backend=\"bpf-lsm\",verdict=\"denied\",hook=\"mmap\"}"],
+            1.0
+        );
+        assert_eq!(
+            s["imagegate_exec_decisions_total{backend=\"bpf-lsm\",verdict=\"denied\",hook=\"exec\"}"],
+            0.0
+        );
+        assert_eq!(s["imagegate_verdict_cache_hits_total"], 1.0);
+        assert_eq!(s["imagegate_registry_errors_total{kind=\"timeout\"}"], 1.0);
+        assert_eq!(s["imagegate_backend_info{backend=\"bpf-lsm\"}"], 1.0);
+        assert!(text.contains("# TYPE imagegate_verification_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn responder_routes_requests() {
+        let metrics = Metrics::default();
+        assert_eq!(route("GET /metrics HTTP/1.1", &metrics).0, 200);
+        assert_eq!(route("GET /healthz HTTP/1.1", &metrics).0, 503);
+        metrics.backend_attached("fanotify");
+        assert_eq!(route("GET /healthz HTTP/1.1", &metrics).0, 200);
+        assert_eq!(route("GET /readyz HTTP/1.0", &metrics).0, 503);
+        assert!(route("HEAD /metrics HTTP/1.1", &metrics).3);
+        assert_eq!(route("POST /metrics HTTP/1.1", &metrics).0, 405);
+        assert_eq!(route("GET /nope HTTP/1.1", &metrics).0, 404);
+        assert_eq!(route("garbage", &metrics).0, 400);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn serves_over_tcp_and_bounds_requests() {
+        let server = Server::start(Listen::Tcp("127.0.0.1:0".parse().expect("addr")))
+            .await
+            .expect("bind");
+        let Listen::Tcp(addr) = server.local else {
+            panic!("tcp")
+        };
+        let request = |text: &'static [u8]| async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(text).await.expect("write");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.expect("read");
+            response
+        };
+        let response = request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.contains("text/plain; version=0.0.4"), "{response}");
+        assert!(response.contains("imagegate_verifications_total{outcome=\"trusted\"}"));
+        let response = request(b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(
+            response.ends_with("\r\n\r\n"),
+            "HEAD has no body: {response}"
+        );
+        // A request head over the bound is refused without reading the rest.
+        let (mut client, server_side) = tokio::io::duplex(64 * 1024);
+        let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        client.write_all(huge.as_bytes()).await.expect("write");
+        respond(server_side, &Metrics::default())
+            .await
+            .expect("respond");
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    }
+}

@@ -1,0 +1,327 @@
+//! The Debian package: `cargo xtask package` builds it with cargo-deb (metadata in
+//! daemon/Cargo.toml); `cargo xtask test` builds it, installs it on this machine with dpkg,
+//! runs the installed binary, removes and purges it, and checks what is left at each step.
+//! The unit is never enabled or started here (the package does not do either, and the check
+//! says so). Whatever fails, the package is purged before the test returns.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::setup::{output, workspace_root};
+
+/// The cargo-deb release `setup` installs.
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
+
+const UNIT: &str = "/usr/lib/systemd/system/imagegate.service";
+const CONFIG: &str = "/etc/imagegate/imagegate.toml";
+const POLICY: &str = "/etc/imagegate/policy.toml";
+const BINARY: &str = "/usr/bin/imagegate";
+const STATE: &str = "/var/lib/imagegate";
+
+/// Builds the .deb (release profile) and returns its path.
+pub fn build() -> Result<PathBuf> {
+    let out_dir = workspace_root().join("target/debian");
+    let stdout = output(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["deb", "-p", "imagegate", "--output"])
+            .arg(&out_dir)
+            .current_dir(workspace_root())
+            .stderr(std::process::Stdio::inherit()),
+    )
+    .context("cargo deb (cargo xtask setup installs cargo-deb)")?;
+    let path = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.ends_with(".deb"))
+        .map(PathBuf::from)
+        .context("cargo deb printed no .deb path")?;
+    if !path.is_file() {
+        bail!(
+            "cargo deb reported {} but it does not exist",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// `cargo xtask package`.
+pub fn run() -> Result<()> {
+    let deb = build()?;
+    println!("{}", deb.display());
+    Ok(())
+}
+
+fn installed() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "imagegate"])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
+
+/// Any trace of the package in dpkg's database (installed, or removed with conffiles left).
+fn known_to_dpkg() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "imagegate"])
+        .output()
+        .is_ok_and(|out| {
+            let status = String::from_utf8_lossy(&out.stdout);
+            out.status.success() && !status.contains("not-installed")
+        })
+}
+
+/// Purges the package when dropped: a failed check never leaves it installed.
+struct Installation {
+    marker: PathBuf,
+}
+
+impl Drop for Installation {
+    fn drop(&mut self) {
+        if known_to_dpkg() {
+            let _ = Command::new("dpkg").args(["--purge", "imagegate"]).status();
+        }
+        let _ = std::fs::remove_file(&self.marker);
+    }
+}
+
+fn run_out(command: &mut Command) -> Result<Output> {
+    command
+        .output()
+        .with_context(|| format!("starting {command:?}"))
+}
+
+fn check(condition: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if condition {
+        Ok(())
+    } else {
+        bail!("{}", what())
+    }
+}
+
+/// Builds, installs, exercises, removes and purges the package; `(passed, failed)` checks.
+pub fn test() -> Result<(u64, u64)> {
+    let deb = build()?;
+    let marker = workspace_root().join("target/debian/installed-by-xtask-test");
+    if known_to_dpkg() {
+        if marker.exists() {
+            eprintln!("xtask: purging the imagegate package a previous test run left installed");
+            crate::setup::run_command(Command::new("dpkg").args(["--purge", "imagegate"]))?;
+        } else {
+            bail!(
+                "an imagegate package this test did not install is on this machine; \
+                 the package test would replace it (dpkg --purge imagegate first)"
+            );
+        }
+    }
+    let state_existed = Path::new(STATE).exists();
+    let scratch = workspace_root().join("target/debian/test");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+
+    let mut results: Vec<(&str, Result<()>)> = Vec::new();
+    results.push(("contents_and_conffiles", contents(&deb)));
+
+    std::fs::write(&marker, b"")?;
+    let guard = Installation { marker };
+    let install = run_out(
+        Command::new("dpkg")
+            .arg("-i")
+            .arg(&deb)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .and_then(|out| {
+        check(out.status.success() && installed(), || {
+            format!("dpkg -i failed: {}", String::from_utf8_lossy(&out.stderr))
+        })
+    });
+    let install_ok = install.is_ok();
+    results.push(("dpkg_install", install));
+    if install_ok {
+        results.push(("installed_files_and_unit_not_enabled", installed_files()));
+        results.push(("installed_unit_verifies", unit_verifies()));
+        results.push(("installed_doctor_runs", doctor()));
+        results.push((
+            "installed_config_check_accepts_the_defaults",
+            config_check_ok(),
+        ));
+        results.push((
+            "installed_config_check_rejects_a_typo",
+            config_check_typo(&scratch),
+        ));
+        results.push((
+            "remove_keeps_conffiles_purge_removes_all",
+            remove_and_purge(state_existed),
+        ));
+    }
+    drop(guard);
+    results.push((
+        "nothing_left_after_purge",
+        check(
+            !known_to_dpkg() && !Path::new(BINARY).exists() && !Path::new(UNIT).exists(),
+            || "the package or its files are still there after the purge".into(),
+        ),
+    ));
+
+    let (mut passed, mut failed) = (0, 0);
+    for (name, result) in &results {
+        match result {
+            Ok(()) => {
+                println!("test package::{name} ... ok");
+                passed += 1;
+            }
+            Err(error) => {
+                println!("test package::{name} ... FAILED: {error:#}");
+                failed += 1;
+            }
+        }
+    }
+    println!("package: {passed} passed, {failed} failed");
+    Ok((passed, failed))
+}
+
+fn contents(deb: &Path) -> Result<()> {
+    let listing = output(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
+    for path in [
+        BINARY,
+        UNIT,
+        CONFIG,
+        POLICY,
+        "/usr/share/doc/imagegate/config.md",
+    ] {
+        check(listing.contains(&format!(".{path}")), || {
+            format!("{path} not in the package:\n{listing}")
+        })?;
+    }
+    let dir = tempfile_dir("control")?;
+    crate::setup::run_command(Command::new("dpkg-deb").arg("--control").arg(deb).arg(&dir))?;
+    let conffiles = std::fs::read_to_string(dir.join("conffiles"))?;
+    for path in [CONFIG, POLICY] {
+        check(conffiles.lines().any(|l| l.trim() == path), || {
+            format!("{path} is not a conffile: {conffiles}")
+        })?;
+    }
+    let postinst = std::fs::read_to_string(dir.join("postinst")).unwrap_or_default();
+    check(!postinst.contains("deb-systemd-invoke start"), || {
+        "the package must not start the daemon before the policy is reviewed".into()
+    })?;
+    Ok(())
+}
+
+fn tempfile_dir(name: &str) -> Result<PathBuf> {
+    let dir = workspace_root().join("target/debian/test").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.parent().context("parent")?)?;
+    Ok(dir)
+}
+
+fn installed_files() -> Result<()> {
+    for path in [BINARY, UNIT, CONFIG, POLICY] {
+        check(Path::new(path).is_file(), || {
+            format!("{path} not installed")
+        })?;
+    }
+    for wants in [
+        "/etc/systemd/system/multi-user.target.wants/imagegate.service",
+        "/etc/systemd/system/kubelet.service.wants/imagegate.service",
+    ] {
+        check(!Path::new(wants).exists(), || {
+            format!("{wants}: the unit must not be enabled by installing the package")
+        })?;
+    }
+    Ok(())
+}
+
+fn unit_verifies() -> Result<()> {
+    let out = run_out(Command::new("systemd-analyze").args(["verify", UNIT]))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(
+        out.status.success() && !stderr.contains("imagegate.service"),
+        || format!("systemd-analyze verify {UNIT}: {stderr}"),
+    )
+}
+
+fn doctor() -> Result<()> {
+    let out = run_out(Command::new(BINARY).arg("doctor"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(out.status.success() && stdout.contains("fanotify"), || {
+        format!(
+            "imagegate doctor: {}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn config_check_ok() -> Result<()> {
+    let out = run_out(Command::new(BINARY).args(["config", "check", CONFIG]))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success()
+            && stdout.contains(&format!("{CONFIG}: ok"))
+            && stdout.contains(&format!("{POLICY}: ok")),
+        || {
+            format!(
+                "imagegate config check {CONFIG}: {}\n{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        },
+    )
+}
+
+fn config_check_typo(scratch: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(CONFIG)?;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("mode = "))
+        .context("no mode line in the installed config")?
+        + 1;
+    let broken = scratch.join("typo.toml");
+    std::fs::write(
+        &broken,
+        text.replacen("mode = \"enforce\"", "mode = \"enforse\"", 1),
+    )?;
+    let out = run_out(Command::new(BINARY).arg("config").arg("check").arg(&broken))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("{}:{line}: mode: ", broken.display());
+    check(
+        out.status.code() == Some(2) && stderr.contains(&expected),
+        || {
+            format!(
+                "expected exit 2 and {expected:?}; got {}: {stderr}",
+                out.status
+            )
+        },
+    )
+}
+
+fn remove_and_purge(state_existed: bool) -> Result<()> {
+    // The daemon's state, as a run would leave it (only when this machine had none).
+    if !state_existed {
+        std::fs::create_dir_all(STATE)?;
+        std::fs::write(Path::new(STATE).join("verdicts.redb"), b"state")?;
+    }
+    crate::setup::run_command(Command::new("dpkg").args(["-r", "imagegate"]))?;
+    check(
+        !Path::new(BINARY).exists() && !Path::new(UNIT).exists(),
+        || "dpkg -r left the binary or the unit".into(),
+    )?;
+    check(
+        Path::new(CONFIG).exists() && Path::new(POLICY).exists(),
+        || "dpkg -r must keep the configuration (conffiles) for a reinstall".into(),
+    )?;
+    crate::setup::run_command(Command::new("dpkg").args(["--purge", "imagegate"]))?;
+    check(!Path::new("/etc/imagegate").exists(), || {
+        "dpkg --purge left /etc/imagegate".into()
+    })?;
+    if !state_existed {
+        check(!Path::new(STATE).exists(), || {
+            format!("dpkg --purge left {STATE}")
+        })?;
+    }
+    Ok(())
+}
