@@ -195,3 +195,194 @@ fn exec_latency() {
         median(events_per_exec)
     );
 }
+
+/// CPU seconds (user + system) of the children this process has waited for.
+fn children_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: usage is valid for writes; getrusage fills it.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
+    // SAFETY: zero-initialised and filled by getrusage.
+    let usage = unsafe { usage.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Mean of the values left after dropping `trim` of them at each end.
+fn trimmed_mean(mut values: Vec<f64>, trim: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let cut = (values.len() as f64 * trim).floor() as usize;
+    let kept = &values[cut..values.len() - cut];
+    kept.iter().sum::<f64>() / kept.len() as f64
+}
+
+/// The "repeated host execs add at most 1%", measured more quietly than `exec_latency`:
+/// only `off` against the backend with ignore marks, many short rounds in ABBA order (so drift
+/// in the machine's load hits both alike), and besides wall time the CPU time of the exec'd
+/// children (what an exec costs the kernel, without the waits other load adds). Per-round
+/// ratios are summarised by their median and their 10%-trimmed mean.
+#[test]
+#[ignore = "benchmark: cargo xtask bench --only fanotify"]
+fn repeated_host_exec() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let rounds: usize = std::env::var("IMAGEGATE_BENCH_HOST_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let per_block: u32 = 100;
+    let fixture = Fixture::create();
+    let host = fixture.host_binary.clone();
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    let (mut wall_sums, mut cpu_sums) = ([0.0f64; 2], [0.0f64; 2]);
+    let mut events = 0.0;
+    for round in 0..rounds {
+        let mut measured = [(0.0, 0.0); 2];
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for on in order {
+            let mut responder = (on == 1).then(|| {
+                Responder::start(
+                    &ChildConfig::backend(&fixture.snapshots),
+                    Duration::from_secs(120),
+                )
+            });
+            time_execs(&host, 10);
+            let before = children_cpu_seconds();
+            let per_exec = time_execs(&host, per_block);
+            let cpu_per_exec = (children_cpu_seconds() - before) * 1e6 / f64::from(per_block);
+            measured[on] = (per_exec, cpu_per_exec);
+            wall_sums[on] += per_exec;
+            cpu_sums[on] += cpu_per_exec;
+            if let Some(responder) = responder.as_mut() {
+                let stats = responder.stats();
+                events += stats["events"].as_f64().unwrap_or(0.0);
+                assert_eq!(stats["denied"], 0, "host execs were denied: {stats}");
+            }
+        }
+        wall.push(measured[1].0 / measured[0].0);
+        cpu.push(measured[1].1 / measured[0].1);
+    }
+    let execs = rounds as f64 * f64::from(per_block + 10);
+    println!();
+    println!(
+        "bench repeated host exec: {rounds} rounds (ABBA) x {per_block} execs, backend with ignore marks vs off"
+    );
+    println!(
+        "bench repeated host exec wall: off {:.1} us, on {:.1} us; on/off median {:.4}, 10%-trimmed mean {:.4}, rounds p25..p75 {:.3}..{:.3}, pooled {:.4}",
+        wall_sums[0] / rounds as f64,
+        wall_sums[1] / rounds as f64,
+        median(wall.clone()),
+        trimmed_mean(wall.clone(), 0.1),
+        quantile(wall.clone(), 0.25),
+        quantile(wall, 0.75),
+        wall_sums[1] / wall_sums[0]
+    );
+    println!(
+        "bench repeated host exec child CPU: off {:.1} us, on {:.1} us; on/off median {:.4}, 10%-trimmed mean {:.4}, rounds p25..p75 {:.3}..{:.3}, pooled {:.4}",
+        cpu_sums[0] / rounds as f64,
+        cpu_sums[1] / rounds as f64,
+        median(cpu.clone()),
+        trimmed_mean(cpu.clone(), 0.1),
+        quantile(cpu.clone(), 0.25),
+        quantile(cpu, 0.75),
+        cpu_sums[1] / cpu_sums[0]
+    );
+    println!(
+        "bench repeated host exec permission events per exec with the backend on: {:.4}",
+        events / execs
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "bench repeated host exec load average: {}",
+        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+    );
+}
+
+/// Runs `evil` (a file of an unverified layer) until the exec is denied; returns how long that
+/// took from `since` and how many execs ran before.
+fn until_denied(evil: &Path, since: Instant) -> (Duration, u32) {
+    let mut ran = 0;
+    loop {
+        match exec_true(evil) {
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
+                return (since.elapsed(), ran)
+            }
+            Ok(status) if status.success() => ran += 1,
+            other => panic!("exec of {}: {other:?}", evil.display()),
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "the backend never started enforcing"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// "Restartable in well under a second": from starting the backend process to its first
+/// answered decision (an exec of an unverified file denied), and from killing it to a new
+/// process denying again. The process is this test binary re-run as the responder: start-up,
+/// the strategy probe, the group, the scope's mark.
+#[test]
+#[ignore = "benchmark: cargo xtask bench --only fanotify"]
+fn restart_time() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let rounds: usize = std::env::var("IMAGEGATE_BENCH_RESTART_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let fixture = Fixture::create();
+    let evil = fixture.merged.join("bin/evil");
+    let config = ChildConfig::backend(&fixture.snapshots);
+    let (mut start, mut restart, mut gap_execs, mut probe_ms) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut strategy = String::new();
+    for _ in 0..rounds {
+        let since = Instant::now();
+        let mut responder = Responder::spawn(&config, Duration::from_secs(120));
+        let (took, _) = until_denied(&evil, since);
+        start.push(took.as_secs_f64() * 1e3);
+        responder.wait_ready();
+        strategy.clone_from(&responder.ready);
+        if let Some(ms) = responder
+            .ready
+            .rsplit_once('(')
+            .and_then(|(_, rest)| rest.strip_suffix(" ms))"))
+            .and_then(|ms| ms.parse::<f64>().ok())
+        {
+            probe_ms.push(ms);
+        }
+        let since = Instant::now();
+        responder.kill();
+        let mut replacement = Responder::spawn(&config, Duration::from_secs(120));
+        let (took, ran) = until_denied(&evil, since);
+        restart.push(took.as_secs_f64() * 1e3);
+        gap_execs.push(f64::from(ran));
+        replacement.wait_ready();
+    }
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    println!();
+    println!("bench fanotify restart: {rounds} rounds, backend process = {strategy}");
+    println!(
+        "bench fanotify start to first answered decision: median {:.1} ms, max {:.1} ms",
+        median(start.clone()),
+        max(&start)
+    );
+    println!(
+        "bench fanotify kill to a new process denying: median {:.1} ms, max {:.1} ms; unverified execs that ran in the gap: median {:.0}, max {:.0}",
+        median(restart.clone()),
+        max(&restart),
+        median(gap_execs.clone()),
+        max(&gap_execs)
+    );
+    if !probe_ms.is_empty() {
+        println!(
+            "bench fanotify strategy probe within the start: median {:.0} ms, max {:.0} ms",
+            median(probe_ms.clone()),
+            max(&probe_ms)
+        );
+    }
+}

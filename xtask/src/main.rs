@@ -3,9 +3,12 @@
 //! `setup` installs what the build and the tests need (Debian packages, the nightly `rust-src`
 //! component, bpf-linker); `test` runs every test this machine can run, VM suites included;
 //! `vm-test` boots one Debian kernel in QEMU and runs the kernel enforcement suite in it;
-//! `bench` runs the benchmarks; `demo` shows the product end to end.
+//! `bench` runs the benchmarks; `fuzz` runs the fuzz targets at length; `demo` shows the
+//! product end to end.
 
+mod bench_verify;
 mod demo;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -32,8 +35,25 @@ enum Command {
         kernel: vm::KernelSeries,
     },
     /// Run the benchmarks: exec latency with the BPF programs attached vs detached (6.12 guest),
-    /// and with the fanotify backend on vs off beside a minimal responder (this machine).
-    Bench,
+    /// with the fanotify backend on vs off beside a minimal responder and its restart time (this
+    /// machine), and signature verification against a local registry.
+    Bench {
+        /// Run one part only.
+        #[arg(long, value_enum)]
+        only: Option<BenchPart>,
+    },
+    /// Run the fuzz targets (fuzz/, cargo-fuzz) for longer than `cargo xtask test` does.
+    Fuzz {
+        /// One target (default: all, one after another).
+        #[arg(long)]
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// libFuzzer sanitizer: none, or address for the unsafe code paths (slower).
+        #[arg(long, default_value = "none")]
+        sanitizer: String,
+    },
     /// The end-to-end demo.
     Demo,
 }
@@ -44,17 +64,45 @@ fn main() {
         Command::Setup => setup::run(),
         Command::Test => test(),
         Command::VmTest { kernel } => setup::run().and_then(|()| vm::test(kernel).map(drop)),
-        Command::Bench => setup::run().and_then(|()| {
-            let bpf = vm::bench();
-            let fanotify = vm::fanotify_bench();
-            bpf.and(fanotify)
-        }),
+        Command::Bench { only } => setup::run().and_then(|()| bench(only)),
+        Command::Fuzz {
+            target,
+            seconds,
+            sanitizer,
+        } => setup::run().and_then(|()| fuzz::long(target.as_deref(), seconds, &sanitizer)),
         Command::Demo => demo::run(),
     };
     if let Err(error) = result {
         eprintln!("xtask: {error:#}");
         std::process::exit(1);
     }
+}
+
+/// Parts of `cargo xtask bench`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchPart {
+    /// Exec latency with the BPF programs (6.12 guest).
+    Bpf,
+    /// Exec latency and restart time of the fanotify backend (this machine).
+    Fanotify,
+    /// Signature verification against a local registry.
+    Verify,
+}
+
+fn bench(only: Option<BenchPart>) -> Result<()> {
+    let wanted = |part| only.is_none_or(|only| only == part);
+    let mut results = Vec::new();
+    if wanted(BenchPart::Bpf) {
+        results.push(vm::bench());
+    }
+    if wanted(BenchPart::Fanotify) {
+        results.push(vm::fanotify_bench());
+        results.push(bench_verify::fanotify());
+    }
+    if wanted(BenchPart::Verify) {
+        results.push(bench_verify::verification());
+    }
+    results.into_iter().collect()
 }
 
 fn test() -> Result<()> {
@@ -64,6 +112,12 @@ fn test() -> Result<()> {
     let (mut passed, mut failed_count) =
         setup::cargo_test(&["test", "--workspace", "--exclude", "imagegate-ebpf"])?;
     let mut failed = Vec::new();
+    // The fuzz targets, briefly: each is one test.
+    let (p, f) = fuzz::brief();
+    (passed, failed_count) = (passed + p, failed_count + f);
+    if f > 0 {
+        failed.push("fuzz".to_owned());
+    }
     for kernel in [vm::KernelSeries::V6_1, vm::KernelSeries::V6_12] {
         match vm::test(kernel) {
             Ok((p, f)) => {
@@ -89,6 +143,7 @@ fn test() -> Result<()> {
         println!("total: {passed} passed, {failed_count} failed");
         Ok(())
     } else {
-        anyhow::bail!("VM suites failed on: {}", failed.join(", "))
+        println!("total: {passed} passed, {failed_count} failed");
+        anyhow::bail!("failed: {}", failed.join(", "))
     }
 }

@@ -72,7 +72,11 @@ fn backend(config: &ChildConfig) {
         reply(&format!("error {}", imagegate::doctor::error_chain(&error)));
         return;
     }
-    reply(&format!("ready {:?}", backend.strategy()));
+    reply(&format!(
+        "ready {:?} (chosen by {})",
+        backend.strategy(),
+        backend.strategy_how()
+    ));
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let parts: Vec<&str> = line.split_whitespace().collect();
