@@ -216,10 +216,12 @@ fn trimmed_mean(mut values: Vec<f64>, trim: f64) -> f64 {
 }
 
 /// The "repeated host execs add at most 1%", measured more quietly than `exec_latency`:
-/// only `off` against the backend with ignore marks, many short rounds in ABBA order (so drift
-/// in the machine's load hits both alike), and besides wall time the CPU time of the exec'd
-/// children (what an exec costs the kernel, without the waits other load adds). Per-round
-/// ratios are summarised by their median and their 10%-trimmed mean.
+/// `off`, an `idle` child process (started the same way as the backend, no fanotify group: what
+/// the mere presence of a freshly started process costs on this machine) and the backend with
+/// ignore marks, many short rounds in rotating order (so drift in the machine's load hits all
+/// alike). Besides wall time, the CPU time of the exec'd children (what an exec costs in the
+/// kernel, without the waits other load adds). Per-round ratios to `off` are summarised by their
+/// median and their 10%-trimmed mean.
 #[test]
 #[ignore = "benchmark: cargo xtask bench --only fanotify"]
 fn repeated_host_exec() {
@@ -234,60 +236,65 @@ fn repeated_host_exec() {
     let per_block: u32 = 100;
     let fixture = Fixture::create();
     let host = fixture.host_binary.clone();
-    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
-    let (mut wall_sums, mut cpu_sums) = ([0.0f64; 2], [0.0f64; 2]);
+    const NAMES: [&str; 3] = ["off", "idle", "backend"];
+    // [config] -> per-round (wall, child CPU) in us per exec.
+    let mut blocks: Vec<Vec<(f64, f64)>> = vec![Vec::new(); NAMES.len()];
     let mut events = 0.0;
     for round in 0..rounds {
-        let mut measured = [(0.0, 0.0); 2];
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for on in order {
-            let mut responder = (on == 1).then(|| {
-                Responder::start(
-                    &ChildConfig::backend(&fixture.snapshots),
-                    Duration::from_secs(120),
-                )
-            });
+        for step in 0..NAMES.len() {
+            let config = (round + step) % NAMES.len();
+            let mut responder = match config {
+                0 => None,
+                1 => Some(ChildConfig {
+                    kind: "idle".into(),
+                    ..ChildConfig::backend(&fixture.snapshots)
+                }),
+                _ => Some(ChildConfig::backend(&fixture.snapshots)),
+            }
+            .map(|child| Responder::start(&child, Duration::from_secs(120)));
             time_execs(&host, 10);
             let before = children_cpu_seconds();
             let per_exec = time_execs(&host, per_block);
             let cpu_per_exec = (children_cpu_seconds() - before) * 1e6 / f64::from(per_block);
-            measured[on] = (per_exec, cpu_per_exec);
-            wall_sums[on] += per_exec;
-            cpu_sums[on] += cpu_per_exec;
-            if let Some(responder) = responder.as_mut() {
+            blocks[config].push((per_exec, cpu_per_exec));
+            if let (Some(responder), 2) = (responder.as_mut(), config) {
                 let stats = responder.stats();
                 events += stats["events"].as_f64().unwrap_or(0.0);
                 assert_eq!(stats["denied"], 0, "host execs were denied: {stats}");
             }
         }
-        wall.push(measured[1].0 / measured[0].0);
-        cpu.push(measured[1].1 / measured[0].1);
     }
     let execs = rounds as f64 * f64::from(per_block + 10);
     println!();
     println!(
-        "bench repeated host exec: {rounds} rounds (ABBA) x {per_block} execs, backend with ignore marks vs off"
+        "bench repeated host exec: {rounds} rounds x {per_block} execs per configuration, order rotating; ratios per round to off"
     );
-    println!(
-        "bench repeated host exec wall: off {:.1} us, on {:.1} us; on/off median {:.4}, 10%-trimmed mean {:.4}, rounds p25..p75 {:.3}..{:.3}, pooled {:.4}",
-        wall_sums[0] / rounds as f64,
-        wall_sums[1] / rounds as f64,
-        median(wall.clone()),
-        trimmed_mean(wall.clone(), 0.1),
-        quantile(wall.clone(), 0.25),
-        quantile(wall, 0.75),
-        wall_sums[1] / wall_sums[0]
-    );
-    println!(
-        "bench repeated host exec child CPU: off {:.1} us, on {:.1} us; on/off median {:.4}, 10%-trimmed mean {:.4}, rounds p25..p75 {:.3}..{:.3}, pooled {:.4}",
-        cpu_sums[0] / rounds as f64,
-        cpu_sums[1] / rounds as f64,
-        median(cpu.clone()),
-        trimmed_mean(cpu.clone(), 0.1),
-        quantile(cpu.clone(), 0.25),
-        quantile(cpu, 0.75),
-        cpu_sums[1] / cpu_sums[0]
-    );
+    for (what, pick) in [("wall", 0usize), ("child CPU", 1)] {
+        let value = |config: usize, round: usize| {
+            let (wall, cpu) = blocks[config][round];
+            if pick == 0 {
+                wall
+            } else {
+                cpu
+            }
+        };
+        for config in 1..NAMES.len() {
+            let ratios: Vec<f64> = (0..rounds)
+                .map(|round| value(config, round) / value(0, round))
+                .collect();
+            let mean = |c: usize| (0..rounds).map(|r| value(c, r)).sum::<f64>() / rounds as f64;
+            println!(
+                "bench repeated host exec {what} {}/off: median {:.4}, 10%-trimmed mean {:.4}, rounds p25..p75 {:.3}..{:.3} (means {:.1} vs {:.1} us)",
+                NAMES[config],
+                median(ratios.clone()),
+                trimmed_mean(ratios.clone(), 0.1),
+                quantile(ratios.clone(), 0.25),
+                quantile(ratios, 0.75),
+                mean(config),
+                mean(0),
+            );
+        }
+    }
     println!(
         "bench repeated host exec permission events per exec with the backend on: {:.4}",
         events / execs
