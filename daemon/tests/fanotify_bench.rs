@@ -278,14 +278,13 @@ fn repeated_host_exec() {
                 cpu
             }
         };
-        for config in 1..NAMES.len() {
+        for (config, name) in NAMES.iter().enumerate().skip(1) {
             let ratios: Vec<f64> = (0..rounds)
                 .map(|round| value(config, round) / value(0, round))
                 .collect();
             let mean = |c: usize| (0..rounds).map(|r| value(c, r)).sum::<f64>() / rounds as f64;
             println!(
-                "bench repeated host exec {what} {}/off: median {:.4}, 10%-trimmed mean {:.4}, rounds p25..p75 {:.3}..{:.3} (means {:.1} vs {:.1} us)",
-                NAMES[config],
+                "bench repeated host exec {what} {name}/off: median {:.4}, 10%-trimmed mean {:.4}, rounds p25..p75 {:.3}..{:.3} (means {:.1} vs {:.1} us)",
                 median(ratios.clone()),
                 trimmed_mean(ratios.clone(), 0.1),
                 quantile(ratios.clone(), 0.25),
