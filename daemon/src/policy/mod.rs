@@ -150,7 +150,10 @@ mod tests {
         for path in ["/dev/zero", "/dev/null", "/"] {
             let error = read_bounded(Path::new(path), MAX_FILE_BYTES)
                 .expect_err(&format!("{path} was read"));
-            assert!(error.to_string().contains("not a regular file"), "{path}: {error}");
+            assert!(
+                error.to_string().contains("not a regular file"),
+                "{path}: {error}"
+            );
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let fifo = dir.path().join("fifo");
@@ -159,7 +162,10 @@ mod tests {
         let big = dir.path().join("big.pub");
         std::fs::write(&big, vec![b'a'; 11]).expect("write");
         assert!(read_bounded(&big, 10).is_err());
-        assert_eq!(read_bounded(&big, 11).expect("at the limit"), "a".repeat(11));
+        assert_eq!(
+            read_bounded(&big, 11).expect("at the limit"),
+            "a".repeat(11)
+        );
         // Through the TOML loader: a clear error naming the field, no hang.
         let policy = dir.path().join("policy.toml");
         std::fs::write(
