@@ -85,6 +85,12 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
     ));
     checks.push(check("overlayfs", overlay_report()));
     checks.push(check("fanotify_exec_permission", fanotify_probe()));
+    if checks.last().is_some_and(|c| c.ok) {
+        checks.push(check(
+            "fanotify_strategy",
+            crate::enforce::fanotify::probe::report(),
+        ));
+    }
     checks.push(backend_choice(&checks));
     checks.push(Check {
         capability: "bpf_backend_installed",

@@ -359,6 +359,46 @@ fn choose_picks_a_working_backend() {
     }
 }
 
+/// The strategy probe (an exec through a scratch overlay, watched by a file system mark on its
+/// lower file system) agrees with what the kernel is known to do: backing-file events from 6.5
+/// (this machine's 6.18 and the 6.12 guest), none on 6.1. It runs under a bound of its own; the
+/// thread here is a second guard, and the probe must leave no mount behind.
+#[test]
+fn strategy_probe_matches_the_kernel() {
+    use imagegate::enforce::fanotify::{probe, Strategy};
+    if !root() {
+        return;
+    }
+    let _serial = serial();
+    let (done, result) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let _ = done.send(probe::backing_file_events().map_err(|e| e.to_string()));
+    });
+    let seen = result
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the probe did not return")
+        .expect("the probe runs here (root, overlayfs, fanotify)");
+    let took = started.elapsed();
+    let expected = probe::by_version(kernel()) == Strategy::Backing;
+    eprintln!(
+        "strategy probe on {:?}: backing-file events {seen} (expected {expected}) in {took:?}",
+        kernel()
+    );
+    assert_eq!(
+        seen, expected,
+        "the probe disagrees with the kernel version"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains("imagegate-probe-"),
+        "the probe left a mount behind:\n{mounts}"
+    );
+    let choice = probe::choose_strategy();
+    assert!(choice.how.starts_with("probe:"), "{choice:?}");
+    assert_eq!(choice.strategy == Strategy::Backing, expected, "{choice:?}");
+}
+
 #[test]
 fn daemon_death_allows_pending_and_future_execs() {
     if !root() {

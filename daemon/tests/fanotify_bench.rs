@@ -195,3 +195,203 @@ fn exec_latency() {
         median(events_per_exec)
     );
 }
+
+/// CPU seconds (user + system) of the children this process has waited for.
+fn children_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: usage is valid for writes; getrusage fills it.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
+    // SAFETY: zero-initialised and filled by getrusage.
+    let usage = unsafe { usage.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Mean of the values left after dropping `trim` of them at each end.
+fn trimmed_mean(mut values: Vec<f64>, trim: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let cut = (values.len() as f64 * trim).floor() as usize;
+    let kept = &values[cut..values.len() - cut];
+    kept.iter().sum::<f64>() / kept.len() as f64
+}
+
+/// The "repeated host execs add at most 1%", measured more quietly than `exec_latency`:
+/// `off`, an `idle` child process (started the same way as the backend, no fanotify group: what
+/// the mere presence of a freshly started process costs on this machine) and the backend with
+/// ignore marks, many short rounds in rotating order (so drift in the machine's load hits all
+/// alike). Besides wall time, the CPU time of the exec'd children (what an exec costs in the
+/// kernel, without the waits other load adds). Per-round ratios to `off` are summarised by their
+/// median and their 10%-trimmed mean.
+#[test]
+#[ignore = "benchmark: cargo xtask bench --only fanotify"]
+fn repeated_host_exec() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let rounds: usize = std::env::var("IMAGEGATE_BENCH_HOST_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let per_block: u32 = 100;
+    let fixture = Fixture::create();
+    let host = fixture.host_binary.clone();
+    const NAMES: [&str; 3] = ["off", "idle", "backend"];
+    // [config] -> per-round (wall, child CPU) in us per exec.
+    let mut blocks: Vec<Vec<(f64, f64)>> = vec![Vec::new(); NAMES.len()];
+    let mut events = 0.0;
+    for round in 0..rounds {
+        for step in 0..NAMES.len() {
+            let config = (round + step) % NAMES.len();
+            let mut responder = match config {
+                0 => None,
+                1 => Some(ChildConfig {
+                    kind: "idle".into(),
+                    ..ChildConfig::backend(&fixture.snapshots)
+                }),
+                _ => Some(ChildConfig::backend(&fixture.snapshots)),
+            }
+            .map(|child| Responder::start(&child, Duration::from_secs(120)));
+            time_execs(&host, 10);
+            let before = children_cpu_seconds();
+            let per_exec = time_execs(&host, per_block);
+            let cpu_per_exec = (children_cpu_seconds() - before) * 1e6 / f64::from(per_block);
+            blocks[config].push((per_exec, cpu_per_exec));
+            if let (Some(responder), 2) = (responder.as_mut(), config) {
+                let stats = responder.stats();
+                events += stats["events"].as_f64().unwrap_or(0.0);
+                assert_eq!(stats["denied"], 0, "host execs were denied: {stats}");
+            }
+        }
+    }
+    let execs = rounds as f64 * f64::from(per_block + 10);
+    println!();
+    println!(
+        "bench repeated host exec: {rounds} rounds x {per_block} execs per configuration, order rotating; ratios per round"
+    );
+    for (what, pick) in [("wall", 0usize), ("child CPU", 1)] {
+        let value = |config: usize, round: usize| {
+            let (wall, cpu) = blocks[config][round];
+            if pick == 0 {
+                wall
+            } else {
+                cpu
+            }
+        };
+        // backend/idle separates the backend from the mere presence of a second process.
+        for (config, base) in [(1usize, 0usize), (2, 0), (2, 1)] {
+            let ratios: Vec<f64> = (0..rounds)
+                .map(|round| value(config, round) / value(base, round))
+                .collect();
+            let mean = |c: usize| (0..rounds).map(|r| value(c, r)).sum::<f64>() / rounds as f64;
+            println!(
+                "bench repeated host exec {what} {}/{}: median {:.4}, 10%-trimmed mean {:.4}, rounds p25..p75 {:.3}..{:.3} (means {:.1} vs {:.1} us)",
+                NAMES[config],
+                NAMES[base],
+                median(ratios.clone()),
+                trimmed_mean(ratios.clone(), 0.1),
+                quantile(ratios.clone(), 0.25),
+                quantile(ratios, 0.75),
+                mean(config),
+                mean(base),
+            );
+        }
+    }
+    println!(
+        "bench repeated host exec permission events per exec with the backend on: {:.4}",
+        events / execs
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "bench repeated host exec load average: {}",
+        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+    );
+}
+
+/// Runs `evil` (a file of an unverified layer) until the exec is denied; returns how long that
+/// took from `since` and how many execs ran before.
+fn until_denied(evil: &Path, since: Instant) -> (Duration, u32) {
+    let mut ran = 0;
+    loop {
+        match exec_true(evil) {
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
+                return (since.elapsed(), ran)
+            }
+            Ok(status) if status.success() => ran += 1,
+            other => panic!("exec of {}: {other:?}", evil.display()),
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "the backend never started enforcing"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// "Restartable in well under a second": from starting the backend process to its first
+/// answered decision (an exec of an unverified file denied), and from killing it to a new
+/// process denying again. The process is this test binary re-run as the responder: start-up,
+/// the strategy probe, the group, the scope's mark.
+#[test]
+#[ignore = "benchmark: cargo xtask bench --only fanotify"]
+fn restart_time() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let rounds: usize = std::env::var("IMAGEGATE_BENCH_RESTART_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let fixture = Fixture::create();
+    let evil = fixture.merged.join("bin/evil");
+    let config = ChildConfig::backend(&fixture.snapshots);
+    let (mut start, mut restart, mut gap_execs, mut probe_ms) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut strategy = String::new();
+    for _ in 0..rounds {
+        let since = Instant::now();
+        let mut responder = Responder::spawn(&config, Duration::from_secs(120));
+        let (took, _) = until_denied(&evil, since);
+        start.push(took.as_secs_f64() * 1e3);
+        responder.wait_ready();
+        strategy.clone_from(&responder.ready);
+        if let Some(ms) = responder
+            .ready
+            .rsplit_once('(')
+            .and_then(|(_, rest)| rest.strip_suffix(" ms))"))
+            .and_then(|ms| ms.parse::<f64>().ok())
+        {
+            probe_ms.push(ms);
+        }
+        let since = Instant::now();
+        responder.kill();
+        let mut replacement = Responder::spawn(&config, Duration::from_secs(120));
+        let (took, ran) = until_denied(&evil, since);
+        restart.push(took.as_secs_f64() * 1e3);
+        gap_execs.push(f64::from(ran));
+        replacement.wait_ready();
+    }
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    println!();
+    println!("bench fanotify restart: {rounds} rounds, backend process = {strategy}");
+    println!(
+        "bench fanotify start to first answered decision: median {:.1} ms, max {:.1} ms",
+        median(start.clone()),
+        max(&start)
+    );
+    println!(
+        "bench fanotify kill to a new process denying: median {:.1} ms, max {:.1} ms; unverified execs that ran in the gap: median {:.0}, max {:.0}",
+        median(restart.clone()),
+        max(&restart),
+        median(gap_execs.clone()),
+        max(&gap_execs)
+    );
+    if !probe_ms.is_empty() {
+        println!(
+            "bench fanotify strategy probe within the start: median {:.0} ms, max {:.0} ms",
+            median(probe_ms.clone()),
+            max(&probe_ms)
+        );
+    }
+}

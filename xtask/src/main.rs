@@ -3,10 +3,13 @@
 //! `setup` installs what the build and the tests need (Debian packages, the nightly `rust-src`
 //! component, bpf-linker); `test` runs every test this machine can run, VM suites included;
 //! `vm-test` boots one Debian kernel in QEMU and runs the kernel enforcement suite in it;
-//! `bench` runs the benchmarks; `demo` shows the product end to end.
+//! `bench` runs the benchmarks; `fuzz` runs the fuzz targets at length; `demo` shows the
+//! product end to end.
 
+mod bench_verify;
 mod daemon_bench;
 mod demo;
+mod fuzz;
 mod package;
 mod setup;
 mod vm;
@@ -34,9 +37,26 @@ enum Command {
         kernel: vm::KernelSeries,
     },
     /// Run the benchmarks: exec latency with the BPF programs attached vs detached (6.12 guest),
-    /// with the fanotify backend on vs off beside a minimal responder (this machine), and the
-    /// daemon end to end (pull to verified, container start, 500 images).
-    Bench,
+    /// with the fanotify backend on vs off beside a minimal responder and its restart time (this
+    /// machine), signature verification against a local registry, and the daemon end to end
+    /// (pull to verified, container start, 500 images).
+    Bench {
+        /// Run one part only.
+        #[arg(long, value_enum)]
+        only: Option<BenchPart>,
+    },
+    /// Run the fuzz targets (fuzz/, cargo-fuzz) for longer than `cargo xtask test` does.
+    Fuzz {
+        /// One target (default: all, one after another).
+        #[arg(long)]
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// libFuzzer sanitizer: none, or address for the unsafe code paths (slower).
+        #[arg(long, default_value = "none")]
+        sanitizer: String,
+    },
     /// The end-to-end demo.
     Demo,
     /// Build the Debian package (target/debian/imagegate_*.deb) with cargo-deb.
@@ -55,12 +75,12 @@ fn main() {
         Command::Setup => setup::run(),
         Command::Test => test(),
         Command::VmTest { kernel } => setup::run().and_then(|()| vm::test(kernel).map(drop)),
-        Command::Bench => setup::run().and_then(|()| {
-            let bpf = vm::bench();
-            let fanotify = vm::fanotify_bench();
-            let daemon = daemon_bench::run();
-            bpf.and(fanotify).and(daemon)
-        }),
+        Command::Bench { only } => setup::run().and_then(|()| bench(only)),
+        Command::Fuzz {
+            target,
+            seconds,
+            sanitizer,
+        } => setup::run().and_then(|()| fuzz::long(target.as_deref(), seconds, &sanitizer)),
         Command::Demo => demo::run(),
         Command::Package { test: false } => setup::run().and_then(|()| package::run()),
         Command::Package { test: true } => setup::run().and_then(|()| match package::test()? {
@@ -96,6 +116,38 @@ fn docs() -> Result<()> {
     Ok(())
 }
 
+/// Parts of `cargo xtask bench`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchPart {
+    /// Exec latency with the BPF programs (6.12 guest).
+    Bpf,
+    /// Exec latency and restart time of the fanotify backend (this machine).
+    Fanotify,
+    /// Signature verification against a local registry.
+    Verify,
+    /// The daemon end to end: pull to verified, container start, 500 images (this machine).
+    Daemon,
+}
+
+fn bench(only: Option<BenchPart>) -> Result<()> {
+    let wanted = |part| only.is_none_or(|only| only == part);
+    let mut results = Vec::new();
+    if wanted(BenchPart::Bpf) {
+        results.push(vm::bench());
+    }
+    if wanted(BenchPart::Fanotify) {
+        results.push(vm::fanotify_bench());
+        results.push(bench_verify::fanotify());
+    }
+    if wanted(BenchPart::Verify) {
+        results.push(bench_verify::verification());
+    }
+    if wanted(BenchPart::Daemon) {
+        results.push(daemon_bench::run());
+    }
+    results.into_iter().collect()
+}
+
 fn test() -> Result<()> {
     setup::run()?;
     // The registry tests skip without docker-registry; here it is installed, so a skip is a failure.
@@ -115,6 +167,12 @@ fn test() -> Result<()> {
             eprintln!("xtask: package test: {error:#}");
             failed.push("package".to_owned());
         }
+    }
+    // The fuzz targets, briefly: each is one test.
+    let (p, f) = fuzz::brief();
+    (passed, failed_count) = (passed + p, failed_count + f);
+    if f > 0 {
+        failed.push("fuzz".to_owned());
     }
     for kernel in [vm::KernelSeries::V6_1, vm::KernelSeries::V6_12] {
         match vm::test(kernel) {
@@ -141,6 +199,7 @@ fn test() -> Result<()> {
         println!("total: {passed} passed, {failed_count} failed");
         Ok(())
     } else {
-        anyhow::bail!("suites failed: {}", failed.join(", "))
+        println!("total: {passed} passed, {failed_count} failed");
+        anyhow::bail!("failed: {}", failed.join(", "))
     }
 }

@@ -16,6 +16,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "xz-utils",        // compressed kernel modules
     "kmod",
     "gcc", // test fixtures (a shared library for LD_PRELOAD tests)
+    "g++", // libFuzzer, which the fuzz targets (fuzz/) link, is C++
     "protobuf-compiler",
     "containerd",
     "runc",
@@ -23,6 +24,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",     // systemd-analyze verify (the unit's test)
     "libcap2-bin", // capsh (the unit's capability names)
 ];
+
+/// The cargo-fuzz release `cargo xtask fuzz`/`test` drive (fuzz/).
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 /// The bpf-linker release that builds against LLVM 22 (the nightly's LLVM).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -32,6 +36,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     cargo_deb()?;
+    cargo_fuzz()?;
     Ok(())
 }
 
@@ -50,6 +55,23 @@ fn cargo_deb() -> Result<()> {
         "cargo-deb",
         "--version",
         version,
+    ]))
+}
+
+/// cargo-fuzz from crates.io, once (it lands in ~/.cargo/bin beside bpf-linker).
+fn cargo_fuzz() -> Result<()> {
+    if output(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_ok_and(|version| version.contains(CARGO_FUZZ_VERSION))
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    run_command(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
     ]))
 }
 

@@ -44,7 +44,7 @@ impl Ctx<'_> {
 
     fn read_path(&mut self, p: &str, field: &str) -> Result<String, PolicyError> {
         let path = self.dir.join(p);
-        let text = std::fs::read_to_string(&path)
+        let text = super::read_bounded(&path, super::MAX_FILE_BYTES)
             .map_err(|e| self.err(field, p, format!("cannot read {}: {e}", path.display())))?;
         self.hasher.add(&path.to_string_lossy(), text.as_bytes());
         Ok(text)

@@ -121,7 +121,7 @@ impl Ctx<'_> {
     /// the policy hash.
     fn read_ref(&mut self, p: &Spanned<String>, field: &str) -> Result<String, PolicyError> {
         let path = self.dir.join(p.get_ref());
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = super::read_bounded(&path, super::MAX_FILE_BYTES).map_err(|e| {
             self.err(
                 p.span(),
                 field,

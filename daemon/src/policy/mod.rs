@@ -75,7 +75,7 @@ impl Policy {
 
     /// The text of a policy file, for either format's loader.
     pub(crate) fn read(path: &Path) -> Result<String, PolicyError> {
-        std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        read_bounded(path, MAX_FILE_BYTES).map_err(|source| PolicyError::Read {
             file: path.to_path_buf(),
             source,
         })
@@ -88,6 +88,37 @@ impl Policy {
             None => &self.default,
         }
     }
+}
+
+/// Largest policy, key or trust file read (a trusted_root.json is at most 4 MiB too).
+pub(crate) const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads a file the policy is or names: a regular file of at most `limit` bytes. A device, FIFO
+/// or directory is refused rather than read (`/dev/zero` would never end, a FIFO would block
+/// the daemon's start), and so is anything larger than the limit.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it has no effect on regular files).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    file.take(limit + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(text)
 }
 
 /// Accumulates the bytes that define a policy's meaning, for [`Policy::hash`].
@@ -105,5 +136,47 @@ impl PolicyHasher {
     pub(crate) fn finish(self) -> String {
         use sha2::Digest;
         hex::encode(self.0.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy naming a device or a FIFO as a key gets an error, instead of reading forever or
+    /// blocking the daemon's start.
+    #[test]
+    fn referenced_files_must_be_small_regular_files() {
+        for path in ["/dev/zero", "/dev/null", "/"] {
+            let error = read_bounded(Path::new(path), MAX_FILE_BYTES)
+                .expect_err(&format!("{path} was read"));
+            assert!(
+                error.to_string().contains("not a regular file"),
+                "{path}: {error}"
+            );
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        assert!(read_bounded(&fifo, MAX_FILE_BYTES).is_err());
+        let big = dir.path().join("big.pub");
+        std::fs::write(&big, vec![b'a'; 11]).expect("write");
+        assert!(read_bounded(&big, 10).is_err());
+        assert_eq!(
+            read_bounded(&big, 11).expect("at the limit"),
+            "a".repeat(11)
+        );
+        // Through the TOML loader: a clear error naming the field, no hang.
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            "version = 1\n[default]\nrequire = \"signatures\"\n[[default.keys]]\npath = \"fifo\"\n",
+        )
+        .expect("write");
+        let error = Policy::load(&policy).expect_err("a FIFO key was accepted");
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+        // And the policy file itself.
+        let error = Policy::load(Path::new("/dev/zero")).expect_err("/dev/zero as policy");
+        assert!(error.to_string().contains("not a regular file"), "{error}");
     }
 }

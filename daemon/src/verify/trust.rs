@@ -153,7 +153,10 @@ impl TrustMaterial {
         if bytes.len() > MAX_TRUSTED_ROOT_BYTES {
             return Err(tr_err("trusted_root.json is too large"));
         }
-        let raw: RawRoot = serde_json::from_slice(bytes).map_err(tr_err)?;
+        // Parse fully first: serde skips fields it does not know without checking them (invalid
+        // UTF-8 there passed), but a trust root must be valid JSON throughout, as a bundle must.
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(tr_err)?;
+        let raw: RawRoot = serde_json::from_value(value).map_err(tr_err)?;
         if !raw
             .media_type
             .starts_with("application/vnd.dev.sigstore.trustedroot")
@@ -246,5 +249,23 @@ impl TrustMaterial {
     /// Find a transparency log key by id.
     pub fn tlog(&self, log_id: &[u8]) -> Option<&LogKey> {
         self.tlogs.iter().find(|k| k.log_id.as_slice() == log_id)
+    }
+}
+
+#[cfg(test)]
+mod invalid_json_tests {
+    use super::*;
+
+    /// Found by the `trusted_root` fuzz target: invalid UTF-8 inside a field imagegate does not
+    /// read was accepted, so a file that is not JSON passed as a trust root.
+    #[test]
+    fn a_trust_root_must_be_valid_json_throughout() {
+        let good = br#"{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1","unknown":"ok"}"#;
+        assert!(TrustMaterial::from_trusted_root_json(good).is_ok());
+        let mut bad = good.to_vec();
+        let at = bad.len() - 4;
+        bad[at] = 0xf5; // not UTF-8, in the unknown field's string
+        let error = TrustMaterial::from_trusted_root_json(&bad).expect_err("invalid JSON accepted");
+        assert!(error.to_string().contains("unicode"), "{error}");
     }
 }

@@ -87,9 +87,16 @@ fn keys(dir: &Path, case: &Value, file: &str) -> Result<Signer, VerifyError> {
     ))
 }
 
-pub fn run_legacy(dir: &Path, case: &Value) -> Result<(), VerifyError> {
-    let payload = std::fs::read(dir.join(s(case, "payload").unwrap())).unwrap();
-    let signature_b64 = read(dir, s(case, "signature").unwrap());
+/// A legacy case's inputs: the signature layer, the authority and the digest it must be about.
+/// Also used by the fuzz targets (fuzz/), which verify mutated signatures against them.
+pub struct LegacyInput {
+    pub sig: LegacySignature,
+    pub auth: Authority,
+    pub digest: String,
+}
+
+/// The digest a legacy case verifies against (checking the manifest fixture when it has one).
+fn legacy_digest(dir: &Path, case: &Value) -> String {
     let digest = match s(case, "expected_manifest_digest") {
         Some(d) => d.to_string(),
         None => match s(case, "manifest") {
@@ -109,27 +116,26 @@ pub fn run_legacy(dir: &Path, case: &Value) -> Result<(), VerifyError> {
         );
         assert_eq!(d, digest, "manifest fixture digest");
     }
-    let sig = LegacySignature {
+    digest
+}
+
+/// The signature layer a legacy case names.
+fn legacy_signature(dir: &Path, case: &Value) -> LegacySignature {
+    LegacySignature {
         media_type: s(case, "media_type")
             .unwrap_or(verify::payload::SIMPLE_SIGNING_MEDIA_TYPE)
             .to_string(),
-        payload: payload.clone(),
-        signature_b64: signature_b64.clone(),
+        payload: std::fs::read(dir.join(s(case, "payload").unwrap())).unwrap(),
+        signature_b64: read(dir, s(case, "signature").unwrap()),
         certificate_pem: s(case, "certificate").map(|p| read(dir, p)),
         chain_pem: s(case, "chain").map(|p| read(dir, p)),
         bundle_json: s(case, "rekor_bundle").map(|p| read(dir, p)),
         rfc3161_json: s(case, "rfc3161_timestamp").map(|p| read(dir, p)),
-    };
-    if case.get("skip_chain").and_then(Value::as_bool) == Some(true) {
-        // Upstream has no CA for this certificate: only signature-vs-certificate and identity.
-        let cert = Cert::from_pem(sig.certificate_pem.as_deref().unwrap(), "cert")?;
-        let raw = rekor::b64decode(&signature_b64).unwrap();
-        cert.public_key()
-            .verify(&payload, &raw, verify::HashAlg::Sha256)?;
-        verify::payload::SimpleSigning::parse(&payload)?.check_digest(&digest)?;
-        check_identity(&cert, &identities(case))?;
-        return Ok(());
     }
+}
+
+/// The inputs of a legacy case that verifies through an [`Authority`] (all but `skip_chain`).
+pub fn legacy_input(dir: &Path, case: &Value) -> Result<LegacyInput, VerifyError> {
     let signer = match s(case, "public_key") {
         Some(p) => keys(dir, case, p)?,
         None => Signer::Certificate {
@@ -150,18 +156,48 @@ pub fn run_legacy(dir: &Path, case: &Value) -> Result<(), VerifyError> {
             .unwrap_or(false),
         signed_identity: SignedIdentity::Any,
     };
+    Ok(LegacyInput {
+        sig: legacy_signature(dir, case),
+        auth,
+        digest: legacy_digest(dir, case),
+    })
+}
+
+pub fn run_legacy(dir: &Path, case: &Value) -> Result<(), VerifyError> {
+    if case.get("skip_chain").and_then(Value::as_bool) == Some(true) {
+        // Upstream has no CA for this certificate: only signature-vs-certificate and identity.
+        let sig = legacy_signature(dir, case);
+        let digest = legacy_digest(dir, case);
+        let cert = Cert::from_pem(sig.certificate_pem.as_deref().unwrap(), "cert")?;
+        let raw = rekor::b64decode(&sig.signature_b64).unwrap();
+        cert.public_key()
+            .verify(&sig.payload, &raw, verify::HashAlg::Sha256)?;
+        verify::payload::SimpleSigning::parse(&sig.payload)?.check_digest(&digest)?;
+        check_identity(&cert, &identities(case))?;
+        return Ok(());
+    }
+    let input = legacy_input(dir, case)?;
     verify::verify_legacy(
-        &sig,
-        &auth,
+        &input.sig,
+        &input.auth,
         &Expectation {
-            digest: &digest,
+            digest: &input.digest,
             image: None,
         },
     )
     .map(|_| ())
 }
 
-pub fn run_bundle(dir: &Path, case: &Value) -> Result<(), VerifyError> {
+/// A bundle case's inputs: the bundle JSON, the authority, the digest and predicate type.
+pub struct BundleInput {
+    pub json: Vec<u8>,
+    pub auth: Authority,
+    pub digest: String,
+    pub predicate_type: Option<String>,
+}
+
+/// The inputs of a bundle case.
+pub fn bundle_input(dir: &Path, case: &Value) -> Result<BundleInput, VerifyError> {
     let mut tm = trust_for(dir, case);
     if let Some(p) = s(case, "rekor_public_key_override") {
         // Keep the log ids, swap every log key: the SET must then fail to verify.
@@ -183,12 +219,21 @@ pub fn run_bundle(dir: &Path, case: &Value) -> Result<(), VerifyError> {
         require_tlog: true,
         signed_identity: SignedIdentity::Any,
     };
-    let json = std::fs::read(dir.join(s(case, "bundle").unwrap())).unwrap();
+    Ok(BundleInput {
+        json: std::fs::read(dir.join(s(case, "bundle").unwrap())).unwrap(),
+        auth,
+        digest: s(case, "expected_digest").unwrap().to_owned(),
+        predicate_type: s(case, "expected_predicate_type").map(str::to_owned),
+    })
+}
+
+pub fn run_bundle(dir: &Path, case: &Value) -> Result<(), VerifyError> {
+    let input = bundle_input(dir, case)?;
     let want = BundleExpectation {
-        digest: s(case, "expected_digest").unwrap(),
-        predicate_type: s(case, "expected_predicate_type"),
+        digest: &input.digest,
+        predicate_type: input.predicate_type.as_deref(),
     };
-    verify::verify_bundle(&json, &auth, &want).map(|_| ())
+    verify::verify_bundle(&input.json, &input.auth, &want).map(|_| ())
 }
 
 pub fn run_rekor_set(dir: &Path, case: &Value) -> Result<(), VerifyError> {
@@ -264,4 +309,40 @@ pub fn case_value(set: &str, name: &str) -> (PathBuf, Value) {
         .expect("case")
         .clone();
     (dir, case)
+}
+
+/// Every case of every set under [`roots`] (directories holding an `expected.json`), with its
+/// set directory, in a stable order.
+pub fn all_cases() -> Vec<(PathBuf, Value)> {
+    fn sets(dir: &Path, depth: u32, out: &mut Vec<PathBuf>) {
+        if dir.join("expected.json").is_file() {
+            out.push(dir.to_path_buf());
+        }
+        if depth == 0 {
+            return;
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        entries.sort();
+        for entry in entries {
+            sets(&entry, depth - 1, out);
+        }
+    }
+    let mut dirs = Vec::new();
+    for root in roots() {
+        sets(&root, 2, &mut dirs);
+    }
+    let mut out = Vec::new();
+    for dir in dirs {
+        let exp: Value = serde_json::from_str(&read(&dir, "expected.json")).unwrap();
+        for case in exp["cases"].as_array().into_iter().flatten() {
+            out.push((dir.clone(), case.clone()));
+        }
+    }
+    out
 }

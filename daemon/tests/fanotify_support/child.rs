@@ -29,6 +29,7 @@ pub fn main() {
     imagegate::telemetry::init();
     match config.kind.as_str() {
         "floor" => floor(&config),
+        "idle" => idle(),
         _ => backend(&config),
     }
 }
@@ -72,7 +73,11 @@ fn backend(config: &ChildConfig) {
         reply(&format!("error {}", imagegate::doctor::error_chain(&error)));
         return;
     }
-    reply(&format!("ready {:?}", backend.strategy()));
+    reply(&format!(
+        "ready {:?} (chosen by {})",
+        backend.strategy(),
+        backend.strategy_how()
+    ));
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let parts: Vec<&str> = line.split_whitespace().collect();
@@ -129,6 +134,16 @@ fn backend(config: &ChildConfig) {
             Ok(text) => reply(&text),
             Err(error) => reply(&format!("error {error}")),
         }
+    }
+}
+
+/// A child that only exists: no group, no mark. Beside `off` it shows what the mere presence of
+/// the responder process (started just before, waiting on stdin) costs the execs measured.
+fn idle() {
+    reply("ready idle");
+    for line in std::io::stdin().lock().lines() {
+        let Ok(_) = line else { break };
+        reply("ok");
     }
 }
 

@@ -80,6 +80,23 @@ pub struct Responder {
 
 impl Responder {
     pub fn start(config: &ChildConfig, limit: Duration) -> Self {
+        let mut responder = Self::spawn(config, limit);
+        responder.wait_ready();
+        responder
+    }
+
+    /// Waits for the child's `ready` line (its scope is marked).
+    pub fn wait_ready(&mut self) {
+        self.ready = self.read_reply();
+        assert!(
+            self.ready.starts_with("ready"),
+            "responder did not start: {}",
+            self.ready
+        );
+    }
+
+    /// Starts the child without waiting for it to be ready.
+    pub fn spawn(config: &ChildConfig, limit: Duration) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut command = Command::new(exe);
         command
@@ -113,21 +130,14 @@ impl Responder {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         });
-        let mut responder = Self {
+        Self {
             child,
             stdin,
             stdout,
             stop_watchdog: Some(stop),
             fired,
             ready: String::new(),
-        };
-        responder.ready = responder.read_reply();
-        assert!(
-            responder.ready.starts_with("ready"),
-            "responder did not start: {}",
-            responder.ready
-        );
-        responder
+        }
     }
 
     fn read_reply(&mut self) -> String {

@@ -14,6 +14,7 @@ pub mod choose;
 mod engine;
 pub mod overlay;
 pub mod policy;
+pub mod probe;
 mod resolve;
 pub mod sys;
 mod watcher;
@@ -47,7 +48,9 @@ pub const DEFAULT_RUNTIMES: &[&str] = &[
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
-    /// By kernel: `backing` from 6.5, `overlay` before.
+    /// Probed at start ([`probe`]): `backing` when an exec through an overlay is reported on
+    /// the lower file system (6.5 and later), `overlay` otherwise; by kernel version only when
+    /// the probe cannot run.
     Auto,
     /// Only file system marks on the scopes' file systems (events on backing files, 6.5+).
     Backing,
@@ -152,6 +155,8 @@ pub struct FanotifyStats {
 pub struct FanotifyBackend {
     shared: Arc<Shared>,
     strategy: Strategy,
+    /// How the strategy was chosen (configured, probed, or by kernel version).
+    strategy_how: String,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -173,10 +178,15 @@ impl FanotifyBackend {
     pub fn start(config: FanotifyConfig) -> Result<Self, FanotifyError> {
         sys::raise_fd_limit();
         let group = sys::Group::new().map_err(|source| FanotifyError::Init { source })?;
-        let strategy = match config.strategy {
-            Strategy::Auto if sys::kernel_version() >= (6, 5) => Strategy::Backing,
-            Strategy::Auto => Strategy::Overlay,
-            chosen => chosen,
+        let probe::StrategyChoice {
+            strategy,
+            how: strategy_how,
+        } = match config.strategy {
+            Strategy::Auto => probe::choose_strategy(),
+            chosen => probe::StrategyChoice {
+                strategy: chosen,
+                how: "configured".to_owned(),
+            },
         };
         let shared = Arc::new(Shared::new(
             group,
@@ -198,6 +208,7 @@ impl FanotifyBackend {
         let mut backend = Self {
             shared: Arc::clone(&shared),
             strategy,
+            strategy_how,
             threads: Vec::new(),
         };
         for _ in 0..workers {
@@ -222,6 +233,7 @@ impl FanotifyBackend {
         }
         tracing::info!(
             ?strategy,
+            strategy_chosen_by = %backend.strategy_how,
             workers,
             bound_ms = config.bound.as_millis() as u64,
             "fanotify backend started"
@@ -233,6 +245,12 @@ impl FanotifyBackend {
     #[must_use]
     pub const fn strategy(&self) -> Strategy {
         self.strategy
+    }
+
+    /// How [`FanotifyBackend::strategy`] was chosen: configured, probed, or by kernel version.
+    #[must_use]
+    pub fn strategy_how(&self) -> &str {
+        &self.strategy_how
     }
 
     #[must_use]

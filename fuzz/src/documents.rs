@@ -1,0 +1,158 @@
+//! Registry and containerd documents: OCI/Docker manifests and indexes as discovery reads them
+//! (`discover::find::Manifest`) and as the catalog reads them (`catalog::oci`), image configs,
+//! and sigstore's `trusted_root.json`.
+//!
+//! Invariants: every digest an accepted document carries is `sha256:<64 lowercase hex>`; the
+//! platform chosen from an index is one of its entries and matches the host; chainIDs follow
+//! the diffIDs one to one; a trusted root keeps every key and certificate it lists (nothing is
+//! dropped silently).
+
+use imagegate::catalog::oci::{self, media_type, Document};
+use imagegate::discover::find::Manifest;
+use imagegate::verify::TrustMaterial;
+use serde_json::Value;
+
+use super::{files_in, fixtures, is_sha256_digest, sha256};
+
+pub fn check_oci(data: &[u8]) {
+    if let Ok(manifest) = Manifest::parse(data, "fuzz") {
+        for d in manifest
+            .layers
+            .iter()
+            .chain(&manifest.manifests)
+            .chain(manifest.subject.iter())
+        {
+            assert!(
+                is_sha256_digest(&d.digest),
+                "accepted digest {:?}",
+                d.digest
+            );
+        }
+    }
+    let index_digest = format!("sha256:{}", hex::encode(sha256(data)));
+    for declared in [
+        media_type::OCI_INDEX,
+        media_type::OCI_MANIFEST,
+        media_type::DOCKER_MANIFEST,
+        media_type::DOCKER_LIST,
+        "",
+    ] {
+        match oci::parse_document("fuzz", declared, data) {
+            Ok(Document::Index(entries)) => {
+                let host = oci::host_platform();
+                if let Ok(chosen) = oci::select_platform(&index_digest, &entries, &host) {
+                    assert!(entries.iter().any(|e| std::ptr::eq(e, chosen)));
+                    let platform = chosen
+                        .platform
+                        .as_ref()
+                        .expect("chosen entry has a platform");
+                    assert_eq!(
+                        (&platform.os, &platform.architecture),
+                        (&host.os, &host.architecture)
+                    );
+                }
+            }
+            Ok(Document::Manifest { .. }) | Err(_) => {}
+        }
+    }
+    if let Ok(diff_ids) = oci::parse_config_diff_ids("fuzz", data) {
+        for diff_id in &diff_ids {
+            assert!(is_sha256_digest(diff_id), "accepted diffID {diff_id:?}");
+        }
+        let chain = oci::chain_ids(&diff_ids);
+        assert_eq!(chain.len(), diff_ids.len());
+        assert_eq!(chain.first(), diff_ids.first());
+        assert!(chain.iter().all(|id| is_sha256_digest(id)));
+    }
+    oci::verify_digest(&index_digest, data).expect("the document's own digest");
+    let mut other = sha256(data);
+    other[0] ^= 1;
+    assert!(oci::verify_digest(&format!("sha256:{}", hex::encode(other)), data).is_err());
+}
+
+pub fn check_trusted_root(data: &[u8]) {
+    let Ok(trust) = TrustMaterial::from_trusted_root_json(data) else {
+        return;
+    };
+    let raw: Value = serde_json::from_slice(data).expect("an accepted trusted root is JSON");
+    let count = |key: &str| raw[key].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        trust.tlogs.len(),
+        count("tlogs"),
+        "a transparency log was dropped"
+    );
+    assert_eq!(trust.ctlogs.len(), count("ctlogs"), "a CT log was dropped");
+    let certificates = |key: &str| -> usize {
+        raw[key].as_array().map_or(0, |authorities| {
+            authorities
+                .iter()
+                .map(|a| {
+                    a["certChain"]["certificates"]
+                        .as_array()
+                        .map_or(0, Vec::len)
+                })
+                .sum()
+        })
+    };
+    assert_eq!(trust.cas.len(), certificates("certificateAuthorities"));
+    assert_eq!(trust.tsas.len(), certificates("timestampAuthorities"));
+    for log in &trust.tlogs {
+        assert!(trust.tlog(&log.log_id).is_some());
+    }
+}
+
+pub fn oci_seeds() -> Vec<Vec<u8>> {
+    let testvectors = fixtures().join("testvectors");
+    let mut seeds = Vec::new();
+    for category in files_or_dirs(&testvectors) {
+        for set in files_or_dirs(&category) {
+            if let Ok(bytes) = std::fs::read(set.join("manifest.json")) {
+                seeds.push(bytes);
+            }
+        }
+    }
+    // The registry fixtures' blobs: manifests, indexes (referrers, multi-arch) and configs.
+    for blob in files_in(&fixtures().join("generated/registry/blobs")) {
+        if let Ok(bytes) = std::fs::read(&blob) {
+            if bytes.len() < 64 << 10 && bytes.first() == Some(&b'{') {
+                seeds.push(bytes);
+            }
+        }
+    }
+    let amd64 = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{0}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}},{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{0}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#,
+        "6".repeat(64)
+    );
+    seeds.push(amd64.into_bytes());
+    seeds.push(
+        format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["sha256:{}","sha256:{}"]}}}}"#,
+            "a".repeat(64),
+            "b".repeat(64)
+        )
+        .into_bytes(),
+    );
+    seeds
+}
+
+fn files_or_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    entries.sort();
+    entries
+}
+
+pub fn trusted_root_seeds() -> Vec<Vec<u8>> {
+    [
+        "testvectors/trust/sigstore-public-good/trusted_root.json",
+        "generated/trust/trusted_root.json",
+    ]
+    .iter()
+    .filter_map(|rel| std::fs::read(fixtures().join(rel)).ok())
+    .collect()
+}

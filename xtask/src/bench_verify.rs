@@ -1,0 +1,59 @@
+//! Benchmarks that run on this machine as ignored release tests of the daemon crate, printing
+//! `bench ...` lines: verification costs against a local registry (`daemon/tests/bench.rs`)
+//! and the fanotify backend's restart time and repeated host execs
+//! (`daemon/tests/fanotify_bench.rs`).
+
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+/// Runs the ignored test `name` of `daemon/tests/<file>.rs` in release and prints its `bench `
+/// lines under `title`.
+pub fn run_bench_test(file: &str, name: &str, title: &str) -> Result<()> {
+    let output = crate::setup::output(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["test", "--release", "-p", "imagegate", "--test", file, "--"])
+            .args(["--ignored", "--exact", name, "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env("RUST_LOG", "warn")
+            .current_dir(crate::setup::workspace_root()),
+    )?;
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|line| line.starts_with("bench "))
+        .collect();
+    if lines.is_empty() {
+        bail!("daemon/tests/{file}.rs {name} printed no results");
+    }
+    println!("\n{title}:");
+    for line in lines {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+/// Cold, warm and 200-concurrent verification against a local registry, as ratios to
+/// `imagegate verify` of the same image.
+pub fn verification() -> Result<()> {
+    run_bench_test(
+        "bench",
+        "verification_costs",
+        "signature verification, local registry on this machine",
+    )
+}
+
+/// The fanotify backend's start (and a replacement's after a kill) to its first answered
+/// decision, and the quieter measurement of repeated host execs.
+pub fn fanotify() -> Result<()> {
+    let restart = run_bench_test(
+        "fanotify_bench",
+        "restart_time",
+        "fanotify backend start and restart to the first answered decision",
+    );
+    let repeated = run_bench_test(
+        "fanotify_bench",
+        "repeated_host_exec",
+        "repeated host exec with the fanotify backend (ignore marks) vs off",
+    );
+    restart.and(repeated)
+}
