@@ -136,7 +136,7 @@ impl DaemonProcess {
                 "daemon not up: {}",
                 me.log_text()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(20));
         }
         me
     }
