@@ -13,13 +13,12 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command},
     time::{Duration, Instant},
 };
 
 use support::{
     containerd::PrivateContainerd,
-    daemon,
+    daemon::{self, DaemonProcess},
     image::{self, File},
 };
 
@@ -31,65 +30,12 @@ match = "registry.test/trusted/**"
 require = "accept"
 "#;
 
-/// The daemon under test, killed by pid when dropped (the kernel then allows what is pending).
-struct DaemonProcess {
-    child: Child,
-}
-
-impl DaemonProcess {
-    fn start(config: &Path, log: &Path) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-            .args(["daemon", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(std::fs::File::create(log.with_extension("stdout")).expect("log"))
-            .stderr(std::fs::File::create(log).expect("log"))
-            .spawn()
-            .expect("start imagegate daemon");
-        Self { child }
-    }
-
-    fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let started = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none()
-            && started.elapsed() < Duration::from_secs(5)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn busybox() -> Vec<u8> {
     std::fs::read("/bin/busybox").expect("busybox (apt-get install busybox-static)")
 }
 
 fn write_config(dir: &Path, containerd: &PrivateContainerd, mode: &str) -> PathBuf {
-    let config = dir.join(format!("imagegate-{mode}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "mode = \"{mode}\"\ndrift = \"deny\"\nbackend = \"fanotify\"\npolicy = \"{policy}\"\n\
-             state_dir = \"{state}\"\nevent_log = \"{events}\"\nstatus_socket = \"{status}\"\n\
-             [containerd]\nsocket = \"{socket}\"\nroot = \"{root}\"\n",
-            policy = dir.join("policy.toml").display(),
-            state = dir.join(format!("state-{mode}")).display(),
-            events = dir.join(format!("events-{mode}.jsonl")).display(),
-            status = dir.join("status.sock").display(),
-            socket = containerd.socket.display(),
-            root = containerd.data.join("root").display(),
-        ),
-    )
-    .expect("config");
-    config
+    daemon::write_config(dir, containerd, mode, "fanotify", None)
 }
 
 /// Waits until `imagegate status` reports `images` judged images.

@@ -10,68 +10,17 @@
 
 mod support;
 
-use std::{
-    path::Path,
-    process::{Child, Command, Output},
-    time::{Duration, Instant},
-};
+use std::path::Path;
 
 use imagegate_testkit::{
-    image::{self, File, Image},
+    image::{self, File},
     registry::{self, LocalRegistry},
     sign::{self, Key},
 };
-use serde_json::Value;
-use support::{containerd::PrivateContainerd, daemon};
-
-/// The first denial naming `name`, waited for up to 10 s.
-fn denial_for(path: &Path, name: &str) -> Value {
-    daemon::wait_for_event(path, |e| {
-        e["verdict"] == "denied" && daemon::names_image(e, name)
-    })
-}
-
-/// The daemon under test, stopped by its pid when dropped.
-struct DaemonProcess(Option<Child>);
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.take() {
-            registry::stop_child(child, Duration::from_secs(5));
-        }
-    }
-}
-
-fn outcome(status: &Value, name: &str) -> Option<String> {
-    status["verdicts"]
-        .as_array()?
-        .iter()
-        .find(|v| v["image"] == name)
-        .and_then(|v| v["outcome"].as_str().map(str::to_owned))
-}
-
-fn assert_denied(out: &Output, what: &str) {
-    assert!(!out.status.success(), "{what} ran: {out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .to_lowercase()
-            .contains("operation not permitted"),
-        "{what} failed otherwise: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The denial names `image` with `digest`, for an unverified layer (not drift).
-fn assert_event(event: &Value, name: &str, image: &Image) {
-    assert_eq!(event["reason"], "unverified_layer", "{event}");
-    let owner = event["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["image"]["name"] == name)
-        .unwrap();
-    assert_eq!(owner["manifest_digest"], image.manifest_digest(), "{event}");
-}
+use support::{
+    containerd::PrivateContainerd,
+    daemon::{self, assert_denied, assert_names_image, DaemonProcess},
+};
 
 #[test]
 fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
@@ -142,44 +91,9 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
         ),
     )
     .unwrap();
-    let config = dir.join("imagegate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "mode = \"enforce\"\ndrift = \"deny\"\nbackend = \"fanotify\"\npolicy = \"{policy}\"\n\
-             state_dir = \"{state}\"\nevent_log = \"{events}\"\nstatus_socket = \"{status}\"\n\
-             [containerd]\nsocket = \"{socket}\"\nroot = \"{root}\"\n\
-             [registry]\ninsecure = [\"{addr}\"]\ntimeout_seconds = 5\n",
-            policy = dir.join("policy.toml").display(),
-            state = dir.join("state").display(),
-            events = dir.join("events.jsonl").display(),
-            status = dir.join("status.sock").display(),
-            socket = containerd.socket.display(),
-            root = containerd.data.join("root").display(),
-        ),
-    )
-    .unwrap();
-    let log = dir.join("daemon.log");
-    let _daemon = DaemonProcess(Some(
-        Command::new(env!("CARGO_BIN_EXE_imagegate"))
-            .args(["daemon", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(std::fs::File::create(dir.join("daemon.stdout")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start imagegate daemon"),
-    ));
-    let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let started = Instant::now();
-    while daemon::status(&dir).is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "daemon not up: {}",
-            daemon_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let config = daemon::write_config(&dir, &containerd, "enforce", "fanotify", Some(&addr));
+    let daemon = DaemonProcess::start(&config, &dir.join("daemon.log"));
+    daemon.wait_up(&dir);
 
     // Pulled while the daemon runs: verified on pull, from the registry's signatures.
     for repo in [
@@ -191,68 +105,52 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
         let out = containerd.ctr(&["images", "pull", "--plain-http", &name(repo)]);
         assert!(out.status.success(), "pull {repo}: {out:?}");
     }
-    let expected = [
+    let expected: Vec<(String, &str)> = [
         ("e2e/signed", "trusted"),
         ("e2e/unsigned", "untrusted"),
         ("e2e/untrusted-key", "untrusted"),
         ("e2e/mixed", "untrusted"),
-    ];
-    let started = Instant::now();
-    loop {
-        let now = daemon::status(&dir).unwrap_or(Value::Null);
-        let outcomes: Vec<Option<String>> = expected
-            .iter()
-            .map(|(repo, _)| outcome(&now, &name(repo)))
-            .collect();
-        if outcomes.iter().all(Option::is_some) {
-            for ((repo, want), got) in expected.iter().zip(&outcomes) {
-                assert_eq!(got.as_deref(), Some(*want), "{repo}: {now}");
-            }
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "verdicts missing: {now}\n{}",
-            daemon_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let events_path = dir.join("events.jsonl");
+    ]
+    .into_iter()
+    .map(|(repo, outcome)| (name(repo), outcome))
+    .collect();
+    daemon.wait_for_verdicts(&dir, &expected);
+    let events_path = daemon::events_path(&dir, "enforce");
 
     // 1. Signed by the trusted key: the entrypoint runs.
     let out = containerd.run(&name("e2e/signed"), "c-signed", &[]);
     assert!(
         out.status.success(),
         "signed image failed: {out:?}\n{}",
-        daemon_log()
+        daemon.log()
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
 
     // 2. Unsigned, and signed by a key the policy does not trust: the entrypoint cannot execute.
     let out = containerd.run(&name("e2e/unsigned"), "c-unsigned", &[]);
     assert_denied(&out, "unsigned image");
-    assert_event(
-        &denial_for(&events_path, &name("e2e/unsigned")),
+    assert_names_image(
+        &daemon::verdict_for(&events_path, "denied", &name("e2e/unsigned")),
         &name("e2e/unsigned"),
-        &unsigned,
+        &unsigned.manifest_digest(),
     );
 
     let out = containerd.run(&name("e2e/untrusted-key"), "c-untrusted", &[]);
     assert_denied(&out, "image signed by an untrusted key");
-    assert_event(
-        &denial_for(&events_path, &name("e2e/untrusted-key")),
+    assert_names_image(
+        &daemon::verdict_for(&events_path, "denied", &name("e2e/untrusted-key")),
         &name("e2e/untrusted-key"),
-        &untrusted,
+        &untrusted.manifest_digest(),
     );
 
     // 3. Signed base + unsigned top layer: the top layer's binary cannot execute (and is an
     // unverified layer, not drift: unpacking commits the layer in place), the base's can.
     let out = containerd.run(&name("e2e/mixed"), "c-mixed-top", &[]);
     assert_denied(&out, "top layer of the mixed image");
-    assert_event(
-        &denial_for(&events_path, &name("e2e/mixed")),
+    assert_names_image(
+        &daemon::verdict_for(&events_path, "denied", &name("e2e/mixed")),
         &name("e2e/mixed"),
-        &mixed,
+        &mixed.manifest_digest(),
     );
     let out = containerd.run(
         &name("e2e/mixed"),

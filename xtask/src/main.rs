@@ -25,11 +25,15 @@ enum Command {
     Setup,
     /// Run every test this machine can run: unit, integration and the VM suites.
     Test,
-    /// Boot a Debian kernel in QEMU and run the kernel enforcement suite inside it.
+    /// Boot a Debian kernel in QEMU and run a suite inside it (default: kernel enforcement).
     VmTest {
         /// Kernel series: 6.1 or 6.12.
         #[arg(long)]
         kernel: vm::KernelSeries,
+        /// kernel (tests/vm), fanotify (daemon/tests/fanotify.rs) or e2e (the daemon with BPF
+        /// LSM, containerd, runc and a registry in the guest).
+        #[arg(long, value_enum, default_value_t)]
+        suite: vm::Suite,
     },
     /// Run the benchmarks: exec latency with the BPF programs attached vs detached (6.12 guest),
     /// and with the fanotify backend on vs off beside a minimal responder (this machine).
@@ -43,7 +47,9 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Setup => setup::run(),
         Command::Test => test(),
-        Command::VmTest { kernel } => setup::run().and_then(|()| vm::test(kernel).map(drop)),
+        Command::VmTest { kernel, suite } => {
+            setup::run().and_then(|()| vm::run_suite(kernel, suite).map(drop))
+        }
         Command::Bench => setup::run().and_then(|()| {
             let bpf = vm::bench();
             let fanotify = vm::fanotify_bench();
@@ -82,6 +88,14 @@ fn test() -> Result<()> {
                 eprintln!("xtask: fanotify guest {kernel}: {error:#}");
                 failed.push(format!("{kernel} (fanotify)"));
             }
+        }
+    }
+    // The daemon end to end with BPF LSM: containerd, runc and the registry inside the guest.
+    match vm::e2e_test(vm::KernelSeries::V6_12) {
+        Ok((p, f)) => (passed, failed_count) = (passed + u64::from(p), failed_count + u64::from(f)),
+        Err(error) => {
+            eprintln!("xtask: e2e guest 6.12: {error:#}");
+            failed.push("6.12 (e2e)".into());
         }
     }
     if failed.is_empty() {
