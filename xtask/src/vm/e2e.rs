@@ -27,6 +27,17 @@ const CONTAINER_STACK: [&str; 5] = [
     "/usr/bin/docker-registry",
 ];
 
+/// Enables every cgroup controller and keeps one child cgroup for the whole run, while the guest
+/// is still idle. Creating and removing a container's cgroup otherwise flips kernel static keys
+/// (the first cpuset cgroup enables `cpusets_enabled_key`, the last one gone disables it), and
+/// under QEMU's software emulation the live code patching behind that once left a stale `int3`
+/// that runc hit in `__alloc_pages` while making a cgroup ("Oops: int3", then a panic; most
+/// likely the cpuset key, which that function tests). With the keys held on, starting and
+/// stopping containers no longer patches kernel code.
+const KEEP_STATIC_KEYS: &str = "for c in $(cat /sys/fs/cgroup/cgroup.controllers); do \
+     echo +$c > /sys/fs/cgroup/cgroup.subtree_control; done; \
+     mkdir /sys/fs/cgroup/keep-static-keys || exit 1;";
+
 /// Runs the end-to-end test in a guest booted on `series`; fails unless libtest reports it passed.
 pub fn e2e_test(series: KernelSeries) -> Result<(u32, u32)> {
     let kernel = fetch_kernel(series)?;
@@ -54,6 +65,7 @@ pub fn e2e_test(series: KernelSeries) -> Result<(u32, u32)> {
         modules: vec!["overlay".into()],
         command: format!(
             "ip link set lo up || exit 1; cat /sys/kernel/security/lsm; echo; \
+             {keep_keys} \
              IMAGEGATE_BIN=/usr/bin/imagegate IMAGEGATE_E2E_FIXTURES=/fixtures \
              IMAGEGATE_E2E_WAIT_SECS=30 RUST_LOG=warn \
              /usr/bin/imagegate-e2e-tests --ignored --exact {TEST_NAME} --test-threads=1 \
@@ -61,6 +73,7 @@ pub fn e2e_test(series: KernelSeries) -> Result<(u32, u32)> {
              if [ $status -ne 0 ]; then for log in {scratch}/*/*.log {scratch}/*/*/*.log; do \
              [ -f \"$log\" ] && echo \"==> $log\" && tail -n 40 \"$log\"; done; fi; exit $status",
             scratch = scratch.display(),
+            keep_keys = KEEP_STATIC_KEYS,
         ),
         append: String::new(),
         // containerd, the registry, the daemon and the initramfs copied into a tmpfs.
