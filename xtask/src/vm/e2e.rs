@@ -10,8 +10,8 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    daemon_test_binary, fetch_kernel, preload_library, run_guest, scan_libtest, vm_dir, GuestSpec,
-    KernelSeries,
+    build_release, daemon_test_binary, fetch_kernel, preload_library, run_guest, scan_libtest,
+    vm_dir, GuestSpec, KernelSeries,
 };
 
 /// The test in `daemon/tests/e2e_bpf_guest.rs` (ignored on the host).
@@ -41,8 +41,7 @@ const KEEP_STATIC_KEYS: &str = "for c in $(cat /sys/fs/cgroup/cgroup.controllers
 /// Runs the end-to-end test in a guest booted on `series`; fails unless libtest reports it passed.
 pub fn e2e_test(series: KernelSeries) -> Result<(u32, u32)> {
     let kernel = fetch_kernel(series)?;
-    crate::setup::cargo(&["build", "--release", "-p", "imagegate"])?;
-    let daemon = crate::setup::workspace_root().join("target/release/imagegate");
+    let daemon = build_release()?.join("imagegate");
     let test = stripped(&daemon_test_binary("e2e_bpf_guest")?)?;
     let mut files = vec![
         (daemon, "/usr/bin/imagegate".to_owned()),
