@@ -20,6 +20,7 @@
 //! Environment (set by the guest's command): `IMAGEGATE_BIN` (the daemon), `IMAGEGATE_E2E_FIXTURES`
 //! (a directory holding `preload.so`, a library whose constructor prints `PRELOADED`, and
 //! `true-dyn`, a dynamically linked program), `IMAGEGATE_E2E_WAIT_SECS` (waits under emulation).
+#![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
 
 mod support;
 

@@ -2,7 +2,8 @@
 //!
 //! `setup` installs what the build and the tests need (Debian packages, the nightly `rust-src`
 //! component, bpf-linker); `test` runs every test this machine can run, VM suites included;
-//! `vm-test` boots one Debian kernel in QEMU and runs the kernel enforcement suite in it;
+//! `vm-test` boots one Debian kernel in QEMU and runs a suite in it (kernel enforcement, the
+//! fanotify backend, or the daemon end to end with BPF LSM);
 //! `bench` runs the benchmarks; `demo` shows the product end to end.
 
 mod demo;
