@@ -2,7 +2,8 @@
 //!
 //! `setup` installs what the build and the tests need (Debian packages, the nightly `rust-src`
 //! component, bpf-linker); `test` runs every test this machine can run, VM suites included;
-//! `vm-test` boots one Debian kernel in QEMU and runs the kernel enforcement suite in it;
+//! `vm-test` boots one Debian kernel in QEMU and runs a suite in it (kernel enforcement, the
+//! fanotify backend, or the daemon end to end with BPF LSM);
 //! `bench` runs the benchmarks; `fuzz` runs the fuzz targets at length; `demo` shows the
 //! product end to end.
 
@@ -30,11 +31,15 @@ enum Command {
     Setup,
     /// Run every test this machine can run: unit, integration and the VM suites.
     Test,
-    /// Boot a Debian kernel in QEMU and run the kernel enforcement suite inside it.
+    /// Boot a Debian kernel in QEMU and run a suite inside it (default: kernel enforcement).
     VmTest {
         /// Kernel series: 6.1 or 6.12.
         #[arg(long)]
         kernel: vm::KernelSeries,
+        /// kernel (tests/vm), fanotify (daemon/tests/fanotify.rs) or e2e (the daemon with BPF
+        /// LSM, containerd, runc and a registry in the guest).
+        #[arg(long, value_enum, default_value_t)]
+        suite: vm::Suite,
     },
     /// Run the benchmarks: exec latency with the BPF programs attached vs detached (6.12 guest),
     /// with the fanotify backend on vs off beside a minimal responder and its restart time (this
@@ -74,7 +79,9 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Setup => setup::run(),
         Command::Test => test(),
-        Command::VmTest { kernel } => setup::run().and_then(|()| vm::test(kernel).map(drop)),
+        Command::VmTest { kernel, suite } => {
+            setup::run().and_then(|()| vm::run_suite(kernel, suite).map(drop))
+        }
         Command::Bench { only } => setup::run().and_then(|()| bench(only)),
         Command::Fuzz {
             target,
@@ -192,6 +199,14 @@ fn test() -> Result<()> {
                 eprintln!("xtask: fanotify guest {kernel}: {error:#}");
                 failed.push(format!("{kernel} (fanotify)"));
             }
+        }
+    }
+    // The daemon end to end with BPF LSM: containerd, runc and the registry inside the guest.
+    match vm::e2e_test(vm::KernelSeries::V6_12) {
+        Ok((p, f)) => (passed, failed_count) = (passed + u64::from(p), failed_count + u64::from(f)),
+        Err(error) => {
+            eprintln!("xtask: e2e guest 6.12: {error:#}");
+            failed.push("6.12 (e2e)".into());
         }
     }
     if failed.is_empty() {

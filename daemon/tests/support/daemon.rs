@@ -1,5 +1,6 @@
-//! Talking to a running `imagegate daemon` in end-to-end tests: its status socket and its
-//! JSON-lines event log.
+//! Talking to a running `imagegate daemon` in end-to-end tests: starting and stopping it by pid,
+//! its configuration, its status socket and its JSON-lines event log. The same helpers serve the
+//! host and a QEMU guest (`IMAGEGATE_BIN`, `IMAGEGATE_E2E_WAIT_SECS`).
 
 use std::{
     path::Path,
@@ -9,10 +10,30 @@ use std::{
 
 use serde_json::Value;
 
+/// The `imagegate` binary under test: `IMAGEGATE_BIN` when set (a QEMU guest runs the release
+/// build shipped beside the test binary, whose cargo paths do not exist there), else cargo's.
+pub fn imagegate_bin() -> std::path::PathBuf {
+    std::env::var_os("IMAGEGATE_BIN").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_BIN_EXE_imagegate")),
+        std::path::PathBuf::from,
+    )
+}
+
+/// How long waits for an event last: `IMAGEGATE_E2E_WAIT_SECS` (guests under software
+/// emulation are several times slower), else 10 s. Daemon start and verdicts get three times it.
+pub fn wait_limit() -> Duration {
+    Duration::from_secs(
+        std::env::var("IMAGEGATE_E2E_WAIT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10),
+    )
+}
+
 /// `imagegate status` against the daemon whose status socket is `dir/status.sock`; `None`
 /// until it answers.
 pub fn status(dir: &Path) -> Option<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+    let out = Command::new(imagegate_bin())
         .args(["status", "--socket"])
         .arg(dir.join("status.sock"))
         .output()
@@ -32,7 +53,7 @@ pub fn events(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// The first logged event matching `what`, waited for up to 10 s.
+/// The first logged event matching `what`, waited for up to [`wait_limit`].
 pub fn wait_for_event(path: &Path, what: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
     loop {
@@ -40,7 +61,7 @@ pub fn wait_for_event(path: &Path, what: impl Fn(&Value) -> bool) -> Value {
             return event;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < wait_limit(),
             "no such event in {:?}",
             events(path)
         );
@@ -120,7 +141,7 @@ impl DaemonProcess {
     pub fn start(dir: &Path, config: &Path, tag: &str) -> Self {
         let log = dir.join(format!("daemon-{tag}.log"));
         let _ = std::fs::remove_file(dir.join("status.sock"));
-        let child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+        let child = Command::new(imagegate_bin())
             .args(["daemon", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -132,7 +153,7 @@ impl DaemonProcess {
         let started = Instant::now();
         while status(dir).is_none() {
             assert!(
-                started.elapsed() < Duration::from_secs(60),
+                started.elapsed() < (3 * wait_limit()).max(Duration::from_secs(60)),
                 "daemon not up: {}",
                 me.log_text()
             );
@@ -149,6 +170,12 @@ impl DaemonProcess {
     /// What it logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the daemon has a verdict for every `(image name, outcome)`, asserts each,
+    /// and returns the status.
+    pub fn wait_for_verdicts(&self, dir: &Path, expected: &[(String, &str)]) -> Value {
+        assert_outcomes(dir, expected, 3 * wait_limit(), &self.log_text())
     }
 
     /// SIGTERM, waiting up to 5 s for it to exit (then SIGKILL on drop).
@@ -182,7 +209,12 @@ pub fn outcome(status: &Value, name: &str) -> Option<String> {
 
 /// Waits (up to `limit`) until the daemon in `dir` reports an outcome for every image in
 /// `expected`, then asserts each is the expected one.
-pub fn assert_outcomes(dir: &Path, expected: &[(String, &str)], limit: Duration, log: &str) {
+pub fn assert_outcomes(
+    dir: &Path,
+    expected: &[(String, &str)],
+    limit: Duration,
+    log: &str,
+) -> Value {
     let started = Instant::now();
     loop {
         let now = status(dir).unwrap_or(Value::Null);
@@ -194,7 +226,7 @@ pub fn assert_outcomes(dir: &Path, expected: &[(String, &str)], limit: Duration,
             for ((name, want), got) in expected.iter().zip(&outcomes) {
                 assert_eq!(got.as_deref(), Some(*want), "{name}: {now}");
             }
-            return;
+            return now;
         }
         assert!(started.elapsed() < limit, "verdicts missing: {now}\n{log}");
         std::thread::sleep(Duration::from_millis(100));
@@ -211,4 +243,19 @@ pub fn assert_denied(out: &std::process::Output, what: &str) {
         "{what} failed otherwise: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The first event with `verdict` (`denied` or `audit`) naming image `name`.
+pub fn verdict_for(path: &Path, verdict: &str, name: &str) -> Value {
+    wait_for_event(path, |e| e["verdict"] == verdict && names_image(e, name))
+}
+
+/// An unverified-layer decision that names image `name` with manifest `digest`.
+pub fn assert_names_image(event: &Value, name: &str, digest: &str) {
+    assert_eq!(event["reason"], "unverified_layer", "{event}");
+    let owner = event["images"]
+        .as_array()
+        .and_then(|images| images.iter().find(|i| i["image"]["name"] == name))
+        .unwrap_or_else(|| panic!("the event does not name {name}: {event}"));
+    assert_eq!(owner["manifest_digest"], digest, "{event}");
 }

@@ -4,6 +4,7 @@
 //!
 //! The development machine cannot load BPF LSM programs, so every kernel enforcement test runs
 //! in a guest; everything lives under `target/vm/`.
+mod e2e;
 mod guest;
 mod initramfs;
 mod kernel;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 
+pub use e2e::e2e_test;
 pub use guest::{run_guest, GuestSpec};
 pub use kernel::{fetch_kernel, Kernel};
 
@@ -29,6 +31,27 @@ impl std::fmt::Display for KernelSeries {
             Self::V6_1 => "6.1",
             Self::V6_12 => "6.12",
         })
+    }
+}
+
+/// What `cargo xtask vm-test` runs in the guest.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum Suite {
+    /// The kernel enforcement suite (tests/vm).
+    #[default]
+    Kernel,
+    /// The fanotify backend's tests (daemon/tests/fanotify.rs).
+    Fanotify,
+    /// The daemon end to end with BPF LSM, containerd, runc and a registry in the guest.
+    E2e,
+}
+
+/// Runs `suite` in a guest booted on `series`.
+pub fn run_suite(series: KernelSeries, suite: Suite) -> Result<(u32, u32)> {
+    match suite {
+        Suite::Kernel => test(series),
+        Suite::Fanotify => fanotify_test(series),
+        Suite::E2e => e2e_test(series),
     }
 }
 
@@ -77,7 +100,7 @@ pub fn bench() -> Result<()> {
 /// itself. Fails unless libtest reports at least one pass and no failure.
 pub fn fanotify_test(series: KernelSeries) -> Result<(u32, u32)> {
     let kernel = fetch_kernel(series)?;
-    let binary = fanotify_test_binary()?;
+    let binary = daemon_test_binary("fanotify")?;
     let (append, expected) = match series {
         KernelSeries::V6_1 => ("", "bpf-lsm"),
         KernelSeries::V6_12 => ("lsm=capability,landlock,lockdown,yama", "fanotify"),
@@ -114,23 +137,24 @@ pub fn fanotify_test(series: KernelSeries) -> Result<(u32, u32)> {
     Ok((passed, failed))
 }
 
-/// Builds `daemon/tests/fanotify.rs` (dev profile, as `cargo test` does) and returns the path of
-/// its executable, from cargo's JSON messages.
-fn fanotify_test_binary() -> Result<PathBuf> {
+/// Builds the integration test `daemon/tests/<name>.rs` (dev profile, as `cargo test` does) and
+/// returns the path of its executable, from cargo's JSON messages.
+fn daemon_test_binary(name: &str) -> Result<PathBuf> {
     let messages = crate::setup::output(
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["test", "-p", "imagegate", "--test", "fanotify", "--no-run"])
+            .args(["test", "-p", "imagegate", "--test", name, "--no-run"])
             .arg("--message-format=json")
             .current_dir(crate::setup::workspace_root()),
     )?;
+    let target = format!(r#""name":"{name}""#);
     messages
         .lines()
-        .filter(|line| line.contains(r#""name":"fanotify""#) && line.contains(r#""test":true"#))
+        .filter(|line| line.contains(&target) && line.contains(r#""test":true"#))
         .find_map(|line| {
             let rest = &line[line.find(r#""executable":""#)? + r#""executable":""#.len()..];
             Some(PathBuf::from(&rest[..rest.find('"')?]))
         })
-        .context("cargo reported no executable for daemon/tests/fanotify.rs")
+        .with_context(|| format!("cargo reported no executable for daemon/tests/{name}.rs"))
 }
 
 /// `(passed, failed)` of the last libtest `test result:` line, requiring `/init`'s exit line (a
@@ -205,6 +229,29 @@ pub fn fanotify_bench() -> Result<()> {
 /// Builds the daemon and the suite (release), the LD_PRELOAD fixture library, and a guest that
 /// holds them with a dynamically linked host binary for the interpreter case.
 fn suite_guest(command: &str) -> Result<GuestSpec> {
+    let release = build_release()?;
+    Ok(GuestSpec {
+        files: vec![
+            (release.join("imagegate"), "/usr/bin/imagegate".into()),
+            (
+                release.join("imagegate-vm-suite"),
+                "/usr/bin/imagegate-vm-suite".into(),
+            ),
+            (preload_library()?, "/fixtures/preload.so".into()),
+            (PathBuf::from("/usr/bin/true"), "/fixtures/true-dyn".into()),
+        ],
+        modules: vec!["overlay".into()],
+        command: command.into(),
+        append: String::new(),
+        memory_mib: 2048,
+        timeout: std::time::Duration::from_secs(900),
+    })
+}
+
+/// Builds the daemon and the kernel suite (release) and returns `target/release`. Always both
+/// packages together, so every guest reuses one build: switching to `imagegate` alone rebuilt
+/// much of the release tree (6 minutes on the 2-core machine).
+fn build_release() -> Result<PathBuf> {
     crate::setup::cargo(&[
         "build",
         "--release",
@@ -213,7 +260,11 @@ fn suite_guest(command: &str) -> Result<GuestSpec> {
         "-p",
         "imagegate-vm-tests",
     ])?;
-    let release = crate::setup::workspace_root().join("target/release");
+    Ok(crate::setup::workspace_root().join("target/release"))
+}
+
+/// Compiles `tests/vm/fixtures/preload.c`, a library whose constructor prints `PRELOADED`.
+fn preload_library() -> Result<PathBuf> {
     let fixtures = vm_dir().join("fixtures");
     std::fs::create_dir_all(&fixtures)?;
     let preload = fixtures.join("preload.so");
@@ -224,22 +275,7 @@ fn suite_guest(command: &str) -> Result<GuestSpec> {
             .arg(&preload)
             .arg(&source),
     )?;
-    Ok(GuestSpec {
-        files: vec![
-            (release.join("imagegate"), "/usr/bin/imagegate".into()),
-            (
-                release.join("imagegate-vm-suite"),
-                "/usr/bin/imagegate-vm-suite".into(),
-            ),
-            (preload, "/fixtures/preload.so".into()),
-            (PathBuf::from("/usr/bin/true"), "/fixtures/true-dyn".into()),
-        ],
-        modules: vec!["overlay".into()],
-        command: command.into(),
-        append: String::new(),
-        memory_mib: 2048,
-        timeout: std::time::Duration::from_secs(900),
-    })
+    Ok(preload)
 }
 
 /// Where kernels, downloads, initramfs archives and console logs live.

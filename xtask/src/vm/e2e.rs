@@ -1,0 +1,107 @@
+//! The daemon end to end with the BPF LSM backend, in a guest: `daemon/tests/e2e_bpf_guest.rs`
+//! (the same test binary `cargo test` builds) runs inside the guest beside the release
+//! `imagegate` and Debian's containerd, containerd-shim-runc-v2, ctr, runc and docker-registry,
+//! all copied in with their shared libraries. The guest's `/init` already mounts cgroup2 and
+//! switch_roots onto a tmpfs (runc cannot pivot_root out of an initramfs); the command brings up
+//! loopback for the registry.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{
+    build_release, daemon_test_binary, fetch_kernel, preload_library, run_guest, scan_libtest,
+    vm_dir, GuestSpec, KernelSeries,
+};
+
+/// The test in `daemon/tests/e2e_bpf_guest.rs` (ignored on the host).
+const TEST_NAME: &str = "bpf_lsm_daemon_enforces_signed_images_in_guest";
+
+/// The container stack, from Debian's `containerd`, `runc` and `docker-registry` packages
+/// (`cargo xtask setup` installs them), at the same paths in the guest.
+const CONTAINER_STACK: [&str; 5] = [
+    "/usr/bin/containerd",
+    "/usr/bin/containerd-shim-runc-v2",
+    "/usr/bin/ctr",
+    "/usr/sbin/runc",
+    "/usr/bin/docker-registry",
+];
+
+/// Enables every cgroup controller and keeps one child cgroup for the whole run, while the guest
+/// is still idle. Creating and removing a container's cgroup otherwise flips kernel static keys
+/// (the first cpuset cgroup enables `cpusets_enabled_key`, the last one gone disables it), and
+/// under QEMU's software emulation the live code patching behind that once left a stale `int3`
+/// that runc hit in `__alloc_pages` while making a cgroup ("Oops: int3", then a panic; most
+/// likely the cpuset key, which that function tests). With the keys held on, starting and
+/// stopping containers no longer patches kernel code.
+const KEEP_STATIC_KEYS: &str = "for c in $(cat /sys/fs/cgroup/cgroup.controllers); do \
+     echo +$c > /sys/fs/cgroup/cgroup.subtree_control; done; \
+     mkdir /sys/fs/cgroup/keep-static-keys || exit 1;";
+
+/// Runs the end-to-end test in a guest booted on `series`; fails unless libtest reports it passed.
+pub fn e2e_test(series: KernelSeries) -> Result<(u32, u32)> {
+    let kernel = fetch_kernel(series)?;
+    let daemon = build_release()?.join("imagegate");
+    let test = stripped(&daemon_test_binary("e2e_bpf_guest")?)?;
+    let mut files = vec![
+        (daemon, "/usr/bin/imagegate".to_owned()),
+        (test, "/usr/bin/imagegate-e2e-tests".to_owned()),
+        (preload_library()?, "/fixtures/preload.so".to_owned()),
+        (
+            PathBuf::from("/usr/bin/true"),
+            "/fixtures/true-dyn".to_owned(),
+        ),
+    ];
+    files.extend(
+        CONTAINER_STACK
+            .iter()
+            .map(|path| (PathBuf::from(path), (*path).to_owned())),
+    );
+    // Where support::scratch_dir puts the test's files: its logs are printed if it fails.
+    let scratch = crate::setup::workspace_root().join("target/test-scratch");
+    let spec = GuestSpec {
+        files,
+        modules: vec!["overlay".into()],
+        command: format!(
+            "ip link set lo up || exit 1; cat /sys/kernel/security/lsm; echo; \
+             {keep_keys} \
+             IMAGEGATE_BIN=/usr/bin/imagegate IMAGEGATE_E2E_FIXTURES=/fixtures \
+             IMAGEGATE_E2E_WAIT_SECS=30 RUST_LOG=warn \
+             /usr/bin/imagegate-e2e-tests --ignored --exact {TEST_NAME} --test-threads=1 \
+             --nocapture; status=$?; \
+             if [ $status -ne 0 ]; then for log in {scratch}/*/*.log {scratch}/*/*/*.log; do \
+             [ -f \"$log\" ] && echo \"==> $log\" && tail -n 40 \"$log\"; done; fi; exit $status",
+            scratch = scratch.display(),
+            keep_keys = KEEP_STATIC_KEYS,
+        ),
+        append: String::new(),
+        // containerd, the registry, the daemon and the initramfs copied into a tmpfs.
+        memory_mib: 3072,
+        timeout: Duration::from_secs(600),
+    };
+    let output = run_guest(&kernel, "e2e", &spec)?;
+    let (passed, failed) = scan_libtest(&output)?;
+    println!(
+        "vm e2e {series} ({}, BPF LSM): {passed} passed, {failed} failed",
+        kernel.release
+    );
+    if failed > 0 || passed == 0 {
+        bail!("the end-to-end test failed on {series}: {passed} passed, {failed} failed");
+    }
+    Ok((passed, failed))
+}
+
+/// A copy of `binary` without debug information: a debug test binary is mostly DWARF, and the
+/// guest holds its initramfs in memory more than once while it boots.
+fn stripped(binary: &std::path::Path) -> Result<PathBuf> {
+    let dir = vm_dir().join("e2e-bin");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = dir.join(binary.file_name().context("test binary has no file name")?);
+    crate::setup::run_command(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(binary)
+            .arg(&out),
+    )?;
+    Ok(out)
+}
