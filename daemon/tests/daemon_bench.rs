@@ -73,9 +73,9 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
 /// `catalog X ms, judged Y ms` from the daemon's `images reconciled` log line (JSON logs).
 fn reconcile_breakdown(log: &str) -> String {
     log.lines()
+        .rev()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|entry| entry["message"] == "images reconciled")
-        .last()
+        .find(|entry| entry["message"] == "images reconciled")
         .map_or_else(
             || "(no reconcile line in the log)".to_owned(),
             |entry| {

@@ -240,20 +240,6 @@ fn result_counts(line: &str) -> Option<(u64, u64)> {
     Some((count(" passed"), count(" failed")))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_libtest_result_lines() {
-        let line = "test result: ok. 38 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.39s";
-        assert_eq!(super::result_counts(line), Some((38, 2)));
-        assert_eq!(
-            super::result_counts("test result: FAILED. 0 passed; 1 failed; 0 ignored"),
-            Some((0, 1))
-        );
-        assert_eq!(super::result_counts("running 3 tests"), None);
-    }
-}
-
 /// Runs a command, failing with its name when it fails.
 pub fn run_command(command: &mut Command) -> Result<()> {
     let status = command
@@ -278,4 +264,18 @@ pub fn output(command: &mut Command) -> Result<String> {
         );
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_libtest_result_lines() {
+        let line = "test result: ok. 38 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.39s";
+        assert_eq!(super::result_counts(line), Some((38, 2)));
+        assert_eq!(
+            super::result_counts("test result: FAILED. 0 passed; 1 failed; 0 ignored"),
+            Some((0, 1))
+        );
+        assert_eq!(super::result_counts("running 3 tests"), None);
+    }
 }

@@ -514,7 +514,7 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
         return Ok(());
     }
     let is_bpffs = nix::sys::statfs::statfs(root)
-        .is_ok_and(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC);
+        .is_ok_and(|fs| fs.filesystem_type().0 == BPF_FS_MAGIC);
     if !is_bpffs {
         nix::mount::mount(
             Some("bpf"),
