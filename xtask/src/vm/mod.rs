@@ -190,40 +190,11 @@ pub fn scan_libtest(output: &str) -> Result<(u32, u32)> {
 /// allow-all responder measured in the same run (`daemon/tests/fanotify_bench.rs`, release).
 /// Runs on the host: fanotify needs no guest, and the marks cover a private tmpfs only.
 pub fn fanotify_bench() -> Result<()> {
-    let output = crate::setup::output(
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "imagegate",
-                "--test",
-                "fanotify_bench",
-                "--",
-            ])
-            .args([
-                "--ignored",
-                "--exact",
-                "exec_latency",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env("RUST_LOG", "warn")
-            .current_dir(crate::setup::workspace_root()),
-    )?;
-    let lines: Vec<&str> = output
-        .lines()
-        .filter(|line| line.starts_with("bench "))
-        .collect();
-    if lines.len() < 3 {
-        bail!("the fanotify benchmark printed no results");
-    }
-    println!("\nexec latency, fanotify backend on this machine:");
-    for line in lines {
-        println!("  {line}");
-    }
-    Ok(())
+    crate::bench_verify::run_bench_test(
+        "fanotify_bench",
+        "exec_latency",
+        "exec latency, fanotify backend on this machine",
+    )
 }
 
 /// Builds the daemon and the suite (release), the LD_PRELOAD fixture library, and a guest that

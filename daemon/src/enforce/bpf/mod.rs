@@ -513,8 +513,8 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
     if !pin_dir.starts_with(root) {
         return Ok(());
     }
-    let is_bpffs = nix::sys::statfs::statfs(root)
-        .is_ok_and(|fs| fs.filesystem_type().0 == BPF_FS_MAGIC);
+    let is_bpffs =
+        nix::sys::statfs::statfs(root).is_ok_and(|fs| fs.filesystem_type().0 == BPF_FS_MAGIC);
     if !is_bpffs {
         nix::mount::mount(
             Some("bpf"),
