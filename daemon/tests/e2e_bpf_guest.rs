@@ -260,6 +260,8 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
             && daemon::names_image(e, &name("e2e/mixed"))
     });
     assert_names_image(&event, &name("e2e/mixed"), &mixed.manifest_digest());
+    // The event names the file as the process saw it (the daemon finds it under its layer).
+    assert_eq!(event["path"], "/usr/local/lib/evil.so", "{event}");
     phase("case 4 done");
     // 5. Drift: a binary copied into the writable layer of a trusted image's container.
     let out = containerd.run(
