@@ -301,6 +301,12 @@ impl Metrics {
         let header = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
+        // One sample per label value: `name{label="value"} n`.
+        let samples = |out: &mut String, name: &str, label: &str, values: &[(&str, u64)]| {
+            for (value, count) in values {
+                let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
+            }
+        };
 
         header(
             &mut out,
@@ -308,13 +314,17 @@ impl Metrics {
             "counter",
             "Images verified, by verdict outcome.",
         );
-        for (outcome, counter) in OUTCOMES.iter().zip(&self.verifications) {
-            let _ = writeln!(
-                out,
-                "imagegate_verifications_total{{outcome=\"{outcome}\"}} {}",
-                load(counter)
-            );
-        }
+        let outcomes: Vec<(&str, u64)> = OUTCOMES
+            .iter()
+            .zip(&self.verifications)
+            .map(|(outcome, counter)| (*outcome, load(counter)))
+            .collect();
+        samples(
+            &mut out,
+            "imagegate_verifications_total",
+            "outcome",
+            &outcomes,
+        );
 
         header(
             &mut out,
@@ -386,13 +396,12 @@ impl Metrics {
             "counter",
             "Registry requests that failed, by kind.",
         );
-        for (kind, counter) in REGISTRY_ERROR_KINDS.iter().zip(&self.registry_errors) {
-            let _ = writeln!(
-                out,
-                "imagegate_registry_errors_total{{kind=\"{kind}\"}} {}",
-                load(counter)
-            );
-        }
+        let kinds: Vec<(&str, u64)> = REGISTRY_ERROR_KINDS
+            .iter()
+            .zip(&self.registry_errors)
+            .map(|(kind, counter)| (*kind, load(counter)))
+            .collect();
+        samples(&mut out, "imagegate_registry_errors_total", "kind", &kinds);
 
         header(
             &mut out,
@@ -400,13 +409,16 @@ impl Metrics {
             "gauge",
             "Layers in the enforcement table: verified (a trusted image contains it), audit (only audit-scope images do), writable (container writable layers, judged for drift).",
         );
-        for (state, gauge) in [
-            ("verified", &self.layers_verified),
-            ("audit", &self.layers_audit),
-            ("writable", &self.layers_writable),
-        ] {
-            let _ = writeln!(out, "imagegate_layers{{state=\"{state}\"}} {}", load(gauge));
-        }
+        samples(
+            &mut out,
+            "imagegate_layers",
+            "state",
+            &[
+                ("verified", load(&self.layers_verified)),
+                ("audit", load(&self.layers_audit)),
+                ("writable", load(&self.layers_writable)),
+            ],
+        );
 
         header(
             &mut out,
@@ -414,16 +426,15 @@ impl Metrics {
             "gauge",
             "containerd images tracked, by verdict.",
         );
-        for (verdict, gauge) in [
-            ("trusted", &self.images_trusted),
-            ("untrusted", &self.images_untrusted),
-        ] {
-            let _ = writeln!(
-                out,
-                "imagegate_images{{verdict=\"{verdict}\"}} {}",
-                load(gauge)
-            );
-        }
+        samples(
+            &mut out,
+            "imagegate_images",
+            "verdict",
+            &[
+                ("trusted", load(&self.images_trusted)),
+                ("untrusted", load(&self.images_untrusted)),
+            ],
+        );
 
         header(
             &mut out,
@@ -431,11 +442,14 @@ impl Metrics {
             "counter",
             "Reconciliations with containerd, by result.",
         );
-        let _ = writeln!(
-            out,
-            "imagegate_reconciliations_total{{result=\"ok\"}} {}\nimagegate_reconciliations_total{{result=\"failed\"}} {}",
-            load(&self.reconciliations_ok),
-            load(&self.reconciliations_failed)
+        samples(
+            &mut out,
+            "imagegate_reconciliations_total",
+            "result",
+            &[
+                ("ok", load(&self.reconciliations_ok)),
+                ("failed", load(&self.reconciliations_failed)),
+            ],
         );
 
         let health = self.health();

@@ -47,7 +47,7 @@ async fn reconcile_finds_images_layers_and_snapshot_directories() {
     namespaces.sort();
     assert_eq!(namespaces, ["default", "k8s.io"]);
 
-    let images: Vec<_> = catalog::reconcile(&client)
+    let images: Vec<_> = catalog::reconcile(&client, &namespaces)
         .await
         .expect("reconcile")
         .into_iter()

@@ -98,8 +98,7 @@ fn pull_to_verified() {
     let base = bed.busybox_layer(None);
     let mut names = Vec::new();
     for i in 0..PULLS {
-        let top = image::layer(&[image::File::new(&format!("etc/p{i}"), "x", 0o644)]).unwrap();
-        let img = image::image(vec![base.clone(), top], &["/bin/busybox", "true"]);
+        let img = bed.image_on(&base, &format!("p{i}"));
         let repo = format!("pull/img-{i:02}");
         bed.push(&repo, &img, Some(&bed.trusted));
         names.push(bed.name(&repo));

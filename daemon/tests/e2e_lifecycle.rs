@@ -141,13 +141,7 @@ fn fifty_images_pulled_concurrently_each_get_the_right_verdict() {
     // by the trusted key; of the odd ones, half are unsigned, half signed by an untrusted key.
     let mut expected = Vec::new();
     for i in 0..IMAGES {
-        let top = image::layer(&[image::File::new(
-            &format!("etc/image-{i}"),
-            format!("{i}"),
-            0o644,
-        )])
-        .unwrap();
-        let img = image::image(vec![base.clone(), top], &["/bin/busybox", "echo", "hello"]);
+        let img = bed.image_on(&base, &format!("image-{i}"));
         let repo = format!("many/img-{i:02}");
         let (key, outcome) = match i % 4 {
             0 | 2 => (Some(&bed.trusted), "trusted"),

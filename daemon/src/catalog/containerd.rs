@@ -93,6 +93,19 @@ fn call(name: &'static str) -> impl Fn(containerd_client::tonic::Status) -> Cont
     move |source| ContainerdError::Call { call: name, source }
 }
 
+/// A get-style call's answer, with containerd's NotFound as `None` (the object is gone: not an
+/// error for a daemon following events).
+fn found<T>(
+    call: &'static str,
+    response: Result<containerd_client::tonic::Response<T>, containerd_client::tonic::Status>,
+) -> Result<Option<T>, ContainerdError> {
+    match response {
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(status) if status.code() == containerd_client::tonic::Code::NotFound => Ok(None),
+        Err(source) => Err(ContainerdError::Call { call, source }),
+    }
+}
+
 fn request<T>(namespace: &str, message: T) -> Result<Request<T>, ContainerdError> {
     let mut request = Request::new(message);
     let value: MetadataValue<_> = namespace
@@ -167,18 +180,10 @@ impl Containerd {
                 },
             )?)
             .await;
-        match response {
-            Ok(response) => response
-                .into_inner()
-                .image
-                .map(|image| record(namespace, image))
-                .transpose(),
-            Err(status) if status.code() == containerd_client::tonic::Code::NotFound => Ok(None),
-            Err(source) => Err(ContainerdError::Call {
-                call: "images.get",
-                source,
-            }),
-        }
+        found("images.get", response)?
+            .and_then(|response| response.image)
+            .map(|image| record(namespace, image))
+            .transpose()
     }
 
     /// Reads a content blob, refusing anything over `limit` bytes, and checks its digest.
@@ -261,16 +266,7 @@ impl Containerd {
                 },
             )?)
             .await;
-        let info = match response {
-            Ok(response) => response.into_inner().info,
-            Err(status) if status.code() == containerd_client::tonic::Code::NotFound => None,
-            Err(source) => {
-                return Err(ContainerdError::Call {
-                    call: "content.info",
-                    source,
-                })
-            }
-        };
+        let info = found("content.info", response)?.and_then(|response| response.info);
         Ok(info
             .map(|info| {
                 info.labels
@@ -448,17 +444,9 @@ impl Containerd {
                 GetContainerRequest { id: id.to_owned() },
             )?)
             .await;
-        match response {
-            Ok(response) => Ok(response
-                .into_inner()
-                .container
-                .map(|c| ContainerRecord::new(namespace, c))),
-            Err(status) if status.code() == containerd_client::tonic::Code::NotFound => Ok(None),
-            Err(source) => Err(ContainerdError::Call {
-                call: "containers.get",
-                source,
-            }),
-        }
+        Ok(found("containers.get", response)?
+            .and_then(|response| response.container)
+            .map(|c| ContainerRecord::new(namespace, c)))
     }
 
     /// Keys of the active (writable) snapshots of `namespace`: container root file systems.
@@ -506,17 +494,8 @@ impl Containerd {
                 },
             )?)
             .await;
-        let mounts = match response {
-            Ok(response) => response.into_inner().mounts,
-            Err(status) if status.code() == containerd_client::tonic::Code::NotFound => {
-                return Ok(None)
-            }
-            Err(source) => {
-                return Err(ContainerdError::Call {
-                    call: "snapshots.mounts",
-                    source,
-                })
-            }
+        let Some(mounts) = found("snapshots.mounts", response)?.map(|r| r.mounts) else {
+            return Ok(None);
         };
         Ok(mounts
             .iter()

@@ -105,14 +105,15 @@ pub async fn locate(
 /// (manifest, config, a view snapshot); overlapping them keeps a 500-image start short.
 const CATALOG_CONCURRENCY: usize = 8;
 
-/// Every image in every namespace, each with its layers or the error that stopped it, in
+/// Every image in `namespaces` (usually all of containerd's), each with its layers or the error that stopped it, in
 /// containerd's listing order.
 pub async fn reconcile(
     containerd: &Containerd,
+    namespaces: &[String],
 ) -> Result<Vec<Result<CatalogImage, CatalogError>>, CatalogError> {
     let mut records = Vec::new();
-    for namespace in containerd.namespaces().await? {
-        records.extend(containerd.images(&namespace).await?);
+    for namespace in namespaces {
+        records.extend(containerd.images(namespace).await?);
     }
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(CATALOG_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();

@@ -252,17 +252,18 @@ impl<B: Backend> Daemon<B> {
 
     /// Verifies a catalogued image and records it.
     async fn admit(&mut self, image: CatalogImage) -> Result<(), DaemonError> {
-        if let (Some(prefetch), Ok(reference)) =
-            (&self.prefetch, ImageRef::parse(&image.resolved.record.name))
-        {
-            prefetch.saw_registry(&reference.registry);
-        }
         let verdict = self.verifier.verdict(&image).await;
         self.record(image, verdict)
     }
 
     /// Records a judged image in the table and mirrors the change to the backend.
     fn record(&mut self, image: CatalogImage, verdict: Verdict) -> Result<(), DaemonError> {
+        // Registries with a port, for the early verification's port-less source labels.
+        if let (Some(prefetch), Ok(reference)) =
+            (&self.prefetch, ImageRef::parse(&image.resolved.record.name))
+        {
+            prefetch.saw_registry(&reference.registry);
+        }
         let key = ImageKey {
             namespace: image.resolved.record.namespace.clone(),
             name: image.resolved.record.name.clone(),
@@ -361,8 +362,9 @@ impl<B: Backend> Daemon<B> {
         self.verdicts.clear();
         self.layer_dirs.clear();
         let started = std::time::Instant::now();
+        let namespaces = self.containerd.namespaces().await?;
         let mut images = Vec::new();
-        for result in catalog::reconcile(&self.containerd).await? {
+        for result in catalog::reconcile(&self.containerd, &namespaces).await? {
             match result {
                 Ok(image) => images.push(image),
                 Err(error) => {
@@ -377,11 +379,6 @@ impl<B: Backend> Daemon<B> {
         let limit = Arc::new(tokio::sync::Semaphore::new(VERIFY_CONCURRENCY));
         let mut tasks = tokio::task::JoinSet::new();
         for (index, image) in images.into_iter().enumerate() {
-            if let Some(prefetch) = &self.prefetch {
-                if let Ok(reference) = ImageRef::parse(&image.resolved.record.name) {
-                    prefetch.saw_registry(&reference.registry);
-                }
-            }
             let verifier = self.verifier.clone();
             let limit = Arc::clone(&limit);
             tasks.spawn(async move {
@@ -412,11 +409,11 @@ impl<B: Backend> Daemon<B> {
         );
         self.writable.clear();
         let mut containers = Vec::new();
-        for namespace in self.containerd.namespaces().await? {
-            for key in self.containerd.active_snapshots(&namespace).await? {
-                self.track_active(&namespace, &key).await?;
+        for namespace in &namespaces {
+            for key in self.containerd.active_snapshots(namespace).await? {
+                self.track_active(namespace, &key).await?;
             }
-            containers.extend(self.containerd.containers(&namespace).await?);
+            containers.extend(self.containerd.containers(namespace).await?);
         }
         self.containers.replace_live(containers);
         let name = self.backend.name();

@@ -186,12 +186,13 @@ impl Prefetcher {
     /// `registry/repository` names the blob was pulled from, waiting briefly for containerd
     /// to label it.
     async fn sources(&self, digest: &str) -> Option<Vec<String>> {
+        let namespaces = self.containerd.namespaces().await.ok()?;
         let started = std::time::Instant::now();
         while started.elapsed() < LABEL_WAIT {
-            for namespace in self.containerd.namespaces().await.ok()? {
+            for namespace in &namespaces {
                 if let Ok(found) = self
                     .containerd
-                    .distribution_sources(&namespace, digest)
+                    .distribution_sources(namespace, digest)
                     .await
                 {
                     if !found.is_empty() {

@@ -140,21 +140,26 @@ pub(crate) fn verify_with_cert(cert: &Cert, msg: &[u8], sig: &[u8]) -> Result<()
     }
 }
 
-/// Chain, SCT and identity checks of a signing certificate at time `at`.
+/// Chain, SCT and identity checks of a signing certificate, which must have been valid at every
+/// one of the verified signing times `times` (none is an error: no trusted signing time).
 pub(crate) fn check_certificate(
     leaf: &Cert,
     intermediates: &[Cert],
     trust: &TrustMaterial,
     identities: &[IdentityMatcher],
     require_sct: bool,
-    at: i64,
+    times: &[i64],
 ) -> Result<SignerInfo, VerifyError> {
     let pool: Vec<Cert> = intermediates
         .iter()
         .chain(trust.intermediates.iter())
         .cloned()
         .collect();
-    let path = verify_chain(leaf, &pool, &trust.cas, at)?;
+    let mut path = None;
+    for at in times {
+        path = Some(verify_chain(leaf, &pool, &trust.cas, *at)?);
+    }
+    let path = path.ok_or(VerifyError::NoSigningTime)?;
     if require_sct {
         let issuer = path.get(1).ok_or_else(|| VerifyError::Sct {
             detail: "no issuer for SCT check".into(),

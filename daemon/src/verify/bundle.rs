@@ -490,22 +490,15 @@ pub fn verify_bundle(
             },
             Some(leaf),
         ) => {
-            if times.is_empty() {
-                return Err(VerifyError::NoSigningTime);
-            }
             // The certificate must have been valid at every verified signing time.
-            let mut info = None;
-            for at in &times {
-                info = Some(check_certificate(
-                    &leaf,
-                    &intermediates,
-                    &auth.trust,
-                    identities,
-                    *require_sct,
-                    *at,
-                )?);
-            }
-            info.ok_or(VerifyError::NoSigningTime)?
+            check_certificate(
+                &leaf,
+                &intermediates,
+                &auth.trust,
+                identities,
+                *require_sct,
+                &times,
+            )?
         }
         (Signer::Keys(_), None) => SignerInfo::Key {
             fingerprint: key_used.map(|k| k.fingerprint()).unwrap_or_default(),

@@ -163,18 +163,14 @@ pub fn verify_legacy(
             } else {
                 times
             };
-            let mut info = None;
-            for at in &check_at {
-                info = Some(check_certificate(
-                    &leaf,
-                    &intermediates,
-                    &auth.trust,
-                    identities,
-                    *require_sct,
-                    *at,
-                )?);
-            }
-            info.ok_or(VerifyError::NoSigningTime)?
+            check_certificate(
+                &leaf,
+                &intermediates,
+                &auth.trust,
+                identities,
+                *require_sct,
+                &check_at,
+            )?
         }
         _ => key_info.ok_or(VerifyError::CertMissing)?,
     };

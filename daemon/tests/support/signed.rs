@@ -82,6 +82,13 @@ impl SignedBed {
         image::layer(&[File::new(path, self.busybox.clone(), 0o755)]).expect("layer")
     }
 
+    /// An image of `base` plus a small layer of its own (`etc/MARKER`), running busybox.
+    pub fn image_on(&self, base: &[u8], marker: &str) -> Image {
+        let own =
+            image::layer(&[File::new(&format!("etc/{marker}"), marker, 0o644)]).expect("layer");
+        image::image(vec![base.to_vec(), own], &["/bin/busybox", "echo", "hello"])
+    }
+
     /// Pushes `image` as `REPO:v1` and, with a key, signs its manifest digest; returns the digest.
     pub fn push(&self, repo: &str, image: &Image, key: Option<&Key>) -> String {
         let digest = self
