@@ -352,7 +352,11 @@ fn run_daemon(config_path: &Path) -> Result<()> {
                 BpfBackend::install(&config.pin_dir).context("installing the BPF LSM backend")?;
             let report = selftest::run(&mut backend, Path::new("/run/imagegate/selftest"))
                 .context("self-test failed: refusing to claim enforcement")?;
-            tracing::info!(deny_event = ?report.deny_event, startup = ?backend.startup(), "BPF LSM backend enforcing");
+            tracing::info!(
+                self_test_event = %serde_json::to_string(&report.deny_event).unwrap_or_default(),
+                startup = ?backend.startup(),
+                "BPF LSM backend enforcing; self-test denied an exec from an unverified layer"
+            );
             serve_with(backend, context)
         }
         imagegate::enforce::BackendKind::Fanotify => {
@@ -536,7 +540,10 @@ fn kernel(command: KernelCommand) -> Result<()> {
             } else {
                 let report = selftest::run(&mut backend, &self_test_dir)
                     .context("self-test failed: not enforcing")?;
-                tracing::info!(deny_event = ?report.deny_event, "self-test passed: exec from an unverified layer was denied");
+                tracing::info!(
+                    self_test_event = %serde_json::to_string(&report.deny_event).unwrap_or_default(),
+                    "self-test passed: exec from an unverified layer was denied"
+                );
                 print_events(&report.other_events)?;
             }
             println!("installed ({:?})", backend.startup());

@@ -209,6 +209,14 @@ fn test() -> Result<()> {
             failed.push("6.12 (e2e)".into());
         }
     }
+    // The packaged unit under a real systemd (PID 1 here is not systemd).
+    match vm::systemd_test(vm::KernelSeries::V6_12) {
+        Ok((p, f)) => (passed, failed_count) = (passed + u64::from(p), failed_count + u64::from(f)),
+        Err(error) => {
+            eprintln!("xtask: systemd guest 6.12: {error:#}");
+            failed.push("6.12 (systemd)".into());
+        }
+    }
     if failed.is_empty() {
         // One closing line over every suite: host tests and all guests.
         println!("total: {passed} passed, {failed_count} failed");

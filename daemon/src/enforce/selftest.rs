@@ -59,8 +59,8 @@ fn probe_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
 }
 
-/// Runs the self-test under `scratch` (a directory on a file system that supports overlayfs
-/// upper directories, e.g. tmpfs under `/run`). Cleans up after itself.
+/// Runs the self-test under `scratch` (a directory on a file system overlayfs can use as a lower
+/// layer, e.g. tmpfs under `/run`). Cleans up after itself.
 pub fn run(backend: &mut BpfBackend, scratch: &Path) -> Result<SelfTestReport, SelfTestError> {
     let setup = |source| SelfTestError::Setup {
         path: scratch.to_owned(),
@@ -69,22 +69,17 @@ pub fn run(backend: &mut BpfBackend, scratch: &Path) -> Result<SelfTestReport, S
     let snapshots = scratch.join("snapshots");
     let verified = snapshots.join("1/fs");
     let unverified = snapshots.join("2/fs");
-    let upper = snapshots.join("3/fs");
-    let work = snapshots.join("3/work");
     let merged = scratch.join("merged");
-    for dir in [&verified, &unverified, &upper, &work, &merged] {
+    for dir in [&verified, &unverified, &merged] {
         std::fs::create_dir_all(dir).map_err(setup)?;
     }
     let probe = probe_binary();
     std::fs::copy(&probe, verified.join("ok")).map_err(setup)?;
     std::fs::copy(&probe, unverified.join("bad")).map_err(setup)?;
-    let options = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        unverified.display(),
-        verified.display(),
-        upper.display(),
-        work.display()
-    );
+    // Read-only (no upper directory): execs resolve to the lower layers' files exactly as in a
+    // container, and the mount needs no CAP_DAC_OVERRIDE, which an upper directory's work
+    // directory (created mode 000 by overlayfs) would; the systemd unit does not grant it.
+    let options = format!("lowerdir={}:{}", unverified.display(), verified.display());
     mount(
         Some("overlay"),
         &merged,

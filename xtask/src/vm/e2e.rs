@@ -75,6 +75,7 @@ pub fn e2e_test(series: KernelSeries) -> Result<(u32, u32)> {
             keep_keys = KEEP_STATIC_KEYS,
         ),
         append: String::new(),
+        pid1: false,
         // containerd, the registry, the daemon and the initramfs copied into a tmpfs.
         memory_mib: 3072,
         timeout: Duration::from_secs(600),

@@ -25,6 +25,9 @@ pub struct GuestSpec {
     pub modules: Vec<String>,
     /// Shell command run by `/init` after set-up; its output goes to the console.
     pub command: String,
+    /// The command replaces `/init` as PID 1 (to `exec` another init, such as systemd); it must
+    /// then print the exit line itself (`initramfs::EXIT_MARKER`) and power the guest off.
+    pub pid1: bool,
     /// Extra kernel command line, appended to "console=ttyS0 quiet panic=-1".
     pub append: String,
     pub memory_mib: u32,
@@ -38,6 +41,7 @@ impl Default for GuestSpec {
             files: Vec::new(),
             modules: Vec::new(),
             command: String::new(),
+            pid1: false,
             append: String::new(),
             memory_mib: 1024,
             timeout: Duration::from_secs(300),
@@ -274,14 +278,21 @@ mod tests {
     #[test]
     fn only_a_crash_before_init_is_booted_again() {
         // Cut from the CI console of a 6.12 guest that died in an initcall.
-        let boot_crash = "Booting from ROM...\n[    3.709636] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n\
+        let boot_crash =
+            "Booting from ROM...\n[    3.709636] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n\
             [    3.717652] Kernel panic - not syncing: Fatal exception in interrupt\n";
         assert!(crashed_before_init(boot_crash));
         let test_crash = format!(
             "Booting from ROM...\n{} 6.33\nrunning 1 test\n[   20.1] Oops: int3: 0000 [#1]\n",
             initramfs::START_MARKER
         );
-        assert!(!crashed_before_init(&test_crash), "a crash under test is a failure");
-        assert!(!crashed_before_init("Booting from ROM...\n"), "a hang is not a crash");
+        assert!(
+            !crashed_before_init(&test_crash),
+            "a crash under test is a failure"
+        );
+        assert!(
+            !crashed_before_init("Booting from ROM...\n"),
+            "a hang is not a crash"
+        );
     }
 }

@@ -59,7 +59,11 @@ pub fn build(kernel: &Kernel, spec: &GuestSpec, work: &Path) -> Result<PathBuf> 
         &format!("{}\n", spec.command),
         0o644,
     )?;
-    write(&root.join("init"), &init_script(kernel, &modules), 0o755)?;
+    write(
+        &root.join("init"),
+        &init_script(kernel, &modules, spec.pid1),
+        0o755,
+    )?;
     let archive = work.join("initramfs.cpio");
     archive_root(&root, &archive)?;
     Ok(archive)
@@ -175,7 +179,7 @@ fn modules_guest_path(kernel: &Kernel, module: &ModuleFile) -> String {
 /// The guest's `/init`. The initramfs rootfs cannot be `pivot_root`ed out of (runc needs that)
 /// and lacks the xattrs overlayfs upper dirs need, so the first stage copies the root into a
 /// tmpfs and `switch_root`s there; the second stage, in the tmpfs, does the real set-up.
-fn init_script(kernel: &Kernel, modules: &[ModuleFile]) -> String {
+fn init_script(kernel: &Kernel, modules: &[ModuleFile], pid1: bool) -> String {
     let insmods: String = modules
         .iter()
         .map(|module| {
@@ -183,6 +187,14 @@ fn init_script(kernel: &Kernel, modules: &[ModuleFile]) -> String {
             format!("insmod {path} || echo \"init: insmod {path} failed\"\n")
         })
         .collect();
+    // As PID 1 the command has no /init after it: it reports and powers off itself.
+    let run = if pid1 {
+        format!("exec sh {COMMAND_PATH} </dev/null")
+    } else {
+        format!(
+            "sh {COMMAND_PATH} </dev/null\nstatus=$?\nsync\necho \"{EXIT_MARKER} $status\"\npoweroff -f"
+        )
+    };
     format!(
         r#"#!/bin/busybox sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -218,11 +230,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 {insmods}cd /
-sh {COMMAND_PATH} </dev/null
-status=$?
-sync
-echo "{EXIT_MARKER} $status"
-poweroff -f
+{run}
 "#
     )
 }

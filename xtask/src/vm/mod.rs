@@ -8,6 +8,7 @@ mod e2e;
 mod guest;
 mod initramfs;
 mod kernel;
+mod systemd;
 
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ use anyhow::{bail, Context as _, Result};
 pub use e2e::e2e_test;
 pub use guest::{run_guest, GuestSpec};
 pub use kernel::{fetch_kernel, Kernel};
+pub use systemd::systemd_test;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum KernelSeries {
@@ -44,6 +46,8 @@ pub enum Suite {
     Fanotify,
     /// The daemon end to end with BPF LSM, containerd, runc and a registry in the guest.
     E2e,
+    /// The packaged systemd unit, run by a real systemd as the guest's PID 1.
+    Systemd,
 }
 
 /// Runs `suite` in a guest booted on `series`.
@@ -52,6 +56,7 @@ pub fn run_suite(series: KernelSeries, suite: Suite) -> Result<(u32, u32)> {
         Suite::Kernel => test(series),
         Suite::Fanotify => fanotify_test(series),
         Suite::E2e => e2e_test(series),
+        Suite::Systemd => systemd_test(series),
     }
 }
 
@@ -117,6 +122,7 @@ pub fn fanotify_test(series: KernelSeries) -> Result<(u32, u32)> {
             filter = std::env::var("IMAGEGATE_GUEST_FILTER").unwrap_or_default(),
         ),
         append: append.into(),
+        pid1: false,
         memory_mib: 1024,
         timeout: std::time::Duration::from_secs(900),
     };
@@ -214,6 +220,7 @@ fn suite_guest(command: &str) -> Result<GuestSpec> {
         modules: vec!["overlay".into()],
         command: command.into(),
         append: String::new(),
+        pid1: false,
         memory_mib: 2048,
         timeout: std::time::Duration::from_secs(900),
     })

@@ -90,7 +90,7 @@ impl ScratchOverlay {
         )
         .map_err(|e| setup("mounting the probe's tmpfs")(errno(e)))?;
         scratch.mounted_tmpfs = true;
-        for dir in ["lower", "upper", "work", "merged"] {
+        for dir in ["lower", "empty", "merged"] {
             std::fs::create_dir(scratch.root.join(dir))
                 .map_err(setup(format!("creating the probe's {dir} directory")))?;
         }
@@ -101,11 +101,12 @@ impl ScratchOverlay {
                 std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))
             })
             .map_err(setup("writing the probe's program"))?;
+        // Read-only (two lower layers, no upper): an upper directory's work directory would
+        // need CAP_DAC_OVERRIDE, which the systemd unit does not grant.
         let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={}:{}",
             scratch.root.join("lower").display(),
-            scratch.root.join("upper").display(),
-            scratch.root.join("work").display()
+            scratch.root.join("empty").display()
         );
         mount(
             Some("overlay"),
