@@ -220,6 +220,28 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
         assert_eq!(event["hook"], "exec", "{event}");
         assert_eq!(event["mode"], "enforce", "{event}");
     }
+    // Two containers of the unsigned image at once, both gone before their events are read:
+    // each event names its own container, by the cgroup id the BPF program reported.
+    let twins = ["c-twin-a", "c-twin-b"];
+    let unsigned_name = name("e2e/unsigned");
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = twins
+            .iter()
+            .map(|id| scope.spawn(|| containerd.run(&unsigned_name, id, &[])))
+            .collect();
+        for run in runs {
+            assert_denied(&run.join().unwrap(), "a twin of the unsigned image");
+        }
+    });
+    for id in twins {
+        let event = daemon::wait_for_event(&events, |e| {
+            e["verdict"] == "denied" && e["container"]["id"] == id
+        });
+        assert!(
+            event["cgroup_id"].as_u64().is_some_and(|c| c > 0),
+            "{event}"
+        );
+    }
 
     phase("case 2 done");
     // 4. Signed base + unsigned top layer: the top layer's binary cannot execute ...

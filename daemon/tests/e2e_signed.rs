@@ -122,6 +122,34 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
         assert_eq!(event["container"]["id"], id, "{event}");
     }
 
+    // 2b. Two containers of the same unsigned image at once, both denied and gone before their
+    // events are written: each event still names its own container, from the cgroup id the
+    // backend reports with the decision (noted when containerd created each task).
+    let name = bed.name("e2e/unsigned");
+    let twins = ["c-twin-a", "c-twin-b"];
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = twins
+            .iter()
+            .map(|id| scope.spawn(|| containerd.run(&name, id, &[])))
+            .collect();
+        for run in runs {
+            assert_denied(&run.join().unwrap(), "a twin of the unsigned image");
+        }
+    });
+    let mut pids = Vec::new();
+    for id in twins {
+        let event = daemon::wait_for_event(&events_path, |e| {
+            e["verdict"] == "denied" && e["container"]["id"] == id
+        });
+        assert!(daemon::names_image(&event, &name), "{event}");
+        assert!(
+            event["cgroup_id"].as_u64().is_some_and(|c| c > 0),
+            "{event}"
+        );
+        pids.push(event["tgid"].clone());
+    }
+    assert_ne!(pids[0], pids[1], "two processes, two events");
+
     // 3. Signed base + unsigned top layer: the top layer's binary cannot execute (and is an
     // unverified layer, not drift: unpacking commits the layer in place), the base's can.
     let name = bed.name("e2e/mixed");

@@ -9,7 +9,8 @@ use containerd_client::{
             ListSnapshotsRequest, MountsRequest, RemoveSnapshotRequest, ViewSnapshotRequest,
         },
         GetContainerRequest, GetImageRequest, InfoRequest, ListContainersRequest,
-        ListImagesRequest, ListNamespacesRequest, ReadContentRequest, SubscribeRequest,
+        ListImagesRequest, ListNamespacesRequest, ListTasksRequest, ReadContentRequest,
+        SubscribeRequest,
     },
     tonic::{metadata::MetadataValue, Request},
     Client,
@@ -427,6 +428,22 @@ impl Containerd {
             .containers
             .into_iter()
             .map(|c| ContainerRecord::new(namespace, c))
+            .collect())
+    }
+
+    /// The running tasks in `namespace`: (container id, pid of the task's init process).
+    pub async fn task_pids(&self, namespace: &str) -> Result<Vec<(String, u32)>, ContainerdError> {
+        let response = self
+            .client
+            .tasks()
+            .list(request(namespace, ListTasksRequest::default())?)
+            .await
+            .map_err(call("tasks.list"))?;
+        Ok(response
+            .into_inner()
+            .tasks
+            .into_iter()
+            .map(|task| (task.id, task.pid))
             .collect())
     }
 

@@ -10,9 +10,11 @@
 //!   layers, so a decision on a writable layer names the container that owns it, and one on an
 //!   image layer names the containers made from an image holding that layer (containerd's
 //!   container records, kept for a while after deletion because a denied entrypoint usually
-//!   ends its container before the event is written out). When several containers qualify, the
-//!   process's cgroup (which names the container id under both `ctr` and the CRI plugin) picks
-//!   one if the process still lives.
+//!   ends its container before the event is written out). The process's cgroup id, which the
+//!   kernel reports with the decision, names the container exactly when the daemon saw that
+//!   container's task created (it notes each task's cgroup). Otherwise, when several containers
+//!   qualify, the process's cgroup path (which names the container id under both `ctr` and the
+//!   CRI plugin) picks one if the process still lives.
 
 use std::{
     collections::HashMap,
@@ -36,6 +38,10 @@ const PATH_CACHE: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Containers {
     by_key: HashMap<(String, String), (ContainerRecord, Option<Instant>)>,
+    /// Cgroup ids of containers' tasks (namespace, container id), noted when a task is created
+    /// and dropped with the container's record; `None` for a cgroup seen holding several
+    /// containers, which then names none of them.
+    by_cgroup: HashMap<u64, Option<(String, String)>>,
 }
 
 impl Containers {
@@ -70,6 +76,31 @@ impl Containers {
     fn prune(&mut self) {
         self.by_key
             .retain(|_, (_, gone)| gone.is_none_or(|at| at.elapsed() < RETAIN_DELETED));
+        let by_key = &self.by_key;
+        self.by_cgroup
+            .retain(|_, key| key.as_ref().is_none_or(|key| by_key.contains_key(key)));
+    }
+
+    /// Notes that a task of container `id` runs in cgroup `cgroup` (a container's processes all
+    /// share its cgroup, so exec'd processes need no note of their own). A cgroup noted for two
+    /// containers names neither from then on.
+    pub fn note_cgroup(&mut self, namespace: &str, id: &str, cgroup: u64) {
+        let key = (namespace.to_owned(), id.to_owned());
+        self.by_cgroup
+            .entry(cgroup)
+            .and_modify(|known| {
+                if known.as_ref() != Some(&key) {
+                    *known = None;
+                }
+            })
+            .or_insert(Some(key));
+    }
+
+    /// The container whose task ran in cgroup `cgroup`, if it is (or until recently was) known.
+    #[must_use]
+    pub fn by_cgroup(&self, cgroup: u64) -> Option<&ContainerRecord> {
+        let key = self.by_cgroup.get(&cgroup)?.as_ref()?;
+        self.by_key.get(key).map(|(record, _)| record)
     }
 
     /// Live containers.
@@ -118,7 +149,7 @@ pub fn pick_container<'a>(
         [] => None,
         [only] => Some(only),
         _ => {
-            let cgroup = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
+            let cgroup = crate::enforce::cgroup::path_of(tgid)?;
             let mut named = candidates.iter().filter(|c| cgroup.contains(&c.id));
             match (named.next(), named.next()) {
                 (Some(one), None) => Some(one),
@@ -265,5 +296,36 @@ mod tests {
         assert_eq!(pick_container(&found, u32::MAX), None);
         containers.replace_live(vec![record("default", "b", "other:1")]);
         assert_eq!(containers.live(), 1);
+    }
+
+    #[test]
+    fn a_noted_cgroup_names_its_container_until_the_record_is_gone() {
+        let mut containers = Containers::default();
+        containers.insert(record("default", "a", "img:1"));
+        containers.insert(record("default", "b", "img:1"));
+        containers.note_cgroup("default", "b", 77);
+        assert_eq!(containers.by_cgroup(77).map(|c| c.id.as_str()), Some("b"));
+        assert!(containers.by_cgroup(78).is_none());
+        containers.note_cgroup("default", "b", 77);
+        assert_eq!(containers.by_cgroup(77).map(|c| c.id.as_str()), Some("b"));
+        // Two containers in one cgroup: naming either would be a guess.
+        containers.note_cgroup("default", "a", 79);
+        containers.note_cgroup("default", "b", 79);
+        assert!(containers.by_cgroup(79).is_none());
+        containers.delete("default", "b");
+        assert_eq!(
+            containers.by_cgroup(77).map(|c| c.id.as_str()),
+            Some("b"),
+            "still named after deletion"
+        );
+        // Once the record ages out, its cgroup goes with it.
+        containers.by_key.retain(|(_, id), _| id != "b");
+        containers.prune();
+        assert!(containers.by_cgroup(77).is_none());
+        assert_eq!(
+            containers.by_cgroup.len(),
+            1,
+            "only the ambiguous mark is left"
+        );
     }
 }

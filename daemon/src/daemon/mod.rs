@@ -416,6 +416,20 @@ impl<B: Backend> Daemon<B> {
             containers.extend(self.containerd.containers(namespace).await?);
         }
         self.containers.replace_live(containers);
+        // Tasks already running when the daemon started, or created while the stream was down.
+        // Only names containers in events: a failure costs precision, not the reconcile.
+        for namespace in &namespaces {
+            match self.containerd.task_pids(namespace).await {
+                Ok(tasks) => {
+                    for (container, pid) in tasks {
+                        self.note_task_cgroup(namespace, &container, pid);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(namespace = %namespace, error = %crate::doctor::error_chain(&error), "listing tasks failed");
+                }
+            }
+        }
         let name = self.backend.name();
         let desired = self.table.desired();
         let writable: std::collections::HashSet<LayerId> =
@@ -513,6 +527,13 @@ impl<B: Backend> Daemon<B> {
                     }
                 }
             }
+            "/tasks/create" => {
+                // The task's init process exists (runc waits for start) and sits in the
+                // container's cgroup: note it, so decisions name the container after it exits.
+                if let Ok(event) = events::TaskCreate::decode(any.value.as_slice()) {
+                    self.note_task_cgroup(namespace, &event.container_id, event.pid);
+                }
+            }
             "/containers/delete" => {
                 if let Ok(event) = events::ContainerDelete::decode(any.value.as_slice()) {
                     self.containers.delete(namespace, &event.id);
@@ -526,6 +547,13 @@ impl<B: Backend> Daemon<B> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Notes the cgroup of a container's task process, if it can be read.
+    fn note_task_cgroup(&mut self, namespace: &str, container: &str, pid: u32) {
+        if let Some(cgroup) = crate::enforce::cgroup::id_of_process(pid) {
+            self.containers.note_cgroup(namespace, container, cgroup);
+        }
     }
 
     /// A decision event with the images and container it concerns and the file's path as the
@@ -552,14 +580,18 @@ impl<B: Backend> Daemon<B> {
                     container_json,
                 ))
             }
-            None => {
-                let images: Vec<(String, String)> = owners
-                    .iter()
-                    .map(|o| (o.image.namespace.clone(), o.image.name.clone()))
-                    .collect();
-                let candidates = self.containers.from_images(&images);
-                describe::pick_container(&candidates, decision.tgid).map(container_json)
-            }
+            None => decision
+                .cgroup_id
+                .and_then(|cgroup| self.containers.by_cgroup(cgroup))
+                .or_else(|| {
+                    let images: Vec<(String, String)> = owners
+                        .iter()
+                        .map(|o| (o.image.namespace.clone(), o.image.name.clone()))
+                        .collect();
+                    let candidates = self.containers.from_images(&images);
+                    describe::pick_container(&candidates, decision.tgid)
+                })
+                .map(container_json),
         };
         let mut value = serde_json::to_value(decision).unwrap_or_default();
         value["path"] = path.map_or(serde_json::Value::Null, |p| {

@@ -31,6 +31,8 @@ pub struct Decision {
     pub file: LayerId,
     /// Its layer directory; `None` when the walk could not find it.
     pub layer: Option<LayerId>,
+    /// The process's cgroup (v2) id ([`super::cgroup`]); `None` when unknown.
+    pub cgroup_id: Option<u64>,
 }
 
 impl Decision {
@@ -77,6 +79,7 @@ impl Decision {
             command: String::from_utf8_lossy(&raw.comm[..command_len]).into_owned(),
             file: LayerId::from_key(raw.file),
             layer: (raw.layer.ino != 0).then(|| LayerId::from_key(raw.layer)),
+            cgroup_id: (raw.cgroup_id != 0).then_some(raw.cgroup_id),
         })
     }
 }
@@ -138,6 +141,7 @@ mod tests {
             reason: reason::UNVERIFIED_LAYER,
             mode: mode::ENFORCE,
             comm,
+            cgroup_id: 4242,
         };
         // SAFETY: viewing a plain repr(C) struct as bytes.
         let bytes = unsafe {
@@ -152,6 +156,7 @@ mod tests {
         assert_eq!(decision.hook, "exec");
         assert_eq!(decision.command, "evil");
         assert_eq!(decision.layer.map(|l| l.ino), Some(9));
+        assert_eq!(decision.cgroup_id, Some(4242));
         assert_eq!(
             decision.time,
             SystemTime::UNIX_EPOCH + Duration::from_secs(5)

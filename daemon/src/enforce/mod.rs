@@ -7,6 +7,7 @@
 //! [`choose`] picks one by probing the kernel.
 
 pub mod bpf;
+pub mod cgroup;
 pub mod event;
 pub mod fanotify;
 pub mod layer;

@@ -176,6 +176,9 @@ pub struct DecisionEvent {
     pub mode: u32,
     /// The task's command name (`comm`), NUL padded.
     pub comm: [u8; 16],
+    /// The task's cgroup (v2) id, the inode number of its cgroup directory: names the container
+    /// even after the process has exited.
+    pub cgroup_id: u64,
 }
 
 /// Offsets into kernel structures, read from the running kernel's BTF by the daemon and set as a
@@ -243,7 +246,7 @@ pub const MAX_OVERLAY_NESTING: u32 = 4;
 
 const _: () = assert!(core::mem::size_of::<DevIno>() == 16);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
-const _: () = assert!(core::mem::size_of::<DecisionEvent>() == 80);
+const _: () = assert!(core::mem::size_of::<DecisionEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
 
 #[cfg(feature = "user")]

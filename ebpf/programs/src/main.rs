@@ -25,8 +25,8 @@
 mod programs {
     use aya_ebpf::{
         helpers::{
-            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-            bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+            bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
         },
         macros::{lsm, map},
         maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -254,6 +254,7 @@ mod programs {
             reason,
             mode,
             comm: bpf_get_current_comm().unwrap_or_default(),
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         });
         answer
     }

@@ -224,6 +224,8 @@ fn decision(
         command,
         file,
         layer,
+        // The process waits for this answer, so its cgroup is still there to read.
+        cgroup_id: super::super::cgroup::id_of_process(pid),
     }
 }
 
