@@ -224,15 +224,9 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
     // each event names its own container, by the cgroup id the BPF program reported.
     let twins = ["c-twin-a", "c-twin-b"];
     let unsigned_name = name("e2e/unsigned");
-    std::thread::scope(|scope| {
-        let runs: Vec<_> = twins
-            .iter()
-            .map(|id| scope.spawn(|| containerd.run(&unsigned_name, id, &[])))
-            .collect();
-        for run in runs {
-            assert_denied(&run.join().unwrap(), "a twin of the unsigned image");
-        }
-    });
+    for out in containerd.run_together(&unsigned_name, &twins) {
+        assert_denied(&out, "a twin of the unsigned image");
+    }
     for id in twins {
         let event = daemon::wait_for_event(&events, |e| {
             e["verdict"] == "denied" && e["container"]["id"] == id

@@ -127,15 +127,9 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
     // backend reports with the decision (noted when containerd created each task).
     let name = bed.name("e2e/unsigned");
     let twins = ["c-twin-a", "c-twin-b"];
-    std::thread::scope(|scope| {
-        let runs: Vec<_> = twins
-            .iter()
-            .map(|id| scope.spawn(|| containerd.run(&name, id, &[])))
-            .collect();
-        for run in runs {
-            assert_denied(&run.join().unwrap(), "a twin of the unsigned image");
-        }
-    });
+    for out in containerd.run_together(&name, &twins) {
+        assert_denied(&out, "a twin of the unsigned image");
+    }
     let mut pids = Vec::new();
     for id in twins {
         let event = daemon::wait_for_event(&events_path, |e| {

@@ -115,6 +115,19 @@ impl PrivateContainerd {
         out
     }
 
+    /// [`Self::run`] of one container per id, all from `image` and started at once.
+    pub fn run_together(&self, image: &str, ids: &[&str]) -> Vec<Output> {
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = ids
+                .iter()
+                .map(|id| scope.spawn(move || self.run(image, id, &[])))
+                .collect();
+            runs.into_iter()
+                .map(|run| run.join().expect("ctr run thread"))
+                .collect()
+        })
+    }
+
     /// `ctr images import` of an OCI archive, asserting success.
     pub fn import(&self, namespace: &str, archive: &Path) {
         let out = self.ctr_in(
