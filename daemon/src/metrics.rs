@@ -94,6 +94,15 @@ enum Reconcile {
     Failed = 2,
 }
 
+/// The position of `outcome` in [`OUTCOMES`].
+const fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Trusted => 0,
+        Outcome::Untrusted => 1,
+        Outcome::Error => 2,
+    }
+}
+
 /// A latency histogram with fixed buckets.
 #[derive(Default)]
 struct Histogram {
@@ -123,6 +132,8 @@ impl Histogram {
 #[derive(Default)]
 pub struct Metrics {
     verifications: [AtomicU64; 3],
+    /// Manifests verified as they landed in the content store, before their image existed.
+    early_verifications: [AtomicU64; 3],
     verification_latency: Histogram,
     /// (backend, verdict, hook) → decisions the backend reported.
     decisions: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
@@ -163,12 +174,16 @@ pub struct Health {
 impl Metrics {
     /// One image verified: its outcome and how long it took (cache lookups included).
     pub fn verification(&self, outcome: Outcome, elapsed: Duration) {
-        let index = match outcome {
-            Outcome::Trusted => 0,
-            Outcome::Untrusted => 1,
-            Outcome::Error => 2,
-        };
-        self.verifications[index].fetch_add(1, Ordering::Relaxed);
+        self.verifications[outcome_index(outcome)].fetch_add(1, Ordering::Relaxed);
+        self.verification_latency.observe(elapsed);
+    }
+
+    /// One manifest verified early, as it landed in the content store. Counted apart from
+    /// [`Self::verification`] (its image is counted there once it exists, usually from the
+    /// cache), and observed in the same latency histogram: this is where the registry round
+    /// trips and signature checks of a pull are paid.
+    pub fn early_verification(&self, outcome: Outcome, elapsed: Duration) {
+        self.early_verifications[outcome_index(outcome)].fetch_add(1, Ordering::Relaxed);
         self.verification_latency.observe(elapsed);
     }
 
@@ -324,6 +339,24 @@ impl Metrics {
             "imagegate_verifications_total",
             "outcome",
             &outcomes,
+        );
+
+        header(
+            &mut out,
+            "imagegate_early_verifications_total",
+            "counter",
+            "Manifests verified as they landed in the content store, before their image existed, by verdict outcome.",
+        );
+        let early: Vec<(&str, u64)> = OUTCOMES
+            .iter()
+            .zip(&self.early_verifications)
+            .map(|(outcome, counter)| (*outcome, load(counter)))
+            .collect();
+        samples(
+            &mut out,
+            "imagegate_early_verifications_total",
+            "outcome",
+            &early,
         );
 
         header(
@@ -720,6 +753,7 @@ mod tests {
         metrics.backend_attached("bpf-lsm");
         metrics.verification(Outcome::Trusted, Duration::from_millis(3));
         metrics.verification(Outcome::Error, Duration::from_secs(20));
+        metrics.early_verification(Outcome::Untrusted, Duration::from_millis(40));
         metrics.decision("bpf-lsm", "denied", "mmap");
         metrics.cache_hit();
         metrics.registry_error(&DiscoverError::Timeout { url: "u".into() });
@@ -732,6 +766,14 @@ mod tests {
         );
         assert_eq!(s["imagegate_verifications_total{outcome=\"error\"}"], 1.0);
         assert_eq!(
+            s["imagegate_early_verifications_total{outcome=\"untrusted\"}"],
+            1.0
+        );
+        assert_eq!(
+            s["imagegate_early_verifications_total{outcome=\"trusted\"}"],
+            0.0
+        );
+        assert_eq!(
             s["imagegate_verification_duration_seconds_bucket{le=\"0.001\"}"],
             0.0
         );
@@ -741,18 +783,18 @@ mod tests {
         );
         assert_eq!(
             s["imagegate_verification_duration_seconds_bucket{le=\"10\"}"],
-            1.0
+            2.0
         );
         assert_eq!(
             s["imagegate_verification_duration_seconds_bucket{le=\"30\"}"],
-            2.0
+            3.0
         );
         assert_eq!(
             s["imagegate_verification_duration_seconds_bucket{le=\"+Inf\"}"],
-            2.0
+            3.0
         );
-        assert_eq!(s["imagegate_verification_duration_seconds_count"], 2.0);
-        assert!((s["imagegate_verification_duration_seconds_sum"] - 20.003).abs() < 1e-9);
+        assert_eq!(s["imagegate_verification_duration_seconds_count"], 3.0);
+        assert!((s["imagegate_verification_duration_seconds_sum"] - 20.043).abs() < 1e-9);
         assert_eq!(
             s["imagegate_exec_decisions_total{backend=\"bpf-lsm\",verdict=\"denied\",hook=\"mmap\"}"],
             1.0

@@ -219,6 +219,7 @@ fn metrics_and_health_follow_a_running_daemon() {
     });
     for family in [
         "imagegate_verifications_total{outcome=\"trusted\"}",
+        "imagegate_early_verifications_total{outcome=\"trusted\"}",
         "imagegate_verification_duration_seconds_count",
         "imagegate_verification_duration_seconds_bucket{le=\"+Inf\"}",
         "imagegate_exec_decisions_total{backend=\"fanotify\",verdict=\"denied\",hook=\"exec\"}",

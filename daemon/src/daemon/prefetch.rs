@@ -169,11 +169,13 @@ impl Prefetcher {
                 index.as_deref(),
             )
             .await;
+            let elapsed = started.elapsed();
+            crate::metrics::global().early_verification(verdict.outcome, elapsed);
             tracing::info!(
                 image = %source,
                 %digest,
                 outcome = ?verdict.outcome,
-                millis = started.elapsed().as_millis() as u64,
+                millis = elapsed.as_millis() as u64,
                 "verified early, as the manifest landed"
             );
             if verdict.outcome == Outcome::Trusted {
