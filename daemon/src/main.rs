@@ -440,6 +440,11 @@ fn serve_with<B: imagegate::enforce::Backend>(
             client: std::sync::Arc::new(client),
             cache: std::sync::Arc::new(imagegate::verdict::VerdictCache::new(Some(store))),
         };
+        // Verdicts of an earlier policy are of no use under this one.
+        let removed = verifier.cache.keep_only_policy(&verifier.policy.hash).await;
+        if removed > 0 {
+            tracing::info!(removed, "verdicts of other policies forgotten");
+        }
         let mut daemon = Daemon::new(backend, verifier, containerd);
         daemon.settings = Some((config.mode, config.drift));
         daemon.watch_content(imagegate::catalog::content_watch::blob_dir(

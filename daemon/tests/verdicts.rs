@@ -269,3 +269,27 @@ async fn concurrent_requests_for_one_digest_verify_once() {
     ));
     assert_eq!(cache.lookup(&key("p")), Some(results[0].clone()));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_policy_change_forgets_the_verdicts_of_other_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.redb");
+    let cache = VerdictCache::new(Some(VerdictStore::open(&path).unwrap()));
+    for policy in ["old", "new"] {
+        let verdict = cache
+            .get_or_verify(key(policy), || async { trusted_verdict() })
+            .await;
+        assert_eq!(verdict.outcome, Outcome::Trusted);
+    }
+    assert_eq!(cache.keep_only_policy("new").await, 1);
+    assert_eq!(cache.lookup(&key("old")), None, "gone from memory and disk");
+    assert!(
+        cache.lookup(&key("new")).is_some(),
+        "the policy in force keeps its own"
+    );
+    drop(cache);
+    let store = VerdictStore::open(&path).unwrap();
+    let later = trusted_verdict().decided_at + 1;
+    assert!(store.get(&key("old"), later).unwrap().is_none());
+    assert!(store.get(&key("new"), later).unwrap().is_some());
+}

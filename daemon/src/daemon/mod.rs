@@ -167,6 +167,8 @@ impl<B: Backend> Daemon<B> {
         if let Some(prefetch) = &self.prefetch {
             prefetch.set_policy(Arc::clone(&policy));
         }
+        let removed = self.verifier.cache.keep_only_policy(&policy.hash).await;
+        tracing::info!(removed, "verdicts of the previous policy forgotten");
         self.verifier.policy = policy;
         self.reconcile().await
     }

@@ -66,6 +66,28 @@ impl VerdictCache {
         }
     }
 
+    /// Forgets the verdicts of every policy but the one hashed `keep` (in memory and on disk):
+    /// called when the policy changes, at a reload and at start-up, so verdicts of policies no
+    /// longer in force do not pile up. Returns how many stored records went.
+    pub async fn keep_only_policy(&self, keep: &str) -> usize {
+        self.memory.retain(|key, _| key.policy_hash == keep);
+        let Some(store) = self.store.clone() else {
+            return 0;
+        };
+        let keep = keep.to_owned();
+        match tokio::task::spawn_blocking(move || store.prune(&keep, now_unix())).await {
+            Ok(Ok(removed)) => removed,
+            Ok(Err(e)) => {
+                warn!(error = %e, "pruning the verdict store failed");
+                0
+            }
+            Err(e) => {
+                warn!(error = %e, "verdict store pruning task failed");
+                0
+            }
+        }
+    }
+
     /// Stores a trusted verdict computed elsewhere (early verification, which may lack context a
     /// later request has, such as the index that lists the manifest: only a trusted verdict is
     /// independent of that context, so nothing else is offered).
