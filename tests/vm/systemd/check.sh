@@ -122,6 +122,11 @@ check "bounding set is exactly the unit's" \
 check "no new privileges" grep -q "^NoNewPrivs:[[:space:]]*1$" "/proc/$pid/status"
 check "a seccomp filter is installed" grep -q "^Seccomp:[[:space:]]*2$" "/proc/$pid/status"
 bpf && check "the programs are pinned" [ -e /sys/fs/bpf/imagegate ]
+probe_ran() {
+    journalctl -u imagegate.service -o cat --no-pager |
+        grep '"fanotify backend started"' | grep -q '"strategy_chosen_by":"probe: '
+}
+bpf || check "the fanotify strategy probe ran inside the sandbox" probe_ran
 
 # 3. Restart=always: a killed daemon comes back by itself; meanwhile BPF LSM's pinned programs
 #    keep denying (fanotify's answers die with the daemon: docs/enforcement.md).

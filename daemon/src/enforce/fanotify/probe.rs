@@ -69,7 +69,12 @@ struct ScratchOverlay {
 impl ScratchOverlay {
     fn create() -> Result<Self, ProbeError> {
         static COUNT: AtomicU32 = AtomicU32::new(0);
-        let root = std::env::temp_dir().join(format!(
+        // The daemon's runtime directory when it exists: writable under the systemd unit and
+        // in the DaemonSet (a hostPath), whose root file system is read-only, /tmp included.
+        let base = Some(PathBuf::from("/run/imagegate"))
+            .filter(|dir| dir.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let root = base.join(format!(
             "imagegate-probe-{}-{}",
             std::process::id(),
             COUNT.fetch_add(1, Ordering::Relaxed)
