@@ -90,11 +90,20 @@ pub fn layer(files: &[File]) -> Result<Vec<u8>> {
 
 /// A linux/amd64 image of `layers` (each a tar) whose entrypoint is `entrypoint`.
 pub fn image(layers: Vec<Vec<u8>>, entrypoint: &[&str]) -> Image {
+    image_with_args(layers, entrypoint, &[])
+}
+
+/// [`image`] with default arguments (`Cmd`) after the entrypoint.
+pub fn image_with_args(layers: Vec<Vec<u8>>, entrypoint: &[&str], args: &[&str]) -> Image {
     let diff_ids: Vec<String> = layers.iter().map(|l| digest(l)).collect();
+    let mut container = serde_json::json!({"Entrypoint": entrypoint});
+    if !args.is_empty() {
+        container["Cmd"] = serde_json::json!(args);
+    }
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Entrypoint": entrypoint},
+        "config": container,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     })
     .to_string()
@@ -115,4 +124,47 @@ pub fn image(layers: Vec<Vec<u8>>, entrypoint: &[&str]) -> Image {
         manifest,
         diff_ids,
     }
+}
+
+/// The descriptor of `image`'s manifest, for linux/amd64.
+pub fn manifest_descriptor(image: &Image) -> serde_json::Value {
+    serde_json::json!({
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "digest": image.manifest_digest(),
+        "size": image.manifest.len(),
+        "platform": {"architecture": "amd64", "os": "linux"},
+    })
+}
+
+/// Writes an OCI image layout as a tar archive (what `ctr images import`, `podman load` and
+/// `skopeo copy oci-archive:` take): `blobs`, and an index whose one entry is `top`, named
+/// `name` (`registry/repository:tag`) in the annotations containerd and the OCI spec read.
+pub fn write_oci_archive(
+    path: &Path,
+    name: &str,
+    blobs: &[&[u8]],
+    mut top: serde_json::Value,
+) -> Result<()> {
+    top["annotations"] = serde_json::json!({
+        "io.containerd.image.name": name,
+        "org.opencontainers.image.ref.name": name.rsplit(':').next().unwrap_or("latest"),
+    });
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [top]}).to_string();
+    let file = std::fs::File::create(path).map_err(io(format!("creating {}", path.display())))?;
+    let mut archive = tar::Builder::new(file);
+    let mut add = |name: &str, bytes: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(bytes.len() as u64);
+        header.set_mtime(0);
+        archive
+            .append_data(&mut header, name, bytes)
+            .map_err(io(format!("archiving {name}")))
+    };
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add("index.json", index.as_bytes())?;
+    for blob in blobs {
+        add(&format!("blobs/sha256/{}", &digest(blob)[7..]), blob)?;
+    }
+    archive.finish().map_err(io("finishing the archive"))
 }

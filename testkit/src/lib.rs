@@ -3,6 +3,8 @@
 //! signature format written from its description ([`sign`]), so the demo and the end-to-end tests
 //! produce signed images without cosign or network access.
 
+pub mod daemon_image;
+pub mod elf;
 pub mod image;
 pub mod registry;
 pub mod sign;
@@ -32,6 +34,8 @@ pub enum Error {
     RegistryStart(String),
     #[error("key: {0}")]
     Key(String),
+    #[error("{0}")]
+    Ldd(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -70,6 +70,14 @@ enum Command {
         #[arg(long)]
         test: bool,
     },
+    /// Build the DaemonSet's container image as an OCI archive (default
+    /// target/imagegate-image.tar): the release binary, its shared libraries and the default
+    /// configuration, without an image builder.
+    Image {
+        /// Where to write the archive.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Regenerate docs/config.md from the daemon's settings table.
     Docs,
 }
@@ -95,6 +103,7 @@ fn main() {
             (_, failed) => anyhow::bail!("{failed} package checks failed"),
         }),
         Command::Docs => docs(),
+        Command::Image { out } => package::image(out),
     };
     if let Err(error) = result {
         eprintln!("xtask: {error:#}");

@@ -325,3 +325,25 @@ fn remove_and_purge(state_existed: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `cargo xtask image`: the release binary in imagegate-testkit's daemon image, written as an
+/// OCI archive (`ctr images import`, `podman load`, `skopeo copy oci-archive:...`).
+pub fn image(out: Option<std::path::PathBuf>) -> Result<()> {
+    let root = crate::setup::workspace_root();
+    crate::setup::cargo(&["build", "--release", "-p", "imagegate"])?;
+    let image = imagegate_testkit::daemon_image::build(
+        &root.join("target/release/imagegate"),
+        &root.join("packaging/config"),
+    )?;
+    let out = out.unwrap_or_else(|| root.join("target/imagegate-image.tar"));
+    imagegate_testkit::daemon_image::write(&out, &image)?;
+    println!(
+        "{} ({}, manifest {})\n\
+         load it: ctr -n k8s.io images import {0}\n\
+         push it: skopeo copy oci-archive:{0} docker://REGISTRY/imagegate:0.1.0",
+        out.display(),
+        imagegate_testkit::daemon_image::NAME,
+        image.manifest_digest()
+    );
+    Ok(())
+}

@@ -18,17 +18,13 @@ pub fn image(layers: Vec<Vec<u8>>) -> Image {
 /// Writes an OCI archive holding `image` under `name`; with `index`, the archive's index points
 /// to an image index that lists the manifest for linux/amd64 (and a bogus arm64 entry).
 pub fn write_archive(path: &Path, name: &str, image: &Image, index: bool) -> Option<String> {
-    let mut blobs: Vec<Vec<u8>> = image.layers.clone();
-    blobs.push(image.config.clone());
-    blobs.push(image.manifest.clone());
-    let manifest_descriptor = serde_json::json!({
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": image.manifest_digest(),
-        "size": image.manifest.len(),
-        "platform": {"architecture": "amd64", "os": "linux"},
-    });
+    let mut blobs: Vec<&[u8]> = image.layers.iter().map(Vec::as_slice).collect();
+    blobs.push(&image.config);
+    blobs.push(&image.manifest);
+    let manifest_descriptor = imagegate_testkit::image::manifest_descriptor(image);
+    let image_index;
     let (top, index_digest) = if index {
-        let image_index = serde_json::to_vec(&serde_json::json!({
+        image_index = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [
@@ -44,34 +40,11 @@ pub fn write_archive(path: &Path, name: &str, image: &Image, index: bool) -> Opt
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "digest": index_digest, "size": image_index.len(),
         });
-        blobs.push(image_index);
+        blobs.push(&image_index);
         (top, Some(index_digest))
     } else {
         (manifest_descriptor, None)
     };
-    let mut top = top;
-    top["annotations"] = serde_json::json!({
-        "io.containerd.image.name": name,
-        "org.opencontainers.image.ref.name": name.rsplit(':').next().unwrap_or("latest"),
-    });
-    let outer_index =
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [top]}))
-            .expect("json");
-    let mut archive = tar::Builder::new(std::fs::File::create(path).expect("archive file"));
-    let mut add = |name: &str, bytes: &[u8]| {
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(0o644);
-        header.set_size(bytes.len() as u64);
-        header.set_mtime(0);
-        archive
-            .append_data(&mut header, name, bytes)
-            .expect("archive entry");
-    };
-    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
-    add("index.json", &outer_index);
-    for blob in &blobs {
-        add(&format!("blobs/sha256/{}", &digest(blob)[7..]), blob);
-    }
-    archive.finish().expect("finish archive");
+    imagegate_testkit::image::write_oci_archive(path, name, &blobs, top).expect("write archive");
     index_digest
 }

@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
+    io::Write as _,
     os::unix::{ffi::OsStrExt as _, fs::symlink},
     path::{Component, Path, PathBuf},
     process::{Command, Stdio},
@@ -128,47 +128,9 @@ fn install(root: &Path, host: &Path, guest: &str) -> Result<()> {
     Ok(())
 }
 
-/// The shared libraries and ELF interpreter `ldd` resolves for `file`; none for non-ELF files
-/// and static executables.
+/// The shared libraries and ELF interpreter of `file` (testkit's `ldd` reader).
 fn shared_libraries(file: &Path) -> Result<Vec<String>> {
-    let mut magic = [0u8; 4];
-    let is_elf = fs::File::open(file)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok_and(|()| magic == *b"\x7fELF");
-    if !is_elf {
-        return Ok(Vec::new());
-    }
-    let out = Command::new("ldd")
-        .arg(file)
-        .output()
-        .with_context(|| format!("starting ldd {}", file.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        if stderr.contains("not a dynamic executable") {
-            return Ok(Vec::new());
-        }
-        bail!(
-            "ldd {} failed: {}: {}",
-            file.display(),
-            out.status,
-            stderr.trim()
-        );
-    }
-    let mut libraries = Vec::new();
-    for line in stdout.lines().map(str::trim) {
-        if line.contains("not found") {
-            bail!("ldd {}: missing shared library: {line}", file.display());
-        }
-        // "libc.so.6 => /lib/.../libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)";
-        // "linux-vdso.so.1 (0x...)" and "statically linked" name no file.
-        let path = line.split_once("=>").map_or(line, |(_, path)| path.trim());
-        let path = path.split(" (").next().unwrap_or(path).trim();
-        if path.starts_with('/') {
-            libraries.push(path.to_owned());
-        }
-    }
-    Ok(libraries)
+    imagegate_testkit::elf::shared_libraries(file).map_err(Into::into)
 }
 
 /// Where `module` goes in the guest: its path under `/lib/modules/<release>`, uncompressed.
@@ -336,20 +298,5 @@ mod tests {
         assert!(guest_relative("usr/bin/x").is_err());
         assert!(guest_relative("/usr/../../x").is_err());
         assert!(guest_relative("/").is_err());
-    }
-
-    #[test]
-    fn finds_shared_libraries_of_a_dynamic_executable() -> Result<()> {
-        let libraries = shared_libraries(Path::new("/bin/sh"))?;
-        assert!(
-            libraries.iter().any(|lib| lib.contains("libc.so")),
-            "{libraries:?}"
-        );
-        assert!(
-            libraries.iter().any(|lib| lib.contains("ld-linux")),
-            "{libraries:?}"
-        );
-        assert!(shared_libraries(Path::new("/etc/hostname"))?.is_empty());
-        Ok(())
     }
 }
