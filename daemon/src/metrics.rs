@@ -323,41 +323,26 @@ impl Metrics {
             }
         };
 
-        header(
-            &mut out,
-            "imagegate_verifications_total",
-            "counter",
-            "Images verified, by verdict outcome.",
-        );
-        let outcomes: Vec<(&str, u64)> = OUTCOMES
-            .iter()
-            .zip(&self.verifications)
-            .map(|(outcome, counter)| (*outcome, load(counter)))
-            .collect();
-        samples(
-            &mut out,
-            "imagegate_verifications_total",
-            "outcome",
-            &outcomes,
-        );
-
-        header(
-            &mut out,
-            "imagegate_early_verifications_total",
-            "counter",
-            "Manifests verified as they landed in the content store, before their image existed, by verdict outcome.",
-        );
-        let early: Vec<(&str, u64)> = OUTCOMES
-            .iter()
-            .zip(&self.early_verifications)
-            .map(|(outcome, counter)| (*outcome, load(counter)))
-            .collect();
-        samples(
-            &mut out,
-            "imagegate_early_verifications_total",
-            "outcome",
-            &early,
-        );
+        for (name, help, counters) in [
+            (
+                "imagegate_verifications_total",
+                "Images verified, by verdict outcome.",
+                &self.verifications,
+            ),
+            (
+                "imagegate_early_verifications_total",
+                "Manifests verified as they landed in the content store, before their image existed, by verdict outcome.",
+                &self.early_verifications,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            let outcomes: Vec<(&str, u64)> = OUTCOMES
+                .iter()
+                .zip(counters)
+                .map(|(outcome, counter)| (*outcome, load(counter)))
+                .collect();
+            samples(&mut out, name, "outcome", &outcomes);
+        }
 
         header(
             &mut out,
