@@ -98,6 +98,13 @@ pub mod drift {
     pub const ALLOW: u32 = 1;
 }
 
+/// The version of this ABI: every type and constant here that the programs and the daemon
+/// share. Bump it with any change to them. The daemon stamps it into `Settings::abi`; a daemon
+/// that finds pinned programs of another version (an upgrade) attaches its own beside them,
+/// copies the tables over and detaches the old ones, instead of re-opening maps whose layout
+/// it would misread.
+pub const ABI_VERSION: u32 = 2;
+
 /// The one `SETTINGS` entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -106,6 +113,9 @@ pub struct Settings {
     pub mode: u32,
     /// A `drift` constant.
     pub drift: u32,
+    /// [`ABI_VERSION`] of the daemon that last wrote this entry; zero before the first write.
+    /// The programs do not read it.
+    pub abi: u32,
 }
 
 /// Which hook made a decision.
@@ -245,7 +255,7 @@ pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 pub const MAX_OVERLAY_NESTING: u32 = 4;
 
 const _: () = assert!(core::mem::size_of::<DevIno>() == 16);
-const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(core::mem::size_of::<Settings>() == 12);
 const _: () = assert!(core::mem::size_of::<DecisionEvent>() == 88);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
 

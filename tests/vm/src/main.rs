@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use fixture::Fixture;
-use imagegate::enforce::{bpf::BpfBackend, Decision, Drift, LayerState, Mode};
+use imagegate::enforce::{bpf::BpfBackend, Decision, Drift, LayerId, LayerState, Mode};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -67,6 +67,12 @@ impl Context {
     }
 
     fn reset(&mut self) -> Result<()> {
+        // A case that failed half-way may have dropped the backend.
+        if self.backend.is_none() {
+            let mut backend = BpfBackend::install(Path::new(PIN_DIR))?;
+            backend.add_scope(&self.fixture.snapshots)?;
+            self.backend = Some(backend);
+        }
         let fixture_layers = self.fixture.all_layers();
         let backend = self.backend();
         backend.set_mode(Mode::Enforce)?;
@@ -109,6 +115,10 @@ fn suite() -> i32 {
         (
             "10_audit_layer_allowed_and_reported_in_enforce_mode",
             case_audit_layer,
+        ),
+        (
+            "11_upgrade_from_another_abi_keeps_tables_and_enforcing",
+            case_upgrade,
         ),
         ("7_pins_survive_kill_reattach_uninstall", case_pins),
     ];
@@ -483,6 +493,66 @@ fn our_programs() -> Result<usize> {
         }
     }
     Ok(count)
+}
+
+/// Pinned programs of another build (another ABI version) are replaced in place: the new ones
+/// come up with the old tables and mode, the old ones are detached, nothing is left behind.
+fn case_upgrade(cx: &mut Context) -> Result<()> {
+    use aya::maps::{Array, Map, MapData};
+    use imagegate::enforce::bpf::Startup;
+    use imagegate_common::{maps, Settings, ABI_VERSION};
+
+    let evil = cx.fixture.merged.join("bin/evil");
+    let ok = cx.fixture.merged.join("bin/ok");
+    let verified = cx.fixture.verified_layers();
+    cx.backend().set_mode(Mode::Audit)?;
+    // What an older build left: its stamp differs.
+    let settings_pin = Path::new(PIN_DIR).join(maps::SETTINGS);
+    {
+        let data = MapData::from_pin(&settings_pin)?;
+        let mut settings = Array::<MapData, Settings>::try_from(Map::Array(data))?;
+        let mut old = settings.get(&0, 0)?;
+        old.abi = ABI_VERSION + 1;
+        settings.set(0, old, 0)?;
+    }
+    cx.backend = None;
+    let upgraded = BpfBackend::install(Path::new(PIN_DIR))?;
+    ensure!(
+        upgraded.startup() == Startup::Upgraded,
+        "install over another ABI said {:?}",
+        upgraded.startup()
+    );
+    cx.backend = Some(upgraded);
+    ensure!(
+        our_programs()? == imagegate_common::PROGRAMS.len(),
+        "the old programs are still attached beside the new ones"
+    );
+    ensure!(
+        !Path::new(&format!("{PIN_DIR}_upgrade")).exists(),
+        "staging pins left behind"
+    );
+    let layers: Vec<LayerId> = cx.backend().layers()?.into_iter().map(|(l, _)| l).collect();
+    ensure!(
+        verified.iter().all(|layer| layers.contains(layer)),
+        "verified layers not carried over: {layers:?}"
+    );
+    ensure!(
+        cx.backend().settings()?.0 == Mode::Audit,
+        "the mode was not carried over"
+    );
+    cx.backend().set_mode(Mode::Enforce)?;
+    expect_runs("verified exec after the upgrade", exec_true(&ok))?;
+    expect_eperm("unverified exec after the upgrade", exec_true(&evil))?;
+    // Stamped now: the next start re-attaches.
+    cx.backend = None;
+    let again = BpfBackend::install(Path::new(PIN_DIR))?;
+    ensure!(
+        again.startup() == Startup::Reattached,
+        "second install said {:?}",
+        again.startup()
+    );
+    cx.backend = Some(again);
+    Ok(())
 }
 
 fn case_pins(cx: &mut Context) -> Result<()> {

@@ -19,7 +19,7 @@ use aya::{
     Btf as AyaBtf, EbpfLoader,
 };
 use imagegate_common::{
-    drift, maps, mode, scope_flags, stats, DevIno, Settings, OFFSETS_GLOBAL, PROGRAMS,
+    drift, maps, mode, scope_flags, stats, DevIno, Settings, ABI_VERSION, OFFSETS_GLOBAL, PROGRAMS,
 };
 
 use super::{event::boot_time, Decision, Drift, LayerId, LayerState, Mode};
@@ -95,6 +95,9 @@ pub enum Startup {
     Loaded,
     /// Programs were already attached (pinned); this process opened the pins.
     Reattached,
+    /// Programs of another build (another [`ABI_VERSION`]) were pinned: this process attached
+    /// its own beside them, copied their tables and settings over, then detached them.
+    Upgraded,
 }
 
 /// The loaded (or re-opened) BPF LSM backend: handles to the pinned maps.
@@ -164,8 +167,104 @@ impl BpfBackend {
     /// never replaced, so enforcement has no gap.
     pub fn install(pin_dir: &Path) -> Result<Self, BpfError> {
         if installed(pin_dir) {
-            return Self::open(pin_dir, Startup::Reattached);
+            match pinned_abi(pin_dir) {
+                Some(ABI_VERSION) => return Self::open(pin_dir, Startup::Reattached),
+                found => return Self::upgrade(pin_dir, found),
+            }
         }
+        let mut backend = Self::attach(pin_dir, Startup::Loaded)?;
+        backend.stamp_abi()?;
+        Ok(backend)
+    }
+
+    /// Replaces the programs pinned under `pin_dir` (of ABI `found`, `None` when unreadable)
+    /// with this build's, with no moment where nothing judges: the new programs are attached
+    /// (pinned in a staging directory) before the old ones are detached, and get the old
+    /// tables and settings first where their layout is unchanged. Where it changed, the new
+    /// tables start empty, which denies until the daemon's reconciliation fills them.
+    fn upgrade(pin_dir: &Path, found: Option<u32>) -> Result<Self, BpfError> {
+        // A sibling of `pin_dir` (the BPF file system refuses names with a dot).
+        let mut staging = pin_dir.as_os_str().to_owned();
+        staging.push("_upgrade");
+        let staging = PathBuf::from(staging);
+        // Left by an upgrade that died half-way; the programs under `pin_dir` still judge.
+        Self::uninstall(&staging)?;
+        let mut backend = Self::attach(&staging, Startup::Upgraded)?;
+        let copied = backend.copy_state_from(pin_dir);
+        backend.stamp_abi()?;
+        Self::uninstall(pin_dir)?;
+        move_pins(&staging, pin_dir)?;
+        backend.pin_dir = pin_dir.to_owned();
+        tracing::info!(
+            from_abi = ?found,
+            to_abi = ABI_VERSION,
+            layers = copied.layers,
+            scopes = copied.scopes,
+            settings = copied.settings,
+            "upgraded the pinned BPF programs in place"
+        );
+        Ok(backend)
+    }
+
+    /// Copies what the old pins under `old_dir` hold into this backend's maps, each map only
+    /// if it opens with this build's layout. Best effort: a map that does not is left empty.
+    fn copy_state_from(&mut self, old_dir: &Path) -> Copied {
+        let mut copied = Copied::default();
+        let pinned = |name: &str| MapData::from_pin(old_dir.join(name)).ok();
+        if let Some(Ok(old)) = pinned(maps::LAYERS)
+            .map(|data| HashMap::<MapData, DevIno, u32>::try_from(Map::HashMap(data)))
+        {
+            for (key, value) in old.iter().flatten() {
+                copied.layers += usize::from(self.layers.insert(key, value, 0).is_ok());
+            }
+        }
+        if let Some(Ok(old)) = pinned(maps::SCOPES)
+            .map(|data| HashMap::<MapData, DevIno, u32>::try_from(Map::HashMap(data)))
+        {
+            for (key, value) in old.iter().flatten() {
+                copied.scopes += usize::from(self.scopes.insert(key, value, 0).is_ok());
+            }
+        }
+        if let Some(Ok(old)) = pinned(maps::SCOPE_DEVS)
+            .map(|data| HashMap::<MapData, u64, u32>::try_from(Map::HashMap(data)))
+        {
+            for (key, value) in old.iter().flatten() {
+                let _ = self.scope_devs.insert(key, value, 0);
+            }
+        }
+        // Mode and drift lead every layout of the settings entry so far.
+        if let Some(data) = pinned(maps::SETTINGS) {
+            let old = Array::<MapData, Settings>::try_from(Map::Array(data))
+                .ok()
+                .and_then(|old| old.get(&0, 0).ok())
+                .map(|raw| [raw.mode, raw.drift])
+                .or_else(|| {
+                    let data = pinned(maps::SETTINGS)?;
+                    let old = Array::<MapData, [u32; 2]>::try_from(Map::Array(data)).ok()?;
+                    old.get(&0, 0).ok()
+                });
+            if let Some([old_mode, old_drift]) = old {
+                copied.settings = self
+                    .write_settings(Settings {
+                        mode: old_mode,
+                        drift: old_drift,
+                        abi: ABI_VERSION,
+                    })
+                    .is_ok();
+            }
+        }
+        copied
+    }
+
+    /// Records this build's [`ABI_VERSION`] in the settings entry (mode and drift unchanged).
+    fn stamp_abi(&mut self) -> Result<(), BpfError> {
+        let (current_mode, current_drift) = self.settings()?;
+        self.write_settings(raw_settings(current_mode, current_drift))
+    }
+
+    /// Loads and attaches the programs missing from `pin_dir` and pins them (with their maps)
+    /// there, then opens the pins.
+    fn attach(pin_dir: &Path, startup: Startup) -> Result<Self, BpfError> {
         if OBJECT.is_empty() {
             return Err(BpfError::NoObject);
         }
@@ -193,7 +292,7 @@ impl BpfBackend {
                 Ok(())
             },
         )?;
-        Self::open(pin_dir, Startup::Loaded)
+        Self::open(pin_dir, startup)
     }
 
     /// Opens the pinned maps of an installed backend.
@@ -483,6 +582,62 @@ impl BpfBackend {
     }
 }
 
+/// Moves every pin (links and maps) from `from` to `to`, then removes `from`. The BPF file
+/// system cannot rename, so each object is pinned again under `to` (through an open file
+/// descriptor, which keeps a link attached meanwhile) and its old pin removed.
+fn move_pins(from: &Path, to: &Path) -> Result<(), BpfError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BpfError::Io { path, source }
+    };
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    for entry in std::fs::read_dir(from).map_err(io(from))? {
+        let old = entry.map_err(io(from))?.path();
+        let new = to.join(old.file_name().unwrap_or_default());
+        let repin = |source: aya::pin::PinError| BpfError::Pin {
+            path: new.clone(),
+            source,
+        };
+        let is_link = old
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("link_"));
+        if is_link {
+            let link = PinnedLink::from_pin(&old)
+                .map_err(|source| BpfError::OpenPin {
+                    path: old.clone(),
+                    source: Box::new(source),
+                })?
+                .unpin()
+                .map_err(io(&old))?;
+            link.pin(&new).map_err(repin)?;
+        } else {
+            let map = MapData::from_pin(&old).map_err(|source| BpfError::OpenPin {
+                path: old.clone(),
+                source: Box::new(source),
+            })?;
+            map.pin(&new).map_err(repin)?;
+            std::fs::remove_file(&old).map_err(io(&old))?;
+        }
+    }
+    std::fs::remove_dir(from).map_err(io(from))
+}
+
+/// What an upgrade carried over from the old pins.
+#[derive(Debug, Default)]
+struct Copied {
+    layers: usize,
+    scopes: usize,
+    settings: bool,
+}
+
+/// The ABI version stamped in the settings pinned under `pin_dir`; `None` when the entry cannot
+/// be read with this build's layout (a build from before the stamp, or a different layout).
+fn pinned_abi(pin_dir: &Path) -> Option<u32> {
+    let data = MapData::from_pin(pin_dir.join(maps::SETTINGS)).ok()?;
+    let settings = Array::<MapData, Settings>::try_from(Map::Array(data)).ok()?;
+    settings.get(&0, 0).ok().map(|raw| raw.abi)
+}
+
 /// A delete of a key that is not there: fine for an idempotent remove.
 fn is_missing(error: &aya::maps::MapError) -> bool {
     match error {
@@ -502,6 +657,7 @@ const fn raw_settings(new_mode: Mode, new_drift: Drift) -> Settings {
             Drift::Allow => drift::ALLOW,
             Drift::Deny => drift::DENY,
         },
+        abi: ABI_VERSION,
     }
 }
 
