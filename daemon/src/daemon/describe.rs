@@ -97,10 +97,26 @@ impl Containers {
     }
 
     /// The container whose task ran in cgroup `cgroup`, if it is (or until recently was) known.
+    /// A cgroup not noted yet (its task's `/tasks/create` event can arrive after the decision)
+    /// is looked up in the cgroup hierarchy while it exists, and named by the one known
+    /// container whose id its path carries.
     #[must_use]
     pub fn by_cgroup(&self, cgroup: u64) -> Option<&ContainerRecord> {
-        let key = self.by_cgroup.get(&cgroup)?.as_ref()?;
-        self.by_key.get(key).map(|(record, _)| record)
+        match self.by_cgroup.get(&cgroup) {
+            Some(key) => self.by_key.get(key.as_ref()?).map(|(record, _)| record),
+            None => {
+                let path = crate::enforce::cgroup::path_of_id(cgroup)?;
+                let mut named = self
+                    .by_key
+                    .values()
+                    .map(|(record, _)| record)
+                    .filter(|record| crate::enforce::cgroup::names_container(&path, &record.id));
+                match (named.next(), named.next()) {
+                    (Some(one), None) => Some(one),
+                    _ => None,
+                }
+            }
+        }
     }
 
     /// Live containers.
@@ -150,7 +166,9 @@ pub fn pick_container<'a>(
         [only] => Some(only),
         _ => {
             let cgroup = crate::enforce::cgroup::path_of(tgid)?;
-            let mut named = candidates.iter().filter(|c| cgroup.contains(&c.id));
+            let mut named = candidates
+                .iter()
+                .filter(|c| crate::enforce::cgroup::names_container(&cgroup, &c.id));
             match (named.next(), named.next()) {
                 (Some(one), None) => Some(one),
                 _ => None,
@@ -299,29 +317,66 @@ mod tests {
     }
 
     #[test]
+    fn a_cgroup_not_noted_yet_is_found_in_the_hierarchy() {
+        use std::os::unix::fs::MetadataExt as _;
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: making a cgroup needs root");
+            return;
+        }
+        // A container's cgroup the daemon has not heard of (its /tasks/create event is late).
+        let Some(root) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(Path::new)
+            .find(|dir| dir.join("cgroup.procs").exists())
+        else {
+            panic!("no cgroup2 hierarchy");
+        };
+        let id = format!("imagegate-late-{}", std::process::id());
+        let dir = root.join(&id);
+        std::fs::create_dir(&dir).unwrap();
+        let cgroup = std::fs::metadata(&dir).unwrap().ino();
+        let mut containers = Containers::default();
+        containers.insert(record("default", &id, "img:1"));
+        containers.insert(record("default", "other", "img:1"));
+        let named = containers.by_cgroup(cgroup).map(|c| c.id.clone());
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(named, Some(id));
+        assert!(
+            containers.by_cgroup(cgroup).is_none(),
+            "gone with its cgroup"
+        );
+    }
+
+    #[test]
     fn a_noted_cgroup_names_its_container_until_the_record_is_gone() {
         let mut containers = Containers::default();
         containers.insert(record("default", "a", "img:1"));
         containers.insert(record("default", "b", "img:1"));
-        containers.note_cgroup("default", "b", 77);
-        assert_eq!(containers.by_cgroup(77).map(|c| c.id.as_str()), Some("b"));
-        assert!(containers.by_cgroup(78).is_none());
-        containers.note_cgroup("default", "b", 77);
-        assert_eq!(containers.by_cgroup(77).map(|c| c.id.as_str()), Some("b"));
+        containers.note_cgroup("default", "b", u64::MAX - 77);
+        assert_eq!(
+            containers.by_cgroup(u64::MAX - 77).map(|c| c.id.as_str()),
+            Some("b")
+        );
+        assert!(containers.by_cgroup(u64::MAX - 78).is_none());
+        containers.note_cgroup("default", "b", u64::MAX - 77);
+        assert_eq!(
+            containers.by_cgroup(u64::MAX - 77).map(|c| c.id.as_str()),
+            Some("b")
+        );
         // Two containers in one cgroup: naming either would be a guess.
-        containers.note_cgroup("default", "a", 79);
-        containers.note_cgroup("default", "b", 79);
-        assert!(containers.by_cgroup(79).is_none());
+        containers.note_cgroup("default", "a", u64::MAX - 79);
+        containers.note_cgroup("default", "b", u64::MAX - 79);
+        assert!(containers.by_cgroup(u64::MAX - 79).is_none());
         containers.delete("default", "b");
         assert_eq!(
-            containers.by_cgroup(77).map(|c| c.id.as_str()),
+            containers.by_cgroup(u64::MAX - 77).map(|c| c.id.as_str()),
             Some("b"),
             "still named after deletion"
         );
         // Once the record ages out, its cgroup goes with it.
         containers.by_key.retain(|(_, id), _| id != "b");
         containers.prune();
-        assert!(containers.by_cgroup(77).is_none());
+        assert!(containers.by_cgroup(u64::MAX - 77).is_none());
         assert_eq!(
             containers.by_cgroup.len(),
             1,

@@ -56,6 +56,54 @@ pub fn id_of(path: &str) -> Option<u64> {
         .map(|meta| meta.ino())
 }
 
+/// Whether cgroup `path` is container `id`'s: a path segment that is the id (`ctr`:
+/// `/<namespace>/<id>`) or a systemd scope ending in it (the CRI plugin:
+/// `cri-containerd-<id>.scope`).
+#[must_use]
+pub fn names_container(path: &str, id: &str) -> bool {
+    !id.is_empty()
+        && path.split('/').any(|segment| {
+            segment == id
+                || segment
+                    .strip_suffix(".scope")
+                    .and_then(|scope| scope.strip_suffix(id))
+                    .is_some_and(|prefix| prefix.ends_with('-') || prefix.ends_with(':'))
+        })
+}
+
+/// Cgroup directories [`path_of_id`] reads before giving up (a node has hundreds).
+const WALK_LIMIT: usize = 20_000;
+
+/// The path of the cgroup whose id is `id`, found by walking the cgroup2 hierarchy (bounded by
+/// [`WALK_LIMIT`] directories); `None` once the cgroup is gone.
+#[must_use]
+pub fn path_of_id(id: u64) -> Option<String> {
+    let root = cgroup2_root()?;
+    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
+    let mut read = 0usize;
+    while let Some(dir) = queue.pop_front() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                continue;
+            }
+            read += 1;
+            if read > WALK_LIMIT {
+                return None;
+            }
+            let path = entry.path();
+            if entry.metadata().is_ok_and(|meta| meta.ino() == id) {
+                let relative = path.strip_prefix(root).ok()?;
+                return Some(format!("/{}", relative.display()));
+            }
+            queue.push_back(path);
+        }
+    }
+    None
+}
+
 /// The cgroup id of process `pid`, while it lives.
 #[must_use]
 pub fn id_of_process(pid: u32) -> Option<u64> {
@@ -77,7 +125,26 @@ mod tests {
     }
 
     #[test]
+    fn container_ids_are_matched_by_segment() {
+        assert!(names_container("/default/c1", "c1"));
+        assert!(names_container(
+            "/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc123.scope",
+            "abc123"
+        ));
+        assert!(
+            !names_container("/default/c12", "c1"),
+            "a prefix is not the id"
+        );
+        assert!(!names_container("/default/xc1", "c1"));
+        assert!(!names_container("/default/c1", ""));
+    }
+
+    #[test]
     fn a_child_cgroup_id_is_its_directory_inode() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: making a cgroup needs root");
+            return;
+        }
         // A cgroup of our own under the cgroup2 root (this machine is hybrid: v1 + unified).
         let root = cgroup2_root().expect("a cgroup2 hierarchy");
         let name = format!("imagegate-test-{}", std::process::id());
@@ -85,8 +152,11 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let id = id_of(&format!("/{name}"));
         let inode = std::fs::metadata(&dir).unwrap().ino();
+        let found = path_of_id(inode);
         std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(found, Some(format!("/{name}")), "found again by its id");
         assert_eq!(id, Some(inode));
+        assert_eq!(path_of_id(inode), None, "gone with its directory");
         assert_eq!(id_of(&format!("/{name}")), None, "gone with its directory");
         assert_eq!(id_of("/"), None, "the root cgroup names no container");
     }
