@@ -12,7 +12,7 @@ use imagegate::discover::find::Manifest;
 use imagegate::verify::TrustMaterial;
 use serde_json::Value;
 
-use super::{files_in, fixtures, is_sha256_digest, sha256};
+use super::{dirs_in, files_in, fixtures, is_sha256_digest, sha256};
 
 pub fn check_oci(data: &[u8]) {
     if let Ok(manifest) = Manifest::parse(data, "fuzz") {
@@ -104,8 +104,8 @@ pub fn check_trusted_root(data: &[u8]) {
 pub fn oci_seeds() -> Vec<Vec<u8>> {
     let testvectors = fixtures().join("testvectors");
     let mut seeds = Vec::new();
-    for category in files_or_dirs(&testvectors) {
-        for set in files_or_dirs(&category) {
+    for category in dirs_in(&testvectors) {
+        for set in dirs_in(&category) {
             if let Ok(bytes) = std::fs::read(set.join("manifest.json")) {
                 seeds.push(bytes);
             }
@@ -133,18 +133,6 @@ pub fn oci_seeds() -> Vec<Vec<u8>> {
         .into_bytes(),
     );
     seeds
-}
-
-fn files_or_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    entries.sort();
-    entries
 }
 
 pub fn trusted_root_seeds() -> Vec<Vec<u8>> {

@@ -106,15 +106,25 @@ pub fn init(target: &str) {
 
 /// Files under `dir` (not recursive), sorted.
 fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+    entries_in(dir, Path::is_file)
+}
+
+/// Directories under `dir` (not recursive), sorted.
+fn dirs_in(dir: &Path) -> Vec<PathBuf> {
+    entries_in(dir, Path::is_dir)
+}
+
+/// Entries of `dir` that `keep` accepts, sorted; none when `dir` cannot be read.
+fn entries_in(dir: &Path, keep: fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|entry| entry.path())
-        .filter(|path| path.is_file())
+        .filter(|path| keep(path))
         .collect();
-    files.sort();
-    files
+    entries.sort();
+    entries
 }
 
 /// A set of SHA-256 values.

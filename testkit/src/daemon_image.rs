@@ -41,8 +41,10 @@ pub fn build(binary: &Path, config_dir: &Path) -> Result<Image> {
 
 /// Writes `image` as an OCI archive named [`NAME`] at `path`.
 pub fn write(path: &Path, image: &Image) -> Result<()> {
-    let mut blobs: Vec<&[u8]> = image.layers.iter().map(Vec::as_slice).collect();
-    blobs.push(&image.config);
-    blobs.push(&image.manifest);
-    image::write_oci_archive(path, NAME, &blobs, image::manifest_descriptor(image))
+    image::write_oci_archive(
+        path,
+        NAME,
+        &image.blobs(),
+        image::manifest_descriptor(image),
+    )
 }

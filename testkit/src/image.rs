@@ -51,6 +51,14 @@ impl Image {
     pub fn manifest_digest(&self) -> String {
         digest(&self.manifest)
     }
+
+    /// Every blob: the layers, the config and the manifest.
+    pub fn blobs(&self) -> Vec<&[u8]> {
+        let mut blobs: Vec<&[u8]> = self.layers.iter().map(Vec::as_slice).collect();
+        blobs.push(&self.config);
+        blobs.push(&self.manifest);
+        blobs
+    }
 }
 
 /// A tar of `files`, parent directories added, timestamps zero (so equal inputs give equal

@@ -104,18 +104,10 @@ impl Containers {
     pub fn by_cgroup(&self, cgroup: u64) -> Option<&ContainerRecord> {
         match self.by_cgroup.get(&cgroup) {
             Some(key) => self.by_key.get(key.as_ref()?).map(|(record, _)| record),
-            None => {
-                let path = crate::enforce::cgroup::path_of_id(cgroup)?;
-                let mut named = self
-                    .by_key
-                    .values()
-                    .map(|(record, _)| record)
-                    .filter(|record| crate::enforce::cgroup::names_container(&path, &record.id));
-                match (named.next(), named.next()) {
-                    (Some(one), None) => Some(one),
-                    _ => None,
-                }
-            }
+            None => named_by(
+                &crate::enforce::cgroup::path_of_id(cgroup)?,
+                self.by_key.values().map(|(record, _)| record),
+            ),
         }
     }
 
@@ -164,16 +156,23 @@ pub fn pick_container<'a>(
     match candidates {
         [] => None,
         [only] => Some(only),
-        _ => {
-            let cgroup = crate::enforce::cgroup::path_of(tgid)?;
-            let mut named = candidates
-                .iter()
-                .filter(|c| crate::enforce::cgroup::names_container(&cgroup, &c.id));
-            match (named.next(), named.next()) {
-                (Some(one), None) => Some(one),
-                _ => None,
-            }
-        }
+        _ => named_by(
+            &crate::enforce::cgroup::path_of(tgid)?,
+            candidates.iter().copied(),
+        ),
+    }
+}
+
+/// The one container among `records` that cgroup `path` names; `None` for none or several.
+fn named_by<'a>(
+    path: &str,
+    records: impl Iterator<Item = &'a ContainerRecord>,
+) -> Option<&'a ContainerRecord> {
+    let mut named =
+        records.filter(|record| crate::enforce::cgroup::names_container(path, &record.id));
+    match (named.next(), named.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
     }
 }
 

@@ -75,10 +75,14 @@ pub fn names_container(path: &str, id: &str) -> bool {
 const WALK_LIMIT: usize = 20_000;
 
 /// The path of the cgroup whose id is `id`, found by walking the cgroup2 hierarchy (bounded by
-/// [`WALK_LIMIT`] directories); `None` once the cgroup is gone.
+/// [`WALK_LIMIT`] directories); `None` once the cgroup is gone, and for the root cgroup (where
+/// processes outside containers run: it names nothing, and walking for it would read it all).
 #[must_use]
 pub fn path_of_id(id: u64) -> Option<String> {
     let root = cgroup2_root()?;
+    if std::fs::metadata(root).is_ok_and(|meta| meta.ino() == id) {
+        return None;
+    }
     let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
     let mut read = 0usize;
     while let Some(dir) = queue.pop_front() {

@@ -18,9 +18,7 @@ pub fn image(layers: Vec<Vec<u8>>) -> Image {
 /// Writes an OCI archive holding `image` under `name`; with `index`, the archive's index points
 /// to an image index that lists the manifest for linux/amd64 (and a bogus arm64 entry).
 pub fn write_archive(path: &Path, name: &str, image: &Image, index: bool) -> Option<String> {
-    let mut blobs: Vec<&[u8]> = image.layers.iter().map(Vec::as_slice).collect();
-    blobs.push(&image.config);
-    blobs.push(&image.manifest);
+    let mut blobs = image.blobs();
     let manifest_descriptor = imagegate_testkit::image::manifest_descriptor(image);
     let image_index;
     let (top, index_digest) = if index {

@@ -117,7 +117,7 @@ fn install(root: &Path, host: &Path, guest: &str) -> Result<()> {
     }
     fs::copy(host, &dest)
         .with_context(|| format!("copying {} to {}", host.display(), dest.display()))?;
-    for library in shared_libraries(host)? {
+    for library in imagegate_testkit::elf::shared_libraries(host)? {
         let lib_dest = root.join(guest_relative(&library)?);
         if lib_dest.symlink_metadata().is_err() {
             create_parent(&lib_dest)?;
@@ -126,11 +126,6 @@ fn install(root: &Path, host: &Path, guest: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The shared libraries and ELF interpreter of `file` (testkit's `ldd` reader).
-fn shared_libraries(file: &Path) -> Result<Vec<String>> {
-    imagegate_testkit::elf::shared_libraries(file).map_err(Into::into)
 }
 
 /// Where `module` goes in the guest: its path under `/lib/modules/<release>`, uncompressed.

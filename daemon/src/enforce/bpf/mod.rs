@@ -209,51 +209,33 @@ impl BpfBackend {
     /// Copies what the old pins under `old_dir` hold into this backend's maps, each map only
     /// if it opens with this build's layout. Best effort: a map that does not is left empty.
     fn copy_state_from(&mut self, old_dir: &Path) -> Copied {
-        let mut copied = Copied::default();
-        let pinned = |name: &str| MapData::from_pin(old_dir.join(name)).ok();
-        if let Some(Ok(old)) = pinned(maps::LAYERS)
-            .map(|data| HashMap::<MapData, DevIno, u32>::try_from(Map::HashMap(data)))
-        {
-            for (key, value) in old.iter().flatten() {
-                copied.layers += usize::from(self.layers.insert(key, value, 0).is_ok());
-            }
+        let layers = copy_entries(old_dir, maps::LAYERS, &mut self.layers);
+        let scopes = copy_entries(old_dir, maps::SCOPES, &mut self.scopes);
+        copy_entries(old_dir, maps::SCOPE_DEVS, &mut self.scope_devs);
+        // Mode and drift lead every layout of the settings entry so far: read the old entry
+        // with this build's layout, or else as the two words it began as.
+        let pinned = || MapData::from_pin(old_dir.join(maps::SETTINGS)).ok();
+        let old = pinned()
+            .and_then(|data| Array::<MapData, Settings>::try_from(Map::Array(data)).ok())
+            .and_then(|old| old.get(&0, 0).ok())
+            .map(|raw| [raw.mode, raw.drift])
+            .or_else(|| {
+                let old = Array::<MapData, [u32; 2]>::try_from(Map::Array(pinned()?)).ok()?;
+                old.get(&0, 0).ok()
+            });
+        let settings = old.is_some_and(|[old_mode, old_drift]| {
+            self.write_settings(Settings {
+                mode: old_mode,
+                drift: old_drift,
+                abi: ABI_VERSION,
+            })
+            .is_ok()
+        });
+        Copied {
+            layers,
+            scopes,
+            settings,
         }
-        if let Some(Ok(old)) = pinned(maps::SCOPES)
-            .map(|data| HashMap::<MapData, DevIno, u32>::try_from(Map::HashMap(data)))
-        {
-            for (key, value) in old.iter().flatten() {
-                copied.scopes += usize::from(self.scopes.insert(key, value, 0).is_ok());
-            }
-        }
-        if let Some(Ok(old)) = pinned(maps::SCOPE_DEVS)
-            .map(|data| HashMap::<MapData, u64, u32>::try_from(Map::HashMap(data)))
-        {
-            for (key, value) in old.iter().flatten() {
-                let _ = self.scope_devs.insert(key, value, 0);
-            }
-        }
-        // Mode and drift lead every layout of the settings entry so far.
-        if let Some(data) = pinned(maps::SETTINGS) {
-            let old = Array::<MapData, Settings>::try_from(Map::Array(data))
-                .ok()
-                .and_then(|old| old.get(&0, 0).ok())
-                .map(|raw| [raw.mode, raw.drift])
-                .or_else(|| {
-                    let data = pinned(maps::SETTINGS)?;
-                    let old = Array::<MapData, [u32; 2]>::try_from(Map::Array(data)).ok()?;
-                    old.get(&0, 0).ok()
-                });
-            if let Some([old_mode, old_drift]) = old {
-                copied.settings = self
-                    .write_settings(Settings {
-                        mode: old_mode,
-                        drift: old_drift,
-                        abi: ABI_VERSION,
-                    })
-                    .is_ok();
-            }
-        }
-        copied
     }
 
     /// Records this build's [`ABI_VERSION`] in the settings entry (mode and drift unchanged).
@@ -299,10 +281,7 @@ impl BpfBackend {
     pub fn open(pin_dir: &Path, startup: Startup) -> Result<Self, BpfError> {
         let map = |name: &'static str| -> Result<MapData, BpfError> {
             let path = pin_dir.join(name);
-            MapData::from_pin(&path).map_err(|source| BpfError::OpenPin {
-                path,
-                source: Box::new(source),
-            })
+            MapData::from_pin(&path).map_err(open_failed(&path))
         };
         let wrap = |name: &'static str| move |source| BpfError::Map { map: name, source };
         Ok(Self {
@@ -590,36 +569,60 @@ fn move_pins(from: &Path, to: &Path) -> Result<(), BpfError> {
         let path = path.to_owned();
         move |source| BpfError::Io { path, source }
     };
+    let pinned = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BpfError::Pin { path, source }
+    };
     std::fs::create_dir_all(to).map_err(io(to))?;
+    for (program, _) in PROGRAMS {
+        let (old, new) = (link_pin(from, program), link_pin(to, program));
+        let link = PinnedLink::from_pin(&old).map_err(open_failed(&old))?;
+        link.unpin()
+            .map_err(io(&old))?
+            .pin(&new)
+            .map_err(pinned(&new))?;
+    }
+    // What is left are the maps.
     for entry in std::fs::read_dir(from).map_err(io(from))? {
         let old = entry.map_err(io(from))?.path();
         let new = to.join(old.file_name().unwrap_or_default());
-        let repin = |source: aya::pin::PinError| BpfError::Pin {
-            path: new.clone(),
-            source,
-        };
-        let is_link = old
-            .file_name()
-            .is_some_and(|name| name.to_string_lossy().starts_with("link_"));
-        if is_link {
-            let link = PinnedLink::from_pin(&old)
-                .map_err(|source| BpfError::OpenPin {
-                    path: old.clone(),
-                    source: Box::new(source),
-                })?
-                .unpin()
-                .map_err(io(&old))?;
-            link.pin(&new).map_err(repin)?;
-        } else {
-            let map = MapData::from_pin(&old).map_err(|source| BpfError::OpenPin {
-                path: old.clone(),
-                source: Box::new(source),
-            })?;
-            map.pin(&new).map_err(repin)?;
-            std::fs::remove_file(&old).map_err(io(&old))?;
-        }
+        MapData::from_pin(&old)
+            .map_err(open_failed(&old))?
+            .pin(&new)
+            .map_err(pinned(&new))?;
+        std::fs::remove_file(&old).map_err(io(&old))?;
     }
     std::fs::remove_dir(from).map_err(io(from))
+}
+
+/// `BpfError::OpenPin` for the pin at `path`, whatever aya's error type.
+fn open_failed<E: std::error::Error + Send + Sync + 'static>(
+    path: &Path,
+) -> impl FnOnce(E) -> BpfError {
+    let path = path.to_owned();
+    move |source| BpfError::OpenPin {
+        path,
+        source: Box::new(source),
+    }
+}
+
+/// Copies the entries of the hash map pinned as `name` under `old_dir` into `into`, if it opens
+/// with `into`'s key and value layout; returns how many were copied.
+fn copy_entries<K: aya::Pod, V: aya::Pod>(
+    old_dir: &Path,
+    name: &str,
+    into: &mut HashMap<MapData, K, V>,
+) -> usize {
+    let Some(old) = MapData::from_pin(old_dir.join(name))
+        .ok()
+        .and_then(|data| HashMap::<MapData, K, V>::try_from(Map::HashMap(data)).ok())
+    else {
+        return 0;
+    };
+    old.iter()
+        .flatten()
+        .filter(|(key, value)| into.insert(key, value, 0).is_ok())
+        .count()
 }
 
 /// What an upgrade carried over from the old pins.

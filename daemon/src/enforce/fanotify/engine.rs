@@ -225,7 +225,7 @@ fn decision(
         file,
         layer,
         // The process waits for this answer, so its cgroup is still there to read.
-        cgroup_id: super::super::cgroup::id_of_process(pid),
+        cgroup_id: crate::enforce::cgroup::id_of_process(pid),
     }
 }
 
