@@ -565,9 +565,19 @@ impl<B: Backend> Daemon<B> {
             .layer
             .map(|layer| self.table.owners(layer))
             .unwrap_or_default();
+        // The path the backend read from the open file when it decided: the kernel prints a
+        // path outside this mount namespace (a container's) as the process saw it, and one
+        // through the layer directory as a host path, cut here to the layer. Else (BPF) a walk
+        // of the layer directory, which a denied container's writable layer may have left.
         let path = decision.layer.and_then(|layer| {
             let dir = self.layer_dirs.get(&layer)?;
-            self.paths.path_in(layer, dir, decision.file)
+            match decision.real_path.as_deref() {
+                Some(real) => Some(
+                    real.strip_prefix(dir)
+                        .map_or_else(|_| real.to_path_buf(), |inside| Path::new("/").join(inside)),
+                ),
+                None => self.paths.path_in(layer, dir, decision.file),
+            }
         });
         let writable = decision.layer.and_then(|layer| {
             self.writable

@@ -33,6 +33,11 @@ pub struct Decision {
     pub layer: Option<LayerId>,
     /// The process's cgroup (v2) id ([`super::cgroup`]); `None` when unknown.
     pub cgroup_id: Option<u64>,
+    /// The file's path as the kernel prints it for the backend's open descriptor (fanotify):
+    /// within the process's mount namespace when that is not the daemon's. Used to name the
+    /// path the process saw; not reported itself.
+    #[serde(skip)]
+    pub real_path: Option<std::path::PathBuf>,
 }
 
 impl Decision {
@@ -80,6 +85,7 @@ impl Decision {
             file: LayerId::from_key(raw.file),
             layer: (raw.layer.ino != 0).then(|| LayerId::from_key(raw.layer)),
             cgroup_id: (raw.cgroup_id != 0).then_some(raw.cgroup_id),
+            real_path: None,
         })
     }
 }

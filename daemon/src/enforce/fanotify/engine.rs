@@ -199,10 +199,11 @@ impl Shared {
 fn decision(
     mode: Mode,
     reason: Reason,
-    pid: i32,
+    pending: &Pending,
     file: LayerId,
     layer: Option<LayerId>,
 ) -> Decision {
+    let pid = pending.pid;
     let command = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|comm| comm.trim_end().to_owned())
         .unwrap_or_default();
@@ -224,8 +225,14 @@ fn decision(
         command,
         file,
         layer,
-        // The process waits for this answer, so its cgroup is still there to read.
+        // The process waits for this answer, so its cgroup is still there to read, and the
+        // file is open here: its path now, while a container's writable layer still exists.
         cgroup_id: crate::enforce::cgroup::id_of_process(pid),
+        real_path: std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&pending.fd)
+        ))
+        .ok(),
     }
 }
 
@@ -256,7 +263,7 @@ fn answer_by_mode(shared: &Shared, pending: &Pending) {
             .map(|st| file_id(&st))
             .unwrap_or(LayerId { dev: 0, ino: 0 });
         tracing::warn!(pid = pending.pid, %file, ?mode, "no decision within the bound; answered by the mode");
-        shared.push_event(decision(mode, Reason::Timeout, pending.pid, file, None));
+        shared.push_event(decision(mode, Reason::Timeout, pending, file, None));
         shared.respond(pending, mode == Mode::Audit);
     }
 }
@@ -484,7 +491,7 @@ fn finish(shared: &Shared, policy: &Policy, pending: &Pending, verdict: Verdict,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(pid = pending.pid, %file, layer = ?layer, reason = reason.as_str(), ?mode, "untrusted exec");
-                shared.push_event(decision(mode, reason, pending.pid, file, layer));
+                shared.push_event(decision(mode, reason, pending, file, layer));
                 shared.respond(pending, mode == Mode::Audit);
             }
         }
