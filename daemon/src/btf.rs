@@ -251,6 +251,15 @@ impl Btf {
         self.find(name, &[kind::STRUCT]).is_some()
     }
 
+    /// The size in bytes of a struct (for stepping through an array of them).
+    pub fn struct_size(&self, structure: &str) -> Result<u32, BtfError> {
+        self.find(structure, &[kind::STRUCT])
+            .map(|t| t.size_or_type)
+            .ok_or_else(|| BtfError::NoStruct {
+                name: structure.to_owned(),
+            })
+    }
+
     /// Skips typedefs and qualifiers.
     fn resolve(&self, mut id: u32) -> Option<&Type> {
         for _ in 0..32 {

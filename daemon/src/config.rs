@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::enforce::{Drift, Mode};
+use crate::enforce::{Drift, Mode, OutsideImage};
 
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/imagegate/imagegate.toml";
@@ -67,6 +67,8 @@ pub struct Config {
     pub mode: Mode,
     /// Exec from a container's writable layer: `deny` or `allow`. Default: deny.
     pub drift: Drift,
+    /// What a trusted container may execute from outside its image: `allow` or `deny`.
+    pub outside_image: OutsideImage,
     /// `auto`, `bpf-lsm` or `fanotify`. Default: auto.
     pub backend: BackendChoice,
     /// The policy file (TOML, or containers-policy.json by extension).
@@ -119,6 +121,7 @@ impl Default for Config {
         Self {
             mode: Mode::Enforce,
             drift: Drift::Deny,
+            outside_image: OutsideImage::Allow,
             backend: BackendChoice::Auto,
             policy: PathBuf::from("/etc/imagegate/policy.toml"),
             state_dir: PathBuf::from("/var/lib/imagegate"),
@@ -274,6 +277,12 @@ pub const SETTINGS: &[Setting] = &[
         kind: "`\"deny\"` \\| `\"allow\"`",
         default: "\"deny\"",
         doc: "Exec of a file written into a container's writable layer after it started (drift): `deny` treats it as unverified, `allow` lets it run.",
+    },
+    Setting {
+        key: "outside_image",
+        kind: "`\"allow\"` \\| `\"deny\"`",
+        default: "\"allow\"",
+        doc: "What a container of a trusted image may execute from outside its image's layers (volumes, tmpfs, `memfd`, files of other layers): `allow` lets it run, `deny` denies it with reason `outside_image`. BPF LSM sees all of these; fanotify sees only files on the file systems it marks (the snapshotter's), so it cannot deny tmpfs or `memfd` executables (docs/enforcement.md). A container of an untrusted image runs none of them either way.",
     },
     Setting {
         key: "backend",

@@ -116,6 +116,10 @@ enum KernelCommand {
         /// Drift policy to set.
         #[arg(long, value_enum)]
         drift: Option<Drift>,
+        /// What trusted containers may execute from outside their image (default on a fresh
+        /// install: allow).
+        #[arg(long, value_enum)]
+        outside_image: Option<imagegate::enforce::OutsideImage>,
         /// A snapshotter `snapshots` directory to judge (repeatable).
         #[arg(long)]
         scope: Vec<PathBuf>,
@@ -150,6 +154,21 @@ enum KernelCommand {
     },
     /// Forget a layer directory: its files are unverified again.
     RemoveLayer {
+        #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        dir: PathBuf,
+    },
+    /// Record a container by its root's writable layer directory (`snapshots/<id>/fs`).
+    SetContainer {
+        #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        dir: PathBuf,
+        /// The container's image's trust.
+        #[arg(long, value_enum)]
+        trust: imagegate::enforce::ContainerTrust,
+    },
+    /// Forget a container root: its processes count as an unjudged (untrusted) container.
+    RemoveContainer {
         #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
         dir: PathBuf,
@@ -404,6 +423,9 @@ fn serve_with<B: imagegate::enforce::Backend>(
     backend
         .set_drift(config.drift)
         .map_err(|e| anyhow::anyhow!("{name}: setting drift: {e}"))?;
+    backend
+        .set_outside_image(config.outside_image)
+        .map_err(|e| anyhow::anyhow!("{name}: setting outside_image: {e}"))?;
     let snapshots = config.containerd.snapshots_dir();
     backend
         .add_scope(&snapshots)
@@ -520,6 +542,7 @@ fn kernel(command: KernelCommand) -> Result<()> {
             pin_dir,
             mode,
             drift,
+            outside_image,
             scope,
             self_test_dir,
             skip_self_test,
@@ -533,6 +556,12 @@ fn kernel(command: KernelCommand) -> Result<()> {
             }
             if let Some(drift) = drift {
                 backend.set_drift(drift)?;
+            }
+            if let Some(outside) = outside_image {
+                backend.set_outside_image(outside)?;
+            } else if backend.startup() == imagegate::enforce::bpf::Startup::Loaded {
+                // A fresh settings entry reads as deny; the documented default is allow.
+                backend.set_outside_image(imagegate::enforce::OutsideImage::Allow)?;
             }
             for dir in &scope {
                 let id = backend
@@ -595,6 +624,24 @@ fn kernel(command: KernelCommand) -> Result<()> {
                     LayerStateArg::Audit => LayerState::Audit,
                 },
             )?;
+            println!("{id}");
+            Ok(())
+        }
+        KernelCommand::SetContainer {
+            pin_dir,
+            dir,
+            trust,
+        } => {
+            let mut backend = open(&pin_dir)?;
+            let id = LayerId::of(&dir).with_context(|| format!("stat {}", dir.display()))?;
+            backend.set_container(id, trust)?;
+            println!("{id}");
+            Ok(())
+        }
+        KernelCommand::RemoveContainer { pin_dir, dir } => {
+            let mut backend = open(&pin_dir)?;
+            let id = LayerId::of(&dir).with_context(|| format!("stat {}", dir.display()))?;
+            backend.remove_container(id)?;
             println!("{id}");
             Ok(())
         }

@@ -2,9 +2,10 @@
 //! BPF LSM programs) watching a private containerd whose root is on its own tmpfs, real runc
 //! containers started with `ctr run`:
 //! a trusted image's entrypoint runs; an untrusted image's cannot execute (`operation not
-//! permitted`) and an event names the image and its digest; an image made of a trusted base plus
-//! an untrusted top layer cannot run the top layer's binary; drift is denied; audit mode reports
-//! and allows.
+//! permitted`) and an event names the image and its digest; a container of an image made of a
+//! trusted base plus an untrusted top layer runs nothing, not even the base's binary; an image
+//! whose layers are the trusted image's and whose config alone differs runs nothing; a retag of
+//! the trusted image runs; drift is denied; audit mode reports and allows.
 //!
 //! Trust here comes from the policy's `accept`/`reject` scopes so that this test needs no
 //! registry; signature verification has its own tests (registry.rs, testvectors.rs).
@@ -80,13 +81,19 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         File::new("etc/untrusted", "x", 0o644),
     ])]);
     let mixed = image::image(vec![
-        base,
+        base.clone(),
         image::layer(&[File::new("bin/evil", busybox(), 0o755)]),
     ]);
+    // Byte-identical layers, another entrypoint: a different manifest, judged on its own.
+    let config_only =
+        imagegate_testkit::image::image(vec![base], &["/bin/busybox", "echo", "tampered"]);
+    assert_ne!(config_only.manifest_digest(), trusted.manifest_digest());
     for (name, img) in [
         ("registry.test/trusted/app:1", &trusted),
+        ("registry.test/trusted/retag:1", &trusted),
         ("registry.test/untrusted/app:1", &untrusted),
         ("registry.test/mixed/app:1", &mixed),
+        ("registry.test/tampered/app:1", &config_only),
     ] {
         let archive = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
         image::write_archive(&archive, name, img, false);
@@ -97,7 +104,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     let enforce = settings("enforce");
     let daemon = DaemonProcess::start(&dir, &enforce.write(&dir, &containerd), "enforce");
     let daemon_log = daemon.log.clone();
-    wait_ready(&dir, 3, &daemon_log);
+    wait_ready(&dir, 5, &daemon_log);
     let events_path = enforce.events(&dir);
 
     let out = containerd.run(
@@ -135,16 +142,40 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         "{event}"
     );
 
-    // Trusted base, untrusted top layer: the base's binary runs, the top layer's cannot.
+    // A retag of the trusted image is the same manifest: it runs.
     let out = containerd.run(
-        "registry.test/mixed/app:1",
-        "c-mixed-base",
-        &["/bin/busybox", "true"],
+        "registry.test/trusted/retag:1",
+        "c-retag",
+        &["/bin/busybox", "echo", "retagged"],
     );
     assert!(
         out.status.success(),
-        "base binary of the mixed image failed: {out:?}"
+        "retag of the trusted image failed: {out:?}"
     );
+
+    // Trusted base, untrusted top layer: the container runs nothing, not even the base's
+    // binary (a file of a layer a trusted image vouches for).
+    let out = containerd.run(
+        "registry.test/mixed/app:1",
+        "c-mixed-base",
+        &["/bin/busybox", "echo", "base ran"],
+    );
+    daemon::assert_denied(&out, "base binary in a container of the mixed image");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("base ran"));
+    let event = daemon::wait_for_event(&events_path, |e| {
+        e["reason"] == "untrusted_image" && e["container"]["id"] == "c-mixed-base"
+    });
+    assert_eq!(
+        event["container"]["image"], "registry.test/mixed/app:1",
+        "{event}"
+    );
+    assert_eq!(
+        event["container"]["digest"],
+        mixed.manifest_digest(),
+        "{event}"
+    );
+    assert_eq!(event["container"]["trusted"], false, "{event}");
+    assert_eq!(event["path"], "/bin/busybox", "{event}");
     let out = containerd.run(
         "registry.test/mixed/app:1",
         "c-mixed-top",
@@ -153,6 +184,19 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     assert!(
         !out.status.success(),
         "top-layer binary of the mixed image ran: {out:?}"
+    );
+
+    // Config-only tamper: every layer is the trusted image's, the entrypoint is not.
+    let out = containerd.run("registry.test/tampered/app:1", "c-tampered", &[]);
+    daemon::assert_denied(&out, "config-only tampered image");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("tampered"));
+    let event = daemon::wait_for_event(&events_path, |e| {
+        e["reason"] == "untrusted_image" && e["container"]["id"] == "c-tampered"
+    });
+    assert_eq!(
+        event["container"]["digest"],
+        config_only.manifest_digest(),
+        "{event}"
     );
 
     // Drift: a binary written into the container's writable layer cannot run.
@@ -175,7 +219,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     // Audit mode: the untrusted image runs, and is reported.
     let audit = settings("audit");
     let daemon = DaemonProcess::start(&dir, &audit.write(&dir, &containerd), "audit");
-    wait_ready(&dir, 3, &daemon.log);
+    wait_ready(&dir, 5, &daemon.log);
     let out = containerd.run(
         "registry.test/untrusted/app:1",
         "c-audit",

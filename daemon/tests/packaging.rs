@@ -134,6 +134,7 @@ fn systemd_unit_is_notify_watchdog_ordered_and_grants_what_the_defaults_need() {
         "CAP_BPF",
         "CAP_PERFMON",
         "CAP_DAC_READ_SEARCH",
+        "CAP_SYS_PTRACE",
     ] {
         assert!(
             bounding.contains(&needed.to_owned()),

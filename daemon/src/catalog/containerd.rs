@@ -346,9 +346,11 @@ impl Containerd {
         namespace: &str,
         chain_id: &str,
     ) -> Result<Vec<PathBuf>, ContainerdError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let key = format!(
-            "imagegate-view-{}-{}",
+            "imagegate-view-{}-{}-{}",
             std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             chain_id.trim_start_matches("sha256:")
         );
         let mut snapshots = self.client.snapshots();

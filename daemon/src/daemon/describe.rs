@@ -111,6 +111,14 @@ impl Containers {
         }
     }
 
+    /// Live container records.
+    pub fn live_records(&self) -> impl Iterator<Item = &ContainerRecord> {
+        self.by_key
+            .values()
+            .filter(|(_, gone)| gone.is_none())
+            .map(|(record, _)| record)
+    }
+
     /// Live containers.
     pub fn live(&self) -> usize {
         self.by_key

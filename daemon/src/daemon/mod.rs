@@ -21,7 +21,7 @@ use table::{Changes, ImageEntry, ImageKey, LayerOwner, LayerTable};
 use crate::{
     catalog::{self, CatalogImage, Containerd},
     discover::RegistryClient,
-    enforce::{Backend, Decision, LayerId, LayerState},
+    enforce::{Backend, ContainerTrust, Decision, LayerId, LayerState},
     policy::Policy,
     verdict::{Verdict, VerdictCache},
     verify::reference::ImageRef,
@@ -117,6 +117,9 @@ pub struct Daemon<B: Backend> {
     pub events_seen: u64,
     /// Containers, for naming them in events.
     pub containers: describe::Containers,
+    /// The trust of each container the backend holds, by its root's writable layer directory
+    /// (the mirror of the backend's container table).
+    container_trust: HashMap<LayerId, ContainerTrust>,
     /// The backend's mode and drift setting, for `status`.
     pub settings: Option<(crate::enforce::Mode, crate::enforce::Drift)>,
     /// The most recent errors (newest last), for `status`.
@@ -151,6 +154,7 @@ impl<B: Backend> Daemon<B> {
             verdicts: HashMap::new(),
             events_seen: 0,
             containers: describe::Containers::default(),
+            container_trust: HashMap::new(),
             settings: None,
             errors: std::collections::VecDeque::new(),
             layer_dirs: HashMap::new(),
@@ -296,7 +300,56 @@ impl<B: Backend> Daemon<B> {
         }
         let changes = self.table.upsert(key.clone(), entry);
         self.verdicts.insert(key, verdict);
-        self.apply(&changes)
+        self.apply(&changes)?;
+        self.sync_containers()
+    }
+
+    /// The trust every known container should have: its image's verdict (a container whose
+    /// image has no trusted verdict, pending included, is untrusted). A container with no
+    /// record yet (its snapshot is prepared before containerd creates it) has no entry, which
+    /// the backends treat as untrusted too.
+    fn desired_containers(&self) -> HashMap<LayerId, ContainerTrust> {
+        self.containers
+            .live_records()
+            .filter_map(|record| {
+                let (root, _) = self
+                    .writable
+                    .get(&(record.namespace.clone(), record.snapshot_key.clone()))?;
+                let image = ImageKey {
+                    namespace: record.namespace.clone(),
+                    name: record.image.clone(),
+                };
+                let trust = match self.table.get(&image) {
+                    Some(entry) if entry.trusted => ContainerTrust::Trusted,
+                    Some(entry) if entry.audit => ContainerTrust::Audit,
+                    _ => ContainerTrust::Untrusted,
+                };
+                Some((*root, trust))
+            })
+            .collect()
+    }
+
+    /// Makes the backend's container table the mirror of [`Self::desired_containers`].
+    fn sync_containers(&mut self) -> Result<(), DaemonError> {
+        let desired = self.desired_containers();
+        let name = self.backend.name();
+        for (root, trust) in &desired {
+            if self.container_trust.get(root) != Some(trust) {
+                tracing::info!(%root, ?trust, "container judged by its image");
+                self.backend
+                    .set_container(*root, *trust)
+                    .map_err(backend_error(name))?;
+            }
+        }
+        for root in self.container_trust.keys() {
+            if !desired.contains_key(root) {
+                self.backend
+                    .remove_container(*root)
+                    .map_err(backend_error(name))?;
+            }
+        }
+        self.container_trust = desired;
+        Ok(())
     }
 
     /// Re-reads one image from containerd (after an event) and judges it again; forgets it if
@@ -351,6 +404,7 @@ impl<B: Backend> Daemon<B> {
         {
             let name = self.backend.name();
             self.backend.remove_layer(id).map_err(backend_error(name))?;
+            self.sync_containers()?;
         }
         Ok(())
     }
@@ -433,6 +487,13 @@ impl<B: Backend> Daemon<B> {
             }
         }
         let name = self.backend.name();
+        // Containers: the backend's table (pinned BPF maps outlive the daemon) becomes the
+        // exact mirror; anything it held that is not a live container now is removed.
+        self.container_trust.clear();
+        for (root, _) in self.backend.containers().map_err(backend_error(name))? {
+            self.container_trust.insert(root, ContainerTrust::Untrusted);
+        }
+        self.sync_containers()?;
         let desired = self.table.desired();
         let writable: std::collections::HashSet<LayerId> =
             self.writable.values().map(|(id, _)| *id).collect();
@@ -514,6 +575,7 @@ impl<B: Backend> Daemon<B> {
                         || event.snapshotter == catalog::containerd::SNAPSHOTTER
                     {
                         self.track_active(namespace, &event.key).await?;
+                        self.sync_containers()?;
                     }
                 }
             }
@@ -526,6 +588,7 @@ impl<B: Backend> Daemon<B> {
                 if let Ok(id) = id {
                     if let Some(record) = self.containerd.container(namespace, &id).await? {
                         self.containers.insert(record);
+                        self.sync_containers()?;
                     }
                 }
             }
@@ -539,6 +602,7 @@ impl<B: Backend> Daemon<B> {
             "/containers/delete" => {
                 if let Ok(event) = events::ContainerDelete::decode(any.value.as_slice()) {
                     self.containers.delete(namespace, &event.id);
+                    self.sync_containers()?;
                 }
             }
             "/snapshot/remove" => {
@@ -585,6 +649,25 @@ impl<B: Backend> Daemon<B> {
                 .find(|(_, (id, _))| *id == layer)
                 .map(|((namespace, key), _)| (namespace.clone(), key.clone()))
         });
+        let by_root = decision.container_root.and_then(|root| {
+            let (namespace, key) = self
+                .writable
+                .iter()
+                .find(|(_, (id, _))| *id == root)
+                .map(|(key, _)| key.clone())?;
+            self.containers.by_snapshot(&namespace, &key).map(|record| {
+                let mut value = container_json(record);
+                let image = ImageKey {
+                    namespace: record.namespace.clone(),
+                    name: record.image.clone(),
+                };
+                if let Some(entry) = self.table.get(&image) {
+                    value["digest"] = serde_json::Value::String(entry.manifest_digest.clone());
+                    value["trusted"] = serde_json::Value::Bool(entry.trusted);
+                }
+                value
+            })
+        });
         let container = match &writable {
             Some((namespace, key)) => {
                 Some(self.containers.by_snapshot(namespace, key).map_or_else(
@@ -610,7 +693,7 @@ impl<B: Backend> Daemon<B> {
             serde_json::Value::String(p.to_string_lossy().into_owned())
         });
         value["images"] = serde_json::to_value(&owners).unwrap_or_default();
-        value["container"] = container.unwrap_or(serde_json::Value::Null);
+        value["container"] = by_root.or(container).unwrap_or(serde_json::Value::Null);
         value
     }
 
@@ -643,6 +726,13 @@ impl<B: Backend> Daemon<B> {
             "images": {"trusted": trusted, "untrusted": untrusted},
             "layers": {"verified_or_audit": self.table.desired().len(), "writable": self.writable.len()},
             "containers": self.containers.live(),
+            "container_verdicts": self.containers.live_records().filter_map(|record| {
+                let (root, _) = self.writable.get(&(record.namespace.clone(), record.snapshot_key.clone()))?;
+                Some(serde_json::json!({
+                    "namespace": record.namespace, "id": record.id, "image": record.image,
+                    "trust": self.container_trust.get(root),
+                }))
+            }).collect::<Vec<_>>(),
             "events": self.events_seen,
             "verdicts": self.verdicts.iter().map(|(key, verdict)| serde_json::json!({
                 "namespace": key.namespace, "image": key.name, "digest": verdict.digest,

@@ -210,6 +210,12 @@ impl LayerTable {
         (trusted, self.images.len() - trusted)
     }
 
+    /// One image's entry.
+    #[must_use]
+    pub fn get(&self, key: &ImageKey) -> Option<&ImageEntry> {
+        self.images.get(key)
+    }
+
     /// Every image key.
     pub fn images(&self) -> impl Iterator<Item = (&ImageKey, &ImageEntry)> {
         self.images.iter()

@@ -31,6 +31,9 @@ pub struct Decision {
     pub file: LayerId,
     /// Its layer directory; `None` when the walk could not find it.
     pub layer: Option<LayerId>,
+    /// The asking process's container, by its root's writable layer directory (or top layer
+    /// when read-only); `None` for a host process.
+    pub container_root: Option<LayerId>,
     /// The process's cgroup (v2) id ([`super::cgroup`]); `None` when unknown.
     pub cgroup_id: Option<u64>,
     /// The file's path as the kernel prints it for the backend's open descriptor (fanotify):
@@ -61,13 +64,7 @@ impl Decision {
                 verdict::AUDIT => "audit",
                 _ => "unknown",
             },
-            reason: match raw.reason {
-                reason::UNVERIFIED_LAYER => "unverified_layer",
-                reason::DRIFT => "drift",
-                reason::WALK_LIMIT => "walk_limit",
-                reason::UNREADABLE => "unreadable",
-                _ => "unknown",
-            },
+            reason: reason_name(raw.reason),
             mode: if raw.mode == mode::AUDIT {
                 "audit"
             } else {
@@ -85,8 +82,23 @@ impl Decision {
             file: LayerId::from_key(raw.file),
             layer: (raw.layer.ino != 0).then(|| LayerId::from_key(raw.layer)),
             cgroup_id: (raw.cgroup_id != 0).then_some(raw.cgroup_id),
+            container_root: (raw.container.ino != 0).then(|| LayerId::from_key(raw.container)),
             real_path: None,
         })
+    }
+}
+
+/// The name of a `reason` constant, as events and logs carry it.
+#[must_use]
+pub const fn reason_name(raw: u32) -> &'static str {
+    match raw {
+        reason::UNVERIFIED_LAYER => "unverified_layer",
+        reason::DRIFT => "drift",
+        reason::WALK_LIMIT => "walk_limit",
+        reason::UNREADABLE => "unreadable",
+        reason::UNTRUSTED_IMAGE => "untrusted_image",
+        reason::OUTSIDE_IMAGE => "outside_image",
+        _ => "unknown",
     }
 }
 
@@ -148,6 +160,10 @@ mod tests {
             mode: mode::ENFORCE,
             comm,
             cgroup_id: 4242,
+            container: DevIno {
+                dev: 7 << 20,
+                ino: 77,
+            },
         };
         // SAFETY: viewing a plain repr(C) struct as bytes.
         let bytes = unsafe {
@@ -163,6 +179,7 @@ mod tests {
         assert_eq!(decision.command, "evil");
         assert_eq!(decision.layer.map(|l| l.ino), Some(9));
         assert_eq!(decision.cgroup_id, Some(4242));
+        assert_eq!(decision.container_root.map(|c| c.ino), Some(77));
         assert_eq!(
             decision.time,
             SystemTime::UNIX_EPOCH + Duration::from_secs(5)

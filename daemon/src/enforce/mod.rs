@@ -1,6 +1,9 @@
-//! Enforcement: the kernel side of a verdict. A backend keeps a table of layer directories
-//! (`snapshots/<id>/fs`, by `(dev, ino)`) that verified images vouch for, and denies exec and
-//! executable mappings of files from any other layer under a scope.
+//! Enforcement: the kernel side of a verdict. A backend keeps a table of containers (by their
+//! root's writable layer directory) with their image's trust, and of layer directories
+//! (`snapshots/<id>/fs`, by `(dev, ino)`) that verified images vouch for. A process of an
+//! untrusted container executes nothing; a trusted container executes its own image's layers;
+//! a host process executes files of layers that a verified image vouches for. The rule itself
+//! is [`imagegate_common::decide`], shared by both backends.
 //!
 //! Backends: `bpf` (BPF LSM programs, decisions in the kernel, survive the daemon) and
 //! `fanotify` (permission events answered by the daemon, for kernels without BPF LSM);
@@ -39,6 +42,63 @@ pub enum Drift {
     Deny,
     /// Allow it.
     Allow,
+}
+
+/// What a trusted container may execute from outside its image (volumes, tmpfs, memfd).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OutsideImage {
+    /// Allow it (the default: volumes with tools are common).
+    Allow,
+    /// Deny and report it (reason `outside_image`).
+    Deny,
+}
+
+impl OutsideImage {
+    /// The value the kernel settings store.
+    #[must_use]
+    pub const fn to_raw(self) -> u32 {
+        match self {
+            Self::Allow => imagegate_common::outside_image::ALLOW,
+            Self::Deny => imagegate_common::outside_image::DENY,
+        }
+    }
+}
+
+/// What the backend knows of a container, keyed by its root's writable layer directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerTrust {
+    /// Its image is trusted: it runs its own image's layers.
+    Trusted,
+    /// Its image is not trusted (untrusted, error, pending): it runs nothing.
+    Untrusted,
+    /// Untrusted, but its image's policy scope audits: allowed and reported.
+    Audit,
+}
+
+impl ContainerTrust {
+    /// The value the kernel table stores.
+    #[must_use]
+    pub const fn to_raw(self) -> u32 {
+        match self {
+            Self::Trusted => imagegate_common::container_state::TRUSTED,
+            Self::Untrusted => imagegate_common::container_state::UNTRUSTED,
+            Self::Audit => imagegate_common::container_state::AUDIT,
+        }
+    }
+
+    /// From the kernel table's value (anything unknown is untrusted).
+    #[must_use]
+    pub const fn from_raw(raw: u32) -> Self {
+        match raw {
+            imagegate_common::container_state::TRUSTED => Self::Trusted,
+            imagegate_common::container_state::AUDIT => Self::Audit,
+            _ => Self::Untrusted,
+        }
+    }
 }
 
 /// Whether a layer in the table is vouched for or a container's writable layer.
@@ -89,6 +149,16 @@ pub trait Backend {
     fn set_mode(&mut self, mode: Mode) -> Result<(), Self::Error>;
     /// Sets the drift policy; takes effect for the next decision.
     fn set_drift(&mut self, drift: Drift) -> Result<(), Self::Error>;
+    /// Sets what trusted containers may execute from outside their image.
+    fn set_outside_image(&mut self, outside: OutsideImage) -> Result<(), Self::Error>;
+    /// Records a container by its root's writable layer directory (`snapshots/<id>/fs`): its
+    /// processes are judged by `trust` from the next decision on.
+    fn set_container(&mut self, root: LayerId, trust: ContainerTrust) -> Result<(), Self::Error>;
+    /// Forgets a container: a process whose root it is counts as a container not judged yet
+    /// (untrusted).
+    fn remove_container(&mut self, root: LayerId) -> Result<(), Self::Error>;
+    /// Every container the backend holds (the daemon mirrors its table at startup).
+    fn containers(&self) -> Result<Vec<(LayerId, ContainerTrust)>, Self::Error>;
     /// Judges files in layers under `snapshots_dir` (a snapshotter's `snapshots` directory).
     fn add_scope(&mut self, snapshots_dir: &std::path::Path) -> Result<LayerId, Self::Error>;
     /// Stops judging files under the scope `id`.

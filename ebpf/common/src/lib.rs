@@ -22,6 +22,9 @@ pub mod maps {
     pub const EVENTS: &str = "IG_EVENTS";
     /// Per-CPU counters, indexed by the `stats` constants.
     pub const STATS: &str = "IG_STATS";
+    /// Container root file systems the daemon knows: the `DevIno` of the container's writable
+    /// snapshot directory (`snapshots/<id>/fs`, the overlay's upper layer) → `container_state`.
+    pub const CONTAINERS: &str = "IG_CONTAINERS";
 }
 
 /// Program names (the function names in the eBPF object) and the LSM hooks they attach to.
@@ -36,6 +39,12 @@ pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
 /// Capacity of the layer map: at least 65,536 layers, with room to spare.
 pub const MAX_LAYERS: u32 = 131_072;
+/// Capacity of the container map (running and created containers on the node).
+pub const MAX_CONTAINERS: u32 = 16_384;
+/// How many lower layers of a container's overlay are compared with a file's layer to tell
+/// whether the file is the container's own. A file of a deeper layer counts as outside the
+/// image (see `outside_image`); containerd images rarely exceed 127 layers.
+pub const MAX_IMAGE_LAYERS: u32 = 128;
 /// Capacity of the scope map.
 pub const MAX_SCOPES: u32 = 16;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
@@ -82,12 +91,32 @@ pub mod layer_state {
     pub const AUDIT: u32 = 3;
 }
 
+/// What the daemon knows about a container (`CONTAINERS` values). A container root under a
+/// scope with no entry is a container the daemon has not judged yet: untrusted.
+pub mod container_state {
+    /// Its image's verdict is trusted: it runs its own image's layers.
+    pub const TRUSTED: u32 = 1;
+    /// Its image is untrusted (or unknown, pending, in error): it runs nothing.
+    pub const UNTRUSTED: u32 = 2;
+    /// Untrusted, but its image's policy scope audits: allow and report, whatever the mode.
+    pub const AUDIT: u32 = 3;
+}
+
 /// Enforcement mode. Zero is enforce, so an unset `SETTINGS` entry fails closed.
 pub mod mode {
     /// Deny and report.
     pub const ENFORCE: u32 = 0;
     /// Report and allow.
     pub const AUDIT: u32 = 1;
+}
+
+/// What a trusted container may execute from outside its image (volumes, tmpfs, memfd, other
+/// layers). Zero is deny (fail closed); the daemon writes the configured value (default allow).
+pub mod outside_image {
+    /// Deny and report (reason `outside_image`).
+    pub const DENY: u32 = 0;
+    /// Allow without an event.
+    pub const ALLOW: u32 = 1;
 }
 
 /// What to do with an exec from a container's writable layer. Zero is deny (fail closed).
@@ -103,7 +132,7 @@ pub mod drift {
 /// that finds pinned programs of another version (an upgrade) attaches its own beside them,
 /// copies the tables over and detaches the old ones, instead of re-opening maps whose layout
 /// it would misread.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The one `SETTINGS` entry.
 #[repr(C)]
@@ -116,6 +145,8 @@ pub struct Settings {
     /// [`ABI_VERSION`] of the daemon that last wrote this entry; zero before the first write.
     /// The programs do not read it.
     pub abi: u32,
+    /// An `outside_image` constant.
+    pub outside_image: u32,
 }
 
 /// Which hook made a decision.
@@ -146,6 +177,10 @@ pub mod reason {
     pub const WALK_LIMIT: u32 = 3;
     /// The kernel objects needed to find its layer could not be read on a scope's device.
     pub const UNREADABLE: u32 = 4;
+    /// The process runs in a container whose image is not trusted: it executes nothing.
+    pub const UNTRUSTED_IMAGE: u32 = 5;
+    /// A trusted container executed a file from outside its image and the policy denies that.
+    pub const OUTSIDE_IMAGE: u32 = 6;
 }
 
 /// Counter indexes in `STATS`.
@@ -189,6 +224,9 @@ pub struct DecisionEvent {
     /// The task's cgroup (v2) id, the inode number of its cgroup directory: names the container
     /// even after the process has exited.
     pub cgroup_id: u64,
+    /// The process's container: its root's key in `CONTAINERS` (the writable snapshot
+    /// directory, or the top layer of a read-only root); zero for a host process.
+    pub container: DevIno,
 }
 
 /// Offsets into kernel structures, read from the running kernel's BTF by the daemon and set as a
@@ -228,10 +266,28 @@ pub struct KernelOffsets {
     pub mm_exe_file: u32,
     /// `ovl_file.realfile`, when `OVL_FILE` is set in `flags`.
     pub ovl_file_realfile: u32,
+    /// `task_struct.fs`.
+    pub task_fs: u32,
+    /// `fs_struct.root.mnt`.
+    pub fs_root_mnt: u32,
+    /// `fs_struct.root.dentry`.
+    pub fs_root_dentry: u32,
+    /// `vfsmount.mnt_root`.
+    pub vfsmount_mnt_root: u32,
+    /// `dentry.d_sb`.
+    pub dentry_d_sb: u32,
+    /// `super_block.s_fs_info` (an overlay's `struct ovl_fs`).
+    pub sb_s_fs_info: u32,
+    /// `ovl_fs.numlayer` (upper, if any, plus lowers).
+    pub ovl_fs_numlayer: u32,
+    /// `ovl_fs.layers` (array; index 0 is the upper layer, its `mnt` NULL without one).
+    pub ovl_fs_layers: u32,
+    /// `ovl_layer.mnt` (the layer's private clone of its directory's mount).
+    pub ovl_layer_mnt: u32,
+    /// `sizeof(struct ovl_layer)`.
+    pub ovl_layer_size: u32,
     /// `offset_flags` bits.
     pub flags: u32,
-    /// Explicit padding.
-    pub _pad: u32,
 }
 
 /// Bits of `KernelOffsets::flags`.
@@ -255,9 +311,153 @@ pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 pub const MAX_OVERLAY_NESTING: u32 = 4;
 
 const _: () = assert!(core::mem::size_of::<DevIno>() == 16);
-const _: () = assert!(core::mem::size_of::<Settings>() == 12);
-const _: () = assert!(core::mem::size_of::<DecisionEvent>() == 88);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
+const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<DecisionEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 108);
+
+/// Which process asks, as far as trust goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Process {
+    /// Outside every container the daemon judges (its root is not a container root under a
+    /// scope): the layer rule applies.
+    Host,
+    /// In a container whose root is under a scope: a `container_state` value, or zero when the
+    /// daemon has not judged it (yet), which is untrusted.
+    Container {
+        /// `container_state` or zero.
+        state: u32,
+    },
+}
+
+/// Where the executed or mapped file's bytes come from, seen from the asking process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Not in any layer directory under a scope: a host file, tmpfs, memfd, a volume.
+    OutsideScopes,
+    /// One of the layers of the process's own container root (its image's layers).
+    OwnLayer,
+    /// The process's own container's writable layer (drift).
+    OwnWritable,
+    /// Some layer directory under a scope that is not the process's own: a `layer_state`
+    /// value, zero when the table does not hold it.
+    Layer {
+        /// `layer_state` or zero.
+        state: u32,
+    },
+    /// On a scope's device, but the layer could not be told: a `reason` (walk limit,
+    /// unreadable).
+    Undetermined {
+        /// `reason::WALK_LIMIT` or `reason::UNREADABLE`.
+        reason: u32,
+    },
+}
+
+/// The answer to one exec or executable mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allow, no event.
+    Allow,
+    /// Untrusted: denied when `mode` is `mode::ENFORCE`, allowed and reported under
+    /// `mode::AUDIT`; always reported.
+    Untrusted {
+        /// A `reason` constant.
+        reason: u32,
+        /// The mode that applies to this decision (scope, audit-only state and global mode
+        /// already combined).
+        mode: u32,
+    },
+}
+
+impl Decision {
+    /// Whether the operation may go ahead.
+    #[must_use]
+    pub const fn allows(self) -> bool {
+        match self {
+            Self::Allow => true,
+            Self::Untrusted { mode, .. } => mode == mode::AUDIT,
+        }
+    }
+}
+
+/// The exec decision rule, written once: the BPF programs and the fanotify backend both call it
+/// with the facts they gathered. `scope_flags` are the flags of the file's scope (zero when the
+/// file is not under one).
+///
+/// - A process of a container whose image is not trusted executes nothing.
+/// - A process of a trusted container executes its own image's layers; its writable layer
+///   follows `drift`; anything else follows `outside_image`.
+/// - A host process executes a file of a layer snapshot only if a trusted image contains that
+///   layer; its writable-layer files follow `drift`; everything outside the scopes is allowed.
+#[must_use]
+#[inline(always)]
+pub fn decide(process: Process, origin: Origin, settings: &Settings, scope_flags: u32) -> Decision {
+    match process {
+        Process::Container { state } => match state {
+            container_state::TRUSTED => match origin {
+                Origin::OwnLayer => Decision::Allow,
+                Origin::OwnWritable => drift_rule(settings, scope_flags),
+                Origin::Undetermined { reason } => untrusted(reason, false, settings, scope_flags),
+                Origin::OutsideScopes | Origin::Layer { .. } => {
+                    if settings.outside_image == outside_image::ALLOW {
+                        Decision::Allow
+                    } else {
+                        untrusted(reason::OUTSIDE_IMAGE, false, settings, scope_flags)
+                    }
+                }
+            },
+            state => untrusted(
+                reason::UNTRUSTED_IMAGE,
+                state == container_state::AUDIT,
+                settings,
+                scope_flags,
+            ),
+        },
+        Process::Host => match origin {
+            Origin::OutsideScopes | Origin::OwnLayer => Decision::Allow,
+            Origin::Undetermined { reason } => untrusted(reason, false, settings, scope_flags),
+            Origin::OwnWritable => drift_rule(settings, scope_flags),
+            Origin::Layer { state } => match state {
+                layer_state::VERIFIED => Decision::Allow,
+                layer_state::WRITABLE => drift_rule(settings, scope_flags),
+                state => untrusted(
+                    reason::UNVERIFIED_LAYER,
+                    state == layer_state::AUDIT,
+                    settings,
+                    scope_flags,
+                ),
+            },
+        },
+    }
+}
+
+/// An untrusted decision with the mode that applies: a self-test scope always enforces, an
+/// audit-only layer or container always audits, anything else follows the global mode.
+#[inline(always)]
+const fn untrusted(
+    reason: u32,
+    audit_only: bool,
+    settings: &Settings,
+    scope_flags: u32,
+) -> Decision {
+    let mode = if scope_flags & scope_flags::ALWAYS_ENFORCE != 0 {
+        mode::ENFORCE
+    } else if audit_only {
+        mode::AUDIT
+    } else {
+        settings.mode
+    };
+    Decision::Untrusted { reason, mode }
+}
+
+/// Executing what was written at run time.
+#[inline(always)]
+const fn drift_rule(settings: &Settings, scope_flags: u32) -> Decision {
+    if settings.drift == drift::ALLOW {
+        Decision::Allow
+    } else {
+        untrusted(reason::DRIFT, false, settings, scope_flags)
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -273,7 +473,153 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    use super::kernel_dev;
+    use super::*;
+
+    const ENFORCING: Settings = Settings {
+        mode: mode::ENFORCE,
+        drift: drift::DENY,
+        abi: ABI_VERSION,
+        outside_image: outside_image::ALLOW,
+    };
+
+    fn denied(reason: u32) -> Decision {
+        Decision::Untrusted {
+            reason,
+            mode: mode::ENFORCE,
+        }
+    }
+
+    #[test]
+    fn an_untrusted_container_runs_nothing_not_even_verified_layers() {
+        for state in [0, container_state::UNTRUSTED] {
+            let process = Process::Container { state };
+            for origin in [
+                Origin::OwnLayer,
+                Origin::OwnWritable,
+                Origin::OutsideScopes,
+                Origin::Layer {
+                    state: layer_state::VERIFIED,
+                },
+            ] {
+                assert_eq!(
+                    decide(process, origin, &ENFORCING, 0),
+                    denied(reason::UNTRUSTED_IMAGE),
+                    "{process:?} {origin:?}"
+                );
+            }
+        }
+        let audited = decide(
+            Process::Container {
+                state: container_state::AUDIT,
+            },
+            Origin::OwnLayer,
+            &ENFORCING,
+            0,
+        );
+        assert_eq!(
+            audited,
+            Decision::Untrusted {
+                reason: reason::UNTRUSTED_IMAGE,
+                mode: mode::AUDIT
+            }
+        );
+        assert!(audited.allows());
+    }
+
+    #[test]
+    fn a_trusted_container_runs_its_own_layers_drift_and_outside_follow_settings() {
+        let trusted = Process::Container {
+            state: container_state::TRUSTED,
+        };
+        assert_eq!(
+            decide(trusted, Origin::OwnLayer, &ENFORCING, 0),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(trusted, Origin::OwnWritable, &ENFORCING, 0),
+            denied(reason::DRIFT)
+        );
+        assert_eq!(
+            decide(trusted, Origin::OutsideScopes, &ENFORCING, 0),
+            Decision::Allow,
+            "outside_image = allow"
+        );
+        let strict = Settings {
+            outside_image: outside_image::DENY,
+            drift: drift::ALLOW,
+            ..ENFORCING
+        };
+        assert_eq!(
+            decide(trusted, Origin::OwnWritable, &strict, 0),
+            Decision::Allow
+        );
+        for origin in [
+            Origin::OutsideScopes,
+            Origin::Layer {
+                state: layer_state::VERIFIED,
+            },
+        ] {
+            assert_eq!(
+                decide(trusted, origin, &strict, 0),
+                denied(reason::OUTSIDE_IMAGE)
+            );
+        }
+        assert_eq!(
+            decide(
+                trusted,
+                Origin::Undetermined {
+                    reason: reason::WALK_LIMIT
+                },
+                &ENFORCING,
+                0
+            ),
+            denied(reason::WALK_LIMIT)
+        );
+    }
+
+    #[test]
+    fn host_processes_keep_the_layer_rule() {
+        let host = Process::Host;
+        let layer = |state| Origin::Layer { state };
+        assert_eq!(
+            decide(host, Origin::OutsideScopes, &ENFORCING, 0),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(host, layer(layer_state::VERIFIED), &ENFORCING, 0),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(host, layer(0), &ENFORCING, 0),
+            denied(reason::UNVERIFIED_LAYER)
+        );
+        assert_eq!(
+            decide(host, layer(layer_state::WRITABLE), &ENFORCING, 0),
+            denied(reason::DRIFT)
+        );
+        assert_eq!(
+            decide(host, layer(layer_state::AUDIT), &ENFORCING, 0),
+            Decision::Untrusted {
+                reason: reason::UNVERIFIED_LAYER,
+                mode: mode::AUDIT
+            }
+        );
+        let audit = Settings {
+            mode: mode::AUDIT,
+            ..ENFORCING
+        };
+        assert_eq!(
+            decide(host, layer(0), &audit, scope_flags::ALWAYS_ENFORCE),
+            denied(reason::UNVERIFIED_LAYER),
+            "a self-test scope enforces in audit mode"
+        );
+        assert!(decide(host, layer(0), &audit, 0).allows());
+        assert_eq!(
+            decide(host, layer(0), &Settings::default(), 0),
+            denied(reason::UNVERIFIED_LAYER),
+            "an unset settings entry fails closed"
+        );
+    }
 
     #[test]
     fn kernel_dev_converts_userspace_encoding() {

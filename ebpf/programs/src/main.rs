@@ -33,9 +33,10 @@ mod programs {
         programs::LsmContext,
     };
     use imagegate_common::{
-        drift, hook, layer_state, mode, offset_flags, reason, scope_flags, stats, verdict,
-        DecisionEvent, DevIno, KernelOffsets, Settings, FMODE_EXEC_FLAG, MAX_LAYERS,
-        MAX_OVERLAY_NESTING, MAX_SCOPES, MAX_WALK_DEPTH, OVERLAYFS_SUPER_MAGIC, PROT_EXEC, VM_EXEC,
+        container_state, hook, layer_state, mode, offset_flags, reason, stats, verdict, Decision,
+        DecisionEvent, DevIno, KernelOffsets, Origin, Process, Settings, FMODE_EXEC_FLAG,
+        MAX_CONTAINERS, MAX_IMAGE_LAYERS, MAX_LAYERS, MAX_OVERLAY_NESTING, MAX_SCOPES,
+        MAX_WALK_DEPTH, OVERLAYFS_SUPER_MAGIC, PROT_EXEC, VM_EXEC,
     };
 
     const EPERM: i32 = 1;
@@ -59,8 +60,17 @@ mod programs {
         task_mm: 0,
         mm_exe_file: 0,
         ovl_file_realfile: 0,
+        task_fs: 0,
+        fs_root_mnt: 0,
+        fs_root_dentry: 0,
+        vfsmount_mnt_root: 0,
+        dentry_d_sb: 0,
+        sb_s_fs_info: 0,
+        ovl_fs_numlayer: 0,
+        ovl_fs_layers: 0,
+        ovl_layer_mnt: 0,
+        ovl_layer_size: 0,
         flags: 0,
-        _pad: 0,
     };
 
     #[map(name = "IG_LAYERS")]
@@ -75,6 +85,8 @@ mod programs {
     static EVENTS: RingBuf = RingBuf::pinned(imagegate_common::EVENTS_BYTES, 0);
     #[map(name = "IG_STATS")]
     static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
+    #[map(name = "IG_CONTAINERS")]
+    static CONTAINERS: HashMap<DevIno, u32> = HashMap::pinned(MAX_CONTAINERS, 0);
 
     /// Reads one offset from the `OFFSETS` global (volatile: the loader rewrites `.rodata`).
     macro_rules! off {
@@ -92,22 +104,6 @@ mod programs {
         unsafe { bpf_probe_read_kernel((base + offset) as *const T) }.map_err(|_| ())
     }
 
-    /// The outcome of judging one file.
-    enum Judgement {
-        /// Not under any scope: allow, no event.
-        OutOfScope,
-        /// In a verified layer (or drift allowed): allow, no event.
-        Trusted,
-        /// Untrusted, with the reason, the layer if it was found and the scope's flags.
-        Untrusted {
-            reason: u32,
-            layer: DevIno,
-            scope: u32,
-            /// The layer is marked audit-only (`layer_state::AUDIT`).
-            audit_layer: bool,
-        },
-    }
-
     #[inline(always)]
     fn count(index: u32) {
         if let Some(counter) = STATS.get_ptr_mut(index) {
@@ -115,126 +111,290 @@ mod programs {
         }
     }
 
-    /// Finds the layer of `inode` and judges it against the layer table.
+    /// Where a file lives, before the asking process is taken into account.
+    struct Located {
+        /// The file (zero outside the scopes' devices).
+        file: DevIno,
+        /// Its layer directory's dentry and identity, when found.
+        layer_dentry: usize,
+        layer: DevIno,
+        /// The layer's scope's flags.
+        scope: u32,
+        /// `None`: not under a scope; `Some(0)`: a layer; `Some(reason)`: on a scope's device
+        /// but undetermined.
+        under_scope: Option<u32>,
+    }
+
+    /// The identity of `dentry` (its inode number on its super block's device).
     #[inline(always)]
-    fn judge(inode: usize, file: &mut DevIno) -> Judgement {
+    fn dentry_id(dentry: usize) -> Result<DevIno, ()> {
+        let inode = read::<usize>(dentry, off!(dentry_d_inode))?;
+        let sb = read::<usize>(inode, off!(inode_i_sb))?;
+        let dev = read::<u32>(sb, off!(sb_s_dev))?;
+        let ino = read::<u64>(inode, off!(inode_i_ino))?;
+        Ok(DevIno {
+            dev: u64::from(dev),
+            ino,
+        })
+    }
+
+    /// The flags of the scope `dentry` is a layer directory of (`<scope>/<id>/fs`), if any.
+    #[inline(always)]
+    fn layer_scope(dentry: usize, dev: u64) -> Result<Option<u32>, ()> {
+        let parent = read::<usize>(dentry, off!(dentry_d_parent))?;
+        if parent == dentry {
+            return Ok(None);
+        }
+        let grandparent = read::<usize>(parent, off!(dentry_d_parent))?;
+        if grandparent == parent {
+            return Ok(None);
+        }
+        let gp_inode = read::<usize>(grandparent, off!(dentry_d_inode))?;
+        let gp_ino = read::<u64>(gp_inode, off!(inode_i_ino))?;
+        Ok(unsafe { SCOPES.get(&DevIno { dev, ino: gp_ino }) }.copied())
+    }
+
+    /// Finds the layer directory of `inode`: its first dentry alias and a bounded walk up
+    /// `d_parent` to the directory whose grandparent is a scope.
+    #[inline(always)]
+    fn locate(inode: usize) -> Located {
+        let mut located = Located {
+            file: DevIno::default(),
+            layer_dentry: 0,
+            layer: DevIno::default(),
+            scope: 0,
+            under_scope: None,
+        };
         let Ok(sb) = read::<usize>(inode, off!(inode_i_sb)) else {
-            return Judgement::OutOfScope;
+            return located;
         };
         let Ok(dev) = read::<u32>(sb, off!(sb_s_dev)) else {
-            return Judgement::OutOfScope;
+            return located;
         };
         let dev = u64::from(dev);
         if unsafe { SCOPE_DEVS.get(&dev) }.is_none() {
-            return Judgement::OutOfScope;
+            return located;
         }
         count(stats::JUDGED);
-        file.dev = dev;
-        file.ino = read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
-        let untrusted = |reason| Judgement::Untrusted {
-            reason,
-            layer: DevIno::default(),
-            scope: 0,
-            audit_layer: false,
+        located.file = DevIno {
+            dev,
+            ino: read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0),
         };
+        located.under_scope = Some(reason::UNREADABLE);
         // `i_dentry.first` is the alias list node inside the first dentry.
         let Ok(alias) = read::<usize>(inode, off!(inode_i_dentry)) else {
-            return untrusted(reason::UNREADABLE);
+            return located;
         };
         if alias == 0 {
-            return untrusted(reason::UNREADABLE);
+            return located;
         }
         let mut current = alias - off!(dentry_d_alias);
-        let mut layer = None;
-        let mut scope = 0;
         for _ in 0..MAX_WALK_DEPTH {
+            match layer_scope(current, dev) {
+                Err(()) => return located,
+                Ok(Some(flags)) => {
+                    let Ok(layer) = dentry_id(current) else {
+                        return located;
+                    };
+                    located.layer_dentry = current;
+                    located.layer = layer;
+                    located.scope = flags;
+                    located.under_scope = Some(0);
+                    return located;
+                }
+                Ok(None) => {}
+            }
             let Ok(parent) = read::<usize>(current, off!(dentry_d_parent)) else {
-                return untrusted(reason::UNREADABLE);
+                return located;
             };
             if parent == current {
                 // The file system's root: no scope above, so not a layer file.
-                return Judgement::OutOfScope;
-            }
-            let Ok(grandparent) = read::<usize>(parent, off!(dentry_d_parent)) else {
-                return untrusted(reason::UNREADABLE);
-            };
-            if grandparent == parent {
-                return Judgement::OutOfScope;
-            }
-            let Ok(gp_inode) = read::<usize>(grandparent, off!(dentry_d_inode)) else {
-                return untrusted(reason::UNREADABLE);
-            };
-            let Ok(gp_ino) = read::<u64>(gp_inode, off!(inode_i_ino)) else {
-                return untrusted(reason::UNREADABLE);
-            };
-            if let Some(flags) = unsafe { SCOPES.get(&DevIno { dev, ino: gp_ino }) } {
-                layer = Some(current);
-                scope = *flags;
-                break;
+                located.under_scope = None;
+                return located;
             }
             current = parent;
         }
-        let Some(layer_dentry) = layer else {
-            return untrusted(reason::WALK_LIMIT);
-        };
-        let Ok(layer_inode) = read::<usize>(layer_dentry, off!(dentry_d_inode)) else {
-            return untrusted(reason::UNREADABLE);
-        };
-        let Ok(layer_ino) = read::<u64>(layer_inode, off!(inode_i_ino)) else {
-            return untrusted(reason::UNREADABLE);
-        };
-        let layer = DevIno {
-            dev,
-            ino: layer_ino,
-        };
-        match unsafe { LAYERS.get(&layer) }.copied() {
-            Some(layer_state::VERIFIED) => Judgement::Trusted,
-            Some(layer_state::WRITABLE) => {
-                if settings().drift == drift::ALLOW {
-                    Judgement::Trusted
-                } else {
-                    Judgement::Untrusted {
-                        reason: reason::DRIFT,
-                        layer,
-                        scope,
-                        audit_layer: false,
-                    }
-                }
-            }
-            state => Judgement::Untrusted {
-                reason: reason::UNVERIFIED_LAYER,
-                layer,
-                scope,
-                audit_layer: state == Some(layer_state::AUDIT),
-            },
+        located.under_scope = Some(reason::WALK_LIMIT);
+        located
+    }
+
+    /// The asking task's container, from its root file system (which a container cannot
+    /// change: runc pivots into it before the entrypoint's exec).
+    struct Root {
+        process: Process,
+        /// The container's key in `CONTAINERS` (zero for the host).
+        key: DevIno,
+        /// The overlay's `struct ovl_fs`, for the own-layer comparison (zero otherwise).
+        ofs: usize,
+        /// The writable layer's directory dentry (zero when read-only).
+        upper: usize,
+        /// A read-only single-layer root (a bind mount of the layer directory).
+        bind_layer: usize,
+    }
+
+    const HOST: Root = Root {
+        process: Process::Host,
+        key: DevIno { dev: 0, ino: 0 },
+        ofs: 0,
+        upper: 0,
+        bind_layer: 0,
+    };
+
+    /// `ovl_fs.layers[index].mnt->mnt_root`.
+    #[inline(always)]
+    fn ovl_layer_root(ofs: usize, index: u32) -> Result<usize, ()> {
+        let layers = read::<usize>(ofs, off!(ovl_fs_layers))?;
+        let mnt = read::<usize>(
+            layers + index as usize * off!(ovl_layer_size),
+            off!(ovl_layer_mnt),
+        )?;
+        if mnt == 0 {
+            return Ok(0);
         }
+        read::<usize>(mnt, off!(vfsmount_mnt_root))
+    }
+
+    /// A read-only root's state comes from its top layer: trusted while a trusted image
+    /// contains it (config-only tampering of a read-only container is judged by layers).
+    #[inline(always)]
+    fn read_only_state(key: &DevIno) -> u32 {
+        match unsafe { LAYERS.get(key) }.copied() {
+            Some(layer_state::VERIFIED) => container_state::TRUSTED,
+            Some(layer_state::AUDIT) => container_state::AUDIT,
+            _ => container_state::UNTRUSTED,
+        }
+    }
+
+    #[inline(always)]
+    fn task_root() -> Root {
+        let task = unsafe { bpf_get_current_task() } as usize;
+        let Ok(fs) = read::<usize>(task, off!(task_fs)) else {
+            return HOST;
+        };
+        let Ok(root) = read::<usize>(fs, off!(fs_root_dentry)) else {
+            return HOST;
+        };
+        let Ok(sb) = read::<usize>(root, off!(dentry_d_sb)) else {
+            return HOST;
+        };
+        let magic = read::<u64>(sb, off!(sb_s_magic)).unwrap_or(0);
+        if magic & 0xffff_ffff == OVERLAYFS_SUPER_MAGIC {
+            let Ok(ofs) = read::<usize>(sb, off!(sb_s_fs_info)) else {
+                return HOST;
+            };
+            let Ok(upper) = ovl_layer_root(ofs, 0) else {
+                return HOST;
+            };
+            let top = if upper != 0 {
+                upper
+            } else {
+                ovl_layer_root(ofs, 1).unwrap_or(0)
+            };
+            if top == 0 {
+                return HOST;
+            }
+            let Ok(key) = dentry_id(top) else {
+                return HOST;
+            };
+            // Another runtime's overlay (Docker, podman, runc's own) is not a container we judge.
+            let Ok(Some(_)) = layer_scope(top, key.dev) else {
+                return HOST;
+            };
+            let state = if upper != 0 {
+                unsafe { CONTAINERS.get(&key) }.copied().unwrap_or(0)
+            } else {
+                read_only_state(&key)
+            };
+            return Root {
+                process: Process::Container { state },
+                key,
+                ofs,
+                upper,
+                bind_layer: 0,
+            };
+        }
+        // A one-layer read-only root is a bind mount of the layer directory itself.
+        let Ok(mnt) = read::<usize>(fs, off!(fs_root_mnt)) else {
+            return HOST;
+        };
+        let Ok(mnt_root) = read::<usize>(mnt, off!(vfsmount_mnt_root)) else {
+            return HOST;
+        };
+        let Ok(key) = dentry_id(mnt_root) else {
+            return HOST;
+        };
+        match layer_scope(mnt_root, key.dev) {
+            Ok(Some(_)) => Root {
+                process: Process::Container {
+                    state: read_only_state(&key),
+                },
+                key,
+                ofs: 0,
+                upper: 0,
+                bind_layer: mnt_root,
+            },
+            _ => HOST,
+        }
+    }
+
+    /// Whether `layer` (a layer directory's dentry) is one of the container root's lower layers.
+    #[inline(always)]
+    fn is_own_layer(root: &Root, layer: usize) -> bool {
+        if root.bind_layer != 0 {
+            return root.bind_layer == layer;
+        }
+        if root.ofs == 0 {
+            return false;
+        }
+        let Ok(count) = read::<u32>(root.ofs, off!(ovl_fs_numlayer)) else {
+            return false;
+        };
+        let mut index = 1;
+        while index < count && index <= MAX_IMAGE_LAYERS {
+            match ovl_layer_root(root.ofs, index) {
+                Ok(found) if found == layer => return true,
+                Ok(_) => {}
+                Err(()) => return false,
+            }
+            index += 1;
+        }
+        false
     }
 
     #[inline(always)]
     fn settings() -> Settings {
-        // A missing entry reads as zero: enforce, drift denied (fail closed).
+        // A missing entry reads as zero: enforce, drift and outside files denied (fail closed).
         SETTINGS.get(0).copied().unwrap_or_default()
     }
 
-    /// Judges `inode` for `hook`, reports anything but a plain allow and returns the hook's answer.
+    /// Judges `inode` for `hook` with the shared rule ([`imagegate_common::decide`]), reports
+    /// anything but a plain allow and returns the hook's answer.
     #[inline(always)]
     fn decide(inode: usize, hook: u32) -> i32 {
-        let mut file = DevIno::default();
-        let (reason, layer, scope, audit_layer) = match judge(inode, &mut file) {
-            Judgement::OutOfScope | Judgement::Trusted => return 0,
-            Judgement::Untrusted {
-                reason,
-                layer,
-                scope,
-                audit_layer,
-            } => (reason, layer, scope, audit_layer),
+        let located = locate(inode);
+        let root = task_root();
+        let origin = match located.under_scope {
+            None => Origin::OutsideScopes,
+            Some(0) => {
+                if root.upper != 0 && root.upper == located.layer_dentry {
+                    Origin::OwnWritable
+                } else if matches!(root.process, Process::Container { .. })
+                    && is_own_layer(&root, located.layer_dentry)
+                {
+                    Origin::OwnLayer
+                } else {
+                    Origin::Layer {
+                        state: unsafe { LAYERS.get(&located.layer) }.copied().unwrap_or(0),
+                    }
+                }
+            }
+            Some(reason) => Origin::Undetermined { reason },
         };
-        let mode = if scope & scope_flags::ALWAYS_ENFORCE != 0 {
-            mode::ENFORCE
-        } else if audit_layer {
-            mode::AUDIT
-        } else {
-            settings().mode
+        let settings = settings();
+        let Decision::Untrusted { reason, mode } =
+            imagegate_common::decide(root.process, origin, &settings, located.scope)
+        else {
+            return 0;
         };
         let (verdict, answer) = if mode == mode::AUDIT {
             count(stats::AUDITED);
@@ -245,8 +405,8 @@ mod programs {
         };
         report(&DecisionEvent {
             boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-            file,
-            layer,
+            file: located.file,
+            layer: located.layer,
             pid: bpf_get_current_pid_tgid() as u32,
             tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
             hook,
@@ -255,6 +415,7 @@ mod programs {
             mode,
             comm: bpf_get_current_comm().unwrap_or_default(),
             cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            container: root.key,
         });
         answer
     }

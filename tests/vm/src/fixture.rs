@@ -221,6 +221,26 @@ impl Fixture {
         Ok(())
     }
 
+    /// A tmpfs at `<root>/outside` holding a static busybox, once: a file from outside every
+    /// layer, as a volume would be. Returns the binary's path inside `root`.
+    pub fn outside_dir(&mut self, root: &Path) -> Result<String> {
+        let dir = root.join("outside");
+        if !self.mounts.contains(&dir) {
+            std::fs::create_dir_all(&dir)?;
+            mount(
+                Some("tmpfs"),
+                &dir,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("mode=0755"),
+            )
+            .context("mounting the outside tmpfs")?;
+            self.mounts.push(dir.clone());
+            copy(BUSYBOX, &dir.join("busybox"))?;
+        }
+        Ok("/outside/busybox".to_owned())
+    }
+
     pub fn cleanup(&mut self) {
         for target in self.mounts.drain(..).rev() {
             let _ = umount2(&target, MntFlags::MNT_DETACH);

@@ -22,7 +22,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use fixture::Fixture;
-use imagegate::enforce::{bpf::BpfBackend, Decision, Drift, LayerId, LayerState, Mode};
+use imagegate::enforce::{
+    bpf::BpfBackend, ContainerTrust, Decision, Drift, LayerId, LayerState, Mode, OutsideImage,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -77,8 +79,10 @@ impl Context {
         let backend = self.backend();
         backend.set_mode(Mode::Enforce)?;
         backend.set_drift(Drift::Deny)?;
+        backend.set_outside_image(OutsideImage::Allow)?;
         for layer in fixture_layers {
             backend.remove_layer(layer)?;
+            backend.remove_container(layer)?;
         }
         let verified = self.fixture.verified_layers();
         let backend = self.backend();
@@ -109,7 +113,19 @@ fn suite() -> i32 {
         ("5b_ld_preload_from_unverified_layer", case_ld_preload),
         ("5c_script_in_unverified_layer", case_script),
         ("5d_nested_deeper_than_walk_bound", case_deep),
-        ("6_elf_interpreter_in_unverified_layer", case_interpreter),
+        ("6_elf_interpreter_in_container_roots", case_interpreter),
+        (
+            "12_untrusted_container_runs_nothing_not_even_verified_layers",
+            case_untrusted_container,
+        ),
+        (
+            "13_trusted_container_outside_image_allow_and_deny",
+            case_outside_image,
+        ),
+        (
+            "14_host_process_keeps_the_layer_rule_through_a_container_root",
+            case_host_through_container,
+        ),
         ("8_layer_table_changes_take_effect", case_table_changes),
         ("9_self_test_on_scratch_overlay", case_self_test),
         (
@@ -406,23 +422,115 @@ fn chroot_exec(root: &Path, program: &str) -> std::io::Result<std::process::Exit
     command.stdout(Stdio::null()).stderr(Stdio::null()).status()
 }
 
+/// A process chrooted into an overlay whose upper directory is a layer directory under a scope
+/// is in that container: judged by the container's trust, whatever the layers of its files.
 fn case_interpreter(cx: &mut Context) -> Result<()> {
+    let good = cx.fixture.layer_id("interp-upper-good")?;
+    cx.backend().set_container(good, ContainerTrust::Trusted)?;
     expect_runs(
-        "dynamic binary, verified interpreter",
+        "dynamic binary and interpreter of a trusted container's own layers",
         chroot_exec(&cx.fixture.interp_good, "/bin/dyn"),
     )?;
-    cx.clear_events();
+    ensure!(
+        cx.events().is_empty(),
+        "a trusted container's exec reported"
+    );
     expect_eperm(
-        "dynamic binary, unverified interpreter",
+        "dynamic binary of a container not judged yet",
         chroot_exec(&cx.fixture.interp_bad, "/bin/dyn"),
     )?;
-    let interp_layer = cx.fixture.layer_id("interp-unverified")?;
+    let bad = cx.fixture.layer_id("interp-upper-bad")?;
     let events = cx.events();
     let event = one_event(&events, "interpreter")?;
     ensure!(
-        event.layer == Some(interp_layer),
-        "event names {:?}, expected the interpreter's layer",
-        event.layer
+        event.reason == "untrusted_image" && event.container_root == Some(bad),
+        "expected untrusted_image naming the container root {bad}, got {event:?}"
+    );
+    Ok(())
+}
+
+/// Test cases 12: every exec of an untrusted container is denied, including files of a layer
+/// a trusted image vouches for and files outside every layer; audit allows and reports.
+fn case_untrusted_container(cx: &mut Context) -> Result<()> {
+    let root = cx.fixture.interp_good.clone();
+    let key = cx.fixture.layer_id("interp-upper-good")?;
+    let outside = cx.fixture.outside_dir(&root)?;
+    for trust in [None, Some(ContainerTrust::Untrusted)] {
+        if let Some(trust) = trust {
+            cx.backend().set_container(key, trust)?;
+        }
+        cx.clear_events();
+        expect_eperm(
+            "verified layer's binary in an untrusted container",
+            chroot_exec(&root, "/bin/dyn"),
+        )?;
+        expect_eperm(
+            "tmpfs binary in an untrusted container",
+            chroot_exec(&root, &outside),
+        )?;
+        let events: Vec<Decision> = cx.backend().drain_events();
+        let reasons: Vec<&str> = events.iter().map(|e| e.reason).collect();
+        ensure!(
+            events.len() >= 2 && reasons.iter().all(|r| *r == "untrusted_image"),
+            "{trust:?}: expected untrusted_image events, got {events:?}"
+        );
+    }
+    cx.backend().set_container(key, ContainerTrust::Audit)?;
+    cx.clear_events();
+    expect_runs(
+        "untrusted container of an audit scope",
+        chroot_exec(&root, "/bin/dyn"),
+    )?;
+    let events = cx.events();
+    ensure!(
+        events
+            .iter()
+            .any(|e| e.verdict == "audit" && e.reason == "untrusted_image"),
+        "audit: no audit event in {events:?}"
+    );
+    Ok(())
+}
+
+/// Test case 6: a trusted container runs its own layers; a file from outside its image (a tmpfs
+/// inside its root) follows `outside_image`.
+fn case_outside_image(cx: &mut Context) -> Result<()> {
+    let root = cx.fixture.interp_good.clone();
+    let key = cx.fixture.layer_id("interp-upper-good")?;
+    let outside = cx.fixture.outside_dir(&root)?;
+    cx.backend().set_container(key, ContainerTrust::Trusted)?;
+    expect_runs("outside_image = allow", chroot_exec(&root, &outside))?;
+    cx.backend().set_outside_image(OutsideImage::Deny)?;
+    cx.clear_events();
+    expect_eperm("outside_image = deny", chroot_exec(&root, &outside))?;
+    expect_runs(
+        "own layer with outside_image = deny",
+        chroot_exec(&root, "/bin/dyn"),
+    )?;
+    let events: Vec<Decision> = cx.backend().drain_events();
+    ensure!(
+        events.len() == 1 && events[0].reason == "outside_image",
+        "expected one outside_image event, got {events:?}"
+    );
+    Ok(())
+}
+
+/// Test case 7: a host process executing through a container's root keeps the layer rule.
+fn case_host_through_container(cx: &mut Context) -> Result<()> {
+    let key = cx.fixture.layer_id("upper")?;
+    cx.backend().set_container(key, ContainerTrust::Untrusted)?;
+    expect_runs(
+        "host exec of a verified layer's file in an untrusted container's root",
+        exec_true(&cx.fixture.merged.join("bin/ok")),
+    )?;
+    expect_eperm(
+        "host exec of an unverified layer's file",
+        exec_true(&cx.fixture.merged.join("bin/evil")),
+    )?;
+    let events = cx.events();
+    let event = one_event(&events, "host")?;
+    ensure!(
+        event.reason == "unverified_layer" && event.container_root.is_none(),
+        "unexpected event {event:?}"
     );
     Ok(())
 }

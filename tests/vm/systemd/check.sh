@@ -111,14 +111,15 @@ denial_in_journal() {
 check "the denial's event is in the journal" wait_for 10 denial_in_journal
 check "the same binary outside the scope runs" host_exec_runs
 
-# 2. The sandbox is the one the unit declares: the four capabilities and nothing else
-#    (CAP_DAC_READ_SEARCH 2, CAP_SYS_ADMIN 21, CAP_PERFMON 38, CAP_BPF 39), no new privileges,
+# 2. The sandbox is the one the unit declares: the five capabilities and nothing else
+#    (CAP_DAC_READ_SEARCH 2, CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21, CAP_PERFMON 38, CAP_BPF 39),
+#    no new privileges,
 #    a seccomp filter.
 pid=$(prop MainPID)
 check "effective capabilities are exactly the unit's" \
-    grep -q "^CapEff:[[:space:]]*000000c000200004$" "/proc/$pid/status"
+    grep -q "^CapEff:[[:space:]]*000000c000280004$" "/proc/$pid/status"
 check "bounding set is exactly the unit's" \
-    grep -q "^CapBnd:[[:space:]]*000000c000200004$" "/proc/$pid/status"
+    grep -q "^CapBnd:[[:space:]]*000000c000280004$" "/proc/$pid/status"
 check "no new privileges" grep -q "^NoNewPrivs:[[:space:]]*1$" "/proc/$pid/status"
 check "a seccomp filter is installed" grep -q "^Seccomp:[[:space:]]*2$" "/proc/$pid/status"
 bpf && check "the programs are pinned" [ -e /sys/fs/bpf/imagegate ]

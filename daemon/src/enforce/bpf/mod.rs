@@ -19,10 +19,13 @@ use aya::{
     Btf as AyaBtf, EbpfLoader,
 };
 use imagegate_common::{
-    drift, maps, mode, scope_flags, stats, DevIno, Settings, ABI_VERSION, OFFSETS_GLOBAL, PROGRAMS,
+    drift, maps, mode, outside_image, scope_flags, stats, DevIno, Settings, ABI_VERSION,
+    OFFSETS_GLOBAL, PROGRAMS,
 };
 
-use super::{event::boot_time, Decision, Drift, LayerId, LayerState, Mode};
+use super::{
+    event::boot_time, ContainerTrust, Decision, Drift, LayerId, LayerState, Mode, OutsideImage,
+};
 use crate::btf::{Btf, BtfError};
 
 /// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
@@ -85,6 +88,8 @@ pub enum BpfError {
     },
     #[error("the layer table is full ({capacity} layers)")]
     LayerTableFull { capacity: u32 },
+    #[error("the container table is full ({capacity} containers)")]
+    ContainerTableFull { capacity: u32 },
 }
 
 /// How the backend came up.
@@ -105,6 +110,7 @@ pub struct BpfBackend {
     pin_dir: PathBuf,
     startup: Startup,
     layers: HashMap<MapData, DevIno, u32>,
+    containers: HashMap<MapData, DevIno, u32>,
     scopes: HashMap<MapData, DevIno, u32>,
     scope_devs: HashMap<MapData, u64, u32>,
     settings: Array<MapData, Settings>,
@@ -210,6 +216,7 @@ impl BpfBackend {
     /// if it opens with this build's layout. Best effort: a map that does not is left empty.
     fn copy_state_from(&mut self, old_dir: &Path) -> Copied {
         let layers = copy_entries(old_dir, maps::LAYERS, &mut self.layers);
+        copy_entries(old_dir, maps::CONTAINERS, &mut self.containers);
         let scopes = copy_entries(old_dir, maps::SCOPES, &mut self.scopes);
         copy_entries(old_dir, maps::SCOPE_DEVS, &mut self.scope_devs);
         // Mode and drift lead every layout of the settings entry so far: read the old entry
@@ -228,6 +235,9 @@ impl BpfBackend {
                 mode: old_mode,
                 drift: old_drift,
                 abi: ABI_VERSION,
+                // Older programs had no such setting: they allowed whatever a container's
+                // layers did not hold. The daemon writes the configured value at start.
+                outside_image: outside_image::ALLOW,
             })
             .is_ok()
         });
@@ -238,10 +248,9 @@ impl BpfBackend {
         }
     }
 
-    /// Records this build's [`ABI_VERSION`] in the settings entry (mode and drift unchanged).
+    /// Records this build's [`ABI_VERSION`] in the settings entry (the rest unchanged).
     fn stamp_abi(&mut self) -> Result<(), BpfError> {
-        let (current_mode, current_drift) = self.settings()?;
-        self.write_settings(raw_settings(current_mode, current_drift))
+        self.update_settings(|_| {})
     }
 
     /// Loads and attaches the programs missing from `pin_dir` and pins them (with their maps)
@@ -289,6 +298,8 @@ impl BpfBackend {
             startup,
             layers: HashMap::try_from(Map::HashMap(map(maps::LAYERS)?))
                 .map_err(wrap(maps::LAYERS))?,
+            containers: HashMap::try_from(Map::HashMap(map(maps::CONTAINERS)?))
+                .map_err(wrap(maps::CONTAINERS))?,
             scopes: HashMap::try_from(Map::HashMap(map(maps::SCOPES)?))
                 .map_err(wrap(maps::SCOPES))?,
             scope_devs: HashMap::try_from(Map::HashMap(map(maps::SCOPE_DEVS)?))
@@ -353,12 +364,24 @@ impl BpfBackend {
             })
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> Result<(Mode, Drift), BpfError> {
-        let raw = self.settings.get(&0, 0).map_err(|source| BpfError::Map {
+    fn raw_settings(&self) -> Result<Settings, BpfError> {
+        self.settings.get(&0, 0).map_err(|source| BpfError::Map {
             map: maps::SETTINGS,
             source,
-        })?;
+        })
+    }
+
+    /// Rewrites the settings entry with `change` applied, stamped with this build's ABI.
+    fn update_settings(&mut self, change: impl FnOnce(&mut Settings)) -> Result<(), BpfError> {
+        let mut settings = self.raw_settings()?;
+        change(&mut settings);
+        settings.abi = ABI_VERSION;
+        self.write_settings(settings)
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Result<(Mode, Drift), BpfError> {
+        let raw = self.raw_settings()?;
         Ok((
             if raw.mode == mode::AUDIT {
                 Mode::Audit
@@ -375,14 +398,72 @@ impl BpfBackend {
 
     /// Sets audit or enforce mode; takes effect for the next decision.
     pub fn set_mode(&mut self, new: Mode) -> Result<(), BpfError> {
-        let (_, current_drift) = self.settings()?;
-        self.write_settings(raw_settings(new, current_drift))
+        self.update_settings(|settings| {
+            settings.mode = match new {
+                Mode::Audit => mode::AUDIT,
+                Mode::Enforce => mode::ENFORCE,
+            };
+        })
     }
 
     /// Sets the drift policy; takes effect for the next decision.
     pub fn set_drift(&mut self, new: Drift) -> Result<(), BpfError> {
-        let (current_mode, _) = self.settings()?;
-        self.write_settings(raw_settings(current_mode, new))
+        self.update_settings(|settings| {
+            settings.drift = match new {
+                Drift::Allow => drift::ALLOW,
+                Drift::Deny => drift::DENY,
+            };
+        })
+    }
+
+    /// Sets what trusted containers may execute from outside their image.
+    pub fn set_outside_image(&mut self, new: OutsideImage) -> Result<(), BpfError> {
+        self.update_settings(|settings| settings.outside_image = new.to_raw())
+    }
+
+    /// Records a container root's trust. Takes effect for the next decision.
+    pub fn set_container(&mut self, root: LayerId, trust: ContainerTrust) -> Result<(), BpfError> {
+        self.containers
+            .insert(root.key(), trust.to_raw(), 0)
+            .map_err(|source| match source {
+                aya::maps::MapError::SyscallError(ref e)
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    BpfError::ContainerTableFull {
+                        capacity: imagegate_common::MAX_CONTAINERS,
+                    }
+                }
+                source => BpfError::Map {
+                    map: maps::CONTAINERS,
+                    source,
+                },
+            })
+    }
+
+    /// Forgets a container root: its processes count as an unjudged container (untrusted).
+    pub fn remove_container(&mut self, root: LayerId) -> Result<(), BpfError> {
+        match self.containers.remove(&root.key()) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(source) => Err(BpfError::Map {
+                map: maps::CONTAINERS,
+                source,
+            }),
+        }
+    }
+
+    /// Every container root in the kernel table.
+    pub fn containers(&self) -> Result<Vec<(LayerId, ContainerTrust)>, BpfError> {
+        self.containers
+            .iter()
+            .map(|entry| {
+                entry.map(|(key, raw)| (LayerId::from_key(key), ContainerTrust::from_raw(raw)))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|source| BpfError::Map {
+                map: maps::CONTAINERS,
+                source,
+            })
     }
 
     /// Judges files under `snapshots_dir` (a snapshotter's `snapshots` directory).
@@ -650,20 +731,6 @@ fn is_missing(error: &aya::maps::MapError) -> bool {
     }
 }
 
-const fn raw_settings(new_mode: Mode, new_drift: Drift) -> Settings {
-    Settings {
-        mode: match new_mode {
-            Mode::Audit => mode::AUDIT,
-            Mode::Enforce => mode::ENFORCE,
-        },
-        drift: match new_drift {
-            Drift::Allow => drift::ALLOW,
-            Drift::Deny => drift::DENY,
-        },
-        abi: ABI_VERSION,
-    }
-}
-
 /// Pins need a BPF file system; mount one on `/sys/fs/bpf` when the pin directory is under it and
 /// nothing is mounted there yet (minimal hosts, guests).
 fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
@@ -765,6 +832,18 @@ impl super::Backend for BpfBackend {
     }
     fn set_drift(&mut self, drift: Drift) -> Result<(), BpfError> {
         Self::set_drift(self, drift)
+    }
+    fn set_outside_image(&mut self, outside: OutsideImage) -> Result<(), BpfError> {
+        Self::set_outside_image(self, outside)
+    }
+    fn set_container(&mut self, root: LayerId, trust: ContainerTrust) -> Result<(), BpfError> {
+        Self::set_container(self, root, trust)
+    }
+    fn remove_container(&mut self, root: LayerId) -> Result<(), BpfError> {
+        Self::remove_container(self, root)
+    }
+    fn containers(&self) -> Result<Vec<(LayerId, ContainerTrust)>, BpfError> {
+        Self::containers(self)
     }
     fn add_scope(&mut self, snapshots_dir: &Path) -> Result<LayerId, BpfError> {
         Self::add_scope(self, snapshots_dir)

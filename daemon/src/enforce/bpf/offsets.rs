@@ -51,6 +51,15 @@ pub fn from_btf(vmlinux: &Btf, overlay: Option<&Btf>) -> Result<KernelOffsets, O
         .into_iter()
         .flatten()
         .find(|btf| btf.has_struct("ovl_file"));
+    // The container's root: `struct ovl_fs` and `struct ovl_layer` are overlayfs's own (module
+    // BTF when overlayfs is a module).
+    let ovl_fs = [Some(vmlinux), overlay]
+        .into_iter()
+        .flatten()
+        .find(|btf| btf.has_struct("ovl_fs"))
+        .ok_or_else(|| BtfError::NoStruct {
+            name: "ovl_fs".to_owned(),
+        })?;
     let (ovl_file_realfile, ovl_flag) = match ovl {
         Some(btf) => (
             btf.member_offset("ovl_file", "realfile")?,
@@ -75,8 +84,17 @@ pub fn from_btf(vmlinux: &Btf, overlay: Option<&Btf>) -> Result<KernelOffsets, O
         task_mm: at("task_struct", "mm")?,
         mm_exe_file: at("mm_struct", "exe_file")?,
         ovl_file_realfile,
+        task_fs: at("task_struct", "fs")?,
+        fs_root_mnt: at("fs_struct", "root.mnt")?,
+        fs_root_dentry: at("fs_struct", "root.dentry")?,
+        vfsmount_mnt_root: at("vfsmount", "mnt_root")?,
+        dentry_d_sb: at("dentry", "d_sb")?,
+        sb_s_fs_info: at("super_block", "s_fs_info")?,
+        ovl_fs_numlayer: ovl_fs.member_offset("ovl_fs", "numlayer")?,
+        ovl_fs_layers: ovl_fs.member_offset("ovl_fs", "layers")?,
+        ovl_layer_mnt: ovl_fs.member_offset("ovl_layer", "mnt")?,
+        ovl_layer_size: ovl_fs.struct_size("ovl_layer")?,
         flags: offset_flags::VALID | ovl_flag,
-        _pad: 0,
     })
 }
 

@@ -16,10 +16,11 @@ use std::{
 use imagegate_common::kernel_dev;
 
 use super::{
-    policy::{Location, Policy, Reason, Verdict},
+    policy::{Location, Policy, Verdict, TIMEOUT},
+    process::{Root, Roots},
     resolve, sys, FanotifyStats, Stall,
 };
-use crate::enforce::{Decision, LayerId, Mode};
+use crate::enforce::{event::reason_name, Decision, LayerId, Mode};
 
 /// overlayfs's `f_type`.
 const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
@@ -62,6 +63,11 @@ pub struct Shared {
     /// mount points of overlays found to have no layer in a scope, so they are not re-derived on
     /// every mount change.
     pub rescan: Mutex<std::collections::HashMap<u64, Vec<(std::path::PathBuf, String)>>>,
+    /// Which container each asking process's root is.
+    pub roots: Roots,
+    /// Whether an unreadable process root was already reported (the daemon does not see the
+    /// host's PID namespace).
+    warned_unreadable_root: AtomicBool,
 }
 
 /// Counters, readable while running.
@@ -103,6 +109,8 @@ impl Shared {
             timer: Mutex::new(VecDeque::new()),
             timer_wake: Condvar::new(),
             rescan: Mutex::new(std::collections::HashMap::new()),
+            roots: Roots::default(),
+            warned_unreadable_root: AtomicBool::new(false),
         }
     }
 
@@ -198,10 +206,11 @@ impl Shared {
 /// The decision event for a would-deny.
 fn decision(
     mode: Mode,
-    reason: Reason,
+    reason: &'static str,
     pending: &Pending,
     file: LayerId,
     layer: Option<LayerId>,
+    container: Option<LayerId>,
 ) -> Decision {
     let pid = pending.pid;
     let command = std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -214,7 +223,7 @@ fn decision(
             Mode::Enforce => "denied",
             Mode::Audit => "audit",
         },
-        reason: reason.as_str(),
+        reason,
         mode: match mode {
             Mode::Enforce => "enforce",
             Mode::Audit => "audit",
@@ -225,6 +234,7 @@ fn decision(
         command,
         file,
         layer,
+        container_root: container,
         // The process waits for this answer, so its cgroup is still there to read, and the
         // file is open here: its path now, while a container's writable layer still exists.
         cgroup_id: crate::enforce::cgroup::id_of_process(pid),
@@ -263,7 +273,7 @@ fn answer_by_mode(shared: &Shared, pending: &Pending) {
             .map(|st| file_id(&st))
             .unwrap_or(LayerId { dev: 0, ino: 0 });
         tracing::warn!(pid = pending.pid, %file, ?mode, "no decision within the bound; answered by the mode");
-        shared.push_event(decision(mode, Reason::Timeout, pending, file, None));
+        shared.push_event(decision(mode, TIMEOUT, pending, file, None, None));
         shared.respond(pending, mode == Mode::Audit);
     }
 }
@@ -404,25 +414,38 @@ fn locate(
     (resolve::locate(policy, fd, st), true, file_id(st))
 }
 
+/// The asking process's root. A root that cannot be read (a daemon outside the host's PID
+/// namespace sees pid 0) is judged by the host's layer rule, and said once.
+fn root_of(shared: &Shared, policy: &Policy, pid: i32) -> std::sync::Arc<Root> {
+    if pid > 0 {
+        if let Some(root) = shared.roots.of(pid, &policy.scopes) {
+            return root;
+        }
+    }
+    if !shared.warned_unreadable_root.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            pid,
+            "cannot read a process's root: its container is not known and its execs are judged by the layer rule (the daemon needs the host's PID namespace and CAP_SYS_PTRACE)"
+        );
+    }
+    std::sync::Arc::new(Root::host())
+}
+
 fn decide(shared: &Shared, pending: &Pending) {
     if pending.answered.load(Ordering::Acquire) {
         return;
     }
     let generation = shared.generation.load(Ordering::SeqCst);
     let policy = shared.policy();
+    let root = root_of(shared, &policy, pending.pid);
     let Ok(st) = sys::fstat(pending.fd.as_fd()) else {
         // Cannot even stat the fd the kernel gave us: judge it unreadable.
-        let verdict = Verdict::Untrusted {
-            audit_only: false,
-            reason: Reason::Unreadable,
-            layer: None,
-        };
+        let verdict = policy.verdict(&root, Location::Unknown { layer: None });
         finish(
             shared,
-            &policy,
             pending,
             verdict,
-            LayerId { dev: 0, ino: 0 },
+            (LayerId { dev: 0, ino: 0 }, None, root.key),
         );
         return;
     };
@@ -446,13 +469,20 @@ fn decide(shared: &Shared, pending: &Pending) {
             std::thread::sleep(stall.duration);
         }
     }
-    let verdict = policy.verdict(location);
-    if let Verdict::Allow { cacheable: true } = verdict {
-        if cacheable_here && shared.ignore_marks && !pending.answered.load(Ordering::Acquire) {
-            cache(shared, pending, generation);
-        }
+    let verdict = policy.verdict(&root, location);
+    if verdict.cacheable
+        && cacheable_here
+        && shared.ignore_marks
+        && !pending.answered.load(Ordering::Acquire)
+    {
+        cache(shared, pending, generation);
     }
-    finish(shared, &policy, pending, verdict, file);
+    let layer = match location {
+        Location::Layer { layer } => Some(layer),
+        Location::Unknown { layer } => layer,
+        Location::OutOfScope => None,
+    };
+    finish(shared, pending, verdict, (file, layer, root.key));
 }
 
 /// Places an ignore mark for an allowed inode; removes it again if the policy changed since the
@@ -470,28 +500,35 @@ fn cache(shared: &Shared, pending: &Pending, generation: u64) {
     }
 }
 
-fn finish(shared: &Shared, policy: &Policy, pending: &Pending, verdict: Verdict, file: LayerId) {
-    match verdict {
-        Verdict::Allow { .. } => {
+/// Answers a decided event: `what` is the file, its layer and the process's container.
+fn finish(
+    shared: &Shared,
+    pending: &Pending,
+    verdict: Verdict,
+    what: (LayerId, Option<LayerId>, Option<LayerId>),
+) {
+    let (file, layer, container) = what;
+    match verdict.decision {
+        imagegate_common::Decision::Allow => {
             if shared.answer(pending, true) {
                 shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Verdict::Untrusted {
-            reason,
-            layer,
-            audit_only,
-        } => {
-            // An audit-only layer is reported and allowed whatever the global mode.
-            let mode = if audit_only { Mode::Audit } else { policy.mode };
+        imagegate_common::Decision::Untrusted { reason, mode } => {
+            let mode = if mode == imagegate_common::mode::AUDIT {
+                Mode::Audit
+            } else {
+                Mode::Enforce
+            };
             if shared.claim(pending) {
                 let counter = match mode {
                     Mode::Enforce => &shared.stats.denied,
                     Mode::Audit => &shared.stats.audited,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(pid = pending.pid, %file, layer = ?layer, reason = reason.as_str(), ?mode, "untrusted exec");
-                shared.push_event(decision(mode, reason, pending, file, layer));
+                let reason = reason_name(reason);
+                tracing::info!(pid = pending.pid, %file, layer = ?layer, container = ?container, reason, ?mode, "untrusted exec");
+                shared.push_event(decision(mode, reason, pending, file, layer, container));
                 shared.respond(pending, mode == Mode::Audit);
             }
         }

@@ -15,6 +15,7 @@ mod engine;
 pub mod overlay;
 pub mod policy;
 pub mod probe;
+pub mod process;
 mod resolve;
 pub mod sys;
 mod watcher;
@@ -30,7 +31,7 @@ use std::{
 use engine::Shared;
 use policy::{Policy, Scope};
 
-use super::{Decision, Drift, LayerId, LayerState, Mode};
+use super::{ContainerTrust, Decision, Drift, LayerId, LayerState, Mode, OutsideImage};
 
 /// Default time a decision may take before the mode answers it.
 pub const DEFAULT_BOUND: Duration = Duration::from_millis(200);
@@ -190,7 +191,11 @@ impl FanotifyBackend {
         };
         let shared = Arc::new(Shared::new(
             group,
-            Policy::new(config.mode, config.drift),
+            Policy::new(
+                config.mode,
+                config.drift,
+                crate::enforce::OutsideImage::Allow,
+            ),
             config.bound,
             config.ignore_marks,
             strategy == Strategy::Overlay,
@@ -335,6 +340,39 @@ impl super::Backend for FanotifyBackend {
         Ok(())
     }
 
+    fn set_outside_image(&mut self, outside: OutsideImage) -> Result<(), FanotifyError> {
+        // Ignore marks never cover container decisions, so tightening needs no flush.
+        self.shared
+            .update(false, |policy| policy.outside_image = outside);
+        Ok(())
+    }
+
+    fn set_container(&mut self, root: LayerId, trust: ContainerTrust) -> Result<(), FanotifyError> {
+        self.shared.update(false, |policy| {
+            policy.containers.insert(root, trust);
+        });
+        Ok(())
+    }
+
+    fn remove_container(&mut self, root: LayerId) -> Result<(), FanotifyError> {
+        if self.shared.policy().containers.contains_key(&root) {
+            self.shared.update(false, |policy| {
+                policy.containers.remove(&root);
+            });
+        }
+        Ok(())
+    }
+
+    fn containers(&self) -> Result<Vec<(LayerId, ContainerTrust)>, FanotifyError> {
+        Ok(self
+            .shared
+            .policy()
+            .containers
+            .iter()
+            .map(|(id, trust)| (*id, *trust))
+            .collect())
+    }
+
     fn add_scope(&mut self, snapshots_dir: &Path) -> Result<LayerId, FanotifyError> {
         let scope = Self::scope_for(snapshots_dir)?;
         let id = scope.id;
@@ -363,6 +401,8 @@ impl super::Backend for FanotifyBackend {
             }
         }
         watcher::rescan_overlays(&self.shared, true);
+        // A root seen before its scope was judged as the host's.
+        self.shared.roots.clear();
         Ok(id)
     }
 
@@ -383,6 +423,7 @@ impl super::Backend for FanotifyBackend {
                 })?;
         }
         watcher::rescan_overlays(&self.shared, true);
+        self.shared.roots.clear();
         Ok(())
     }
 

@@ -139,7 +139,7 @@ pub fn mounts_key(mounts: &[&MountInfo]) -> Vec<(PathBuf, String)> {
 }
 
 /// The layer identity of `dir` if its grandparent is one of `scopes`.
-fn scope_layer(dir: &Path, scopes: &[std::sync::Arc<Scope>]) -> Option<LayerId> {
+pub(super) fn scope_layer(dir: &Path, scopes: &[std::sync::Arc<Scope>]) -> Option<LayerId> {
     let grandparent = dir.parent()?.parent()?;
     let scope_id = LayerId::of(grandparent).ok()?;
     if scopes.iter().any(|scope| scope.id == scope_id) {

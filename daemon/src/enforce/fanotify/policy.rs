@@ -1,11 +1,14 @@
-//! The decision table as the workers see it: an immutable snapshot (scopes, layers, settings,
-//! marked overlays) swapped whole on every change, so a decision reads one consistent version
-//! without holding a lock, and the verdict rules, which are the BPF programs' rules.
+//! The decision table as the workers see it: an immutable snapshot (scopes, layers, containers,
+//! settings, marked overlays) swapped whole on every change, so a decision reads one consistent
+//! version without holding a lock, and the facts the shared rule
+//! ([`imagegate_common::decide`], the BPF programs' rule) is given.
 
 use std::{collections::HashMap, os::fd::OwnedFd, path::PathBuf, sync::Arc};
 
-use super::overlay::Overlay;
-use crate::enforce::{Drift, LayerId, LayerState, Mode};
+use imagegate_common::{container_state, drift, mode, reason, Origin, Process, Settings};
+
+use super::{overlay::Overlay, process::Root};
+use crate::enforce::{ContainerTrust, Drift, LayerId, LayerState, Mode, OutsideImage};
 
 /// A snapshotter `snapshots` directory whose layers are judged.
 #[derive(Debug)]
@@ -25,8 +28,11 @@ pub struct Scope {
 pub struct Policy {
     pub mode: Mode,
     pub drift: Drift,
+    pub outside_image: OutsideImage,
     pub scopes: Vec<Arc<Scope>>,
     pub layers: HashMap<LayerId, LayerState>,
+    /// Containers by their root's writable layer directory.
+    pub containers: HashMap<LayerId, ContainerTrust>,
     /// Overlays marked because a layer of theirs is in a scope (kernels before 6.5), by the
     /// overlay's kernel device.
     pub overlays: HashMap<u64, Arc<Overlay>>,
@@ -36,12 +42,14 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(mode: Mode, drift: Drift) -> Self {
+    pub fn new(mode: Mode, drift: Drift, outside_image: OutsideImage) -> Self {
         Self {
             mode,
             drift,
+            outside_image,
             scopes: Vec::new(),
             layers: HashMap::new(),
+            containers: HashMap::new(),
             overlays: HashMap::new(),
             runtimes: Vec::new(),
         }
@@ -66,143 +74,185 @@ pub enum Location {
     Unknown { layer: Option<LayerId> },
 }
 
-/// Why a file was not plainly allowed; the strings are the BPF backend's reasons.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    UnverifiedLayer,
-    Drift,
-    Unreadable,
-    /// No decision within the bound (stuck worker, full queue).
-    Timeout,
-}
-
-impl Reason {
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::UnverifiedLayer => "unverified_layer",
-            Self::Drift => "drift",
-            Self::Unreadable => "unreadable",
-            Self::Timeout => "timeout",
-        }
-    }
-}
+/// Why a decision event was written when the shared rule did not make it: the backend could
+/// not decide in time.
+pub const TIMEOUT: &str = "timeout";
 
 /// What to answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Allow; `cacheable` when the kernel may stop asking about this inode (an ignore mark):
-    /// only host files and verified layers, never a writable or unverified one.
-    Allow { cacheable: bool },
-    /// Would deny: denied in enforce mode, allowed and reported in audit mode.
-    Untrusted {
-        reason: Reason,
-        layer: Option<LayerId>,
-        /// The layer is audit-only (`LayerState::Audit`): report and allow in any mode.
-        audit_only: bool,
-    },
+pub struct Verdict {
+    /// The shared rule's answer.
+    pub decision: imagegate_common::Decision,
+    /// The kernel may stop asking about this inode (an ignore mark): only a host process's
+    /// allowed file outside every layer. A layer file may be asked for by an untrusted
+    /// container next, and a writable one changes.
+    pub cacheable: bool,
 }
 
 impl Policy {
-    /// The verdict for a located file.
+    /// The process's trust, from its root.
     #[must_use]
-    pub fn verdict(&self, location: Location) -> Verdict {
+    pub fn process(&self, root: &Root) -> Process {
+        let Some(key) = root.key else {
+            return Process::Host;
+        };
+        let state = if root.writable {
+            self.containers.get(&key).map_or(0, |trust| trust.to_raw())
+        } else {
+            // A read-only root is judged by its top layer.
+            match self.layers.get(&key) {
+                Some(LayerState::Verified) => container_state::TRUSTED,
+                Some(LayerState::Audit) => container_state::AUDIT,
+                _ => container_state::UNTRUSTED,
+            }
+        };
+        Process::Container { state }
+    }
+
+    /// Where a located file comes from, seen from a process with root `root`.
+    #[must_use]
+    pub fn origin(&self, root: &Root, location: Location) -> Origin {
         match location {
-            Location::OutOfScope => Verdict::Allow { cacheable: true },
-            Location::Unknown { layer } => Verdict::Untrusted {
-                audit_only: false,
-                reason: Reason::Unreadable,
-                layer,
+            Location::OutOfScope => Origin::OutsideScopes,
+            Location::Unknown { .. } => Origin::Undetermined {
+                reason: reason::UNREADABLE,
             },
-            Location::Layer { layer } => match self.layers.get(&layer) {
-                Some(LayerState::Verified) => Verdict::Allow { cacheable: true },
-                Some(LayerState::Writable) if self.drift == Drift::Allow => {
-                    Verdict::Allow { cacheable: false }
+            Location::Layer { layer } => {
+                if root.writable && root.key == Some(layer) {
+                    Origin::OwnWritable
+                } else if root.key.is_some() && root.lowers.contains(&layer) {
+                    Origin::OwnLayer
+                } else {
+                    Origin::Layer {
+                        state: self.layers.get(&layer).map_or(0, |state| state.to_raw()),
+                    }
                 }
-                Some(LayerState::Writable) => Verdict::Untrusted {
-                    audit_only: false,
-                    reason: Reason::Drift,
-                    layer: Some(layer),
-                },
-                None => Verdict::Untrusted {
-                    audit_only: false,
-                    reason: Reason::UnverifiedLayer,
-                    layer: Some(layer),
-                },
-                Some(LayerState::Audit) => Verdict::Untrusted {
-                    audit_only: true,
-                    reason: Reason::UnverifiedLayer,
-                    layer: Some(layer),
-                },
+            }
+        }
+    }
+
+    /// The verdict for a located file asked for by a process with root `root`: the rule the
+    /// BPF programs apply ([`imagegate_common::decide`]).
+    #[must_use]
+    pub fn verdict(&self, root: &Root, location: Location) -> Verdict {
+        let process = self.process(root);
+        let origin = self.origin(root, location);
+        let decision = imagegate_common::decide(process, origin, &self.settings(), 0);
+        Verdict {
+            decision,
+            cacheable: decision == imagegate_common::Decision::Allow
+                && process == Process::Host
+                && origin == Origin::OutsideScopes,
+        }
+    }
+
+    /// The settings in the kernel ABI's terms.
+    #[must_use]
+    pub fn settings(&self) -> Settings {
+        Settings {
+            mode: match self.mode {
+                Mode::Enforce => mode::ENFORCE,
+                Mode::Audit => mode::AUDIT,
             },
+            drift: match self.drift {
+                Drift::Allow => drift::ALLOW,
+                Drift::Deny => drift::DENY,
+            },
+            abi: imagegate_common::ABI_VERSION,
+            outside_image: self.outside_image.to_raw(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use imagegate_common::Decision;
+
     use super::*;
 
+    fn denied(reason: u32) -> Decision {
+        Decision::Untrusted {
+            reason,
+            mode: mode::ENFORCE,
+        }
+    }
+
     #[test]
-    fn verdicts_follow_the_bpf_rules() {
+    fn host_processes_follow_the_layer_rule_and_only_host_files_are_cached() {
         let verified = LayerId { dev: 1, ino: 10 };
         let writable = LayerId { dev: 1, ino: 11 };
         let unknown = LayerId { dev: 1, ino: 12 };
-        let mut policy = Policy::new(Mode::Enforce, Drift::Deny);
+        let mut policy = Policy::new(Mode::Enforce, Drift::Deny, OutsideImage::Allow);
         policy.layers.insert(verified, LayerState::Verified);
         policy.layers.insert(writable, LayerState::Writable);
+        let host = Root::host();
+        let verdict = |policy: &Policy, location| policy.verdict(&host, location);
         assert_eq!(
-            policy.verdict(Location::OutOfScope),
-            Verdict::Allow { cacheable: true }
-        );
-        assert_eq!(
-            policy.verdict(Location::Layer { layer: verified }),
-            Verdict::Allow { cacheable: true }
-        );
-        assert_eq!(
-            policy.verdict(Location::Layer { layer: unknown }),
-            Verdict::Untrusted {
-                audit_only: false,
-                reason: Reason::UnverifiedLayer,
-                layer: Some(unknown)
+            verdict(&policy, Location::OutOfScope),
+            Verdict {
+                decision: Decision::Allow,
+                cacheable: true
             }
         );
         assert_eq!(
-            policy.verdict(Location::Layer { layer: writable }),
-            Verdict::Untrusted {
-                audit_only: false,
-                reason: Reason::Drift,
-                layer: Some(writable)
-            }
-        );
-        policy.drift = Drift::Allow;
-        assert_eq!(
-            policy.verdict(Location::Layer { layer: writable }),
-            Verdict::Allow { cacheable: false },
-            "allowed drift is never cached: the layer is writable"
+            verdict(&policy, Location::Layer { layer: verified }),
+            Verdict {
+                decision: Decision::Allow,
+                cacheable: false
+            },
+            "a verified layer's inode is never cached: an untrusted container may ask next"
         );
         assert_eq!(
-            policy.verdict(Location::Unknown { layer: None }),
-            Verdict::Untrusted {
-                audit_only: false,
-                reason: Reason::Unreadable,
-                layer: None
-            }
+            verdict(&policy, Location::Layer { layer: unknown }).decision,
+            denied(reason::UNVERIFIED_LAYER)
+        );
+        assert_eq!(
+            verdict(&policy, Location::Layer { layer: writable }).decision,
+            denied(reason::DRIFT)
+        );
+        assert_eq!(
+            verdict(&policy, Location::Unknown { layer: None }).decision,
+            denied(reason::UNREADABLE)
         );
     }
 
     #[test]
-    fn an_audit_only_layer_is_untrusted_but_marked_audit() {
-        let layer = LayerId { dev: 1, ino: 20 };
-        let mut policy = Policy::new(Mode::Enforce, Drift::Deny);
-        policy.layers.insert(layer, LayerState::Audit);
+    fn containers_are_judged_by_their_image() {
+        let base = LayerId { dev: 1, ino: 20 };
+        let upper = LayerId { dev: 1, ino: 21 };
+        let mut policy = Policy::new(Mode::Enforce, Drift::Deny, OutsideImage::Allow);
+        policy.layers.insert(base, LayerState::Verified);
+        let root = Root {
+            key: Some(upper),
+            writable: true,
+            lowers: vec![base],
+        };
         assert_eq!(
-            policy.verdict(Location::Layer { layer }),
-            Verdict::Untrusted {
-                audit_only: true,
-                reason: Reason::UnverifiedLayer,
-                layer: Some(layer),
-            }
+            policy
+                .verdict(&root, Location::Layer { layer: base })
+                .decision,
+            denied(reason::UNTRUSTED_IMAGE),
+            "a container not judged yet runs nothing, not even a verified base layer"
+        );
+        policy.containers.insert(upper, ContainerTrust::Untrusted);
+        assert_eq!(
+            policy.verdict(&root, Location::OutOfScope).decision,
+            denied(reason::UNTRUSTED_IMAGE)
+        );
+        policy.containers.insert(upper, ContainerTrust::Trusted);
+        let own = policy.verdict(&root, Location::Layer { layer: base });
+        assert_eq!(own.decision, Decision::Allow);
+        assert!(!own.cacheable);
+        assert_eq!(
+            policy
+                .verdict(&root, Location::Layer { layer: upper })
+                .decision,
+            denied(reason::DRIFT)
+        );
+        policy.outside_image = OutsideImage::Deny;
+        assert_eq!(
+            policy.verdict(&root, Location::OutOfScope).decision,
+            denied(reason::OUTSIDE_IMAGE)
         );
     }
 }

@@ -1,0 +1,164 @@
+//! Which container a process belongs to, for the fanotify backend: its root file system
+//! (`/proc/<pid>/root`), which a container cannot change. runc pivots into the container's
+//! overlay before the entrypoint's exec, so the exec already comes from inside it. The overlay's
+//! `upperdir=` (from the process's own mountinfo) is the container's writable snapshot
+//! directory, the key the daemon records containers under; its `lowerdir=`s are the image's
+//! layers. A root is looked up once per overlay and remembered by device, inode and mount id.
+
+use std::{
+    ffi::CString,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use imagegate_common::kernel_dev;
+
+use super::{
+    overlay::{layer_dirs, parse_mountinfo, scope_layer},
+    policy::Scope,
+};
+use crate::enforce::LayerId;
+
+/// Roots remembered; the memo is emptied when full (overlays come and go with containers).
+const MAX_ROOTS: usize = 4096;
+
+/// A process's root, as trust goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Root {
+    /// The container's key: its writable layer directory, or the top layer of a read-only
+    /// root; `None` for a process outside every judged container (the host).
+    pub key: Option<LayerId>,
+    /// Whether the root has a writable layer (else its trust comes from its top layer).
+    pub writable: bool,
+    /// The image's layers under the root (the overlay's lower directories).
+    pub lowers: Vec<LayerId>,
+}
+
+impl Root {
+    /// A process outside every judged container.
+    #[must_use]
+    pub fn host() -> Self {
+        Self::default()
+    }
+}
+
+/// `(dev, ino, mount id)` of a process's root directory: a new overlay may reuse a device
+/// number, but not with the same root inode and mount id while the old one is mounted.
+type RootId = (u64, u64, u64);
+
+/// Remembered roots.
+#[derive(Default)]
+pub struct Roots {
+    memo: Mutex<std::collections::HashMap<RootId, Arc<Root>>>,
+}
+
+impl Roots {
+    /// The root of process `pid`, `None` when it cannot be read (the process is gone).
+    pub fn of(&self, pid: i32, scopes: &[Arc<Scope>]) -> Option<Arc<Root>> {
+        let id = root_id(pid)?;
+        if let Some(root) = self
+            .memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            return Some(Arc::clone(root));
+        }
+        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+        let root = Arc::new(root_from_mountinfo(&mountinfo, id.0, scopes));
+        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        if memo.len() >= MAX_ROOTS {
+            memo.clear();
+        }
+        memo.insert(id, Arc::clone(&root));
+        Some(root)
+    }
+
+    /// Forgets every remembered root (scopes changed).
+    pub fn clear(&self) {
+        self.memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+fn root_id(pid: i32) -> Option<RootId> {
+    let path = CString::new(format!("/proc/{pid}/root")).ok()?;
+    // SAFETY: statx writes into `st`; the path is NUL-terminated.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let ret = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            0,
+            libc::STATX_INO | libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    if ret != 0 {
+        return None;
+    }
+    let dev = kernel_dev(libc::makedev(st.stx_dev_major, st.stx_dev_minor));
+    Some((dev, st.stx_ino, st.stx_mnt_id))
+}
+
+/// The root from the process's mountinfo: the mount on `/` of device `dev` (the last such line:
+/// mounts stack).
+#[must_use]
+pub fn root_from_mountinfo(mountinfo: &str, dev: u64, scopes: &[Arc<Scope>]) -> Root {
+    let mounts = parse_mountinfo(mountinfo);
+    let Some(mount) = mounts
+        .iter()
+        .rev()
+        .find(|mount| mount.mount_point == Path::new("/") && mount.dev == dev)
+    else {
+        return Root::host();
+    };
+    if mount.fs_type != "overlay" {
+        // A read-only single-layer root is a bind mount of the layer directory; the mount's
+        // root is a path inside its file system, not this namespace's: judged by layers.
+        return Root::host();
+    }
+    let (upper, lowers) = layer_dirs(&mount.super_options);
+    let lowers_ids: Vec<LayerId> = lowers
+        .iter()
+        .filter_map(|dir| LayerId::of(dir).ok())
+        .collect();
+    let (key, writable) = match upper {
+        Some(upper) => (scope_layer(&upper, scopes), true),
+        None => (
+            lowers.first().and_then(|top| scope_layer(top, scopes)),
+            false,
+        ),
+    };
+    if key.is_none() {
+        // Another runtime's overlay (Docker, podman): not a container we judge.
+        return Root::host();
+    }
+    Root {
+        key,
+        writable,
+        lowers: lowers_ids,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_outside_the_scopes_or_not_an_overlay_is_the_host() {
+        let mountinfo = "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n";
+        assert_eq!(
+            root_from_mountinfo(mountinfo, 8 << 20 | 1, &[]),
+            Root::host()
+        );
+        let overlay = "30 1 0:50 / / rw - overlay overlay rw,lowerdir=/x/1/fs,upperdir=/x/2/fs,workdir=/x/2/work\n";
+        assert_eq!(
+            root_from_mountinfo(overlay, 50, &[]),
+            Root::host(),
+            "no scope holds /x"
+        );
+    }
+}
