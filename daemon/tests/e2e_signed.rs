@@ -26,10 +26,12 @@ fn denial_for(path: &Path, name: &str) -> Value {
     })
 }
 
-/// The denial names `image` with `digest`, for an unverified layer (not drift), and the path
-/// the container saw.
+/// The denial is a container of an untrusted image (not drift) and names `image` with
+/// `digest`, as the container's and the file's layer's, and the path the container saw.
 fn assert_event(event: &Value, name: &str, image: &Image, path: &str) {
-    assert_eq!(event["reason"], "unverified_layer", "{event}");
+    assert_eq!(event["reason"], "untrusted_image", "{event}");
+    assert_eq!(event["container"]["image"], name, "{event}");
+    assert_eq!(event["container"]["digest"], image.manifest_digest(), "{event}");
     let owner = event["images"]
         .as_array()
         .unwrap()
@@ -145,7 +147,7 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
     assert_ne!(pids[0], pids[1], "two processes, two events");
 
     // 3. Signed base + unsigned top layer: the top layer's binary cannot execute (and is an
-    // unverified layer, not drift: unpacking commits the layer in place), the base's can.
+    // unverified layer, not drift: unpacking commits the layer in place), nor can the base's.
     let name = bed.name("e2e/mixed");
     let out = containerd.run(&name, "c-mixed-top", &[]);
     assert_denied(&out, "top layer of the mixed image");
@@ -155,11 +157,14 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
         &mixed,
         "/usr/local/bin/busybox",
     );
+    // The container of the unsigned image runs nothing, not even the signed base's binary.
     let out = containerd.run(&name, "c-mixed-base", &["/bin/busybox", "echo", "base"]);
-    assert!(
-        out.status.success(),
-        "base binary of the mixed image failed: {out:?}"
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "base");
+    assert_denied(&out, "base binary in a container of the mixed image");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("base"), "{out:?}");
+    let event = support::daemon::wait_for_event(&events_path, |e| {
+        e["reason"] == "untrusted_image" && e["container"]["id"] == "c-mixed-base"
+    });
+    assert_eq!(event["container"]["image"], name.as_str(), "{event}");
+    assert_eq!(event["container"]["digest"], mixed.manifest_digest(), "{event}");
     daemon.stop();
 }
