@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: the product end to end on this machine, with nothing borrowed from the
 //! host's container setup. A private containerd (root and state on a tmpfs under `target/demo/`),
-//! Debian's docker-registry on 127.0.0.1, four images signed (or not) here with fresh keys in
+//! Debian's docker-registry on 127.0.0.1, five images signed (or not) here with fresh keys in
 //! cosign's legacy format, `imagegate daemon` in enforce mode with a demo policy, and `ctr run`
 //! of each image; then a summary of what ran, what was denied and the daemon's decision events.
 //! Everything started is stopped by pid and every mount under `target/demo/` is unmounted, also
@@ -280,14 +280,16 @@ fn demo(running: &mut Running, imagegate: &Path) -> Result<()> {
 fn demo_images() -> Result<Vec<DemoImage>> {
     let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?;
     let base = image::layer(&[File::new("bin/busybox", busybox.clone(), 0o755)])?;
-    // Each image that must stand on its own gets a distinct layer: a layer shared with a trusted
-    // image is verified (that is the point of the mixed image), so a copy would prove nothing.
+    // The unsigned and untrusted-key images get layers of their own, so their denials do not
+    // rest on sharing; the mixed and config-only images share demo/signed's layer on purpose:
+    // a container is judged by its image, so shared signed files do not run in them either.
     let own_layer = |marker: &str| {
         image::layer(&[
             File::new("bin/busybox", busybox.clone(), 0o755),
             File::new(&format!("etc/{marker}"), marker, 0o644),
         ])
     };
+    let base_for_config = base.clone();
     Ok(vec![
         DemoImage {
             repo: "demo/signed",
@@ -324,11 +326,25 @@ fn demo_images() -> Result<Vec<DemoImage>> {
             ),
             signer: Signer::Nobody,
             story: "demo/signed's layer + an unsigned top layer with its own binary (image unsigned):\n  \
-                    the top layer's binary must not execute, the signed base's binary still may",
+                    its container runs nothing: not the top layer's binary, and not the signed\n  \
+                    base's either (a container is trusted by its image, not file by file)",
             extra_runs: vec![(
                 "binary from the signed base layer",
-                vec!["/bin/busybox", "echo", "the signed base layer still runs"],
+                vec!["/bin/busybox", "echo", "the signed base layer ran"],
             )],
+        },
+        DemoImage {
+            repo: "demo/config-only",
+            // Byte for byte demo/signed's layer, with another command: a new config, so a new
+            // manifest digest that nobody signed.
+            image: image::image(
+                vec![base_for_config],
+                &["/bin/busybox", "sh", "-c", "echo tampered command ran"],
+            ),
+            signer: Signer::Nobody,
+            story: "demo/signed's layer unchanged, only the image config's command changed (unsigned):\n  \
+                    must not execute, although every file in it is a signed one",
+            extra_runs: vec![],
         },
     ])
 }
@@ -516,14 +532,33 @@ fn events_for(path: &Path, name: &str) -> Vec<Value> {
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|event| {
-            event["images"]
-                .as_array()
-                .is_some_and(|images| images.iter().any(|i| i["image"]["name"] == name))
+            // A container's event belongs to the container's image; a host process's to the
+            // images holding the file's layer.
+            if event["container"]["image"].is_string() {
+                event["container"]["image"] == name
+            } else {
+                event["images"]
+                    .as_array()
+                    .is_some_and(|images| images.iter().any(|i| i["image"]["name"] == name))
+            }
         })
         .collect()
 }
 
 fn describe_event(event: &Value) -> String {
+    let container = &event["container"];
+    if container["image"].is_string() {
+        return format!(
+            "verdict={} reason={} hook={} path={} container={} image={} {}",
+            event["verdict"].as_str().unwrap_or("?"),
+            event["reason"].as_str().unwrap_or("?"),
+            event["hook"].as_str().unwrap_or("?"),
+            event["path"].as_str().unwrap_or("?"),
+            container["id"].as_str().unwrap_or("?"),
+            container["image"].as_str().unwrap_or("?"),
+            container["digest"].as_str().unwrap_or("?"),
+        );
+    }
     let owners: Vec<String> = event["images"]
         .as_array()
         .map(|images| {
