@@ -88,8 +88,13 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     let config_only =
         imagegate_testkit::image::image(vec![base], &["/bin/busybox", "echo", "tampered"]);
     assert_ne!(config_only.manifest_digest(), trusted.manifest_digest());
+    let two_layers = image::image(vec![
+        image::layer(&[File::new("bin/busybox", busybox(), 0o755)]),
+        image::layer(&[File::new("etc/second", "2", 0o644)]),
+    ]);
     for (name, img) in [
         ("registry.test/trusted/app:1", &trusted),
+        ("registry.test/trusted/two:1", &two_layers),
         ("registry.test/trusted/retag:1", &trusted),
         ("registry.test/untrusted/app:1", &untrusted),
         ("registry.test/mixed/app:1", &mixed),
@@ -104,7 +109,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     let enforce = settings("enforce");
     let daemon = DaemonProcess::start(&dir, &enforce.write(&dir, &containerd), "enforce");
     let daemon_log = daemon.log.clone();
-    wait_ready(&dir, 5, &daemon_log);
+    wait_ready(&dir, 6, &daemon_log);
     let events_path = enforce.events(&dir);
 
     let out = containerd.run(
@@ -199,6 +204,58 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         "{event}"
     );
 
+    // A file outside every layer, as CRI copies an image's VOLUME content to
+    // `<root>/io.containerd.grpc.v1.cri/containers/<id>/volumes/<vid>` and bind-mounts it: an
+    // untrusted image's container cannot run it, a trusted one's may (outside_image = allow).
+    let volume = containerd
+        .root_dir()
+        .join("io.containerd.grpc.v1.cri/containers/c-volume/volumes/v1");
+    std::fs::create_dir_all(&volume).expect("volume dir");
+    std::fs::write(volume.join("echo"), busybox()).expect("volume binary");
+    std::fs::set_permissions(
+        volume.join("echo"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        volume.display()
+    );
+    let out = containerd.run_with(
+        &["--mount", &mount],
+        "registry.test/untrusted/app:1",
+        "c-volume",
+        &["/data/echo", "volume ran"],
+    );
+    daemon::assert_denied(&out, "an untrusted container's VOLUME binary");
+    let event = daemon::wait_for_event(&events_path, |e| {
+        e["reason"] == "untrusted_image" && e["container"]["id"] == "c-volume"
+    });
+    assert!(event["layer"].is_null(), "a volume file is in no layer: {event}");
+    let out = containerd.run_with(
+        &["--mount", &mount],
+        "registry.test/trusted/app:1",
+        "c-volume-trusted",
+        &["/data/echo", "volume ran"],
+    );
+    assert!(out.status.success(), "a trusted container's volume binary: {out:?}");
+
+    // Read-only root file systems (a view: lower layers only): judged by the top layer.
+    let out = containerd.run_with(
+        &["--read-only"],
+        "registry.test/trusted/two:1",
+        "c-ro-trusted",
+        &["/bin/busybox", "echo", "read-only ran"],
+    );
+    assert!(out.status.success(), "a trusted read-only container: {out:?}");
+    let out = containerd.run_with(
+        &["--read-only"],
+        "registry.test/mixed/app:1",
+        "c-ro-mixed",
+        &["/bin/busybox", "echo", "read-only ran"],
+    );
+    daemon::assert_denied(&out, "the mixed image's read-only container");
+
     // Drift: a binary written into the container's writable layer cannot run.
     let out = containerd.run(
         "registry.test/trusted/app:1",
@@ -219,7 +276,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     // Audit mode: the untrusted image runs, and is reported.
     let audit = settings("audit");
     let daemon = DaemonProcess::start(&dir, &audit.write(&dir, &containerd), "audit");
-    wait_ready(&dir, 5, &daemon.log);
+    wait_ready(&dir, 6, &daemon.log);
     let out = containerd.run(
         "registry.test/untrusted/app:1",
         "c-audit",

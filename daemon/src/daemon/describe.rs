@@ -28,7 +28,7 @@ use imagegate_common::kernel_dev;
 use crate::{catalog::ContainerRecord, enforce::LayerId};
 
 /// How long a deleted container is still named in events.
-const RETAIN_DELETED: Duration = Duration::from_secs(300);
+pub(crate) const RETAIN_DELETED: Duration = Duration::from_secs(300);
 /// Entries a path search reads before giving up (a layer of a large image has ~10^4 files).
 const WALK_LIMIT: usize = 200_000;
 /// Remembered paths; the oldest half is dropped when full.
@@ -109,6 +109,14 @@ impl Containers {
                 self.by_key.values().map(|(record, _)| record),
             ),
         }
+    }
+
+    /// A container's record, live or deleted within [`RETAIN_DELETED`].
+    #[must_use]
+    pub fn get(&self, namespace: &str, id: &str) -> Option<&ContainerRecord> {
+        self.by_key
+            .get(&(namespace.to_owned(), id.to_owned()))
+            .map(|(record, _)| record)
     }
 
     /// Live container records.

@@ -120,6 +120,10 @@ pub struct Daemon<B: Backend> {
     /// The trust of each container the backend holds, by its root's writable layer directory
     /// (the mirror of the backend's container table).
     container_trust: HashMap<LayerId, ContainerTrust>,
+    /// Which container each root was (namespace, id), kept a while after the container is gone
+    /// so that its last decisions still name it: `ctr run --rm` removes a denied container
+    /// before its event is described.
+    root_names: HashMap<LayerId, ((String, String), Option<std::time::Instant>)>,
     /// The backend's mode and drift setting, for `status`.
     pub settings: Option<(crate::enforce::Mode, crate::enforce::Drift)>,
     /// The most recent errors (newest last), for `status`.
@@ -155,6 +159,7 @@ impl<B: Backend> Daemon<B> {
             events_seen: 0,
             containers: describe::Containers::default(),
             container_trust: HashMap::new(),
+            root_names: HashMap::new(),
             settings: None,
             errors: std::collections::VecDeque::new(),
             layer_dirs: HashMap::new(),
@@ -308,8 +313,15 @@ impl<B: Backend> Daemon<B> {
     /// image has no trusted verdict, pending included, is untrusted). A container with no
     /// record yet (its snapshot is prepared before containerd creates it) has no entry, which
     /// the backends treat as untrusted too.
-    fn desired_containers(&self) -> HashMap<LayerId, ContainerTrust> {
-        self.containers
+    fn desired_containers(&mut self) -> HashMap<LayerId, ContainerTrust> {
+        let now = std::time::Instant::now();
+        for (_, gone) in self.root_names.values_mut() {
+            gone.get_or_insert(now);
+        }
+        self.root_names
+            .retain(|_, (_, gone)| gone.is_none_or(|at| at.elapsed() < describe::RETAIN_DELETED));
+        let desired = self
+            .containers
             .live_records()
             .filter_map(|record| {
                 let (root, _) = self
@@ -324,7 +336,14 @@ impl<B: Backend> Daemon<B> {
                     Some(entry) if entry.audit => ContainerTrust::Audit,
                     _ => ContainerTrust::Untrusted,
                 };
-                Some((*root, trust))
+                Some((*root, trust, (record.namespace.clone(), record.id.clone())))
+            })
+            .collect::<Vec<_>>();
+        desired
+            .into_iter()
+            .map(|(root, trust, name)| {
+                self.root_names.insert(root, (name, None));
+                (root, trust)
             })
             .collect()
     }
@@ -650,12 +669,8 @@ impl<B: Backend> Daemon<B> {
                 .map(|((namespace, key), _)| (namespace.clone(), key.clone()))
         });
         let by_root = decision.container_root.and_then(|root| {
-            let (namespace, key) = self
-                .writable
-                .iter()
-                .find(|(_, (id, _))| *id == root)
-                .map(|(key, _)| key.clone())?;
-            self.containers.by_snapshot(&namespace, &key).map(|record| {
+            let ((namespace, id), _) = self.root_names.get(&root)?;
+            self.containers.get(namespace, id).map(|record| {
                 let mut value = container_json(record);
                 let image = ImageKey {
                     namespace: record.namespace.clone(),

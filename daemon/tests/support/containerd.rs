@@ -115,6 +115,22 @@ impl PrivateContainerd {
         out
     }
 
+    /// `ctr run --rm OPTIONS... IMAGE ID ARGS...` (e.g. `--readonly`, `--mount ...`).
+    pub fn run_with(&self, options: &[&str], image: &str, id: &str, args: &[&str]) -> Output {
+        let mut command = vec!["run", "--rm"];
+        command.extend_from_slice(options);
+        command.extend_from_slice(&[image, id]);
+        command.extend_from_slice(args);
+        let out = self.ctr(&command);
+        let _ = self.ctr(&["containers", "rm", id]);
+        out
+    }
+
+    /// containerd's root directory.
+    pub fn root_dir(&self) -> PathBuf {
+        self.data.join("root")
+    }
+
     /// [`Self::run`] of one container per id, all from `image` and started at once.
     pub fn run_together(&self, image: &str, ids: &[&str]) -> Vec<Output> {
         std::thread::scope(|scope| {

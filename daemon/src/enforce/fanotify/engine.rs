@@ -470,6 +470,7 @@ fn decide(shared: &Shared, pending: &Pending) {
         }
     }
     let verdict = policy.verdict(&root, location);
+    tracing::debug!(pid = pending.pid, ?root, ?location, ?verdict, "decided");
     if verdict.cacheable
         && cacheable_here
         && shared.ignore_marks
