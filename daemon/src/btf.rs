@@ -144,20 +144,10 @@ impl Btf {
                 Vec::new(),
             ),
         };
-        let string_base = u32::try_from(strings.len()).map_err(|_| BtfError::Malformed {
-            what: "strings too large",
-        })?;
         strings.extend_from_slice(string_bytes);
-        // Split BTF's own name offsets are relative to its own string section; rebase them so
-        // the combined table is addressed one way (the kernel numbers them the same way).
-        let rebase = |off: u32| {
-            if base.is_some() {
-                off.saturating_add(string_base)
-            } else {
-                off
-            }
-        };
-
+        // Split BTF's name offsets already address base and split strings as one table (the
+        // split section's strings start at the base's length), as libbpf and the kernel read
+        // them: they are kept as they are.
         let mut reader = Reader {
             bytes: type_bytes,
             pos: 0,
@@ -184,7 +174,7 @@ impl Btf {
                             (offset, 0)
                         };
                         members.push(Member {
-                            name_off: rebase(member_name),
+                            name_off: member_name,
                             type_id,
                             bit_offset,
                             bitfield_size,
@@ -198,7 +188,7 @@ impl Btf {
                         let param_name = reader.u32()?;
                         let type_id = reader.u32()?;
                         members.push(Member {
-                            name_off: rebase(param_name),
+                            name_off: param_name,
                             type_id,
                             bit_offset: 0,
                             bitfield_size: 0,
@@ -222,7 +212,7 @@ impl Btf {
                 }
             }
             types.push(Type {
-                name_off: rebase(name_off),
+                name_off,
                 kind,
                 size_or_type,
                 members,
@@ -436,6 +426,39 @@ mod tests {
             .function_params("bpf_lsm_mmap_file")
             .expect("bpf_lsm_mmap_file");
         assert_eq!(params.get(2).map(String::as_str), Some("prot"));
+    }
+
+    /// Little-endian BTF: header, types, strings.
+    fn btf_bytes(types: &[u32], strings: &[u8]) -> Vec<u8> {
+        let type_len = u32::try_from(types.len() * 4).unwrap();
+        let mut out = Vec::new();
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        for word in [24, 0, type_len, type_len, u32::try_from(strings.len()).unwrap()] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        for word in types {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out.extend_from_slice(strings);
+        out
+    }
+
+    #[test]
+    fn split_btf_names_address_base_and_split_strings_as_one_table() {
+        // Base: [1] INT "int" (4 bytes).
+        let base = btf_bytes(&[1, kind::INT << 24, 4, 32], b"\0int\0");
+        let base = Btf::parse(&base, None).expect("base");
+        // Split: [2] STRUCT "ovl_fs" { int numlayer at byte 4 }; its strings start at offset 5,
+        // the base's string length, as the kernel numbers them.
+        let split = btf_bytes(
+            &[5, (kind::STRUCT << 24) | 1, 8, 12, 1, 32],
+            b"ovl_fs\0numlayer\0",
+        );
+        let module = Btf::parse(&split, Some(&base)).expect("split");
+        assert!(module.has_struct("ovl_fs"));
+        assert_eq!(module.member_offset("ovl_fs", "numlayer").expect("member"), 4);
+        assert_eq!(module.struct_size("ovl_fs").expect("size"), 8);
     }
 
     #[test]
