@@ -29,6 +29,10 @@ require = "reject"
 [[scope]]
 match = "registry.test/trusted/**"
 require = "accept"
+[[scope]]
+match = "registry.test/audited/**"
+require = "reject"
+mode = "audit"
 "#;
 
 fn busybox() -> Vec<u8> {
@@ -99,6 +103,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         ("registry.test/untrusted/app:1", &untrusted),
         ("registry.test/mixed/app:1", &mixed),
         ("registry.test/tampered/app:1", &config_only),
+        ("registry.test/audited/app:1", &untrusted),
     ] {
         let archive = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
         image::write_archive(&archive, name, img, false);
@@ -109,7 +114,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     let enforce = settings("enforce");
     let daemon = DaemonProcess::start(&dir, &enforce.write(&dir, &containerd), "enforce");
     let daemon_log = daemon.log.clone();
-    wait_ready(&dir, 6, &daemon_log);
+    wait_ready(&dir, 7, &daemon_log);
     let events_path = enforce.events(&dir);
 
     let out = containerd.run(
@@ -256,6 +261,24 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     );
     daemon::assert_denied(&out, "the mixed image's read-only container");
 
+    // An audit-mode scope: its untrusted image's container runs, and each exec is reported once.
+    let out = containerd.run(
+        "registry.test/audited/app:1",
+        "c-audited",
+        &["/bin/busybox", "echo", "audited ran"],
+    );
+    assert!(out.status.success(), "an audit scope's container was denied: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "audited ran");
+    daemon::wait_for_event(&events_path, |e| e["container"]["id"] == "c-audited");
+    std::thread::sleep(Duration::from_millis(300));
+    let reports: Vec<_> = daemon::events(&events_path)
+        .into_iter()
+        .filter(|e| e["container"]["id"] == "c-audited")
+        .collect();
+    assert_eq!(reports.len(), 1, "one exec, one report: {reports:?}");
+    assert_eq!(reports[0]["verdict"], "audit", "{}", reports[0]);
+    assert_eq!(reports[0]["reason"], "untrusted_image", "{}", reports[0]);
+
     // Drift: a binary written into the container's writable layer cannot run.
     let out = containerd.run(
         "registry.test/trusted/app:1",
@@ -276,7 +299,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     // Audit mode: the untrusted image runs, and is reported.
     let audit = settings("audit");
     let daemon = DaemonProcess::start(&dir, &audit.write(&dir, &containerd), "audit");
-    wait_ready(&dir, 6, &daemon.log);
+    wait_ready(&dir, 7, &daemon.log);
     let out = containerd.run(
         "registry.test/untrusted/app:1",
         "c-audit",
