@@ -12,7 +12,7 @@ use imagegate::enforce::LayerId;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 /// Host paths inside the guest that the layers copy from (xtask puts them there).
-const BUSYBOX: &str = "/bin/busybox";
+pub const BUSYBOX: &str = "/bin/busybox";
 const PRELOAD_LIB: &str = "/fixtures/preload.so";
 const DYNAMIC_BINARY: &str = "/fixtures/true-dyn";
 const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";

@@ -126,6 +126,10 @@ fn suite() -> i32 {
             "14_host_process_keeps_the_layer_rule_through_a_container_root",
             case_host_through_container,
         ),
+        (
+            "15_memfd_exec_in_untrusted_and_trusted_containers",
+            case_memfd,
+        ),
         ("8_layer_table_changes_take_effect", case_table_changes),
         ("9_self_test_on_scratch_overlay", case_self_test),
         (
@@ -510,6 +514,48 @@ fn case_outside_image(cx: &mut Context) -> Result<()> {
     ensure!(
         events.len() == 1 && events[0].reason == "outside_image",
         "expected one outside_image event, got {events:?}"
+    );
+    Ok(())
+}
+
+/// Test case 5: `memfd_create` + `execveat` in an untrusted container is denied; in a trusted
+/// one it follows `outside_image`; from the host it is out of scope.
+fn case_memfd(cx: &mut Context) -> Result<()> {
+    let root = cx.fixture.interp_good.clone();
+    let key = cx.fixture.layer_id("interp-upper-good")?;
+    let memfd = |root: &Path| -> Result<probe::Outcome> {
+        let output = Command::new("/proc/self/exe")
+            .args(["probe", "memfd-chroot"])
+            .arg(root)
+            .arg(fixture::BUSYBOX)
+            .output()
+            .context("running the memfd probe")?;
+        probe::Outcome::from_code(output.status.code()).with_context(|| {
+            format!("memfd probe: {}", String::from_utf8_lossy(&output.stderr))
+        })
+    };
+    ensure!(
+        memfd(&root)? == probe::Outcome::Denied,
+        "a memfd exec in a container not judged yet ran"
+    );
+    let events: Vec<Decision> = cx.backend().drain_events();
+    ensure!(
+        events.iter().any(|e| e.reason == "untrusted_image" && e.container_root == Some(key)),
+        "no untrusted_image event for the memfd exec: {events:?}"
+    );
+    cx.backend().set_container(key, ContainerTrust::Trusted)?;
+    ensure!(
+        memfd(&root)? == probe::Outcome::Mapped,
+        "a memfd exec in a trusted container with outside_image = allow was denied"
+    );
+    cx.backend().set_outside_image(OutsideImage::Deny)?;
+    ensure!(
+        memfd(&root)? == probe::Outcome::Denied,
+        "a memfd exec in a trusted container with outside_image = deny ran"
+    );
+    ensure!(
+        memfd(Path::new("/"))? == probe::Outcome::Mapped,
+        "a host memfd exec was denied"
     );
     Ok(())
 }

@@ -38,6 +38,9 @@ pub fn run(args: &[String]) -> i32 {
     if how == "noop" {
         return MAPPED;
     }
+    if how == "memfd-chroot" {
+        return memfd_chroot(args.get(1), args.get(2));
+    }
     let Some(path) = path else { return ERROR };
     let Ok(c_path) = CString::new(Path::new(path).as_os_str().as_bytes()) else {
         return ERROR;
@@ -87,5 +90,45 @@ pub fn run(args: &[String]) -> i32 {
             }
             _ => ERROR,
         }
+    }
+}
+
+/// `memfd-chroot ROOT BINARY`: copies a static busybox into an anonymous `memfd_create` file,
+/// moves into `ROOT` (as a container's process would be) and executes the memfd as `true`:
+/// exit 0 when it ran, 13 when the kernel refused the exec.
+fn memfd_chroot(root: Option<&String>, binary: Option<&String>) -> i32 {
+    let (Some(root), Some(binary)) = (root, binary) else {
+        return ERROR;
+    };
+    let Ok(bytes) = std::fs::read(binary) else {
+        return ERROR;
+    };
+    let Ok(name) = CString::new("payload") else {
+        return ERROR;
+    };
+    // SAFETY: plain libc calls; every result is checked; exec replaces the process on success.
+    unsafe {
+        let fd = libc::memfd_create(name.as_ptr(), 0);
+        if fd < 0 {
+            return ERROR;
+        }
+        if libc::write(fd, bytes.as_ptr().cast(), bytes.len()) != bytes.len() as isize {
+            return ERROR;
+        }
+        if nix::unistd::chroot(root.as_str()).is_err() || nix::unistd::chdir("/").is_err() {
+            return ERROR;
+        }
+        let arg0 = c"true";
+        let argv = [arg0.as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null::<libc::c_char>()];
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        refused(*libc::__errno_location())
     }
 }
