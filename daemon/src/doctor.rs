@@ -60,9 +60,11 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
             offsets::from_btf(vmlinux, overlay.as_ref())
                 .map(|o| {
                     format!(
-                        "all found (file.f_inode={}, dentry.d_parent={}, private_data={})",
+                        "all found (file.f_inode={}, dentry.d_parent={}, ovl_fs.layers={}, sizeof(ovl_layer)={}, private_data={})",
                         o.file_f_inode,
                         o.dentry_d_parent,
+                        o.ovl_fs_layers,
+                        o.ovl_layer_size,
                         if o.flags & imagegate_common::offset_flags::OVL_FILE != 0 {
                             "struct ovl_file"
                         } else {
@@ -91,6 +93,7 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
             crate::enforce::fanotify::probe::report(),
         ));
     }
+    checks.push(check("process_roots", process_roots()));
     checks.push(backend_choice(&checks));
     checks.push(Check {
         capability: "bpf_backend_installed",
@@ -104,6 +107,25 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
     checks
 }
 
+/// Whether this process can tell which container another process belongs to, as the fanotify
+/// backend must (`/proc/<pid>/root` of a process with capabilities this one lacks needs
+/// `CAP_SYS_PTRACE`; pids of the host need its PID namespace). BPF LSM reads it in the kernel.
+fn process_roots() -> Result<String, String> {
+    const CAP_SYS_PTRACE: u32 = 19;
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    if effective & (1 << CAP_SYS_PTRACE) == 0 {
+        return Err("no CAP_SYS_PTRACE: with fanotify, a process whose root cannot be read (one holding capabilities this one lacks) is judged by the host's layer rule".to_owned());
+    }
+    std::fs::metadata("/proc/self/root")
+        .map(|_| "CAP_SYS_PTRACE held: fanotify can read which container a process belongs to (BPF LSM reads it in the kernel)".to_owned())
+        .map_err(|e| format!("/proc/self/root unreadable: {e}"))
+}
+
 /// Which enforcement backend this kernel gets, from the checks above, by the rule of
 /// `enforce::choose()`: BPF LSM when its programs load here, fanotify otherwise.
 fn backend_choice(checks: &[Check]) -> Check {
@@ -111,12 +133,12 @@ fn backend_choice(checks: &[Check]) -> Check {
     let (ok, detail) = if ok("bpf_lsm_active") && ok("bpf_lsm_programs_load") {
         (
             true,
-            "bpf-lsm (covers exec and executable mappings; survives the daemon)".to_owned(),
+            "bpf-lsm (covers exec and executable mappings, from every file system, by the process's container; survives the daemon)".to_owned(),
         )
     } else if ok("fanotify_exec_permission") {
         (
             true,
-            "fanotify (BPF LSM unavailable; exec only, no executable mappings; needs the daemon running)"
+            "fanotify (BPF LSM unavailable; exec only, no executable mappings, only files on the snapshotter's file system: tmpfs and memfd executables are not seen, so outside_image = \"deny\" cannot cover them; needs the daemon running)"
                 .to_owned(),
         )
     } else {
