@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use containerd_client::{
     services::v1::{
         snapshots::{
-            ListSnapshotsRequest, MountsRequest, RemoveSnapshotRequest, ViewSnapshotRequest,
+            ListSnapshotsRequest, MountsRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+            ViewSnapshotRequest,
         },
+        CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
         GetContainerRequest, GetImageRequest, InfoRequest, ListContainersRequest,
-        ListImagesRequest, ListNamespacesRequest, ListTasksRequest, ReadContentRequest,
-        SubscribeRequest,
+        ListImagesRequest, ListNamespacesRequest, ListRequest as ListLeasesRequest,
+        ListTasksRequest, ReadContentRequest, SubscribeRequest,
     },
     tonic::{metadata::MetadataValue, Request},
     Client,
@@ -38,6 +40,8 @@ pub enum ContainerdError {
     },
     #[error("namespace name {namespace:?} is not a valid gRPC header value")]
     BadNamespace { namespace: String },
+    #[error("{value:?} is not a valid gRPC header value")]
+    BadHeader { value: String },
     #[error("image {name} has no target descriptor")]
     NoTarget { name: String },
     #[error("blob {digest} is {size} bytes, over the {limit}-byte limit")]
@@ -338,52 +342,280 @@ impl Containerd {
     }
 
     /// The `snapshots/<id>/fs` directories of the committed snapshot `chain_id` and its parents,
-    /// bottom first. The overlayfs snapshotter does not expose its ids directly; a short-lived
-    /// view of the snapshot returns mounts whose `lowerdir=` (or bind source, for one layer)
-    /// names them. The view is removed again.
+    /// bottom first; `None` when containerd has no such snapshot (the image is not unpacked).
+    ///
+    /// The overlayfs snapshotter does not expose its ids directly; a short-lived view of the
+    /// snapshot returns mounts whose `lowerdir=` (or bind source, for one layer) names them.
+    /// The view gets a key no other caller can hold ([`ViewKeys`]: records sharing a top chain
+    /// are catalogued at once), and is created under a lease of its own so that containerd's
+    /// garbage collector cannot take it (or race its removal) while it exists. The lease
+    /// expires by itself ([`VIEW_LEASE_LIFETIME`]), so a process killed in between leaves
+    /// nothing that outlives the next garbage collection or the next
+    /// [`Containerd::remove_leftover_views`]. View and lease are removed again before this
+    /// returns.
     pub async fn snapshot_dirs(
         &self,
         namespace: &str,
         chain_id: &str,
-    ) -> Result<Vec<PathBuf>, ContainerdError> {
-        let key = format!(
-            "imagegate-view-{}-{}",
-            std::process::id(),
-            chain_id.trim_start_matches("sha256:")
+    ) -> Result<Option<Vec<PathBuf>>, ContainerdError> {
+        let key = view_keys().next();
+        self.create_view_lease(namespace, &key).await?;
+        let mut view_request = request(
+            namespace,
+            ViewSnapshotRequest {
+                snapshotter: SNAPSHOTTER.to_owned(),
+                key: key.clone(),
+                parent: chain_id.to_owned(),
+                labels: Default::default(),
+            },
+        )?;
+        view_request.metadata_mut().insert(
+            "containerd-lease",
+            key.parse()
+                .map_err(|_| ContainerdError::BadHeader { value: key.clone() })?,
         );
-        let mut snapshots = self.client.snapshots();
-        let view = snapshots
-            .view(request(
-                namespace,
-                ViewSnapshotRequest {
-                    snapshotter: SNAPSHOTTER.to_owned(),
-                    key: key.clone(),
-                    parent: chain_id.to_owned(),
-                    labels: Default::default(),
-                },
-            )?)
-            .await
-            .map_err(call("snapshots.view"))?
-            .into_inner();
-        let removed = snapshots
-            .remove(request(
-                namespace,
-                RemoveSnapshotRequest {
-                    snapshotter: SNAPSHOTTER.to_owned(),
-                    key,
-                },
-            )?)
-            .await;
-        if let Err(status) = removed {
-            tracing::warn!(%status, chain_id, "could not remove a view snapshot");
+        let view = self.client.snapshots().view(view_request).await;
+        // Both go whatever the view's outcome: a failed view may still have been recorded.
+        let (removed, released) =
+            tokio::join!(self.remove_view(namespace, &key), self.delete_lease(namespace, &key));
+        for (what, result) in [("view snapshot", removed), ("view lease", released)] {
+            if let Err(error) = result {
+                // The lease expires and the next sweep removes what is left.
+                tracing::warn!(%key, chain_id, namespace, error = %crate::doctor::error_chain(&error), "could not remove a temporary {what}");
+            }
         }
+        let view = match view {
+            Ok(view) => view.into_inner(),
+            Err(status) if status.code() == containerd_client::tonic::Code::NotFound => {
+                // Not unpacked, unless what was not found is something else (the lease): then
+                // it is an error, retried, never an empty layer list.
+                return if self.snapshot_exists(namespace, chain_id).await? {
+                    Err(ContainerdError::Call {
+                        call: "snapshots.view",
+                        source: status,
+                    })
+                } else {
+                    Ok(None)
+                };
+            }
+            Err(source) => {
+                return Err(ContainerdError::Call {
+                    call: "snapshots.view",
+                    source,
+                })
+            }
+        };
         let mounts: Vec<(String, String, Vec<String>)> = view
             .mounts
             .into_iter()
             .map(|m| (m.r#type, m.source, m.options))
             .collect();
-        layer_dirs_from_mounts(chain_id, &mounts)
+        layer_dirs_from_mounts(chain_id, &mounts).map(Some)
     }
+
+    /// Whether the snapshot `key` exists in `namespace`.
+    async fn snapshot_exists(&self, namespace: &str, key: &str) -> Result<bool, ContainerdError> {
+        let response = self
+            .client
+            .snapshots()
+            .stat(request(
+                namespace,
+                StatSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.to_owned(),
+                    key: key.to_owned(),
+                },
+            )?)
+            .await;
+        Ok(found("snapshots.stat", response)?.is_some())
+    }
+
+    /// A lease named `id` that containerd's garbage collector drops by itself after
+    /// [`VIEW_LEASE_LIFETIME`] (its `containerd.io/gc.expire` label).
+    async fn create_view_lease(&self, namespace: &str, id: &str) -> Result<(), ContainerdError> {
+        let expires = std::time::SystemTime::now() + VIEW_LEASE_LIFETIME;
+        let expires = expires
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.client
+            .leases()
+            .create(request(
+                namespace,
+                CreateLeaseRequest {
+                    id: id.to_owned(),
+                    labels: [(
+                        GC_EXPIRE_LABEL.to_owned(),
+                        crate::verify::time::format_rfc3339(expires),
+                    )]
+                    .into(),
+                },
+            )?)
+            .await
+            .map_err(call("leases.create"))?;
+        Ok(())
+    }
+
+    /// Removes a view snapshot; one that is gone already is not an error.
+    async fn remove_view(&self, namespace: &str, key: &str) -> Result<(), ContainerdError> {
+        let response = self
+            .client
+            .snapshots()
+            .remove(request(
+                namespace,
+                RemoveSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.to_owned(),
+                    key: key.to_owned(),
+                },
+            )?)
+            .await;
+        found("snapshots.remove", response).map(drop)
+    }
+
+    /// Deletes a lease (asynchronously collected); one that is gone already is not an error.
+    async fn delete_lease(&self, namespace: &str, id: &str) -> Result<(), ContainerdError> {
+        let response = self
+            .client
+            .leases()
+            .delete(request(
+                namespace,
+                DeleteLeaseRequest {
+                    id: id.to_owned(),
+                    sync: false,
+                },
+            )?)
+            .await;
+        found("leases.delete", response).map(drop)
+    }
+
+    /// Removes what an earlier imagegate process left in `namespace`: view snapshots
+    /// (`imagegate-view-*`, from a process killed while it held one, or from versions that did
+    /// not lease them) and imagegate view leases that have expired. This process's own views
+    /// are left alone. Returns (views, leases) removed.
+    pub async fn remove_leftover_views(
+        &self,
+        namespace: &str,
+    ) -> Result<(usize, usize), ContainerdError> {
+        let own = view_keys();
+        let mut stream = self
+            .client
+            .snapshots()
+            .list(request(
+                namespace,
+                ListSnapshotsRequest {
+                    snapshotter: SNAPSHOTTER.to_owned(),
+                    filters: Vec::new(),
+                },
+            )?)
+            .await
+            .map_err(call("snapshots.list"))?
+            .into_inner();
+        let mut leftovers = Vec::new();
+        while let Some(page) = stream.message().await.map_err(call("snapshots.list"))? {
+            leftovers.extend(
+                page.info
+                    .into_iter()
+                    .map(|info| info.name)
+                    .filter(|name| is_view_key(name) && !own.owns(name)),
+            );
+        }
+        for key in &leftovers {
+            self.remove_view(namespace, key).await?;
+        }
+        let leases = self
+            .client
+            .leases()
+            .list(request(namespace, ListLeasesRequest { filters: Vec::new() })?)
+            .await
+            .map_err(call("leases.list"))?
+            .into_inner()
+            .leases;
+        let now = crate::verify::time::now_unix();
+        let expired: Vec<String> = leases
+            .into_iter()
+            .filter(|lease| {
+                is_view_key(&lease.id)
+                    && lease
+                        .labels
+                        .get(GC_EXPIRE_LABEL)
+                        .is_none_or(|at| lease_expired(at, now))
+            })
+            .map(|lease| lease.id)
+            .collect();
+        for id in &expired {
+            self.delete_lease(namespace, id).await?;
+        }
+        Ok((leftovers.len(), expired.len()))
+    }
+}
+
+/// Every temporary view snapshot and view lease imagegate makes is named with this prefix, so
+/// that leftovers can be told apart from everything else in containerd.
+pub const VIEW_PREFIX: &str = "imagegate-view-";
+
+/// How long a view's lease protects it. A view lives for one round trip; this only bounds
+/// how long one left by a killed process survives when nothing sweeps it.
+pub const VIEW_LEASE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The lease label containerd's garbage collector reads as the lease's expiry (RFC 3339).
+const GC_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
+
+/// Whether `name` is one of imagegate's view snapshots or view leases (any process's).
+#[must_use]
+pub fn is_view_key(name: &str) -> bool {
+    name.starts_with(VIEW_PREFIX)
+}
+
+/// Whether a lease whose `containerd.io/gc.expire` label reads `at` has expired at Unix time
+/// `now`; an unreadable expiry counts as expired (containerd ignores it: the lease would live
+/// forever).
+fn lease_expired(at: &str, now: i64) -> bool {
+    crate::verify::time::parse_rfc3339(at).is_none_or(|at| at <= now)
+}
+
+/// Keys of this process's view snapshots: `imagegate-view-<pid>-<nonce>-<n>`. The counter makes
+/// every key of one process unique (concurrent callers never share one); the pid and a random
+/// nonce tell this process's keys from those a previous process left (pids are reused).
+#[derive(Debug)]
+pub struct ViewKeys {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl ViewKeys {
+    /// Keys for process `pid`, told apart from other processes' by `nonce`.
+    #[must_use]
+    pub fn new(pid: u32, nonce: u64) -> Self {
+        Self {
+            prefix: format!("{VIEW_PREFIX}{pid}-{nonce:016x}-"),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A key no earlier call returned.
+    pub fn next(&self) -> String {
+        let n = self
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{n}", self.prefix)
+    }
+
+    /// Whether `key` is one of these keys.
+    #[must_use]
+    pub fn owns(&self, key: &str) -> bool {
+        key.strip_prefix(&self.prefix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
+/// This process's view keys.
+pub fn view_keys() -> &'static ViewKeys {
+    static KEYS: std::sync::LazyLock<ViewKeys> = std::sync::LazyLock::new(|| {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        // std's hasher keys are random per process: a nonce without a random-number crate.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        ViewKeys::new(std::process::id(), hasher.finish())
+    });
+    &KEYS
 }
 
 /// A container record: the image it was made from and the snapshot that is its root file
@@ -651,5 +883,46 @@ mod tests {
         assert!(layer_dirs_from_mounts("c", &odd).is_err());
         let relative = vec![("bind".to_owned(), "snapshots/7/fs".to_owned(), vec![])];
         assert!(layer_dirs_from_mounts("c", &relative).is_err());
+    }
+
+    #[test]
+    fn view_keys_are_unique_across_concurrent_callers_and_processes() {
+        let keys = std::sync::Arc::new(ViewKeys::new(4242, 7));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let keys = std::sync::Arc::clone(&keys);
+                std::thread::spawn(move || (0..1000).map(|_| keys.next()).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for thread in threads {
+            for key in thread.join().expect("thread") {
+                assert!(is_view_key(&key) && keys.owns(&key), "{key}");
+                // A snapshot key and a lease id: short, and a valid gRPC header value.
+                assert!(key.len() < 64 && key.bytes().all(|b| b.is_ascii_graphic()), "{key}");
+                assert!(all.insert(key), "a key was handed out twice");
+            }
+        }
+        assert_eq!(all.len(), 8000);
+        // Another process (pid reused or not) never owns these, nor they its keys.
+        for other in [ViewKeys::new(4242, 8), ViewKeys::new(4243, 7)] {
+            let key = other.next();
+            assert!(is_view_key(&key) && !keys.owns(&key), "{key}");
+            assert!(!all.contains(&key), "{key}");
+        }
+        // What versions before leases left (`imagegate-view-<pid>-<chainID hex>`) is a leftover.
+        let old = format!("imagegate-view-4242-{}", "ab".repeat(32));
+        assert!(is_view_key(&old) && !keys.owns(&old));
+        assert!(!keys.owns("imagegate-view-4242-0000000000000007-"));
+        assert!(!is_view_key("sha256:abc") && !is_view_key("k8s.io/1/imagegate-view-1"));
+        let this = view_keys();
+        assert!(this.owns(&this.next()));
+    }
+
+    #[test]
+    fn view_leases_expire_by_their_label() {
+        assert!(lease_expired("2026-01-01T00:00:00Z", 1_800_000_000));
+        assert!(!lease_expired("2030-01-01T00:00:00Z", 1_800_000_000));
+        assert!(lease_expired("soon", 0), "an unreadable expiry never protects");
     }
 }
