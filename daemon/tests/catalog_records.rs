@@ -472,7 +472,26 @@ fn early_verification_asks_only_the_registry_the_image_came_from() {
     let second = image::image(vec![bed.busybox_layer(Some("second"))], &hello);
     let first_digest = bed.push("early/first", &first, Some(&bed.trusted));
     let second_digest = bed.push("early/second", &second, Some(&bed.trusted));
-    bed.write_policy("early");
+    // Signatures by the trusted key required under both registries: asking the wrong one is
+    // a request to it, not a local rejection by the policy.
+    let key = dir.join("trusted.pub");
+    std::fs::write(&key, bed.trusted.public_pem().unwrap()).unwrap();
+    let scope = |addr: &str| {
+        format!(
+            "[[scope]]\nmatch = \"{addr}/early/**\"\nrequire = \"signatures\"\n\
+             [[scope.keys]]\nname = \"trusted\"\npath = \"{}\"\n",
+            key.display()
+        )
+    };
+    std::fs::write(
+        dir.join("policy.toml"),
+        format!(
+            "version = 1\n[default]\nrequire = \"reject\"\n{}{}",
+            scope(&bed.addr),
+            scope(&slow.addr)
+        ),
+    )
+    .unwrap();
 
     // Both registries on 127.0.0.1 known to the daemon (its insecure list): containerd's source
     // label says only "127.0.0.1", so the early verification cannot know which one to ask.
