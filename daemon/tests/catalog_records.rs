@@ -13,7 +13,10 @@
 //!   running while the daemon catalogues 100 images at each of several starts: every record
 //!   judged;
 //! - registries: two on 127.0.0.1 (docker-registry and a slow responder), both known to the
-//!   daemon: the early verification never contacts the one the image did not come from.
+//!   daemon: the early verification never contacts the one the image did not come from;
+//! - retries: a record whose config is missing from the content store vouches for nothing, is
+//!   counted (metrics, `imagegate status`, the log) and retried until, its content back, it is
+//!   judged and its container runs.
 #![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
 
 mod support;
@@ -93,7 +96,10 @@ fn assert_every_record_judged(status: &Value, expected: &[(String, &str)], conte
 /// Median and maximum, for the report.
 fn summary(durations: &mut [Duration]) -> (Duration, Duration) {
     durations.sort();
-    (durations[durations.len() / 2], durations[durations.len() - 1])
+    (
+        durations[durations.len() / 2],
+        durations[durations.len() - 1],
+    )
 }
 
 #[test]
@@ -178,7 +184,7 @@ fn restarts_judge_every_record_sharing_a_chain_and_leave_no_view() {
         insecure: vec![bed.addr.clone()],
         tag: "restarts",
     };
-    let config = settings.write(&dir, &bed.containerd);
+    let (config, _) = write_config_with_metrics(&settings, &dir, &bed.containerd);
     let mut starts = Vec::new();
     let mut killed_early = 0;
     for round in 0..20 {
@@ -204,7 +210,11 @@ fn restarts_judge_every_record_sharing_a_chain_and_leave_no_view() {
         // The status socket answers once the first reconciliation is done.
         let status = daemon::status(&dir).unwrap();
         assert_every_record_judged(&status, &expected, &context);
-        assert_eq!(views(&bed.containerd, ns), Vec::<String>::new(), "{context}");
+        assert_eq!(
+            views(&bed.containerd, ns),
+            Vec::<String>::new(),
+            "{context}"
+        );
         assert_eq!(views(&bed.containerd, "default"), Vec::<String>::new());
         assert!(
             !leases(&bed.containerd, ns).iter().any(|l| l == stale_lease),
@@ -215,7 +225,11 @@ fn restarts_judge_every_record_sharing_a_chain_and_leave_no_view() {
         } else {
             drop(daemon); // SIGKILL
         }
-        assert_eq!(views(&bed.containerd, ns), Vec::<String>::new(), "{context}");
+        assert_eq!(
+            views(&bed.containerd, ns),
+            Vec::<String>::new(),
+            "{context}"
+        );
     }
     let (median, max) = summary(&mut starts);
     eprintln!(
@@ -275,7 +289,10 @@ fn garbage_collection_while_cataloguing_100_images_loses_no_record() {
                 &["/bin/true", &format!("{variant}")],
             );
             let trusted = if variant % 2 == 0 { "trusted" } else { "other" };
-            images.push((format!("registry.test/{trusted}/c{chain}:v{variant}"), image));
+            images.push((
+                format!("registry.test/{trusted}/c{chain}:v{variant}"),
+                image,
+            ));
         }
     }
     let archive = dir.join("images.tar");
@@ -313,7 +330,7 @@ fn garbage_collection_while_cataloguing_100_images_loses_no_record() {
         insecure: Vec::new(),
         tag: "gc",
     };
-    let config = settings.write(&dir, &containerd);
+    let (config, _) = write_config_with_metrics(&settings, &dir, &containerd);
     let mut overlapped = 0;
     let mut starts = Vec::new();
     for round in 0..5 {
@@ -360,10 +377,13 @@ impl Churn {
             std::thread::spawn(move || {
                 let began = Instant::now();
                 let mut n = 0;
-                while !stop.load(Ordering::Relaxed) && began.elapsed() < Duration::from_secs(600)
-                {
+                while !stop.load(Ordering::Relaxed) && began.elapsed() < Duration::from_secs(600) {
                     let key = format!("churn-{n}");
-                    ctr_ok(&containerd, namespace, &["snapshots", "prepare", &key, &parent]);
+                    ctr_ok(
+                        &containerd,
+                        namespace,
+                        &["snapshots", "prepare", &key, &parent],
+                    );
                     ctr_ok(&containerd, namespace, &["snapshots", "rm", &key]);
                     ctr_ok(&containerd, namespace, &["leases", "create", "--id", &key]);
                     ctr_ok(&containerd, namespace, &["leases", "rm", "--sync", &key]);
@@ -501,7 +521,8 @@ fn early_verification_asks_only_the_registry_the_image_came_from() {
         insecure: vec![bed.addr.clone(), slow.addr.clone()],
         tag: "both",
     };
-    let daemon = DaemonProcess::start(&dir, &both.write(&dir, &bed.containerd), "both");
+    let (config, _) = write_config_with_metrics(&both, &dir, &bed.containerd);
+    let daemon = DaemonProcess::start(&dir, &config, "both");
     bed.pull(&bed.name("early/first"));
     daemon.wait_for_verdicts(&dir, &[(bed.name("early/first"), "trusted")]);
     // The early verification's decision about this manifest: left to the image record, or
@@ -544,7 +565,8 @@ fn early_verification_asks_only_the_registry_the_image_came_from() {
         insecure: vec![bed.addr.clone()],
         tag: "one",
     };
-    let daemon = DaemonProcess::start(&dir, &one.write(&dir, &bed.containerd), "one");
+    let (config, _) = write_config_with_metrics(&one, &dir, &bed.containerd);
+    let daemon = DaemonProcess::start(&dir, &config, "one");
     bed.pull(&bed.name("early/second"));
     daemon.wait_for_verdicts(&dir, &[(bed.name("early/second"), "trusted")]);
     let started = Instant::now();
@@ -559,9 +581,154 @@ fn early_verification_asks_only_the_registry_the_image_came_from() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        daemon.log_text().contains(&format!("{}/early/second", bed.addr)),
+        daemon
+            .log_text()
+            .contains(&format!("{}/early/second", bed.addr)),
         "asked with the registry's port"
     );
     assert_eq!(slow.connections(), 0);
+    daemon.stop();
+}
+
+/// Writes the daemon's config (see [`Settings::write`]) with metrics on a socket of this test.
+fn write_config_with_metrics(
+    settings: &Settings<'_>,
+    dir: &Path,
+    containerd: &PrivateContainerd,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let config = settings.write(dir, containerd);
+    let metrics = dir.join(format!("metrics-{}.sock", settings.tag));
+    let text = std::fs::read_to_string(&config).unwrap();
+    // Top-level keys come before the first table.
+    std::fs::write(
+        &config,
+        format!("metrics_listen = \"{}\"\n{text}", metrics.display()),
+    )
+    .unwrap();
+    (config, metrics)
+}
+
+/// One scrape of the daemon's metrics on the unix socket `socket`: value by series.
+fn scrape(socket: &Path) -> std::collections::BTreeMap<String, f64> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: imagegate\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn an_uncatalogued_record_vouches_for_nothing_is_counted_and_retried_until_judged() {
+    let Some(bed) = SignedBed::start("records-retry") else {
+        return;
+    };
+    let dir = bed.dir.clone();
+    let app = bed.image_on(&bed.busybox_layer(None), "retry");
+    bed.push("retry/app", &app, Some(&bed.trusted));
+    bed.write_policy("retry");
+    let name = bed.name("retry/app");
+    bed.pull(&name);
+    // The image's config goes missing from the content store, so the record cannot be
+    // catalogued; its unpacked layers stay (a gc.root label), as they would for a record
+    // whose content is being re-fetched.
+    let chain = imagegate::catalog::oci::chain_ids(&app.diff_ids);
+    ctr_ok(
+        &bed.containerd,
+        "default",
+        &[
+            "snapshots",
+            "label",
+            &chain[1],
+            "containerd.io/gc.root=issue-14",
+        ],
+    );
+    let config_digest = image::digest(&app.config);
+    ctr_ok(
+        &bed.containerd,
+        "default",
+        &["content", "rm", &config_digest],
+    );
+
+    let settings = Settings {
+        mode: "enforce",
+        backend: "fanotify",
+        insecure: vec![bed.addr.clone()],
+        tag: "retry",
+    };
+    let (config, metrics) = write_config_with_metrics(&settings, &dir, &bed.containerd);
+    let daemon = DaemonProcess::start(&dir, &config, "retry");
+    let status = daemon::status(&dir).unwrap();
+    assert_eq!(daemon::outcome(&status, &name), None, "{status}");
+    assert_eq!(status["records"]["judged"], 0, "{status}");
+    assert_eq!(status["records"]["total"], 1, "{status}");
+    let waiting = &status["records"]["uncatalogued"][0];
+    assert_eq!(waiting["image"], name.as_str(), "{status}");
+    assert!(waiting["attempts"].as_u64() >= Some(1), "{status}");
+    assert!(
+        waiting["error"].as_str().unwrap().contains(&config_digest),
+        "{status}"
+    );
+    // It vouches for nothing: no layer of it is verified.
+    assert_eq!(status["layers"]["verified_or_audit"], 0, "{status}");
+    assert!(
+        daemon
+            .log_text()
+            .lines()
+            .any(|line| line.contains(&name) && line.contains("image record not catalogued")),
+        "{}",
+        daemon.log_text()
+    );
+    let samples = scrape(&metrics);
+    assert!(
+        samples["imagegate_catalog_failures_total"] >= 1.0,
+        "{samples:?}"
+    );
+    assert_eq!(
+        samples["imagegate_image_records{state=\"uncatalogued\"}"],
+        1.0
+    );
+    assert_eq!(samples["imagegate_image_records{state=\"judged\"}"], 0.0);
+
+    // The content comes back: a retry catalogues the record and judges it.
+    let mut ingest = Command::new("ctr")
+        .arg("--address")
+        .arg(&bed.containerd.socket)
+        .args(["--namespace", "default", "content", "ingest"])
+        .args(["--expected-digest", &config_digest])
+        .args(["--expected-size", &app.config.len().to_string()])
+        .arg("issue-14-config")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut ingest.stdin.take().unwrap(), &app.config).unwrap();
+    assert!(ingest.wait().unwrap().success());
+    let status = daemon.wait_for_verdicts(&dir, &[(name.clone(), "trusted")]);
+    assert_eq!(status["records"]["judged"], 1, "{status}");
+    assert_eq!(status["records"]["total"], 1, "{status}");
+    assert_eq!(status["records"]["uncatalogued"], serde_json::json!([]));
+    assert_eq!(status["layers"]["verified_or_audit"], 2, "{status}");
+    assert!(daemon
+        .log_text()
+        .contains("image record catalogued after failed attempts"));
+    let samples = scrape(&metrics);
+    assert_eq!(
+        samples["imagegate_image_records{state=\"uncatalogued\"}"],
+        0.0
+    );
+    assert_eq!(samples["imagegate_image_records{state=\"judged\"}"], 1.0);
+    let out = bed.containerd.run(&name, "c-retry", &[]);
+    assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
     daemon.stop();
 }

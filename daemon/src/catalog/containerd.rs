@@ -376,8 +376,10 @@ impl Containerd {
         );
         let view = self.client.snapshots().view(view_request).await;
         // Both go whatever the view's outcome: a failed view may still have been recorded.
-        let (removed, released) =
-            tokio::join!(self.remove_view(namespace, &key), self.delete_lease(namespace, &key));
+        let (removed, released) = tokio::join!(
+            self.remove_view(namespace, &key),
+            self.delete_lease(namespace, &key)
+        );
         for (what, result) in [("view snapshot", removed), ("view lease", released)] {
             if let Err(error) = result {
                 // The lease expires and the next sweep removes what is left.
@@ -523,7 +525,12 @@ impl Containerd {
         let leases = self
             .client
             .leases()
-            .list(request(namespace, ListLeasesRequest { filters: Vec::new() })?)
+            .list(request(
+                namespace,
+                ListLeasesRequest {
+                    filters: Vec::new(),
+                },
+            )?)
             .await
             .map_err(call("leases.list"))?
             .into_inner()
@@ -592,9 +599,7 @@ impl ViewKeys {
 
     /// A key no earlier call returned.
     pub fn next(&self) -> String {
-        let n = self
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("{}{n}", self.prefix)
     }
 
@@ -899,7 +904,10 @@ mod tests {
             for key in thread.join().expect("thread") {
                 assert!(is_view_key(&key) && keys.owns(&key), "{key}");
                 // A snapshot key and a lease id: short, and a valid gRPC header value.
-                assert!(key.len() < 64 && key.bytes().all(|b| b.is_ascii_graphic()), "{key}");
+                assert!(
+                    key.len() < 64 && key.bytes().all(|b| b.is_ascii_graphic()),
+                    "{key}"
+                );
                 assert!(all.insert(key), "a key was handed out twice");
             }
         }
@@ -923,6 +931,9 @@ mod tests {
     fn view_leases_expire_by_their_label() {
         assert!(lease_expired("2026-01-01T00:00:00Z", 1_800_000_000));
         assert!(!lease_expired("2030-01-01T00:00:00Z", 1_800_000_000));
-        assert!(lease_expired("soon", 0), "an unreadable expiry never protects");
+        assert!(
+            lease_expired("soon", 0),
+            "an unreadable expiry never protects"
+        );
     }
 }

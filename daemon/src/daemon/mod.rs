@@ -384,7 +384,10 @@ impl<B: Backend> Daemon<B> {
             "image record not catalogued: it vouches for nothing until a retry succeeds"
         );
         crate::metrics::global().catalog_failure();
-        self.note_error(&format!("image {} ({}) not catalogued", key.name, key.namespace), error);
+        self.note_error(
+            &format!("image {} ({}) not catalogued", key.name, key.namespace),
+            error,
+        );
         self.verdicts.remove(&key);
         let changes = self.table.remove(&key);
         self.uncatalogued.insert(
@@ -599,7 +602,12 @@ impl<B: Backend> Daemon<B> {
         match self.containerd.remove_leftover_views(namespace).await {
             Ok((0, 0)) => {}
             Ok((views, leases)) => {
-                tracing::info!(namespace, views, leases, "removed view snapshots and expired leases an earlier run left");
+                tracing::info!(
+                    namespace,
+                    views,
+                    leases,
+                    "removed view snapshots and expired leases an earlier run left"
+                );
             }
             Err(error) => {
                 tracing::warn!(namespace, error = %crate::doctor::error_chain(&error), "could not remove leftover view snapshots");
@@ -787,7 +795,11 @@ impl<B: Backend> Daemon<B> {
         let (judged, total) = self.records();
         let now = tokio::time::Instant::now();
         let mut uncatalogued: Vec<(&ImageKey, &Uncatalogued)> = self.uncatalogued.iter().collect();
-        uncatalogued.sort_by(|a, b| a.0.namespace.cmp(&b.0.namespace).then(a.0.name.cmp(&b.0.name)));
+        uncatalogued.sort_by(|a, b| {
+            a.0.namespace
+                .cmp(&b.0.namespace)
+                .then(a.0.name.cmp(&b.0.name))
+        });
         let (mode, drift) = self
             .settings
             .map_or((None, None), |(m, d)| (Some(m), Some(d)));

@@ -225,7 +225,10 @@ impl Prefetcher {
 /// - several (`127.0.0.1:5000` and `127.0.0.1:5001`, or `host` and `host:5000`): `None`,
 ///   since asking any of them may ask a registry the image did not come from.
 #[must_use]
-pub fn registry_for_host<'a>(host: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn registry_for_host<'a>(
+    host: &str,
+    known: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let candidates: std::collections::BTreeSet<&str> = known
         .into_iter()
         .filter(|registry| host_of(registry).eq_ignore_ascii_case(host))
@@ -275,7 +278,10 @@ mod tests {
             registry_for_host("::1", known).as_deref(),
             Some("[::1]:5000")
         );
-        assert_eq!(registry_for_host("ghcr.io", known).as_deref(), Some("ghcr.io"));
+        assert_eq!(
+            registry_for_host("ghcr.io", known).as_deref(),
+            Some("ghcr.io")
+        );
         assert_eq!(
             registry_for_host("LOCALHOST", known).as_deref(),
             Some("localhost:5000"),
