@@ -187,11 +187,14 @@ fn restarts_judge_every_record_sharing_a_chain_and_leave_no_view() {
     let (config, _) = write_config_with_metrics(&settings, &dir, &bed.containerd);
     let mut starts = Vec::new();
     let mut killed_early = 0;
+    // Starts that found leftovers (the seeded ones at the first; views of killed daemons).
+    let mut swept = 0;
     for round in 0..20 {
         let context = format!("start {round}");
-        // Every fourth round, first a daemon killed (SIGKILL) in the middle of its start, as
-        // a crash or an OOM kill would: whatever it held must not outlive the next start.
-        if round % 4 == 3 {
+        // Every other round, first a daemon killed (SIGKILL) 0 to 45 ms into its start (its
+        // catalogue ends about 40 ms in), as a crash or an OOM kill would: whatever it held
+        // must not outlive the next start.
+        if round % 2 == 1 {
             let mut child = Command::new(daemon::imagegate_bin())
                 .args(["daemon", "--config"])
                 .arg(&config)
@@ -199,17 +202,20 @@ fn restarts_judge_every_record_sharing_a_chain_and_leave_no_view() {
                 .stderr(std::fs::File::create(dir.join("killed.log")).unwrap())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(40 * (round as u64 / 4 + 1)));
+            std::thread::sleep(Duration::from_millis(5 * (round as u64 / 2)));
             child.kill().unwrap();
             child.wait().unwrap();
             killed_early += 1;
         }
         let started = Instant::now();
-        let daemon = DaemonProcess::start(&dir, &config, "restarts");
+        let daemon = DaemonProcess::start(&dir, &config, &format!("restarts-{round}"));
         starts.push(started.elapsed());
         // The status socket answers once the first reconciliation is done.
         let status = daemon::status(&dir).unwrap();
         assert_every_record_judged(&status, &expected, &context);
+        if daemon.log_text().contains("an earlier run left") {
+            swept += 1;
+        }
         assert_eq!(
             views(&bed.containerd, ns),
             Vec::<String>::new(),
@@ -233,9 +239,13 @@ fn restarts_judge_every_record_sharing_a_chain_and_leave_no_view() {
     }
     let (median, max) = summary(&mut starts);
     eprintln!(
-        "{} starts ({killed_early} more killed mid-start), {} records each: start to every record judged median {median:?}, max {max:?}",
+        "{} starts ({killed_early} more killed mid-start; {swept} starts swept leftovers), {} records each: start to every record judged median {median:?}, max {max:?}",
         starts.len(),
         expected.len()
+    );
+    assert!(
+        swept >= 1,
+        "the leftovers seeded before the first start were swept by it"
     );
 }
 

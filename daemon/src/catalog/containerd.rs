@@ -341,25 +341,64 @@ impl Containerd {
         })
     }
 
+    /// A lease for temporary views in `namespace` (see [`Containerd::snapshot_dirs`]): while it
+    /// holds a view, containerd's garbage collector cannot take it or race its removal. It
+    /// expires by itself ([`VIEW_LEASE_LIFETIME`], its `containerd.io/gc.expire` label), so
+    /// one a killed process leaves protects nothing for long; [`Containerd::release`] deletes
+    /// it at once.
+    pub async fn view_lease(&self, namespace: &str) -> Result<ViewLease, ContainerdError> {
+        let id = view_keys().next();
+        let expires = std::time::SystemTime::now() + VIEW_LEASE_LIFETIME;
+        let expires = expires
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.client
+            .leases()
+            .create(request(
+                namespace,
+                CreateLeaseRequest {
+                    id: id.clone(),
+                    labels: [(
+                        GC_EXPIRE_LABEL.to_owned(),
+                        crate::verify::time::format_rfc3339(expires),
+                    )]
+                    .into(),
+                },
+            )?)
+            .await
+            .map_err(call("leases.create"))?;
+        Ok(ViewLease {
+            namespace: namespace.to_owned(),
+            id,
+        })
+    }
+
+    /// Deletes a view lease (what it held is collected later; its views are removed already).
+    /// A failure is only logged: the lease expires, and the next sweep deletes it.
+    pub async fn release(&self, lease: &ViewLease) {
+        if let Err(error) = self.delete_lease(&lease.namespace, &lease.id).await {
+            tracing::warn!(lease = %lease.id, namespace = %lease.namespace, error = %crate::doctor::error_chain(&error), "could not delete a view lease");
+        }
+    }
+
     /// The `snapshots/<id>/fs` directories of the committed snapshot `chain_id` and its parents,
-    /// bottom first; `None` when containerd has no such snapshot (the image is not unpacked).
+    /// bottom first, in the lease's namespace; `None` when containerd has no such snapshot (the
+    /// image is not unpacked).
     ///
     /// The overlayfs snapshotter does not expose its ids directly; a short-lived view of the
     /// snapshot returns mounts whose `lowerdir=` (or bind source, for one layer) names them.
     /// The view gets a key no other caller can hold ([`ViewKeys`]: records sharing a top chain
-    /// are catalogued at once), and is created under a lease of its own so that containerd's
-    /// garbage collector cannot take it (or race its removal) while it exists. The lease
-    /// expires by itself ([`VIEW_LEASE_LIFETIME`]), so a process killed in between leaves
-    /// nothing that outlives the next garbage collection or the next
-    /// [`Containerd::remove_leftover_views`]. View and lease are removed again before this
-    /// returns.
+    /// are catalogued at once), is created under `lease` (the `containerd-lease` header), and
+    /// is removed again before this returns. A process killed in between leaves a view that
+    /// the next [`Containerd::remove_leftover_views`] removes, or containerd collects once the
+    /// lease has expired.
     pub async fn snapshot_dirs(
         &self,
-        namespace: &str,
+        lease: &ViewLease,
         chain_id: &str,
     ) -> Result<Option<Vec<PathBuf>>, ContainerdError> {
+        let namespace = lease.namespace.as_str();
         let key = view_keys().next();
-        self.create_view_lease(namespace, &key).await?;
         let mut view_request = request(
             namespace,
             ViewSnapshotRequest {
@@ -371,20 +410,14 @@ impl Containerd {
         )?;
         view_request.metadata_mut().insert(
             "containerd-lease",
-            key.parse()
-                .map_err(|_| ContainerdError::BadHeader { value: key.clone() })?,
+            lease.id.parse().map_err(|_| ContainerdError::BadHeader {
+                value: lease.id.clone(),
+            })?,
         );
         let view = self.client.snapshots().view(view_request).await;
-        // Both go whatever the view's outcome: a failed view may still have been recorded.
-        let (removed, released) = tokio::join!(
-            self.remove_view(namespace, &key),
-            self.delete_lease(namespace, &key)
-        );
-        for (what, result) in [("view snapshot", removed), ("view lease", released)] {
-            if let Err(error) = result {
-                // The lease expires and the next sweep removes what is left.
-                tracing::warn!(%key, chain_id, namespace, error = %crate::doctor::error_chain(&error), "could not remove a temporary {what}");
-            }
+        // Removed whatever the view's outcome: a failed view may still have been recorded.
+        if let Err(error) = self.remove_view(namespace, &key).await {
+            tracing::warn!(%key, chain_id, namespace, error = %crate::doctor::error_chain(&error), "could not remove a temporary view snapshot");
         }
         let view = match view {
             Ok(view) => view.into_inner(),
@@ -429,31 +462,6 @@ impl Containerd {
             )?)
             .await;
         Ok(found("snapshots.stat", response)?.is_some())
-    }
-
-    /// A lease named `id` that containerd's garbage collector drops by itself after
-    /// [`VIEW_LEASE_LIFETIME`] (its `containerd.io/gc.expire` label).
-    async fn create_view_lease(&self, namespace: &str, id: &str) -> Result<(), ContainerdError> {
-        let expires = std::time::SystemTime::now() + VIEW_LEASE_LIFETIME;
-        let expires = expires
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        self.client
-            .leases()
-            .create(request(
-                namespace,
-                CreateLeaseRequest {
-                    id: id.to_owned(),
-                    labels: [(
-                        GC_EXPIRE_LABEL.to_owned(),
-                        crate::verify::time::format_rfc3339(expires),
-                    )]
-                    .into(),
-                },
-            )?)
-            .await
-            .map_err(call("leases.create"))?;
-        Ok(())
     }
 
     /// Removes a view snapshot; one that is gone already is not an error.
@@ -558,9 +566,18 @@ impl Containerd {
 /// that leftovers can be told apart from everything else in containerd.
 pub const VIEW_PREFIX: &str = "imagegate-view-";
 
-/// How long a view's lease protects it. A view lives for one round trip; this only bounds
-/// how long one left by a killed process survives when nothing sweeps it.
-pub const VIEW_LEASE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a view lease protects its views. A view lives for one round trip and a lease for
+/// one reconciliation (500 images take seconds); this only bounds how long a lease a killed
+/// process left protects anything when nothing sweeps it.
+pub const VIEW_LEASE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A lease under which [`Containerd::snapshot_dirs`] creates its views: one per namespace for
+/// a whole reconciliation (a lease costs two metadata writes), or one per image after an event.
+#[derive(Debug, Clone)]
+pub struct ViewLease {
+    namespace: String,
+    id: String,
+}
 
 /// The lease label containerd's garbage collector reads as the lease's expiry (RFC 3339).
 const GC_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
@@ -578,7 +595,7 @@ fn lease_expired(at: &str, now: i64) -> bool {
     crate::verify::time::parse_rfc3339(at).is_none_or(|at| at <= now)
 }
 
-/// Keys of this process's view snapshots: `imagegate-view-<pid>-<nonce>-<n>`. The counter makes
+/// Keys of this process's view snapshots and view leases: `imagegate-view-<pid>-<nonce>-<n>`. The counter makes
 /// every key of one process unique (concurrent callers never share one); the pid and a random
 /// nonce tell this process's keys from those a previous process left (pids are reused).
 #[derive(Debug)]

@@ -9,7 +9,9 @@ pub mod oci;
 
 use std::path::PathBuf;
 
-pub use containerd::{ContainerRecord, Containerd, ContainerdError, ImageRecord, ResolvedImage};
+pub use containerd::{
+    ContainerRecord, Containerd, ContainerdError, ImageRecord, ResolvedImage, ViewLease,
+};
 
 use crate::enforce::LayerId;
 
@@ -52,12 +54,26 @@ pub enum CatalogError {
     },
     #[error("cataloguing image {name} stopped: {detail}")]
     Task { name: String, detail: String },
+    #[error("no lease for view snapshots")]
+    Lease(#[source] std::sync::Arc<ContainerdError>),
 }
 
-/// Locates the layers of one resolved image. An image that is not unpacked has no snapshots:
-/// that is not an error, its layer list is empty.
+/// Locates the layers of one resolved image, under a view lease of its own. An image that is
+/// not unpacked has no snapshots: that is not an error, its layer list is empty.
 pub async fn locate(
     containerd: &Containerd,
+    resolved: ResolvedImage,
+) -> Result<CatalogImage, CatalogError> {
+    let lease = containerd.view_lease(&resolved.record.namespace).await?;
+    let located = locate_under(containerd, &lease, resolved).await;
+    containerd.release(&lease).await;
+    located
+}
+
+/// [`locate`] under `lease` (of the image's namespace).
+pub async fn locate_under(
+    containerd: &Containerd,
+    lease: &ViewLease,
     resolved: ResolvedImage,
 ) -> Result<CatalogImage, CatalogError> {
     let Some(top) = resolved.chain_ids.last() else {
@@ -66,10 +82,7 @@ pub async fn locate(
             layers: Vec::new(),
         });
     };
-    let Some(dirs) = containerd
-        .snapshot_dirs(&resolved.record.namespace, top)
-        .await?
-    else {
+    let Some(dirs) = containerd.snapshot_dirs(lease, top).await? else {
         return Ok(CatalogImage {
             resolved,
             layers: Vec::new(),
@@ -106,6 +119,16 @@ pub async fn catalogue(
     locate(containerd, resolved).await
 }
 
+/// [`catalogue`] under `lease` (of the record's namespace).
+async fn catalogue_under(
+    containerd: &Containerd,
+    lease: &ViewLease,
+    record: &ImageRecord,
+) -> Result<CatalogImage, CatalogError> {
+    let resolved = containerd.resolve(record).await?;
+    locate_under(containerd, lease, resolved).await
+}
+
 /// Images catalogued at once during a reconciliation: each costs a few containerd round trips
 /// (manifest, config, a leased view snapshot); overlapping them keeps a 500-image start short.
 const CATALOG_CONCURRENCY: usize = 8;
@@ -121,15 +144,36 @@ pub async fn reconcile(
     for namespace in namespaces {
         records.extend(containerd.images(namespace).await?);
     }
+    // One view lease per namespace for the whole pass; a namespace whose lease cannot be made
+    // has its records fail (and retried), not left out.
+    let mut leases = std::collections::HashMap::new();
+    for record in &records {
+        if !leases.contains_key(&record.namespace) {
+            let lease = containerd
+                .view_lease(&record.namespace)
+                .await
+                .map_err(std::sync::Arc::new);
+            leases.insert(record.namespace.clone(), lease);
+        }
+    }
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(CATALOG_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, record) in records.iter().enumerate() {
         let containerd = containerd.clone();
         let limit = std::sync::Arc::clone(&limit);
         let record = record.clone();
+        let lease = leases.get(&record.namespace).cloned();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            (index, catalogue(&containerd, &record).await)
+            let result = match lease {
+                Some(Ok(lease)) => catalogue_under(&containerd, &lease, &record).await,
+                Some(Err(error)) => Err(CatalogError::Lease(error)),
+                None => Err(CatalogError::Task {
+                    name: record.name.clone(),
+                    detail: "no view lease for its namespace".to_owned(),
+                }),
+            };
+            (index, result)
         });
     }
     let mut results: Vec<Option<Result<CatalogImage, CatalogError>>> =
@@ -140,6 +184,9 @@ pub async fn reconcile(
             // A task that panicked catalogued nothing; its record is reported below.
             Err(error) => tracing::error!(%error, "catalog task failed"),
         }
+    }
+    for lease in leases.into_values().flatten() {
+        containerd.release(&lease).await;
     }
     Ok(records
         .into_iter()

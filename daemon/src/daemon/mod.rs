@@ -550,7 +550,7 @@ impl<B: Backend> Daemon<B> {
             uncatalogued = self.uncatalogued.len(),
             catalog_ms = catalogued.as_millis() as u64,
             judged_ms = started.elapsed().as_millis() as u64,
-            "images reconciled: {judged} of {total} image records judged"
+            "images reconciled"
         );
         self.writable.clear();
         let mut containers = Vec::new();
