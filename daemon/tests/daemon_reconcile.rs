@@ -243,3 +243,98 @@ fn daemon_chain_top(daemon: &Daemon<RecordingBackend>, name: &str) -> String {
         .and_then(|(_, entry)| entry.layers.last().map(|(chain_id, _)| chain_id.clone()))
         .expect("image known with layers")
 }
+
+/// Fail closed: a trusted image whose record can no longer be catalogued (here its config is
+/// gone from the content store) stops vouching for its layers at once, is listed as waiting
+/// for a retry, and vouches again once a retry catalogues it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_cannot_be_catalogued_vouches_for_nothing_until_a_retry_succeeds() {
+    if !support::is_root() {
+        eprintln!("skipping: containerd needs root");
+        return;
+    }
+    let dir = support::scratch_dir("daemon-uncatalogued");
+    let containerd = PrivateContainerd::start(&dir);
+    let policy_path = dir.join("policy.toml");
+    std::fs::write(&policy_path, POLICY).expect("policy");
+    let name = "registry.test/trusted/retry:1";
+    let image = image::image(vec![image::layer(&[File::new("r/marker", "r", 0o644)])]);
+    let archive = dir.join("retry.tar");
+    image::write_archive(&archive, name, &image, false);
+    containerd.import("default", &archive);
+    let chain = imagegate::catalog::oci::chain_ids(&image.diff_ids);
+    // Its unpacked layer stays while the config is gone (as for content being re-fetched).
+    let out = containerd.ctr(&["snapshots", "label", &chain[0], "containerd.io/gc.root=t"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let verifier = Verifier {
+        policy: Arc::new(imagegate::policy::Policy::load(&policy_path).expect("policy")),
+        client: Arc::new(RegistryClient::new(DiscoveryConfig::default()).expect("client")),
+        cache: Arc::new(VerdictCache::new(None)),
+    };
+    let client = Containerd::connect(&containerd.socket)
+        .await
+        .expect("connect");
+    let mut daemon = Daemon::new(RecordingBackend::default(), verifier, client);
+    daemon.reconcile().await.expect("reconcile");
+    let layer = id_of_dir_with(&containerd, "r/marker");
+    assert_eq!(
+        daemon.backend.layers.get(&layer),
+        Some(&LayerState::Verified)
+    );
+    assert_eq!(daemon.records(), (1, 1));
+
+    let config = image::digest(&image.config);
+    let out = containerd.ctr(&["content", "rm", &config]);
+    assert!(out.status.success(), "{out:?}");
+    // What an /images/update event would do.
+    daemon
+        .refresh_image("default", name)
+        .await
+        .expect("a record that cannot be catalogued is no error of the daemon");
+    assert_eq!(
+        daemon.backend.layers.get(&layer),
+        None,
+        "an uncatalogued record vouches for nothing"
+    );
+    assert_eq!(daemon.records(), (0, 1));
+    let key = imagegate::daemon::table::ImageKey {
+        namespace: "default".into(),
+        name: name.into(),
+    };
+    assert_eq!(daemon.uncatalogued[&key].attempts, 1);
+    let status = daemon.status();
+    assert_eq!(
+        status["records"]["uncatalogued"][0]["image"], name,
+        "{status}"
+    );
+    // Not due yet: nothing is retried.
+    let due = daemon.next_retry().expect("a retry is scheduled");
+    daemon.retry_uncatalogued().await.expect("retry");
+    assert_eq!(daemon.uncatalogued[&key].attempts, 1);
+    // Due, still failing: the attempt is counted and the next one is later.
+    tokio::time::sleep_until(due).await;
+    daemon.retry_uncatalogued().await.expect("retry");
+    assert_eq!(daemon.uncatalogued[&key].attempts, 2);
+    assert!(daemon.next_retry().expect("rescheduled") > due);
+
+    let mut ingest = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(&containerd.socket)
+        .args(["content", "ingest", "--expected-digest", &config, "config"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr");
+    std::io::Write::write_all(&mut ingest.stdin.take().expect("stdin"), &image.config)
+        .expect("write config");
+    assert!(ingest.wait().expect("ctr").success());
+    tokio::time::sleep_until(daemon.next_retry().expect("scheduled")).await;
+    daemon.retry_uncatalogued().await.expect("retry");
+    assert!(daemon.uncatalogued.is_empty());
+    assert_eq!(daemon.records(), (1, 1));
+    assert_eq!(
+        daemon.backend.layers.get(&layer),
+        Some(&LayerState::Verified),
+        "catalogued again, it vouches again"
+    );
+}

@@ -474,14 +474,14 @@ impl<B: Backend> Daemon<B> {
         self.table = LayerTable::default();
         self.verdicts.clear();
         self.layer_dirs.clear();
-        // Failed attempts of records still failing keep counting (their back-off grows).
-        let mut earlier = std::mem::take(&mut self.uncatalogued);
         let started = std::time::Instant::now();
         let namespaces = self.containerd.namespaces().await?;
         for namespace in &namespaces {
             self.remove_leftover_views(namespace).await;
         }
         let listed = catalog::reconcile(&self.containerd, &namespaces).await?;
+        // Failed attempts of records still failing keep counting (their back-off grows).
+        let mut earlier = std::mem::take(&mut self.uncatalogued);
         let total = listed.len();
         let mut images = Vec::new();
         for (record, result) in listed {
@@ -596,8 +596,8 @@ impl<B: Backend> Daemon<B> {
     }
 
     /// Removes view snapshots and expired view leases an earlier process left in `namespace`
-    /// (see [`catalog::Containerd::remove_leftover_views`]). A failure costs only tidiness:
-    /// leftovers are leased and expire, and the next reconciliation tries again.
+    /// (see [`catalog::Containerd::remove_leftover_views`]). A failure costs only tidiness,
+    /// never a record: the next reconciliation tries again.
     async fn remove_leftover_views(&self, namespace: &str) {
         match self.containerd.remove_leftover_views(namespace).await {
             Ok((0, 0)) => {}
