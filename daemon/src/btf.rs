@@ -434,7 +434,13 @@ mod tests {
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
-        for word in [24, 0, type_len, type_len, u32::try_from(strings.len()).unwrap()] {
+        for word in [
+            24,
+            0,
+            type_len,
+            type_len,
+            u32::try_from(strings.len()).unwrap(),
+        ] {
             out.extend_from_slice(&word.to_le_bytes());
         }
         for word in types {
@@ -457,7 +463,10 @@ mod tests {
         );
         let module = Btf::parse(&split, Some(&base)).expect("split");
         assert!(module.has_struct("ovl_fs"));
-        assert_eq!(module.member_offset("ovl_fs", "numlayer").expect("member"), 4);
+        assert_eq!(
+            module.member_offset("ovl_fs", "numlayer").expect("member"),
+            4
+        );
         assert_eq!(module.struct_size("ovl_fs").expect("size"), 8);
     }
 

@@ -147,6 +147,10 @@ pub struct Metrics {
     images_untrusted: AtomicU64,
     reconciliations_ok: AtomicU64,
     reconciliations_failed: AtomicU64,
+    /// Attempts at cataloguing an image record that failed (each retry counts).
+    catalog_failures: AtomicU64,
+    records_judged: AtomicU64,
+    records_uncatalogued: AtomicU64,
     reconcile: AtomicU8,
     backend: Mutex<Option<&'static str>>,
     stopping: AtomicBool,
@@ -241,6 +245,21 @@ impl Metrics {
         self.images_trusted.store(count(trusted), Ordering::Relaxed);
         self.images_untrusted
             .store(count(untrusted), Ordering::Relaxed);
+    }
+
+    /// An attempt at cataloguing an image record failed (it is retried; meanwhile it vouches
+    /// for nothing).
+    pub fn catalog_failure(&self) {
+        self.catalog_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Image records judged, and those waiting for a retry because they could not be
+    /// catalogued.
+    pub fn observe_records(&self, judged: usize, uncatalogued: usize) {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        self.records_judged.store(count(judged), Ordering::Relaxed);
+        self.records_uncatalogued
+            .store(count(uncatalogued), Ordering::Relaxed);
     }
 
     /// The enforcement backend is attached (after its self-test, for BPF LSM).
@@ -452,6 +471,33 @@ impl Metrics {
                 ("trusted", load(&self.images_trusted)),
                 ("untrusted", load(&self.images_untrusted)),
             ],
+        );
+
+        header(
+            &mut out,
+            "imagegate_image_records",
+            "gauge",
+            "containerd image records: judged, or uncatalogued (their manifest, config or layers could not be read; they vouch for nothing until a retry succeeds).",
+        );
+        samples(
+            &mut out,
+            "imagegate_image_records",
+            "state",
+            &[
+                ("judged", load(&self.records_judged)),
+                ("uncatalogued", load(&self.records_uncatalogued)),
+            ],
+        );
+        header(
+            &mut out,
+            "imagegate_catalog_failures_total",
+            "counter",
+            "Attempts at cataloguing an image record that failed (each is retried with back-off).",
+        );
+        let _ = writeln!(
+            out,
+            "imagegate_catalog_failures_total {}",
+            load(&self.catalog_failures)
         );
 
         header(
@@ -742,6 +788,9 @@ mod tests {
         metrics.decision("bpf-lsm", "denied", "mmap");
         metrics.cache_hit();
         metrics.registry_error(&DiscoverError::Timeout { url: "u".into() });
+        metrics.catalog_failure();
+        metrics.catalog_failure();
+        metrics.observe_records(14, 1);
         let text = metrics.render();
         let s = samples(&text);
         assert_eq!(s["imagegate_verifications_total{outcome=\"trusted\"}"], 1.0);
@@ -791,6 +840,9 @@ mod tests {
         assert_eq!(s["imagegate_verdict_cache_hits_total"], 1.0);
         assert_eq!(s["imagegate_registry_errors_total{kind=\"timeout\"}"], 1.0);
         assert_eq!(s["imagegate_backend_info{backend=\"bpf-lsm\"}"], 1.0);
+        assert_eq!(s["imagegate_catalog_failures_total"], 2.0);
+        assert_eq!(s["imagegate_image_records{state=\"judged\"}"], 14.0);
+        assert_eq!(s["imagegate_image_records{state=\"uncatalogued\"}"], 1.0);
         assert!(text.contains("# TYPE imagegate_verification_duration_seconds histogram"));
     }
 

@@ -51,7 +51,7 @@ async fn reconcile_finds_images_layers_and_snapshot_directories() {
         .await
         .expect("reconcile")
         .into_iter()
-        .map(|result| result.expect("every image catalogued"))
+        .map(|(_, result)| result.expect("every image catalogued"))
         .collect();
     let find = |name: &str| {
         images

@@ -14,7 +14,7 @@ use imagegate::{
     catalog::Containerd,
     daemon::{Daemon, Verifier},
     discover::{DiscoveryConfig, RegistryClient},
-    enforce::{Backend, Decision, Drift, LayerId, LayerState, Mode},
+    enforce::{Backend, ContainerTrust, Decision, Drift, LayerId, LayerState, Mode, OutsideImage},
     verdict::VerdictCache,
 };
 use support::{
@@ -25,6 +25,7 @@ use support::{
 #[derive(Default)]
 struct RecordingBackend {
     layers: HashMap<LayerId, LayerState>,
+    containers: HashMap<LayerId, ContainerTrust>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,20 @@ impl Backend for RecordingBackend {
     fn remove_layer(&mut self, layer: LayerId) -> Result<(), Never> {
         self.layers.remove(&layer);
         Ok(())
+    }
+    fn set_outside_image(&mut self, _: OutsideImage) -> Result<(), Never> {
+        Ok(())
+    }
+    fn set_container(&mut self, root: LayerId, trust: ContainerTrust) -> Result<(), Never> {
+        self.containers.insert(root, trust);
+        Ok(())
+    }
+    fn remove_container(&mut self, root: LayerId) -> Result<(), Never> {
+        self.containers.remove(&root);
+        Ok(())
+    }
+    fn containers(&self) -> Result<Vec<(LayerId, ContainerTrust)>, Never> {
+        Ok(self.containers.iter().map(|(id, t)| (*id, *t)).collect())
     }
     fn drain_events(&mut self) -> Vec<Decision> {
         Vec::new()
@@ -242,4 +257,215 @@ fn daemon_chain_top(daemon: &Daemon<RecordingBackend>, name: &str) -> String {
         .find(|(key, _)| key.name == name)
         .and_then(|(_, entry)| entry.layers.last().map(|(chain_id, _)| chain_id.clone()))
         .expect("image known with layers")
+}
+
+/// Fail closed: a trusted image whose record can no longer be catalogued (here its config is
+/// gone from the content store) stops vouching for its layers at once, is listed as waiting
+/// for a retry, and vouches again once a retry catalogues it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_cannot_be_catalogued_vouches_for_nothing_until_a_retry_succeeds() {
+    if !support::is_root() {
+        eprintln!("skipping: containerd needs root");
+        return;
+    }
+    let dir = support::scratch_dir("daemon-uncatalogued");
+    let containerd = PrivateContainerd::start(&dir);
+    let policy_path = dir.join("policy.toml");
+    std::fs::write(&policy_path, POLICY).expect("policy");
+    let name = "registry.test/trusted/retry:1";
+    let image = image::image(vec![image::layer(&[File::new("r/marker", "r", 0o644)])]);
+    let archive = dir.join("retry.tar");
+    image::write_archive(&archive, name, &image, false);
+    containerd.import("default", &archive);
+    let chain = imagegate::catalog::oci::chain_ids(&image.diff_ids);
+    // Its unpacked layer stays while the config is gone (as for content being re-fetched).
+    let out = containerd.ctr(&["snapshots", "label", &chain[0], "containerd.io/gc.root=t"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let verifier = Verifier {
+        policy: Arc::new(imagegate::policy::Policy::load(&policy_path).expect("policy")),
+        client: Arc::new(RegistryClient::new(DiscoveryConfig::default()).expect("client")),
+        cache: Arc::new(VerdictCache::new(None)),
+    };
+    let client = Containerd::connect(&containerd.socket)
+        .await
+        .expect("connect");
+    let mut daemon = Daemon::new(RecordingBackend::default(), verifier, client);
+    daemon.reconcile().await.expect("reconcile");
+    let layer = id_of_dir_with(&containerd, "r/marker");
+    assert_eq!(
+        daemon.backend.layers.get(&layer),
+        Some(&LayerState::Verified)
+    );
+    assert_eq!(daemon.records(), (1, 1));
+
+    let config = image::digest(&image.config);
+    let out = containerd.ctr(&["content", "rm", &config]);
+    assert!(out.status.success(), "{out:?}");
+    // What an /images/update event would do.
+    daemon
+        .refresh_image("default", name)
+        .await
+        .expect("a record that cannot be catalogued is no error of the daemon");
+    assert_eq!(
+        daemon.backend.layers.get(&layer),
+        None,
+        "an uncatalogued record vouches for nothing"
+    );
+    assert_eq!(daemon.records(), (0, 1));
+    let key = imagegate::daemon::table::ImageKey {
+        namespace: "default".into(),
+        name: name.into(),
+    };
+    assert_eq!(daemon.uncatalogued[&key].attempts, 1);
+    let status = daemon.status();
+    assert_eq!(
+        status["records"]["uncatalogued"][0]["image"], name,
+        "{status}"
+    );
+    // Not due yet: nothing is retried.
+    let due = daemon.next_retry().expect("a retry is scheduled");
+    daemon.retry_uncatalogued().await.expect("retry");
+    assert_eq!(daemon.uncatalogued[&key].attempts, 1);
+    // Due, still failing: the attempt is counted and the next one is later.
+    tokio::time::sleep_until(due).await;
+    daemon.retry_uncatalogued().await.expect("retry");
+    assert_eq!(daemon.uncatalogued[&key].attempts, 2);
+    assert!(daemon.next_retry().expect("rescheduled") > due);
+
+    let mut ingest = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(&containerd.socket)
+        .args(["content", "ingest", "--expected-digest", &config, "config"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr");
+    std::io::Write::write_all(&mut ingest.stdin.take().expect("stdin"), &image.config)
+        .expect("write config");
+    assert!(ingest.wait().expect("ctr").success());
+    tokio::time::sleep_until(daemon.next_retry().expect("scheduled")).await;
+    daemon.retry_uncatalogued().await.expect("retry");
+    assert!(daemon.uncatalogued.is_empty());
+    assert_eq!(daemon.records(), (1, 1));
+    assert_eq!(
+        daemon.backend.layers.get(&layer),
+        Some(&LayerState::Verified),
+        "catalogued again, it vouches again"
+    );
+}
+
+/// The container is the unit of trust: each container's root (its writable snapshot) is
+/// recorded with its image's verdict, from events and at reconcile, and follows the image
+/// (deleting a trusted image makes its container untrusted); what the backend held from an
+/// earlier run is mirrored exactly, including a trusted entry for a container that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_are_judged_by_their_image() {
+    if !support::is_root() {
+        eprintln!("skipping: containerd needs root");
+        return;
+    }
+    let dir = support::scratch_dir("daemon-containers");
+    let containerd = PrivateContainerd::start(&dir);
+    let policy_path = dir.join("policy.toml");
+    std::fs::write(&policy_path, POLICY).expect("policy");
+    let shared = image::layer(&[File::new("shared/marker", "base", 0o644)]);
+    for (name, layers) in [
+        ("registry.test/trusted/a:1", vec![shared.clone()]),
+        (
+            "registry.test/untrusted/b:1",
+            vec![shared.clone(), image::layer(&[File::new("b", "b", 0o644)])],
+        ),
+        (
+            "registry.test/audited/c:1",
+            vec![image::layer(&[File::new("c", "c", 0o644)])],
+        ),
+    ] {
+        let archive = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        image::write_archive(&archive, name, &image::image(layers), false);
+        containerd.import("default", &archive);
+    }
+    // One container before the daemon starts.
+    let out = containerd.ctr(&["containers", "create", "registry.test/untrusted/b:1", "c-b"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let verifier = Verifier {
+        policy: Arc::new(imagegate::policy::Policy::load(&policy_path).expect("policy")),
+        client: Arc::new(RegistryClient::new(DiscoveryConfig::default()).expect("client")),
+        cache: Arc::new(VerdictCache::new(None)),
+    };
+    let client = Containerd::connect(&containerd.socket)
+        .await
+        .expect("connect");
+    let mut events = client.events();
+    let gone = LayerId { dev: 999, ino: 3 };
+    let mut backend = RecordingBackend::default();
+    backend.containers.insert(gone, ContainerTrust::Trusted);
+    let mut daemon = Daemon::new(backend, verifier, client);
+    daemon.reconcile().await.expect("reconcile");
+    let root_of = |daemon: &Daemon<RecordingBackend>, id: &str| {
+        daemon
+            .writable
+            .get(&("default".to_owned(), id.to_owned()))
+            .map(|(root, _)| *root)
+    };
+    let b_root = root_of(&daemon, "c-b").expect("c-b's writable snapshot is known");
+    assert_eq!(
+        daemon.backend.containers.get(&b_root),
+        Some(&ContainerTrust::Untrusted),
+        "a container of an untrusted image sharing a trusted layer is untrusted"
+    );
+    assert!(
+        !daemon.backend.containers.contains_key(&gone),
+        "a trusted entry for a container that is gone is removed"
+    );
+
+    for (image, id) in [
+        ("registry.test/trusted/a:1", "c-a"),
+        ("registry.test/audited/c:1", "c-c"),
+    ] {
+        let out = containerd.ctr(&["containers", "create", image, id]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let trust = |daemon: &Daemon<RecordingBackend>, id: &str| {
+        root_of(daemon, id).and_then(|root| daemon.backend.containers.get(&root).copied())
+    };
+    while trust(&daemon, "c-a").is_none() || trust(&daemon, "c-c").is_none() {
+        handle_next(&mut daemon, &mut events, deadline).await;
+    }
+    assert_eq!(trust(&daemon, "c-a"), Some(ContainerTrust::Trusted));
+    assert_eq!(
+        trust(&daemon, "c-c"),
+        Some(ContainerTrust::Audit),
+        "an audit scope's untrusted image makes an audit container"
+    );
+    let status = daemon.status();
+    let listed = status["container_verdicts"]
+        .as_array()
+        .expect("container list");
+    assert!(
+        listed
+            .iter()
+            .any(|c| c["id"] == "c-a" && c["trust"] == "trusted"),
+        "status lists containers with their trust: {status}"
+    );
+
+    // The trusted image goes: its container is no longer vouched for.
+    let out = containerd.ctr(&["images", "rm", "registry.test/trusted/a:1"]);
+    assert!(out.status.success(), "{out:?}");
+    while trust(&daemon, "c-a") == Some(ContainerTrust::Trusted) {
+        handle_next(&mut daemon, &mut events, deadline).await;
+    }
+    assert_eq!(trust(&daemon, "c-a"), Some(ContainerTrust::Untrusted));
+
+    // A deleted container is forgotten.
+    let a_root = root_of(&daemon, "c-a").expect("root");
+    let out = containerd.ctr(&["containers", "rm", "c-a"]);
+    assert!(out.status.success(), "{out:?}");
+    while daemon.backend.containers.contains_key(&a_root) {
+        handle_next(&mut daemon, &mut events, deadline).await;
+    }
+    for id in ["c-b", "c-c"] {
+        let _ = containerd.ctr(&["containers", "rm", id]);
+    }
 }

@@ -255,7 +255,11 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
     let event = daemon::wait_for_event(&events, |e| {
         e["reason"] == "untrusted_image" && e["container"]["id"] == "c-mixed-base"
     });
-    assert_eq!(event["container"]["digest"], mixed.manifest_digest(), "{event}");
+    assert_eq!(
+        event["container"]["digest"],
+        mixed.manifest_digest(),
+        "{event}"
+    );
     // In the signed image's container, a library of its own image loads through LD_PRELOAD
     // (an executable mapping of its own layer).
     let out = containerd.run(
@@ -268,7 +272,10 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
             "echo signed:; LD_PRELOAD=/lib/good.so /bin/true-dyn",
         ],
     );
-    assert!(out.status.success(), "the signed image's programs failed: {out:?}");
+    assert!(
+        out.status.success(),
+        "the signed image's programs failed: {out:?}"
+    );
     assert_eq!(
         stdout(&out),
         format!("signed:\n{PRELOADED}\n"),

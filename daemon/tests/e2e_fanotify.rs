@@ -236,14 +236,20 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     let event = daemon::wait_for_event(&events_path, |e| {
         e["reason"] == "untrusted_image" && e["container"]["id"] == "c-volume"
     });
-    assert!(event["layer"].is_null(), "a volume file is in no layer: {event}");
+    assert!(
+        event["layer"].is_null(),
+        "a volume file is in no layer: {event}"
+    );
     let out = containerd.run_with(
         &["--mount", &mount],
         "registry.test/trusted/app:1",
         "c-volume-trusted",
         &["/data/echo", "volume ran"],
     );
-    assert!(out.status.success(), "a trusted container's volume binary: {out:?}");
+    assert!(
+        out.status.success(),
+        "a trusted container's volume binary: {out:?}"
+    );
 
     // Read-only root file systems (a view: lower layers only): judged by the top layer.
     let out = containerd.run_with(
@@ -252,7 +258,10 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         "c-ro-trusted",
         &["/bin/busybox", "echo", "read-only ran"],
     );
-    assert!(out.status.success(), "a trusted read-only container: {out:?}");
+    assert!(
+        out.status.success(),
+        "a trusted read-only container: {out:?}"
+    );
     let out = containerd.run_with(
         &["--read-only"],
         "registry.test/mixed/app:1",
@@ -267,7 +276,10 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         "c-audited",
         &["/bin/busybox", "echo", "audited ran"],
     );
-    assert!(out.status.success(), "an audit scope's container was denied: {out:?}");
+    assert!(
+        out.status.success(),
+        "an audit scope's container was denied: {out:?}"
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "audited ran");
     daemon::wait_for_event(&events_path, |e| e["container"]["id"] == "c-audited");
     std::thread::sleep(Duration::from_millis(300));

@@ -31,7 +31,11 @@ fn denial_for(path: &Path, name: &str) -> Value {
 fn assert_event(event: &Value, name: &str, image: &Image, path: &str) {
     assert_eq!(event["reason"], "untrusted_image", "{event}");
     assert_eq!(event["container"]["image"], name, "{event}");
-    assert_eq!(event["container"]["digest"], image.manifest_digest(), "{event}");
+    assert_eq!(
+        event["container"]["digest"],
+        image.manifest_digest(),
+        "{event}"
+    );
     let owner = event["images"]
         .as_array()
         .unwrap()
@@ -160,11 +164,18 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
     // The container of the unsigned image runs nothing, not even the signed base's binary.
     let out = containerd.run(&name, "c-mixed-base", &["/bin/busybox", "echo", "base"]);
     assert_denied(&out, "base binary in a container of the mixed image");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("base"), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("base"),
+        "{out:?}"
+    );
     let event = support::daemon::wait_for_event(&events_path, |e| {
         e["reason"] == "untrusted_image" && e["container"]["id"] == "c-mixed-base"
     });
     assert_eq!(event["container"]["image"], name.as_str(), "{event}");
-    assert_eq!(event["container"]["digest"], mixed.manifest_digest(), "{event}");
+    assert_eq!(
+        event["container"]["digest"],
+        mixed.manifest_digest(),
+        "{event}"
+    );
     daemon.stop();
 }

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use containerd_client::{
     services::v1::{
         snapshots::{
-            ListSnapshotsRequest, MountsRequest, RemoveSnapshotRequest, ViewSnapshotRequest,
+            ListSnapshotsRequest, MountsRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+            ViewSnapshotRequest,
         },
+        CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
         GetContainerRequest, GetImageRequest, InfoRequest, ListContainersRequest,
-        ListImagesRequest, ListNamespacesRequest, ListTasksRequest, ReadContentRequest,
-        SubscribeRequest,
+        ListImagesRequest, ListNamespacesRequest, ListRequest as ListLeasesRequest,
+        ListTasksRequest, ReadContentRequest, SubscribeRequest,
     },
     tonic::{metadata::MetadataValue, Request},
     Client,
@@ -38,6 +40,8 @@ pub enum ContainerdError {
     },
     #[error("namespace name {namespace:?} is not a valid gRPC header value")]
     BadNamespace { namespace: String },
+    #[error("{value:?} is not a valid gRPC header value")]
+    BadHeader { value: String },
     #[error("image {name} has no target descriptor")]
     NoTarget { name: String },
     #[error("blob {digest} is {size} bytes, over the {limit}-byte limit")]
@@ -337,55 +341,303 @@ impl Containerd {
         })
     }
 
-    /// The `snapshots/<id>/fs` directories of the committed snapshot `chain_id` and its parents,
-    /// bottom first. The overlayfs snapshotter does not expose its ids directly; a short-lived
-    /// view of the snapshot returns mounts whose `lowerdir=` (or bind source, for one layer)
-    /// names them. The view is removed again.
-    pub async fn snapshot_dirs(
-        &self,
-        namespace: &str,
-        chain_id: &str,
-    ) -> Result<Vec<PathBuf>, ContainerdError> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let key = format!(
-            "imagegate-view-{}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            chain_id.trim_start_matches("sha256:")
-        );
-        let mut snapshots = self.client.snapshots();
-        let view = snapshots
-            .view(request(
+    /// A lease for temporary views in `namespace` (see [`Containerd::snapshot_dirs`]): while it
+    /// holds a view, containerd's garbage collector cannot take it or race its removal. It
+    /// expires by itself ([`VIEW_LEASE_LIFETIME`], its `containerd.io/gc.expire` label), so
+    /// one a killed process leaves protects nothing for long; [`Containerd::release`] deletes
+    /// it at once.
+    pub async fn view_lease(&self, namespace: &str) -> Result<ViewLease, ContainerdError> {
+        let id = view_keys().next();
+        let expires = std::time::SystemTime::now() + VIEW_LEASE_LIFETIME;
+        let expires = expires
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.client
+            .leases()
+            .create(request(
                 namespace,
-                ViewSnapshotRequest {
-                    snapshotter: SNAPSHOTTER.to_owned(),
-                    key: key.clone(),
-                    parent: chain_id.to_owned(),
-                    labels: Default::default(),
+                CreateLeaseRequest {
+                    id: id.clone(),
+                    labels: [(
+                        GC_EXPIRE_LABEL.to_owned(),
+                        crate::verify::time::format_rfc3339(expires),
+                    )]
+                    .into(),
                 },
             )?)
             .await
-            .map_err(call("snapshots.view"))?
-            .into_inner();
-        let removed = snapshots
-            .remove(request(
-                namespace,
-                RemoveSnapshotRequest {
-                    snapshotter: SNAPSHOTTER.to_owned(),
-                    key,
-                },
-            )?)
-            .await;
-        if let Err(status) = removed {
-            tracing::warn!(%status, chain_id, "could not remove a view snapshot");
+            .map_err(call("leases.create"))?;
+        Ok(ViewLease {
+            namespace: namespace.to_owned(),
+            id,
+        })
+    }
+
+    /// Deletes a view lease (what it held is collected later; its views are removed already).
+    /// A failure is only logged: the lease expires, and the next sweep deletes it.
+    pub async fn release(&self, lease: &ViewLease) {
+        if let Err(error) = self.delete_lease(&lease.namespace, &lease.id).await {
+            tracing::warn!(lease = %lease.id, namespace = %lease.namespace, error = %crate::doctor::error_chain(&error), "could not delete a view lease");
         }
+    }
+
+    /// The `snapshots/<id>/fs` directories of the committed snapshot `chain_id` and its parents,
+    /// bottom first, in the lease's namespace; `None` when containerd has no such snapshot (the
+    /// image is not unpacked).
+    ///
+    /// The overlayfs snapshotter does not expose its ids directly; a short-lived view of the
+    /// snapshot returns mounts whose `lowerdir=` (or bind source, for one layer) names them.
+    /// The view gets a key no other caller can hold ([`ViewKeys`]: records sharing a top chain
+    /// are catalogued at once), is created under `lease` (the `containerd-lease` header), and
+    /// is removed again before this returns. A process killed in between leaves a view that
+    /// the next [`Containerd::remove_leftover_views`] removes, or containerd collects once the
+    /// lease has expired.
+    pub async fn snapshot_dirs(
+        &self,
+        lease: &ViewLease,
+        chain_id: &str,
+    ) -> Result<Option<Vec<PathBuf>>, ContainerdError> {
+        let namespace = lease.namespace.as_str();
+        let key = view_keys().next();
+        let mut view_request = request(
+            namespace,
+            ViewSnapshotRequest {
+                snapshotter: SNAPSHOTTER.to_owned(),
+                key: key.clone(),
+                parent: chain_id.to_owned(),
+                labels: Default::default(),
+            },
+        )?;
+        view_request.metadata_mut().insert(
+            "containerd-lease",
+            lease.id.parse().map_err(|_| ContainerdError::BadHeader {
+                value: lease.id.clone(),
+            })?,
+        );
+        let view = self.client.snapshots().view(view_request).await;
+        // Removed whatever the view's outcome: a failed view may still have been recorded.
+        if let Err(error) = self.remove_view(namespace, &key).await {
+            tracing::warn!(%key, chain_id, namespace, error = %crate::doctor::error_chain(&error), "could not remove a temporary view snapshot");
+        }
+        let view = match view {
+            Ok(view) => view.into_inner(),
+            Err(status) if status.code() == containerd_client::tonic::Code::NotFound => {
+                // Not unpacked, unless what was not found is something else (the lease): then
+                // it is an error, retried, never an empty layer list.
+                return if self.snapshot_exists(namespace, chain_id).await? {
+                    Err(ContainerdError::Call {
+                        call: "snapshots.view",
+                        source: status,
+                    })
+                } else {
+                    Ok(None)
+                };
+            }
+            Err(source) => {
+                return Err(ContainerdError::Call {
+                    call: "snapshots.view",
+                    source,
+                })
+            }
+        };
         let mounts: Vec<(String, String, Vec<String>)> = view
             .mounts
             .into_iter()
             .map(|m| (m.r#type, m.source, m.options))
             .collect();
-        layer_dirs_from_mounts(chain_id, &mounts)
+        layer_dirs_from_mounts(chain_id, &mounts).map(Some)
     }
+
+    /// Whether the snapshot `key` exists in `namespace`.
+    async fn snapshot_exists(&self, namespace: &str, key: &str) -> Result<bool, ContainerdError> {
+        let response = self
+            .client
+            .snapshots()
+            .stat(request(
+                namespace,
+                StatSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.to_owned(),
+                    key: key.to_owned(),
+                },
+            )?)
+            .await;
+        Ok(found("snapshots.stat", response)?.is_some())
+    }
+
+    /// Removes a view snapshot; one that is gone already is not an error.
+    async fn remove_view(&self, namespace: &str, key: &str) -> Result<(), ContainerdError> {
+        let response = self
+            .client
+            .snapshots()
+            .remove(request(
+                namespace,
+                RemoveSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.to_owned(),
+                    key: key.to_owned(),
+                },
+            )?)
+            .await;
+        found("snapshots.remove", response).map(drop)
+    }
+
+    /// Deletes a lease (asynchronously collected); one that is gone already is not an error.
+    async fn delete_lease(&self, namespace: &str, id: &str) -> Result<(), ContainerdError> {
+        let response = self
+            .client
+            .leases()
+            .delete(request(
+                namespace,
+                DeleteLeaseRequest {
+                    id: id.to_owned(),
+                    sync: false,
+                },
+            )?)
+            .await;
+        found("leases.delete", response).map(drop)
+    }
+
+    /// Removes what an earlier imagegate process left in `namespace`: view snapshots
+    /// (`imagegate-view-*`, from a process killed while it held one, or from versions that did
+    /// not lease them) and imagegate view leases that have expired. This process's own views
+    /// are left alone. Returns (views, leases) removed.
+    pub async fn remove_leftover_views(
+        &self,
+        namespace: &str,
+    ) -> Result<(usize, usize), ContainerdError> {
+        let own = view_keys();
+        let mut stream = self
+            .client
+            .snapshots()
+            .list(request(
+                namespace,
+                ListSnapshotsRequest {
+                    snapshotter: SNAPSHOTTER.to_owned(),
+                    filters: Vec::new(),
+                },
+            )?)
+            .await
+            .map_err(call("snapshots.list"))?
+            .into_inner();
+        let mut leftovers = Vec::new();
+        while let Some(page) = stream.message().await.map_err(call("snapshots.list"))? {
+            leftovers.extend(
+                page.info
+                    .into_iter()
+                    .map(|info| info.name)
+                    .filter(|name| is_view_key(name) && !own.owns(name)),
+            );
+        }
+        for key in &leftovers {
+            self.remove_view(namespace, key).await?;
+        }
+        let leases = self
+            .client
+            .leases()
+            .list(request(
+                namespace,
+                ListLeasesRequest {
+                    filters: Vec::new(),
+                },
+            )?)
+            .await
+            .map_err(call("leases.list"))?
+            .into_inner()
+            .leases;
+        let now = crate::verify::time::now_unix();
+        let expired: Vec<String> = leases
+            .into_iter()
+            .filter(|lease| {
+                is_view_key(&lease.id)
+                    && lease
+                        .labels
+                        .get(GC_EXPIRE_LABEL)
+                        .is_none_or(|at| lease_expired(at, now))
+            })
+            .map(|lease| lease.id)
+            .collect();
+        for id in &expired {
+            self.delete_lease(namespace, id).await?;
+        }
+        Ok((leftovers.len(), expired.len()))
+    }
+}
+
+/// Every temporary view snapshot and view lease imagegate makes is named with this prefix, so
+/// that leftovers can be told apart from everything else in containerd.
+pub const VIEW_PREFIX: &str = "imagegate-view-";
+
+/// How long a view lease protects its views. A view lives for one round trip and a lease for
+/// one reconciliation (500 images take seconds); this only bounds how long a lease a killed
+/// process left protects anything when nothing sweeps it.
+pub const VIEW_LEASE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A lease under which [`Containerd::snapshot_dirs`] creates its views: one per namespace for
+/// a whole reconciliation (a lease costs two metadata writes), or one per image after an event.
+#[derive(Debug, Clone)]
+pub struct ViewLease {
+    namespace: String,
+    id: String,
+}
+
+/// The lease label containerd's garbage collector reads as the lease's expiry (RFC 3339).
+const GC_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
+
+/// Whether `name` is one of imagegate's view snapshots or view leases (any process's).
+#[must_use]
+pub fn is_view_key(name: &str) -> bool {
+    name.starts_with(VIEW_PREFIX)
+}
+
+/// Whether a lease whose `containerd.io/gc.expire` label reads `at` has expired at Unix time
+/// `now`; an unreadable expiry counts as expired (containerd ignores it: the lease would live
+/// forever).
+fn lease_expired(at: &str, now: i64) -> bool {
+    crate::verify::time::parse_rfc3339(at).is_none_or(|at| at <= now)
+}
+
+/// Keys of this process's view snapshots and view leases: `imagegate-view-<pid>-<nonce>-<n>`. The counter makes
+/// every key of one process unique (concurrent callers never share one); the pid and a random
+/// nonce tell this process's keys from those a previous process left (pids are reused).
+#[derive(Debug)]
+pub struct ViewKeys {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl ViewKeys {
+    /// Keys for process `pid`, told apart from other processes' by `nonce`.
+    #[must_use]
+    pub fn new(pid: u32, nonce: u64) -> Self {
+        Self {
+            prefix: format!("{VIEW_PREFIX}{pid}-{nonce:016x}-"),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A key no earlier call returned.
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{n}", self.prefix)
+    }
+
+    /// Whether `key` is one of these keys.
+    #[must_use]
+    pub fn owns(&self, key: &str) -> bool {
+        key.strip_prefix(&self.prefix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
+/// This process's view keys.
+pub fn view_keys() -> &'static ViewKeys {
+    static KEYS: std::sync::LazyLock<ViewKeys> = std::sync::LazyLock::new(|| {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        // std's hasher keys are random per process: a nonce without a random-number crate.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        ViewKeys::new(std::process::id(), hasher.finish())
+    });
+    &KEYS
 }
 
 /// A container record: the image it was made from and the snapshot that is its root file
@@ -653,5 +905,52 @@ mod tests {
         assert!(layer_dirs_from_mounts("c", &odd).is_err());
         let relative = vec![("bind".to_owned(), "snapshots/7/fs".to_owned(), vec![])];
         assert!(layer_dirs_from_mounts("c", &relative).is_err());
+    }
+
+    #[test]
+    fn view_keys_are_unique_across_concurrent_callers_and_processes() {
+        let keys = std::sync::Arc::new(ViewKeys::new(4242, 7));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let keys = std::sync::Arc::clone(&keys);
+                std::thread::spawn(move || (0..1000).map(|_| keys.next()).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for thread in threads {
+            for key in thread.join().expect("thread") {
+                assert!(is_view_key(&key) && keys.owns(&key), "{key}");
+                // A snapshot key and a lease id: short, and a valid gRPC header value.
+                assert!(
+                    key.len() < 64 && key.bytes().all(|b| b.is_ascii_graphic()),
+                    "{key}"
+                );
+                assert!(all.insert(key), "a key was handed out twice");
+            }
+        }
+        assert_eq!(all.len(), 8000);
+        // Another process (pid reused or not) never owns these, nor they its keys.
+        for other in [ViewKeys::new(4242, 8), ViewKeys::new(4243, 7)] {
+            let key = other.next();
+            assert!(is_view_key(&key) && !keys.owns(&key), "{key}");
+            assert!(!all.contains(&key), "{key}");
+        }
+        // What versions before leases left (`imagegate-view-<pid>-<chainID hex>`) is a leftover.
+        let old = format!("imagegate-view-4242-{}", "ab".repeat(32));
+        assert!(is_view_key(&old) && !keys.owns(&old));
+        assert!(!keys.owns("imagegate-view-4242-0000000000000007-"));
+        assert!(!is_view_key("sha256:abc") && !is_view_key("k8s.io/1/imagegate-view-1"));
+        let this = view_keys();
+        assert!(this.owns(&this.next()));
+    }
+
+    #[test]
+    fn view_leases_expire_by_their_label() {
+        assert!(lease_expired("2026-01-01T00:00:00Z", 1_800_000_000));
+        assert!(!lease_expired("2030-01-01T00:00:00Z", 1_800_000_000));
+        assert!(
+            lease_expired("soon", 0),
+            "an unreadable expiry never protects"
+        );
     }
 }

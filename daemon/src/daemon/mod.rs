@@ -54,6 +54,37 @@ const LAST_ERRORS: usize = 10;
 /// Verifications running at once during a reconciliation.
 const VERIFY_CONCURRENCY: usize = 16;
 
+/// The first retry of a record that could not be catalogued comes after this; each failed
+/// attempt doubles the wait, up to [`RETRY_MAX`].
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+/// The longest wait between two attempts at cataloguing a record.
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+/// Records listed one by one in `status` (all are counted).
+const STATUS_UNCATALOGUED: usize = 100;
+
+/// How long to wait before attempt `failed + 1` at cataloguing a record that failed `failed`
+/// times (at least once).
+#[must_use]
+pub fn retry_delay(failed: u32) -> std::time::Duration {
+    let doublings = failed.saturating_sub(1).min(31);
+    RETRY_FIRST
+        .saturating_mul(1_u32 << doublings)
+        .min(RETRY_MAX)
+}
+
+/// An image record containerd has but the daemon could not catalogue (read its manifest,
+/// config or layer snapshots). It vouches for nothing (its layers are denied unless another
+/// trusted image holds them) until a retry succeeds.
+#[derive(Debug, Clone)]
+pub struct Uncatalogued {
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When the next attempt is due.
+    pub next: tokio::time::Instant,
+    /// Why the last attempt failed.
+    pub error: String,
+}
+
 /// Everything that decides: policy, registry access, verdict cache.
 #[derive(Clone)]
 pub struct Verifier {
@@ -124,8 +155,12 @@ pub struct Daemon<B: Backend> {
     /// so that its last decisions still name it: `ctr run --rm` removes a denied container
     /// before its event is described.
     root_names: HashMap<LayerId, ((String, String), Option<std::time::Instant>)>,
+    /// A reconciliation is rebuilding the table: containers are synchronised once at its end.
+    reconciling: bool,
     /// The backend's mode and drift setting, for `status`.
     pub settings: Option<(crate::enforce::Mode, crate::enforce::Drift)>,
+    /// Records that could not be catalogued, retried with back-off.
+    pub uncatalogued: HashMap<ImageKey, Uncatalogued>,
     /// The most recent errors (newest last), for `status`.
     errors: std::collections::VecDeque<(std::time::SystemTime, String)>,
     /// Directory of every layer the table or the writable set knows, for event paths.
@@ -160,7 +195,9 @@ impl<B: Backend> Daemon<B> {
             containers: describe::Containers::default(),
             container_trust: HashMap::new(),
             root_names: HashMap::new(),
+            reconciling: false,
             settings: None,
+            uncatalogued: HashMap::new(),
             errors: std::collections::VecDeque::new(),
             layer_dirs: HashMap::new(),
             paths: describe::PathFinder::default(),
@@ -241,8 +278,14 @@ impl<B: Backend> Daemon<B> {
         });
     }
 
-    /// Applies table changes to the backend, in one batch.
+    /// Applies table changes to the backend's layers, then its containers: an image's verdict
+    /// is also its containers' trust.
     fn apply(&mut self, changes: &Changes) -> Result<(), DaemonError> {
+        self.apply_layers(changes)?;
+        self.sync_containers()
+    }
+
+    fn apply_layers(&mut self, changes: &Changes) -> Result<(), DaemonError> {
         let name = self.backend.name();
         let batch: Vec<(LayerId, Option<LayerState>)> = changes
             .verified
@@ -256,6 +299,9 @@ impl<B: Backend> Daemon<B> {
             )
             .chain(changes.unverified.iter().map(|layer| (*layer, None)))
             .collect();
+        if batch.is_empty() {
+            return Ok(());
+        }
         self.backend
             .apply_layers(&batch)
             .map_err(backend_error(name))
@@ -269,7 +315,7 @@ impl<B: Backend> Daemon<B> {
 
     /// Records a judged image in the table and mirrors the change to the backend.
     fn record(&mut self, image: CatalogImage, verdict: Verdict) -> Result<(), DaemonError> {
-        // Registries with a port, for the early verification's port-less source labels.
+        // Registries of judged images, for the early verification's port-less source labels.
         if let (Some(prefetch), Ok(reference)) =
             (&self.prefetch, ImageRef::parse(&image.resolved.record.name))
         {
@@ -305,8 +351,7 @@ impl<B: Backend> Daemon<B> {
         }
         let changes = self.table.upsert(key.clone(), entry);
         self.verdicts.insert(key, verdict);
-        self.apply(&changes)?;
-        self.sync_containers()
+        self.apply(&changes)
     }
 
     /// The trust every known container should have: its image's verdict (a container whose
@@ -350,6 +395,9 @@ impl<B: Backend> Daemon<B> {
 
     /// Makes the backend's container table the mirror of [`Self::desired_containers`].
     fn sync_containers(&mut self) -> Result<(), DaemonError> {
+        if self.reconciling {
+            return Ok(());
+        }
         let desired = self.desired_containers();
         let name = self.backend.name();
         for (root, trust) in &desired {
@@ -371,30 +419,104 @@ impl<B: Backend> Daemon<B> {
         Ok(())
     }
 
-    /// Re-reads one image from containerd (after an event) and judges it again; forgets it if
-    /// containerd no longer has it.
+    /// Re-reads one image from containerd (after an event, or to retry it) and judges it again;
+    /// forgets it if containerd no longer has it. A record that cannot be catalogued vouches
+    /// for nothing until a retry succeeds ([`Self::not_catalogued`]); that is not an error of
+    /// this call, which fails only when the backend does.
     pub async fn refresh_image(&mut self, namespace: &str, name: &str) -> Result<(), DaemonError> {
         let key = ImageKey {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         };
-        let Some(record) = self.containerd.image(namespace, name).await? else {
-            let changes = self.table.remove(&key);
-            self.verdicts.remove(&key);
-            return self.apply(&changes);
+        let record = match self.containerd.image(namespace, name).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                self.uncatalogued.remove(&key);
+                self.verdicts.remove(&key);
+                let changes = self.table.remove(&key);
+                return self.apply(&changes);
+            }
+            Err(error) => return self.not_catalogued(key, &error.into()),
         };
-        match self.containerd.resolve(&record).await {
-            Ok(resolved) => {
-                let image = catalog::locate(&self.containerd, resolved).await?;
+        match catalog::catalogue(&self.containerd, &record).await {
+            Ok(image) => {
+                self.catalogued(&key);
                 self.admit(image).await
             }
-            Err(error) => {
-                // An image that cannot be understood vouches for nothing.
-                tracing::warn!(image = %name, error = %crate::doctor::error_chain(&error), "cannot resolve image");
-                let changes = self.table.remove(&key);
-                self.apply(&changes)
-            }
+            Err(error) => self.not_catalogued(key, &error),
         }
+    }
+
+    /// A record could not be catalogued: it vouches for nothing from now on (its layers leave
+    /// the table unless another trusted image holds them), is counted, logged, shown in
+    /// `status`, and retried after [`retry_delay`].
+    fn not_catalogued(
+        &mut self,
+        key: ImageKey,
+        error: &catalog::CatalogError,
+    ) -> Result<(), DaemonError> {
+        let message = crate::doctor::error_chain(error);
+        let attempts = self.uncatalogued.get(&key).map_or(0, |u| u.attempts) + 1;
+        let delay = retry_delay(attempts);
+        tracing::warn!(
+            image = %key.name,
+            namespace = %key.namespace,
+            attempts,
+            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            error = %message,
+            "image record not catalogued: it vouches for nothing until a retry succeeds"
+        );
+        crate::metrics::global().catalog_failure();
+        self.note_error(
+            &format!("image {} ({}) not catalogued", key.name, key.namespace),
+            error,
+        );
+        self.verdicts.remove(&key);
+        let changes = self.table.remove(&key);
+        self.uncatalogued.insert(
+            key,
+            Uncatalogued {
+                attempts,
+                next: tokio::time::Instant::now() + delay,
+                error: message,
+            },
+        );
+        self.apply(&changes)
+    }
+
+    /// A record was catalogued: it no longer waits for a retry.
+    fn catalogued(&mut self, key: &ImageKey) {
+        if let Some(earlier) = self.uncatalogued.remove(key) {
+            tracing::info!(image = %key.name, namespace = %key.namespace, failed_attempts = earlier.attempts, "image record catalogued after failed attempts");
+        }
+    }
+
+    /// When the next record that could not be catalogued is due for a retry.
+    #[must_use]
+    pub fn next_retry(&self) -> Option<tokio::time::Instant> {
+        self.uncatalogued.values().map(|u| u.next).min()
+    }
+
+    /// Retries every record whose retry is due.
+    pub async fn retry_uncatalogued(&mut self) -> Result<(), DaemonError> {
+        let now = tokio::time::Instant::now();
+        let due: Vec<ImageKey> = self
+            .uncatalogued
+            .iter()
+            .filter(|(_, u)| u.next <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            self.refresh_image(&key.namespace, &key.name).await?;
+        }
+        Ok(())
+    }
+
+    /// Image records judged, and image records known (judged or waiting for a retry).
+    #[must_use]
+    pub fn records(&self) -> (usize, usize) {
+        let judged = self.verdicts.len();
+        (judged, judged + self.uncatalogued.len())
     }
 
     /// Records a container's writable layer (drift is judged against it).
@@ -432,19 +554,41 @@ impl<B: Backend> Daemon<B> {
     /// anything the backend holds that the new table does not (a layer of an image deleted while
     /// the daemon was down, kept alive by pinned BPF maps) is removed.
     pub async fn reconcile(&mut self) -> Result<(), DaemonError> {
+        // While the table is rebuilt image by image, containers keep the trust the backend
+        // holds: a trusted container must not be denied because its image is judged late.
+        self.reconciling = true;
+        let result = self.reconcile_all().await;
+        self.reconciling = false;
+        result
+    }
+
+    async fn reconcile_all(&mut self) -> Result<(), DaemonError> {
         self.start_content_watch();
         self.table = LayerTable::default();
         self.verdicts.clear();
         self.layer_dirs.clear();
         let started = std::time::Instant::now();
         let namespaces = self.containerd.namespaces().await?;
+        for namespace in &namespaces {
+            self.remove_leftover_views(namespace).await;
+        }
+        let listed = catalog::reconcile(&self.containerd, &namespaces).await?;
+        // Failed attempts of records still failing keep counting (their back-off grows).
+        let mut earlier = std::mem::take(&mut self.uncatalogued);
+        let total = listed.len();
         let mut images = Vec::new();
-        for result in catalog::reconcile(&self.containerd, &namespaces).await? {
+        for (record, result) in listed {
             match result {
                 Ok(image) => images.push(image),
                 Err(error) => {
-                    self.note_error("image skipped", &error);
-                    tracing::warn!(error = %crate::doctor::error_chain(&error), "image skipped: vouches for nothing")
+                    let key = ImageKey {
+                        namespace: record.namespace,
+                        name: record.name,
+                    };
+                    if let Some(before) = earlier.remove(&key) {
+                        self.uncatalogued.insert(key.clone(), before);
+                    }
+                    self.not_catalogued(key, &error)?;
                 }
             }
         }
@@ -453,6 +597,13 @@ impl<B: Backend> Daemon<B> {
         // listing order afterwards.
         let limit = Arc::new(tokio::sync::Semaphore::new(VERIFY_CONCURRENCY));
         let mut tasks = tokio::task::JoinSet::new();
+        let keys: Vec<ImageKey> = images
+            .iter()
+            .map(|image| ImageKey {
+                namespace: image.resolved.record.namespace.clone(),
+                name: image.resolved.record.name.clone(),
+            })
+            .collect();
         for (index, image) in images.into_iter().enumerate() {
             let verifier = self.verifier.clone();
             let limit = Arc::clone(&limit);
@@ -467,17 +618,29 @@ impl<B: Backend> Daemon<B> {
             match joined {
                 Ok(done) => judged.push(done),
                 Err(error) => {
-                    tracing::error!(%error, "verification task failed; its image vouches for nothing")
+                    tracing::error!(%error, "verification task failed; its image vouches for nothing");
                 }
             }
         }
         judged.sort_by_key(|(index, _, _)| *index);
-        let count = judged.len();
-        for (_, image, verdict) in judged {
+        let mut lost: std::collections::HashSet<usize> = (0..keys.len()).collect();
+        for (index, image, verdict) in judged {
+            lost.remove(&index);
             self.record(image, verdict)?;
         }
+        for index in lost {
+            let key = keys[index].clone();
+            let error = catalog::CatalogError::Task {
+                name: key.name.clone(),
+                detail: "its verification task panicked".to_owned(),
+            };
+            self.not_catalogued(key, &error)?;
+        }
+        let (judged, _) = self.records();
         tracing::info!(
-            images = count,
+            judged,
+            records = total,
+            uncatalogued = self.uncatalogued.len(),
             catalog_ms = catalogued.as_millis() as u64,
             judged_ms = started.elapsed().as_millis() as u64,
             "images reconciled"
@@ -508,10 +671,13 @@ impl<B: Backend> Daemon<B> {
         let name = self.backend.name();
         // Containers: the backend's table (pinned BPF maps outlive the daemon) becomes the
         // exact mirror; anything it held that is not a live container now is removed.
-        self.container_trust.clear();
-        for (root, _) in self.backend.containers().map_err(backend_error(name))? {
-            self.container_trust.insert(root, ContainerTrust::Untrusted);
-        }
+        self.reconciling = false;
+        self.container_trust = self
+            .backend
+            .containers()
+            .map_err(backend_error(name))?
+            .into_iter()
+            .collect();
         self.sync_containers()?;
         let desired = self.table.desired();
         let writable: std::collections::HashSet<LayerId> =
@@ -530,6 +696,26 @@ impl<B: Backend> Daemon<B> {
             }
         }
         Ok(())
+    }
+
+    /// Removes view snapshots and expired view leases an earlier process left in `namespace`
+    /// (see [`catalog::Containerd::remove_leftover_views`]). A failure costs only tidiness,
+    /// never a record: the next reconciliation tries again.
+    async fn remove_leftover_views(&self, namespace: &str) {
+        match self.containerd.remove_leftover_views(namespace).await {
+            Ok((0, 0)) => {}
+            Ok((views, leases)) => {
+                tracing::info!(
+                    namespace,
+                    views,
+                    leases,
+                    "removed view snapshots and expired leases an earlier run left"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(namespace, error = %crate::doctor::error_chain(&error), "could not remove leftover view snapshots");
+            }
+        }
     }
 
     /// Re-locates images whose layers were not unpacked yet (after a snapshot commit).
@@ -727,6 +913,14 @@ impl<B: Backend> Daemon<B> {
     #[must_use]
     pub fn status(&self) -> serde_json::Value {
         let (trusted, untrusted) = self.table.counts();
+        let (judged, total) = self.records();
+        let now = tokio::time::Instant::now();
+        let mut uncatalogued: Vec<(&ImageKey, &Uncatalogued)> = self.uncatalogued.iter().collect();
+        uncatalogued.sort_by(|a, b| {
+            a.0.namespace
+                .cmp(&b.0.namespace)
+                .then(a.0.name.cmp(&b.0.name))
+        });
         let (mode, drift) = self
             .settings
             .map_or((None, None), |(m, d)| (Some(m), Some(d)));
@@ -739,6 +933,15 @@ impl<B: Backend> Daemon<B> {
                 "error": message,
             })).collect::<Vec<_>>(),
             "images": {"trusted": trusted, "untrusted": untrusted},
+            "records": {
+                "judged": judged,
+                "total": total,
+                "uncatalogued": uncatalogued.iter().take(STATUS_UNCATALOGUED).map(|(key, u)| serde_json::json!({
+                    "namespace": key.namespace, "image": key.name, "attempts": u.attempts,
+                    "error": u.error,
+                    "retry_in_seconds": u.next.saturating_duration_since(now).as_secs_f64(),
+                })).collect::<Vec<_>>(),
+            },
             "layers": {"verified_or_audit": self.table.desired().len(), "writable": self.writable.len()},
             "containers": self.containers.live(),
             "container_verdicts": self.containers.live_records().filter_map(|record| {
@@ -759,4 +962,20 @@ impl<B: Backend> Daemon<B> {
 
 fn container_json(record: &catalog::ContainerRecord) -> serde_json::Value {
     serde_json::json!({"namespace": record.namespace, "id": record.id, "image": record.image})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_by_doubling_up_to_a_bound() {
+        let delays: Vec<u128> = (1..=12).map(|n| retry_delay(n).as_millis()).collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 300000, 300000]
+        );
+        assert_eq!(retry_delay(0), RETRY_FIRST);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+    }
 }

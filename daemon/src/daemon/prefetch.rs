@@ -3,7 +3,9 @@
 //! the verdict is cached by the time containerd creates the image record and the daemon judges
 //! it. The repository comes from the `containerd.io/distribution.source.*` label containerd puts
 //! on fetched content; an index's entries are remembered so that a platform manifest is verified
-//! with the index that lists it (cosign signs either).
+//! with the index that lists it (cosign signs either). That label names the registry's host
+//! without its port, so only a registry the host names unambiguously is asked
+//! ([`registry_for_host`]); anything else waits for the image record, which names it exactly.
 //!
 //! Only a trusted verdict is kept ([`crate::verdict::VerdictCache::offer_trusted`]): an early
 //! verdict may lack context the image record gives, and anything short of trusted is simply
@@ -39,7 +41,7 @@ pub struct Prefetcher {
     policy: RwLock<Arc<Policy>>,
     blob_dir: PathBuf,
     parents: Mutex<HashMap<String, String>>,
-    /// Registries with a port seen in image names: containerd's source label drops the port.
+    /// Registries seen in image names: containerd's source label drops the port.
     registries: Mutex<std::collections::BTreeSet<String>>,
     permits: tokio::sync::Semaphore,
 }
@@ -73,37 +75,29 @@ impl Prefetcher {
 
     /// Remembers the registry of an image the daemon judged (for labels without a port).
     pub fn saw_registry(&self, registry: &str) {
-        if registry.contains(':') {
-            let mut known = self
-                .registries
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if known.len() < 1024 {
-                known.insert(registry.to_owned());
-            }
+        let mut known = self
+            .registries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if known.len() < 1024 {
+            known.insert(registry.to_owned());
         }
     }
 
-    /// The registries a label's host may stand for: containerd writes the label key with the
-    /// host name only, so `127.0.0.1` is whichever known `127.0.0.1:PORT` registries there are
-    /// (from image names and the insecure list), or the host itself when none.
-    fn registries_for(&self, host: &str) -> Vec<String> {
+    /// The one registry a source label's `host` stands for, by [`registry_for_host`] over the
+    /// registries of images seen and the insecure list.
+    fn registry_for(&self, host: &str) -> Option<String> {
         let known = self
             .registries
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut found: Vec<String> = known
-            .iter()
-            .chain(self.client.config().insecure_registries.iter())
-            .filter(|registry| registry.split_once(':').is_some_and(|(h, _)| h == host))
-            .cloned()
-            .collect();
-        found.sort();
-        found.dedup();
-        if found.is_empty() {
-            found.push(host.to_owned());
-        }
-        found
+        registry_for_host(
+            host,
+            known
+                .iter()
+                .chain(self.client.config().insecure_registries.iter())
+                .map(String::as_str),
+        )
     }
 
     /// A blob landed: if it is a manifest (or index), verify it early.
@@ -186,7 +180,7 @@ impl Prefetcher {
     }
 
     /// `registry/repository` names the blob was pulled from, waiting briefly for containerd
-    /// to label it.
+    /// to label it. A source whose registry is ambiguous is left out (and logged).
     async fn sources(&self, digest: &str) -> Option<Vec<String>> {
         let namespaces = self.containerd.namespaces().await.ok()?;
         let started = std::time::Instant::now();
@@ -198,22 +192,119 @@ impl Prefetcher {
                     .await
                 {
                     if !found.is_empty() {
-                        return Some(
-                            found
-                                .iter()
-                                .filter_map(|source| source.split_once('/'))
-                                .flat_map(|(host, repo)| {
-                                    self.registries_for(host)
-                                        .into_iter()
-                                        .map(move |registry| format!("{registry}/{repo}"))
-                                })
-                                .collect(),
-                        );
+                        let mut sources: Vec<String> = found
+                            .iter()
+                            .filter_map(|source| source.split_once('/'))
+                            .filter_map(|(host, repo)| match self.registry_for(host) {
+                                Some(registry) => Some(format!("{registry}/{repo}")),
+                                None => {
+                                    tracing::info!(%digest, host, repository = repo, "not verified early: several known registries share this host and containerd's source label has no port; verified when its image appears");
+                                    None
+                                }
+                            })
+                            .collect();
+                        sources.sort();
+                        sources.dedup();
+                        return Some(sources);
                     }
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         None
+    }
+}
+
+/// The registry a `containerd.io/distribution.source.<host>` label stands for, given the
+/// registries the daemon knows (`host` or `host:port`, from image names and the insecure
+/// list). containerd writes the label with the host name only, so:
+///
+/// - exactly one known registry on `host` (with or without a port): that one;
+/// - none: `host` itself, as a reference without a port names it (`docker.io`, `ghcr.io` on a
+///   node's first pull);
+/// - several (`127.0.0.1:5000` and `127.0.0.1:5001`, or `host` and `host:5000`): `None`,
+///   since asking any of them may ask a registry the image did not come from.
+#[must_use]
+pub fn registry_for_host<'a>(
+    host: &str,
+    known: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    let candidates: std::collections::BTreeSet<&str> = known
+        .into_iter()
+        .filter(|registry| host_of(registry).eq_ignore_ascii_case(host))
+        .collect();
+    let mut candidates = candidates.into_iter();
+    match (candidates.next(), candidates.next()) {
+        (None, _) => Some(host.to_owned()),
+        (Some(only), None) => Some(only.to_owned()),
+        (Some(_), Some(_)) => None,
+    }
+}
+
+/// The host of a registry name without its port, as containerd writes it in source labels
+/// (Go's `url.Hostname`: `[::1]:5000` → `::1`).
+fn host_of(registry: &str) -> &str {
+    if let Some(rest) = registry.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(host, _)| host);
+    }
+    registry.split_once(':').map_or(registry, |(host, _)| host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_host_names_one_registry_or_none() {
+        let known = [
+            "127.0.0.1:5000",
+            "127.0.0.1:5001",
+            "localhost:5000",
+            "ghcr.io",
+            "registry.example:443",
+            "registry.example",
+            "[::1]:5000",
+        ];
+        // Two registries on one host: neither is asked (the case).
+        assert_eq!(registry_for_host("127.0.0.1", known), None);
+        // A host with and without a port are two registries too.
+        assert_eq!(registry_for_host("registry.example", known), None);
+        // One registry on the host: the exact host and port.
+        assert_eq!(
+            registry_for_host("localhost", known).as_deref(),
+            Some("localhost:5000")
+        );
+        assert_eq!(
+            registry_for_host("::1", known).as_deref(),
+            Some("[::1]:5000")
+        );
+        assert_eq!(
+            registry_for_host("ghcr.io", known).as_deref(),
+            Some("ghcr.io")
+        );
+        assert_eq!(
+            registry_for_host("LOCALHOST", known).as_deref(),
+            Some("localhost:5000"),
+            "host names are case-insensitive"
+        );
+        // A host with no known registry: the host itself (its default port).
+        assert_eq!(
+            registry_for_host("docker.io", known).as_deref(),
+            Some("docker.io")
+        );
+        assert_eq!(
+            registry_for_host("127.0.0.1", ["127.0.0.1:5000"]).as_deref(),
+            Some("127.0.0.1:5000")
+        );
+        // The same registry known twice (image names and the insecure list) is one.
+        assert_eq!(
+            registry_for_host("127.0.0.1", ["127.0.0.1:5000", "127.0.0.1:5000"]).as_deref(),
+            Some("127.0.0.1:5000")
+        );
+        // A host that merely starts like another is not it.
+        assert_eq!(
+            registry_for_host("127.0.0.1", ["127.0.0.10:5000"]).as_deref(),
+            Some("127.0.0.1")
+        );
     }
 }

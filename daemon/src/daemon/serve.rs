@@ -53,7 +53,7 @@ pub async fn serve<B: Backend>(
         let mut events = daemon.containerd.events();
         let reconciled = watchdog.during(daemon.reconcile()).await;
         metrics.reconciled(reconciled.is_ok());
-        metrics.observe_table(&daemon.table, daemon.writable.len());
+        observe(&daemon);
         if let Err(error) = reconciled {
             daemon.note_error("reconciliation", &error);
             tracing::warn!(error = %crate::doctor::error_chain(&error), "reconciliation failed; retrying");
@@ -63,6 +63,10 @@ pub async fn serve<B: Backend>(
         tracing::info!(status = %daemon.status(), "reconciled with containerd");
         notify_ready();
         loop {
+            // Records that could not be catalogued are retried when due (never: a far future).
+            let retry_at = daemon
+                .next_retry()
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 message = events.recv() => match message {
                     Some(envelope) => {
@@ -70,13 +74,20 @@ pub async fn serve<B: Backend>(
                             daemon.note_error(&envelope.topic, &error);
                             tracing::warn!(topic = %envelope.topic, error = %crate::doctor::error_chain(&error), "event handling failed");
                         }
-                        metrics.observe_table(&daemon.table, daemon.writable.len());
+                        observe(&daemon);
                     }
                     None => {
                         tracing::warn!("containerd event stream ended; reconnecting and reconciling");
                         break;
                     }
                 },
+                () = tokio::time::sleep_until(retry_at) => {
+                    if let Err(error) = daemon.retry_uncatalogued().await {
+                        daemon.note_error("retrying uncatalogued images", &error);
+                        tracing::warn!(error = %crate::doctor::error_chain(&error), "retrying uncatalogued images failed");
+                    }
+                    observe(&daemon);
+                }
                 _ = drain.tick() => write_events(&mut daemon, &mut outputs),
                 () = watchdog.tick() => watchdog.ping(),
                 accepted = status.accept() => {
@@ -92,6 +103,7 @@ pub async fn serve<B: Backend>(
                             daemon.note_error("re-judging after a policy reload", &error);
                             tracing::warn!(error = %crate::doctor::error_chain(&error), "re-judging after reload failed");
                         }
+                        observe(&daemon);
                     }
                     Err(error) => {
                         daemon.note_error("policy reload rejected", &error);
@@ -104,6 +116,14 @@ pub async fn serve<B: Backend>(
         }
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
+}
+
+/// The table's and the image records' gauges.
+fn observe<B: Backend>(daemon: &Daemon<B>) {
+    let metrics = crate::metrics::global();
+    metrics.observe_table(&daemon.table, daemon.writable.len());
+    let (judged, total) = daemon.records();
+    metrics.observe_records(judged, total - judged);
 }
 
 fn stop<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs) -> Result<(), DaemonError> {

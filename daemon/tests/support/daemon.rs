@@ -144,7 +144,10 @@ impl DaemonProcess {
         let child = Command::new(imagegate_bin())
             .args(["daemon", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info,imagegate::enforce::fanotify::engine=debug")
+            .env(
+                "RUST_LOG",
+                "info,imagegate::enforce::fanotify::engine=debug",
+            )
             .stdout(std::fs::File::create(log.with_extension("stdout")).expect("daemon stdout"))
             .stderr(std::fs::File::create(&log).expect("daemon log"))
             .spawn()

@@ -530,9 +530,8 @@ fn case_memfd(cx: &mut Context) -> Result<()> {
             .arg(fixture::BUSYBOX)
             .output()
             .context("running the memfd probe")?;
-        probe::Outcome::from_code(output.status.code()).with_context(|| {
-            format!("memfd probe: {}", String::from_utf8_lossy(&output.stderr))
-        })
+        probe::Outcome::from_code(output.status.code())
+            .with_context(|| format!("memfd probe: {}", String::from_utf8_lossy(&output.stderr)))
     };
     ensure!(
         memfd(&root)? == probe::Outcome::Denied,
@@ -540,7 +539,9 @@ fn case_memfd(cx: &mut Context) -> Result<()> {
     );
     let events: Vec<Decision> = cx.backend().drain_events();
     ensure!(
-        events.iter().any(|e| e.reason == "untrusted_image" && e.container_root == Some(key)),
+        events
+            .iter()
+            .any(|e| e.reason == "untrusted_image" && e.container_root == Some(key)),
         "no untrusted_image event for the memfd exec: {events:?}"
     );
     cx.backend().set_container(key, ContainerTrust::Trusted)?;
