@@ -131,7 +131,9 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
         File::new("usr/local/lib/evil.so", preload, 0o644),
     ])
     .unwrap();
-    let mixed = image::image(vec![base, top], &["/usr/local/bin/busybox", "echo", "top"]);
+    let mixed = image::image(vec![base.clone(), top], &["/usr/local/bin/busybox", "echo", "top"]);
+    // Byte-identical to the signed image's layer, another command: unsigned.
+    let config_only = image::image(vec![base], &["/bin/busybox", "echo", "tampered"]);
 
     phase("images built");
     let trusted_key = Key::generate().unwrap();
@@ -143,6 +145,7 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
         ("e2e/unsigned", &unsigned, None),
         ("e2e/untrusted-key", &untrusted, Some(&other_key)),
         ("e2e/mixed", &mixed, None),
+        ("e2e/config-only", &config_only, None),
     ] {
         let digest = client.push_image(repo, "v1", img).unwrap();
         if let Some(key) = key {
@@ -176,6 +179,7 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
             "e2e/unsigned",
             "e2e/untrusted-key",
             "e2e/mixed",
+            "e2e/config-only",
         ] {
             let (containerd, image) = (&containerd, name(repo));
             threads.spawn(move || {
@@ -190,6 +194,7 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
         ("e2e/unsigned", "untrusted"),
         ("e2e/untrusted-key", "untrusted"),
         ("e2e/mixed", "untrusted"),
+        ("e2e/config-only", "untrusted"),
     ]
     .into_iter()
     .map(|(repo, outcome)| (name(repo), outcome))
@@ -281,6 +286,56 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
         format!("signed:\n{PRELOADED}\n"),
         "the signed image's own library must load: {out:?}"
     );
+    // Config-only tamper: the signed image's layer, another command: denied.
+    let out = containerd.run(&name("e2e/config-only"), "c-config-only", &[]);
+    assert_denied(&out, "config-only tampered image");
+    assert!(!stdout(&out).contains("tampered"), "{out:?}");
+    // A local retag of the signed image is the same manifest: it runs.
+    let retag = format!("{}-retag", name("e2e/signed"));
+    let out = containerd.ctr(&["images", "tag", &name("e2e/signed"), &retag]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = std::time::Instant::now() + daemon::wait_limit();
+    while daemon::outcome(&daemon::status(&dir).unwrap_or_default(), &retag).as_deref()
+        != Some("trusted")
+    {
+        assert!(std::time::Instant::now() < deadline, "the retag was not judged");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = containerd.run(&retag, "c-retag", &["/bin/busybox", "echo", "retag"]);
+    assert!(out.status.success(), "the signed image's retag: {out:?}");
+    // Files outside every layer: a tmpfs volume. An untrusted container runs nothing from it
+    // (BPF LSM sees every file system); a trusted one may (outside_image = allow).
+    let volume = dir.join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &volume,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .unwrap();
+    std::fs::copy("/bin/busybox", volume.join("echo")).unwrap();
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:ro", volume.display());
+    let out = containerd.run_with(
+        &["--mount", &mount],
+        &name("e2e/unsigned"),
+        "c-volume",
+        &["/data/echo", "volume ran"],
+    );
+    assert_denied(&out, "an untrusted container's tmpfs volume binary");
+    let event = daemon::wait_for_event(&events, |e| {
+        e["reason"] == "untrusted_image" && e["container"]["id"] == "c-volume"
+    });
+    assert!(event["layer"].is_null(), "a volume file is in no layer: {event}");
+    let out = containerd.run_with(
+        &["--mount", &mount],
+        &name("e2e/signed"),
+        "c-volume-trusted",
+        &["/data/echo", "volume ran"],
+    );
+    assert!(out.status.success(), "a trusted container's volume binary: {out:?}");
+    let _ = nix::mount::umount2(&volume, nix::mount::MntFlags::MNT_DETACH);
     phase("case 4 done");
     // 5. Drift: a binary copied into the writable layer of a trusted image's container.
     let out = containerd.run(

@@ -253,9 +253,12 @@ pub fn verdict_for(path: &Path, verdict: &str, name: &str) -> Value {
     wait_for_event(path, |e| e["verdict"] == verdict && names_image(e, name))
 }
 
-/// An unverified-layer decision that names image `name` with manifest `digest`.
+/// A decision against a container of image `name` (manifest `digest`): reason
+/// `untrusted_image`, the container's image and digest named, and the file's layer owned by it.
 pub fn assert_names_image(event: &Value, name: &str, digest: &str) {
-    assert_eq!(event["reason"], "unverified_layer", "{event}");
+    assert_eq!(event["reason"], "untrusted_image", "{event}");
+    assert_eq!(event["container"]["image"], name, "{event}");
+    assert_eq!(event["container"]["digest"], digest, "{event}");
     let owner = event["images"]
         .as_array()
         .and_then(|images| images.iter().find(|i| i["image"]["name"] == name))
