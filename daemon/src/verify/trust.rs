@@ -48,6 +48,31 @@ pub struct TrustMaterial {
     pub ctlogs: Vec<LogKey>,
     /// RFC 3161 timestamping authorities (their chains' certificates, as anchors).
     pub tsas: Vec<TrustAnchor>,
+    /// Log entries of the trusted root whose key imagegate cannot use (an encoding or
+    /// algorithm it does not implement, or a key that contradicts its `keyDetails`). They are
+    /// kept, not dropped: evidence naming one of these log ids is refused with the reason.
+    pub unusable_tlogs: Vec<UnusableLog>,
+    /// CT logs likewise.
+    pub unusable_ctlogs: Vec<UnusableLog>,
+}
+
+/// A log listed in a trusted root whose key cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusableLog {
+    pub log_id: [u8; 32],
+    pub reason: String,
+}
+
+impl std::fmt::Display for UnusableLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use base64::Engine;
+        write!(
+            f,
+            "log {} in the trusted root is unusable: {}",
+            base64::engine::general_purpose::STANDARD.encode(self.log_id),
+            self.reason
+        )
+    }
 }
 
 fn tr_err(detail: impl std::fmt::Display) -> VerifyError {
@@ -81,6 +106,8 @@ struct RawLog {
 #[serde(rename_all = "camelCase")]
 struct RawKey {
     raw_bytes: String,
+    #[serde(default)]
+    key_details: Option<String>,
     #[serde(default)]
     valid_for: Option<RawWindow>,
 }
@@ -116,14 +143,38 @@ struct RawCert {
     raw_bytes: String,
 }
 
-fn window(w: &Option<RawWindow>) -> Result<(Option<i64>, Option<i64>), VerifyError> {
+/// A `validFor` TimeRange: `start` is required by the specification (a range without one is
+/// malformed, not unbounded); `end` is optional; both bounds are inclusive. An absent `validFor`
+/// is unbounded. `what` names the entry in errors.
+fn window(
+    w: &Option<RawWindow>,
+    what: &dyn Fn() -> String,
+) -> Result<(Option<i64>, Option<i64>), VerifyError> {
     let Some(w) = w else { return Ok((None, None)) };
     let p = |s: &Option<String>| -> Result<Option<i64>, VerifyError> {
         s.as_deref()
-            .map(|s| parse_rfc3339(s).ok_or_else(|| tr_err(format!("bad timestamp {s:?}"))))
+            .map(|s| {
+                parse_rfc3339(s).ok_or_else(|| tr_err(format!("{}: bad timestamp {s:?}", what())))
+            })
             .transpose()
     };
-    Ok((p(&w.start)?, p(&w.end)?))
+    let start = p(&w.start)?;
+    if start.is_none() {
+        return Err(tr_err(format!(
+            "{}: validFor has no start (required)",
+            what()
+        )));
+    }
+    let end = p(&w.end)?;
+    if let (Some(s), Some(e)) = (start, end) {
+        if e < s {
+            return Err(tr_err(format!(
+                "{}: validFor ends before it starts",
+                what()
+            )));
+        }
+    }
+    Ok((start, end))
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, VerifyError> {
@@ -132,18 +183,47 @@ fn b64(s: &str) -> Result<Vec<u8>, VerifyError> {
         .map_err(tr_err)
 }
 
-fn log_key(raw: &RawLog) -> Result<LogKey, VerifyError> {
-    let key = PublicKey::from_spki_der(&b64(&raw.public_key.raw_bytes)?).map_err(tr_err)?;
+/// Decode a trusted-root public key by its `keyDetails` (sigstore's PublicKeyDetails): PKCS#1
+/// for `PKCS1_RSA_PKCS1V5`, SubjectPublicKeyInfo for the `PKIX_*` kinds (and when absent). The
+/// key must be of the kind named. `Err` is a reason the entry is unusable.
+fn decode_key(raw: &RawKey) -> Result<PublicKey, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&raw.raw_bytes)
+        .map_err(|e| format!("key is not base64: {e}"))?;
+    let details = raw.key_details.as_deref();
+    let key = match details {
+        Some("PKCS1_RSA_PKCS1V5") => PublicKey::from_pkcs1_rsa_der(&bytes),
+        Some(d) if d.starts_with("PKIX_") => PublicKey::from_spki_der(&bytes),
+        None => PublicKey::from_spki_der(&bytes),
+        Some(other) => return Err(format!("key type {other} is not supported")),
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(d) = details {
+        if !key.matches_key_details(d) {
+            return Err(format!(
+                "key is {} but keyDetails says {d} (or that kind is not supported)",
+                key.algorithm()
+            ));
+        }
+    }
+    Ok(key)
+}
+
+fn log_key(raw: &RawLog, what: &str) -> Result<Result<LogKey, UnusableLog>, VerifyError> {
     let id = b64(&raw.log_id.key_id)?;
     let log_id: [u8; 32] = id
         .try_into()
-        .map_err(|_| tr_err("log id is not 32 bytes"))?;
-    let (valid_from, valid_until) = window(&raw.public_key.valid_for)?;
-    Ok(LogKey {
-        log_id,
-        key,
-        valid_from,
-        valid_until,
+        .map_err(|_| tr_err(format!("{what}: log id is not 32 bytes")))?;
+    let name = || format!("{what} {}", raw.log_id.key_id);
+    let (valid_from, valid_until) = window(&raw.public_key.valid_for, &name)?;
+    Ok(match decode_key(&raw.public_key) {
+        Ok(key) => Ok(LogKey {
+            log_id,
+            key,
+            valid_from,
+            valid_until,
+        }),
+        Err(reason) => Err(UnusableLog { log_id, reason }),
     })
 }
 
@@ -165,13 +245,22 @@ impl TrustMaterial {
         }
         let mut tm = TrustMaterial::default();
         for l in &raw.tlogs {
-            tm.tlogs.push(log_key(l)?);
+            match log_key(l, "transparency log")? {
+                Ok(k) => tm.tlogs.push(k),
+                Err(u) => tm.unusable_tlogs.push(u),
+            }
         }
         for l in &raw.ctlogs {
-            tm.ctlogs.push(log_key(l)?);
+            match log_key(l, "CT log")? {
+                Ok(k) => tm.ctlogs.push(k),
+                Err(u) => tm.unusable_ctlogs.push(u),
+            }
         }
-        for ca in &raw.timestamp_authorities {
-            let (from, until) = window(&ca.valid_for)?;
+        for (i, ca) in raw.timestamp_authorities.iter().enumerate() {
+            let (from, until) = window(&ca.valid_for, &|| format!("timestamp authority {i}"))?;
+            if ca.cert_chain.certificates.is_empty() {
+                return Err(tr_err("timestamp authority with an empty chain"));
+            }
             for c in &ca.cert_chain.certificates {
                 let cert = Cert::from_der(&b64(&c.raw_bytes)?, "trusted_root.json TSA")?;
                 tm.tsas.push(TrustAnchor {
@@ -181,8 +270,8 @@ impl TrustMaterial {
                 });
             }
         }
-        for ca in &raw.certificate_authorities {
-            let (from, until) = window(&ca.valid_for)?;
+        for (i, ca) in raw.certificate_authorities.iter().enumerate() {
+            let (from, until) = window(&ca.valid_for, &|| format!("certificate authority {i}"))?;
             if ca.cert_chain.certificates.is_empty() {
                 return Err(tr_err("certificate authority with an empty chain"));
             }
@@ -244,6 +333,22 @@ impl TrustMaterial {
         self.tlogs.extend(other.tlogs);
         self.ctlogs.extend(other.ctlogs);
         self.tsas.extend(other.tsas);
+        self.unusable_tlogs.extend(other.unusable_tlogs);
+        self.unusable_ctlogs.extend(other.unusable_ctlogs);
+    }
+
+    /// Why a transparency log of this trust material cannot be used, if it is listed unusable.
+    pub fn unusable_tlog(&self, log_id: &[u8]) -> Option<&UnusableLog> {
+        self.unusable_tlogs
+            .iter()
+            .find(|u| u.log_id.as_slice() == log_id)
+    }
+
+    /// Why a CT log cannot be used, if it is listed unusable.
+    pub fn unusable_ctlog(&self, log_id: &[u8]) -> Option<&UnusableLog> {
+        self.unusable_ctlogs
+            .iter()
+            .find(|u| u.log_id.as_slice() == log_id)
     }
 
     /// Find a transparency log key by id.
