@@ -418,3 +418,161 @@ fn match_v1(body: &Body, expected: &ExpectedEntry<'_>) -> Result<(), VerifyError
     }
     match_pem_signer(signer_b64, expected)
 }
+
+#[cfg(test)]
+mod entry_body_tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use serde_json::json;
+
+    const SIG: &[u8] = b"signature bytes";
+    const CERT: &[u8] = b"certificate DER";
+    const PAYLOAD: &[u8] = b"{\"_type\":\"statement\"}";
+
+    fn expected(dsse: bool) -> ExpectedEntry<'static> {
+        ExpectedEntry {
+            payload_sha256: [7; 32],
+            signature: SIG,
+            signer_der: CERT,
+            signer_is_cert: true,
+            dsse: dsse.then_some(DsseExpectation {
+                payload_type: "application/vnd.in-toto+json",
+                pae_sha256: [9; 32],
+                payload: PAYLOAD,
+            }),
+        }
+    }
+
+    fn encode(body: &serde_json::Value) -> String {
+        STANDARD.encode(serde_json::to_vec(body).expect("JSON"))
+    }
+
+    fn hashedrekord_v2(digest: [u8; 32], sig: &[u8], cert: &[u8]) -> serde_json::Value {
+        json!({"apiVersion": "0.0.2", "kind": "hashedrekord", "spec": {"hashedRekordV002": {
+            "data": {"algorithm": "SHA2_256", "digest": STANDARD.encode(digest)},
+            "signature": {"content": STANDARD.encode(sig), "verifier": {
+                "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                "x509Certificate": {"rawBytes": STANDARD.encode(cert)}}}}}})
+    }
+
+    fn field_of(r: Result<(), VerifyError>) -> &'static str {
+        match r {
+            Err(VerifyError::TlogBody { field }) => field,
+            other => panic!("expected a body mismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hashedrekord_v2_records_the_artifact_or_the_pae_digest_the_signature_and_the_signer() {
+        let m = |body: &serde_json::Value, dsse: bool| {
+            match_entry_body(&encode(body), "hashedrekord", "0.0.2", &expected(dsse))
+        };
+        m(&hashedrekord_v2([7; 32], SIG, CERT), false).expect("message signature");
+        m(&hashedrekord_v2([9; 32], SIG, CERT), true).expect("DSSE: the PAE digest");
+        assert_eq!(
+            field_of(m(&hashedrekord_v2([7; 32], SIG, CERT), true)),
+            "payload hash"
+        );
+        assert_eq!(
+            field_of(m(&hashedrekord_v2([8; 32], SIG, CERT), false)),
+            "payload hash"
+        );
+        assert_eq!(
+            field_of(m(&hashedrekord_v2([7; 32], b"other", CERT), false)),
+            "signature"
+        );
+        assert_eq!(
+            field_of(m(&hashedrekord_v2([7; 32], SIG, b"other"), false)),
+            "signer key or certificate"
+        );
+        // A public key where a certificate signed is a mismatch, not a match by bytes.
+        let mut key_verifier = hashedrekord_v2([7; 32], SIG, CERT);
+        key_verifier["spec"]["hashedRekordV002"]["signature"]["verifier"] =
+            json!({"publicKey": {"rawBytes": STANDARD.encode(CERT)}});
+        assert_eq!(
+            field_of(m(&key_verifier, false)),
+            "signer key or certificate"
+        );
+        let mut sha384 = hashedrekord_v2([7; 32], SIG, CERT);
+        sha384["spec"]["hashedRekordV002"]["data"]["algorithm"] = json!("SHA2_384");
+        assert_eq!(field_of(m(&sha384, false)), "payload hash");
+        // The body must be of the declared kind and version.
+        let body = encode(&hashedrekord_v2([7; 32], SIG, CERT));
+        assert_eq!(
+            field_of(match_entry_body(
+                &body,
+                "hashedrekord",
+                "0.0.1",
+                &expected(false)
+            )),
+            "apiVersion"
+        );
+        assert_eq!(
+            field_of(match_entry_body(&body, "dsse", "0.0.2", &expected(true))),
+            "kind"
+        );
+        // The legacy path stays 0.0.1 only.
+        assert_eq!(field_of(match_body(&body, &expected(false))), "apiVersion");
+    }
+
+    #[test]
+    fn dsse_v2_records_the_payload_digest_and_exactly_one_signature() {
+        let sig = |s: &[u8], c: &[u8]| json!({"content": STANDARD.encode(s), "verifier": {"x509Certificate": {"rawBytes": STANDARD.encode(c)}}});
+        let body = |digest: [u8; 32], sigs: Vec<serde_json::Value>| {
+            encode(
+                &json!({"apiVersion": "0.0.2", "kind": "dsse", "spec": {"dsseV002": {
+                "payloadHash": {"algorithm": "SHA2_256", "digest": STANDARD.encode(digest)},
+                "signatures": sigs}}}),
+            )
+        };
+        let m = |b: String| match_entry_body(&b, "dsse", "0.0.2", &expected(true));
+        m(body([7; 32], vec![sig(SIG, CERT)])).expect("matches");
+        assert_eq!(
+            field_of(m(body([9; 32], vec![sig(SIG, CERT)]))),
+            "payload hash"
+        );
+        assert_eq!(
+            field_of(m(body([7; 32], vec![sig(b"x", CERT)]))),
+            "signature"
+        );
+        assert_eq!(
+            field_of(m(body([7; 32], vec![sig(SIG, CERT), sig(SIG, CERT)]))),
+            "number of signatures"
+        );
+        assert_eq!(
+            field_of(m(body([7; 32], vec![sig(SIG, b"x")]))),
+            "signer key or certificate"
+        );
+        // A dsse entry cannot record a message signature.
+        let b = body([7; 32], vec![sig(SIG, CERT)]);
+        assert_eq!(
+            field_of(match_entry_body(&b, "dsse", "0.0.2", &expected(false))),
+            "kind"
+        );
+    }
+
+    #[test]
+    fn intoto_v2_records_payload_hash_type_and_the_double_encoded_signature() {
+        let pem = crate::verify::keys::pem_encode("CERTIFICATE", CERT);
+        let body = |hash: &str, sig: &[u8], payload: &[u8]| {
+            encode(
+                &json!({"apiVersion": "0.0.2", "kind": "intoto", "spec": {"content": {
+                "envelope": {
+                    "payloadType": "application/vnd.in-toto+json",
+                    "payload": STANDARD.encode(STANDARD.encode(payload)),
+                    "signatures": [{"sig": STANDARD.encode(STANDARD.encode(sig)),
+                                    "publicKey": STANDARD.encode(&pem)}]},
+                "payloadHash": {"algorithm": "sha256", "value": hash}}}}),
+            )
+        };
+        let hash = hex::encode([7u8; 32]);
+        let m = |b: String| match_entry_body(&b, "intoto", "0.0.2", &expected(true));
+        m(body(&hash, SIG, PAYLOAD)).expect("matches");
+        assert_eq!(
+            field_of(m(body(&hex::encode([8u8; 32]), SIG, PAYLOAD))),
+            "payload hash"
+        );
+        assert_eq!(field_of(m(body(&hash, b"other", PAYLOAD))), "signature");
+        assert_eq!(field_of(m(body(&hash, SIG, b"other payload"))), "payload");
+    }
+}

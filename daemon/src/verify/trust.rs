@@ -374,3 +374,161 @@ mod invalid_json_tests {
         assert!(error.to_string().contains("unicode"), "{error}");
     }
 }
+
+#[cfg(test)]
+mod key_encoding_tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+
+    fn spki(pem: &str) -> Vec<u8> {
+        PublicKey::from_pem(pem)
+            .expect("fixture key")
+            .spki_der()
+            .to_vec()
+    }
+
+    fn pkcs1(spki_der: &[u8]) -> Vec<u8> {
+        use der::Decode;
+        let info = spki::SubjectPublicKeyInfoRef::from_der(spki_der).expect("SPKI");
+        info.subject_public_key.raw_bytes().to_vec()
+    }
+
+    fn log(id: u8, key: &[u8], details: &str, valid_for: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "baseUrl": "https://log.example",
+            "hashAlgorithm": "SHA2_256",
+            "publicKey": {"rawBytes": STANDARD.encode(key), "keyDetails": details, "validFor": valid_for},
+            "logId": {"keyId": STANDARD.encode([id; 32])},
+        })
+    }
+
+    fn root(tlogs: Vec<serde_json::Value>, ctlogs: Vec<serde_json::Value>) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+            "tlogs": tlogs, "ctlogs": ctlogs,
+        }))
+        .expect("JSON")
+    }
+
+    const RSA2048: &str = include_str!("../../../tests/fixtures/generated/legacy-keys/rsa2048.pub");
+    const P256: &str = include_str!("../../../tests/fixtures/generated/legacy-keys/p256.pub");
+    const ED25519: &str = include_str!("../../../tests/fixtures/generated/legacy-keys/ed25519.pub");
+
+    #[test]
+    fn every_key_encoding_of_the_spec_is_read_by_its_key_details() {
+        let start = serde_json::json!({"start": "2021-01-01T00:00:00Z"});
+        let rsa = spki(RSA2048);
+        let tm = TrustMaterial::from_trusted_root_json(&root(
+            vec![
+                log(1, &spki(ED25519), "PKIX_ED25519", start.clone()),
+                log(2, &spki(P256), "PKIX_ECDSA_P256_SHA_256", start.clone()),
+            ],
+            vec![
+                log(3, &pkcs1(&rsa), "PKCS1_RSA_PKCS1V5", start.clone()),
+                log(4, &rsa, "PKIX_RSA_PKCS1V15_2048_SHA256", start.clone()),
+                log(5, &rsa, "PKIX_RSA_PKCS1V5", start),
+            ],
+        ))
+        .expect("root");
+        assert_eq!(tm.tlogs.len(), 2);
+        assert_eq!(tm.ctlogs.len(), 3);
+        assert!(tm.unusable_tlogs.is_empty() && tm.unusable_ctlogs.is_empty());
+        // A PKCS#1 key is the same key as its SPKI form: same fingerprint, same CT log id.
+        assert_eq!(tm.ctlogs[0].key.spki_der(), rsa.as_slice());
+        assert_eq!(tm.ctlogs[0].key.log_id(), tm.ctlogs[1].key.log_id());
+    }
+
+    #[test]
+    fn unusable_keys_are_kept_with_their_log_id_and_reason() {
+        let start = serde_json::json!({"start": "2021-01-01T00:00:00Z"});
+        let rsa = spki(RSA2048);
+        let tm = TrustMaterial::from_trusted_root_json(&root(
+            vec![
+                log(1, &spki(P256), "PKIX_ECDSA_P384_SHA_384", start.clone()),
+                log(2, &spki(P256), "LMS_SHA256", start.clone()),
+                log(3, b"not a key", "PKIX_ED25519", start.clone()),
+                log(7, &spki(ED25519), "PKIX_ED25519", start.clone()),
+            ],
+            vec![
+                log(4, &rsa, "PKIX_RSA_PKCS1V15_3072_SHA256", start.clone()),
+                // SPKI bytes declared as PKCS#1: not a PKCS#1 key.
+                log(5, &rsa, "PKCS1_RSA_PKCS1V5", start),
+            ],
+        ))
+        .expect("a root with unusable entries still loads");
+        assert_eq!(tm.tlogs.len(), 1);
+        assert_eq!(tm.unusable_tlogs.len(), 3);
+        assert_eq!(tm.unusable_ctlogs.len(), 2);
+        let u = tm.unusable_tlog(&[2; 32]).expect("listed");
+        assert!(u.reason.contains("LMS_SHA256"), "{u}");
+        assert!(
+            u.to_string().contains(&STANDARD.encode([2u8; 32])),
+            "names the log: {u}"
+        );
+        assert!(tm
+            .unusable_tlog(&[1; 32])
+            .expect("listed")
+            .reason
+            .contains("PKIX_ECDSA_P384_SHA_384"));
+        assert!(tm.unusable_ctlog(&[4; 32]).is_some() && tm.unusable_ctlog(&[5; 32]).is_some());
+        assert!(tm.tlog(&[1; 32]).is_none(), "an unusable key is never used");
+    }
+
+    #[test]
+    fn valid_for_needs_a_start_and_both_bounds_are_inclusive() {
+        let key = spki(P256);
+        let no_start = root(
+            vec![log(
+                9,
+                &key,
+                "PKIX_ECDSA_P256_SHA_256",
+                serde_json::json!({"end": "2030-01-01T00:00:00Z"}),
+            )],
+            vec![],
+        );
+        let err = TrustMaterial::from_trusted_root_json(&no_start).expect_err("no start");
+        assert!(err.to_string().contains("no start"), "{err}");
+        assert!(
+            err.to_string().contains(&STANDARD.encode([9u8; 32])),
+            "names the log: {err}"
+        );
+        let reversed = root(
+            vec![log(
+                9,
+                &key,
+                "PKIX_ECDSA_P256_SHA_256",
+                serde_json::json!({"start": "2030-01-01T00:00:00Z", "end": "2020-01-01T00:00:00Z"}),
+            )],
+            vec![],
+        );
+        assert!(TrustMaterial::from_trusted_root_json(&reversed).is_err());
+        let bounded = root(
+            vec![log(
+                9,
+                &key,
+                "PKIX_ECDSA_P256_SHA_256",
+                serde_json::json!({"start": "2023-07-12T15:00:00Z", "end": "2023-07-12T15:56:36Z"}),
+            )],
+            vec![],
+        );
+        let tm = TrustMaterial::from_trusted_root_json(&bounded).expect("root");
+        let k = &tm.tlogs[0];
+        let (start, end) = (1_689_174_000, 1_689_177_396);
+        assert!(k.valid_at(start) && k.valid_at(end));
+        assert!(!k.valid_at(start - 1) && !k.valid_at(end + 1));
+        // No validFor at all is unbounded (the spec makes it optional), unlike a range without start.
+        let unbounded = root(
+            vec![log(
+                9,
+                &key,
+                "PKIX_ECDSA_P256_SHA_256",
+                serde_json::Value::Null,
+            )],
+            vec![],
+        );
+        assert!(TrustMaterial::from_trusted_root_json(&unbounded)
+            .expect("root")
+            .tlogs[0]
+            .valid_at(0));
+    }
+}
