@@ -228,6 +228,15 @@ impl SignerArgs {
                 .add_ctlog_key_pem(&read_text(path)?)
                 .with_context(|| format!("{}", path.display()))?;
         }
+        // Entries the root lists but imagegate cannot use: evidence from them is refused.
+        for (what, u) in trust
+            .unusable_tlogs
+            .iter()
+            .map(|u| ("transparency", u))
+            .chain(trust.unusable_ctlogs.iter().map(|u| ("CT", u)))
+        {
+            eprintln!("imagegate: warning: trusted root: {what} {u}");
+        }
         Ok(trust)
     }
 }

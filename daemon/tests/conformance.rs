@@ -134,15 +134,24 @@ fn expected_rejections() -> BTreeMap<&'static str, (&'static str, &'static str)>
         ),
         (
             "rekor2-checkpoint-missing-origin_fail",
-            ("tlog-proof", "checkpoint"),
+            (
+                "tlog-proof",
+                "checkpoint text needs origin, tree size and root hash",
+            ),
         ),
         (
             "rekor2-checkpoint-missing-root-hash_fail",
-            ("tlog-proof", "checkpoint root hash"),
+            (
+                "tlog-proof",
+                "checkpoint text needs origin, tree size and root hash",
+            ),
         ),
         (
             "rekor2-checkpoint-missing-size_fail",
-            ("tlog-proof", "checkpoint tree size"),
+            (
+                "tlog-proof",
+                "checkpoint text needs origin, tree size and root hash",
+            ),
         ),
         (
             "rekor2-checkpoint-no-matching-signature_fail",

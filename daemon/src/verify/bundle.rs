@@ -543,7 +543,17 @@ fn verify(
         };
         match &e.inclusion_proof {
             Some(p) => {
-                let index = parse_log_index(&p.log_index, "inclusion proof logIndex")? as u64;
+                let index = parse_log_index(&p.log_index, "inclusion proof logIndex")?;
+                // Rekor v2 has one tree per log: the entry's index is the proof's (v1 entries
+                // carry a global index, bound by the SET, and a per-shard proof index).
+                if rekor_v2 && index != log_index {
+                    return Err(VerifyError::TlogProof {
+                        detail: format!(
+                            "entry logIndex {log_index} is not the inclusion proof's {index}"
+                        ),
+                    });
+                }
+                let index = index as u64;
                 let size = parse_u64(&p.tree_size, "treeSize")?;
                 let root: [u8; 32] = b64(&p.root_hash, "rootHash")?.try_into().map_err(|_| {
                     VerifyError::TlogProof {

@@ -5,7 +5,6 @@ use sha2::{Digest, Sha256};
 
 use super::error::VerifyError;
 use super::keys::HashAlg;
-use super::rekor::b64decode;
 use super::trust::LogKey;
 
 fn proof_err(detail: impl std::fmt::Display) -> VerifyError {
@@ -80,58 +79,83 @@ pub fn verify_inclusion(
     Ok(())
 }
 
-/// Parse a Rekor checkpoint (signed note) and verify its signature with the log key; check it
-/// commits to `tree_size` and `root`.
+/// Parse a Rekor checkpoint (a C2SP signed note) and verify its signature with the log key;
+/// check it commits to `tree_size` and `root`.
+///
+/// The note must be well formed throughout (C2SP signed-note, tlog-checkpoint): text and
+/// signatures split at the last blank line; text lines origin, decimal tree size, base64 root
+/// hash, then optional non-empty extension lines; every signature line `— <name> <base64>` with
+/// at least a 4-byte key hint and a signature. Signatures by other keys (witness cosignatures,
+/// other logs) are ignored; one by the log key (its name is the origin, its hint the first four
+/// bytes of the log id) must verify.
 pub fn verify_checkpoint(
     envelope: &str,
     key: &LogKey,
     tree_size: u64,
     root: &[u8; 32],
 ) -> Result<(), VerifyError> {
+    use base64::Engine;
     if envelope.len() > 64 << 10 {
         return Err(proof_err("checkpoint too large"));
     }
     let split = envelope
-        .find("\n\n")
+        .rfind("\n\n")
         .ok_or_else(|| proof_err("checkpoint has no signature block"))?;
     let text = &envelope[..split + 1];
-    let sigs = &envelope[split + 2..];
-    let mut lines = text.lines();
-    let origin = lines
-        .next()
-        .filter(|l| !l.is_empty())
-        .ok_or_else(|| proof_err("checkpoint without origin"))?;
-    let size: u64 = lines
-        .next()
-        .and_then(|l| l.parse().ok())
+    if envelope.len() == split + 2 {
+        return Err(proof_err(
+            "checkpoint carries no signature by the log key (no signature lines)",
+        ));
+    }
+    let sigs = envelope[split + 2..]
+        .strip_suffix('\n')
+        .ok_or_else(|| proof_err("checkpoint signature block does not end with a newline"))?;
+    let lines: Vec<&str> = text[..text.len() - 1].split('\n').collect();
+    if lines.iter().any(|l| l.is_empty()) {
+        return Err(proof_err("checkpoint text has an empty line"));
+    }
+    let [origin, size, root_line, ..] = lines.as_slice() else {
+        return Err(proof_err(
+            "checkpoint text needs origin, tree size and root hash",
+        ));
+    };
+    let size: u64 = Some(*size)
+        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()) && (*s == "0" || !s.starts_with('0')))
+        .and_then(|s| s.parse().ok())
         .ok_or_else(|| proof_err("checkpoint tree size is not a number"))?;
-    let cp_root = lines
-        .next()
-        .and_then(|l| b64decode(l).ok())
-        .ok_or_else(|| proof_err("checkpoint root hash is not base64"))?;
+    let cp_root = base64::engine::general_purpose::STANDARD
+        .decode(root_line)
+        .map_err(|_| proof_err("checkpoint root hash is not base64"))?;
     if size != tree_size || cp_root.as_slice() != root.as_slice() {
         return Err(proof_err(
             "checkpoint does not commit to the proof's tree size and root",
         ));
     }
+    // Parse every signature line first: one malformed line makes the note malformed.
+    let mut parsed = Vec::new();
+    for line in sigs.split('\n') {
+        let malformed = || proof_err(format!("malformed checkpoint signature line {line:?}"));
+        let rest = line.strip_prefix("\u{2014} ").ok_or_else(malformed)?;
+        let (name, b64) = rest.split_once(' ').ok_or_else(malformed)?;
+        if name.is_empty() || name.contains('+') || b64.contains(' ') {
+            return Err(malformed());
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| malformed())?;
+        if raw.len() < 5 {
+            return Err(malformed());
+        }
+        parsed.push((name, raw));
+    }
     let hint = &key.log_id[..4];
-    for line in sigs.lines() {
-        let Some(rest) = line.strip_prefix("\u{2014} ") else {
-            continue;
-        };
-        let Some((name, b64)) = rest.rsplit_once(' ') else {
-            continue;
-        };
+    for (name, raw) in parsed {
         // The signer's name must be the log the note is about (Rekor v1: "<host> - <tree id>").
-        if !(origin == name
+        let names_log = *origin == name
             || origin
                 .strip_prefix(name)
-                .is_some_and(|r| r.starts_with(" - ")))
-        {
-            continue;
-        }
-        let Ok(raw) = b64decode(b64) else { continue };
-        if raw.len() < 5 || &raw[..4] != hint {
+                .is_some_and(|r| r.starts_with(" - "));
+        if !names_log || &raw[..4] != hint {
             continue;
         }
         if key

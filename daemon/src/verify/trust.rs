@@ -247,13 +247,19 @@ impl TrustMaterial {
         for l in &raw.tlogs {
             match log_key(l, "transparency log")? {
                 Ok(k) => tm.tlogs.push(k),
-                Err(u) => tm.unusable_tlogs.push(u),
+                Err(u) => {
+                    tracing::warn!(log = %u, "transparency log of the trusted root ignored");
+                    tm.unusable_tlogs.push(u)
+                }
             }
         }
         for l in &raw.ctlogs {
             match log_key(l, "CT log")? {
                 Ok(k) => tm.ctlogs.push(k),
-                Err(u) => tm.unusable_ctlogs.push(u),
+                Err(u) => {
+                    tracing::warn!(log = %u, "CT log of the trusted root ignored");
+                    tm.unusable_ctlogs.push(u)
+                }
             }
         }
         for (i, ca) in raw.timestamp_authorities.iter().enumerate() {
