@@ -435,3 +435,93 @@ fn malformed_subjects_are_usage_errors() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON verdict");
     assert_eq!(json["error_kind"], "tlog-missing", "{json}");
 }
+
+/// CPU seconds of the calling thread.
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is valid for writes.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// The CPU cost of one in-process keyless verification per kind of evidence (median thread
+/// CPU of 50 runs; trust root parsed once, outside the measurement). Measures only, asserts
+/// that each verifies. Run in release:
+/// `cargo test --release -p imagegate --test conformance -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run in release with --ignored"]
+fn keyless_verification_cpu_cost() {
+    use imagegate::verify::{
+        self, Authority, BundleExpectation, IdentityMatcher, SignedIdentity, Signer, TrustMaterial,
+    };
+    let root = corpus();
+    if !root.is_dir() {
+        println!("SKIPPED: no corpus at {}", root.display());
+        return;
+    }
+    let artifact = std::fs::read(root.join("a.txt")).expect("a.txt");
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&artifact)));
+    for (case, what) in [
+        (
+            "rekor2-happy-path",
+            "Rekor v2 hashedrekord 0.0.2 + checkpoint + RFC 3161 + SCT + chain",
+        ),
+        (
+            "rekor2-dsse-happy-path",
+            "Rekor v2 DSSE (hashedrekord over PAE) + RFC 3161 + SCT + chain",
+        ),
+        (
+            "happy-path-v0.3",
+            "Rekor v1 SET + inclusion proof + checkpoint + SCT + chain",
+        ),
+    ] {
+        let dir = root.join(case);
+        let trust = match std::fs::read(dir.join("trusted_root.json")) {
+            Ok(bytes) => TrustMaterial::from_trusted_root_json(&bytes).expect("root"),
+            Err(_) => verify::public_good::trust_material().expect("built-in root"),
+        };
+        let bundle = std::fs::read(dir.join("bundle.sigstore.json")).expect("bundle");
+        let auth = Authority {
+            name: "bench".into(),
+            signer: Signer::Certificate {
+                identities: vec![IdentityMatcher::exact(
+                    DEFAULT_IDENTITY,
+                    Some(DEFAULT_ISSUER),
+                )],
+                require_sct: true,
+            },
+            trust: std::sync::Arc::new(trust),
+            require_tlog: true,
+            signed_identity: SignedIdentity::Any,
+        };
+        let want = BundleExpectation {
+            digest: &digest,
+            predicate_type: None,
+        };
+        let mut samples: Vec<f64> = (0..50)
+            .map(|_| {
+                let t = thread_cpu_seconds();
+                verify::verify_artifact_bundle(&bundle, &auth, &want).expect("verifies");
+                thread_cpu_seconds() - t
+            })
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        println!(
+            "{case}: {:.2} ms thread CPU (median of 50; min {:.2}, max {:.2}): {what}",
+            samples[25] * 1e3,
+            samples[0] * 1e3,
+            samples[49] * 1e3
+        );
+    }
+    let t = thread_cpu_seconds();
+    for _ in 0..20 {
+        verify::public_good::trust_material().expect("built-in root");
+    }
+    println!(
+        "parsing the built-in public-good root: {:.2} ms thread CPU",
+        (thread_cpu_seconds() - t) / 20.0 * 1e3
+    );
+}
