@@ -22,6 +22,24 @@ fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/bundle-verify")
 }
 
+/// The corpus, or `None` (with the reason printed) when it is absent. With
+/// `IMAGEGATE_REQUIRE_CONFORMANCE=1` (set by `cargo xtask test`) an absent corpus fails.
+fn corpus_or_skip() -> Option<PathBuf> {
+    let root = corpus();
+    if root.is_dir() {
+        return Some(root);
+    }
+    let reason = format!(
+        "the conformance corpus is not at {} (shared/ beside the workspace)",
+        root.display()
+    );
+    if std::env::var_os("IMAGEGATE_REQUIRE_CONFORMANCE").is_some_and(|v| v == "1") {
+        panic!("{reason}, and IMAGEGATE_REQUIRE_CONFORMANCE=1");
+    }
+    println!("SKIPPED: {reason}");
+    None
+}
+
 /// Why each `_fail` case must be rejected: (error kind, phrase of the message). A kind of
 /// `usage` means the input itself is refused (exit 2, the phrase on stderr).
 fn expected_rejections() -> BTreeMap<&'static str, (&'static str, &'static str)> {
@@ -281,14 +299,9 @@ fn run(case: &Path, artifact_arg: &str) -> Outcome {
 
 #[test]
 fn sigstore_conformance_bundle_verify_corpus() {
-    let root = corpus();
-    if !root.is_dir() {
-        println!(
-            "SKIPPED: the conformance corpus is not at {} (shared/ beside the workspace)",
-            root.display()
-        );
+    let Some(root) = corpus_or_skip() else {
         return;
-    }
+    };
     let expected = expected_rejections();
     let default_artifact = root.join("a.txt");
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
@@ -363,14 +376,9 @@ fn sigstore_conformance_bundle_verify_corpus() {
 /// The protocol's argument rules: a malformed digest is a usage error (exit 2), never a verdict.
 #[test]
 fn malformed_subjects_are_usage_errors() {
-    let root = corpus();
-    if !root.is_dir() {
-        println!(
-            "SKIPPED: the conformance corpus is not at {}",
-            root.display()
-        );
+    let Some(root) = corpus_or_skip() else {
         return;
-    }
+    };
     let case = root.join("happy-path-v0.3");
     for bad in [
         "sha256:abc",
@@ -457,11 +465,9 @@ fn keyless_verification_cpu_cost() {
     use imagegate::verify::{
         self, Authority, BundleExpectation, IdentityMatcher, SignedIdentity, Signer, TrustMaterial,
     };
-    let root = corpus();
-    if !root.is_dir() {
-        println!("SKIPPED: no corpus at {}", root.display());
+    let Some(root) = corpus_or_skip() else {
         return;
-    }
+    };
     let artifact = std::fs::read(root.join("a.txt")).expect("a.txt");
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&artifact)));
     for (case, what) in [
@@ -524,4 +530,73 @@ fn keyless_verification_cpu_cost() {
         "parsing the built-in public-good root: {:.2} ms thread CPU",
         (thread_cpu_seconds() - t) / 20.0 * 1e3
     );
+}
+
+/// A log the trusted root lists with a key imagegate cannot use is kept, not dropped: evidence
+/// from it is refused with the reason and the log id (a Rekor v1 SET and a Rekor v2 checkpoint),
+/// while the rest of the root stays usable.
+#[test]
+fn evidence_from_an_unusable_log_is_refused_with_the_reason() {
+    use imagegate::verify::{
+        self, Authority, BundleExpectation, FailureKind, IdentityMatcher, SignedIdentity, Signer,
+        TrustMaterial,
+    };
+    let Some(root) = corpus_or_skip() else {
+        return;
+    };
+    let artifact = std::fs::read(root.join("a.txt")).expect("a.txt");
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&artifact)));
+    for (case, log_id) in [
+        (
+            "happy-path-v0.1",
+            "wNI9atQGlz+VWfO6LRygH4QUfY/8W4RFwiT5i5WRgB0=",
+        ),
+        (
+            "rekor2-happy-path",
+            "8w1amZ2S5mJIQkQmPxdMuOrL/oJkvFg9MnQXmeOCXck=",
+        ),
+    ] {
+        let dir = root.join(case);
+        let root_json = std::fs::read(dir.join("trusted_root.json"))
+            .unwrap_or_else(|_| imagegate::verify::public_good::TRUSTED_ROOT_JSON.to_vec());
+        let mut value: serde_json::Value = serde_json::from_slice(&root_json).expect("JSON");
+        let tlog = value["tlogs"]
+            .as_array_mut()
+            .expect("tlogs")
+            .iter_mut()
+            .find(|t| t["logId"]["keyId"] == log_id)
+            .expect("the bundle's log is in the root");
+        // A kind imagegate does not implement.
+        tlog["publicKey"]["keyDetails"] = "PKIX_ECDSA_P521_SHA_512".into();
+        let trust =
+            TrustMaterial::from_trusted_root_json(&serde_json::to_vec(&value).expect("JSON"))
+                .expect("a root with an unusable log still loads");
+        assert_eq!(trust.unusable_tlogs.len(), 1, "{case}");
+        let auth = Authority {
+            name: "t".into(),
+            signer: Signer::Certificate {
+                identities: vec![IdentityMatcher::exact(
+                    DEFAULT_IDENTITY,
+                    Some(DEFAULT_ISSUER),
+                )],
+                require_sct: true,
+            },
+            trust: std::sync::Arc::new(trust),
+            require_tlog: true,
+            signed_identity: SignedIdentity::Any,
+        };
+        let bundle = std::fs::read(dir.join("bundle.sigstore.json")).expect("bundle");
+        let want = BundleExpectation {
+            digest: &digest,
+            predicate_type: None,
+        };
+        let error = verify::verify_artifact_bundle(&bundle, &auth, &want)
+            .expect_err("evidence from an unusable log");
+        assert_eq!(error.kind(), FailureKind::TrustRoot, "{case}: {error}");
+        let message = error.to_string();
+        assert!(
+            message.contains(log_id) && message.contains("PKIX_ECDSA_P521_SHA_512"),
+            "{case}: {message}"
+        );
+    }
 }

@@ -66,8 +66,13 @@ pub fn verify_set<'a>(
 ) -> Result<&'a LogKey, VerifyError> {
     let id = hex::decode(&payload.log_id).map_err(|e| set_err(format!("logID is not hex: {e}")))?;
     // Several keys may share a log id across rotations (different validity windows).
-    let mut last = VerifyError::TlogKeyUnknown {
-        log_id: payload.log_id.clone(),
+    let mut last = match trust.unusable_tlog(&id) {
+        Some(u) => VerifyError::TrustRoot {
+            detail: u.to_string(),
+        },
+        None => VerifyError::TlogKeyUnknown {
+            log_id: payload.log_id.clone(),
+        },
     };
     for key in trust
         .tlogs
