@@ -194,4 +194,100 @@ mod tests {
         assert!(verify_inclusion(leaves[2], 2, 5, &[leaves[3], n01], &root).is_err());
         assert!(verify_inclusion(leaves[2], 7, 5, &[], &root).is_err());
     }
+
+    /// A Rekor v2 style log: an Ed25519 key whose log id is the C2SP key id of its name.
+    fn log(name: &str) -> (ed25519_dalek::SigningKey, LogKey) {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let mut spki = hex::decode("302a300506032b6570032100").unwrap();
+        spki.extend_from_slice(sk.verifying_key().as_bytes());
+        let mut id = Sha256::new();
+        id.update(name.as_bytes());
+        id.update(b"\n\x01");
+        id.update(sk.verifying_key().as_bytes());
+        let key = LogKey {
+            log_id: id.finalize().into(),
+            key: super::super::keys::PublicKey::from_spki_der(&spki).unwrap(),
+            valid_from: None,
+            valid_until: None,
+        };
+        (sk, key)
+    }
+
+    fn sig_line(sk: &ed25519_dalek::SigningKey, name: &str, hint: &[u8], text: &str) -> String {
+        use base64::Engine;
+        use ed25519_dalek::Signer;
+        let mut raw = hint[..4].to_vec();
+        raw.extend_from_slice(&sk.sign(text.as_bytes()).to_bytes());
+        format!(
+            "\u{2014} {name} {}\n",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+
+    /// C2SP signed-note rules for checkpoints: the log's line verifies wherever it is, other
+    /// well-formed lines are ignored, and anything malformed refuses the note.
+    #[test]
+    fn checkpoints_are_read_as_signed_notes() {
+        use base64::Engine;
+        let name = "log.example";
+        let (sk, key) = log(name);
+        let root = [5u8; 32];
+        let root_b64 = base64::engine::general_purpose::STANDARD.encode(root);
+        let text = format!("{name}\n736\n{root_b64}\n");
+        let own = sig_line(&sk, name, &key.log_id, &text);
+        let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let witness = sig_line(&other, "witness.example", &[1, 2, 3, 4], &text);
+        let same_name_other_key = sig_line(&other, name, &[1, 2, 3, 4], &text);
+        let check = |note: &str| verify_checkpoint(note, &key, 736, &root);
+        let detail = |note: &str| check(note).unwrap_err().to_string();
+
+        check(&format!("{text}\n{own}")).unwrap();
+        check(&format!("{text}\n{witness}{own}")).unwrap();
+        check(&format!("{text}\n{own}{witness}")).unwrap();
+        check(&format!("{text}\n{same_name_other_key}{own}")).unwrap();
+        // Extension lines are signed text.
+        let ext = format!("{name}\n736\n{root_b64}\nTimestamp: 1\n");
+        check(&format!(
+            "{ext}\n{}",
+            sig_line(&sk, name, &key.log_id, &ext)
+        ))
+        .unwrap();
+
+        assert!(detail(&format!("{text}\n{witness}")).contains("no signature by the log key"));
+        assert!(detail(&format!("{text}\n")).contains("no signature by the log key"));
+        let forged = sig_line(&other, name, &key.log_id, &text);
+        assert!(detail(&format!("{text}\n{forged}")).contains("does not verify"));
+        // Signed by the log's key under another name: not the log's line.
+        let renamed = sig_line(&sk, "other.example", &key.log_id, &text);
+        assert!(detail(&format!("{text}\n{renamed}")).contains("no signature by the log key"));
+        for malformed in [
+            format!("{text}\n\u{2014} {name}\n{own}"),
+            format!("{text}\nnot a signature line\n{own}"),
+            format!("{text}\n\u{2014} {name} AAAA\n{own}"),
+            format!("{text}\n{own}").trim_end().to_string(),
+        ] {
+            assert!(check(&malformed).is_err(), "{malformed:?}");
+        }
+        // Junk before a blank line and the real signature block: split at the last blank line,
+        // so the junk is signed text the signature does not cover.
+        let junk = format!("{text}\n\u{2014} {name} junk=\n\n{own}");
+        assert!(check(&junk).is_err());
+        for (size, root_line) in [
+            ("0736", root_b64.as_str()),
+            ("736", "not base64"),
+            ("+736", root_b64.as_str()),
+        ] {
+            let t = format!("{name}\n{size}\n{root_line}\n");
+            assert!(check(&format!("{t}\n{}", sig_line(&sk, name, &key.log_id, &t))).is_err());
+        }
+        let blank_ext = format!("{name}\n736\n{root_b64}\n\nx\n");
+        assert!(check(&format!(
+            "{blank_ext}\n{}",
+            sig_line(&sk, name, &key.log_id, &blank_ext)
+        ))
+        .is_err());
+        // Another tree size or root than the proof's.
+        assert!(verify_checkpoint(&format!("{text}\n{own}"), &key, 737, &root).is_err());
+        assert!(verify_checkpoint(&format!("{text}\n{own}"), &key, 736, &[6; 32]).is_err());
+    }
 }
