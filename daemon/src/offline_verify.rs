@@ -8,7 +8,8 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use imagegate::verify::{
     detached::{
-        verify_detached_bundle, verify_detached_signature, DetachedSignature, DetachedSigner,
+        verify_detached_bundle, verify_detached_signature, BundleOptions, DetachedSignature,
+        DetachedSigner,
     },
     identity::{IdentityMatcher, StringMatcher},
     trust::TrustMaterial,
@@ -80,20 +81,70 @@ pub struct SignatureArgs {
     signer: SignerArgs,
 }
 
-/// `verify-bundle` inputs.
+/// `verify-bundle` inputs. Either `--digest` (an image manifest digest, cosign's image signature
+/// predicate by default) or the sigstore client protocol's last argument `FILE_OR_DIGEST` (an
+/// artifact: a file, hashed, or `sha256:HEX`; any in-toto predicate unless `--type`).
 #[derive(Args)]
 pub struct BundleArgs {
-    /// The manifest digest the bundle must cover (`sha256:HEX`).
-    #[arg(long)]
-    digest: String,
+    /// The image manifest digest the bundle must cover (`sha256:HEX`).
+    #[arg(long, conflicts_with = "file_or_digest")]
+    digest: Option<String>,
     /// The sigstore bundle (JSON).
     #[arg(long)]
     bundle: PathBuf,
-    /// Expected in-toto predicate type (default cosign's image signature predicate).
+    /// Expected in-toto predicate type (default: cosign's image signature predicate with
+    /// `--digest`, any with FILE_OR_DIGEST).
     #[arg(long = "type")]
     predicate_type: Option<String>,
+    /// Do not require a transparency log entry (as cosign's flag).
+    #[arg(long)]
+    insecure_ignore_tlog: bool,
+    /// Do not require a signed certificate timestamp (as cosign's flag).
+    #[arg(long)]
+    insecure_ignore_sct: bool,
     #[command(flatten)]
     signer: SignerArgs,
+    /// The signed artifact: a file (its SHA-256 is verified) or `sha256:HEX`.
+    #[arg(value_name = "FILE_OR_DIGEST")]
+    file_or_digest: Option<String>,
+}
+
+/// A well-formed `sha256:` digest, normalised to lowercase hex; `None` for anything else.
+fn parse_digest(text: &str) -> Option<String> {
+    let hex = text.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| format!("sha256:{}", hex.to_ascii_lowercase()))
+}
+
+/// The digest the bundle must cover, from `--digest` or `FILE_OR_DIGEST`, and whether it names
+/// an artifact. Anything malformed is a usage error (exit 2), never a verdict.
+fn subject(args: &BundleArgs) -> Result<(String, bool)> {
+    match (&args.digest, &args.file_or_digest) {
+        (Some(d), None) => parse_digest(d)
+            .map(|d| (d, false))
+            .with_context(|| format!("--digest {d:?} is not sha256: followed by 64 hex digits")),
+        (None, Some(arg)) if arg.starts_with("sha256:") => parse_digest(arg)
+            .map(|d| (d, true))
+            .with_context(|| format!("{arg:?} is not sha256: followed by 64 hex digits")),
+        (None, Some(arg)) => {
+            let path = Path::new(arg);
+            let meta = std::fs::metadata(path).with_context(|| {
+                format!("FILE_OR_DIGEST {arg:?} is neither a file nor sha256:HEX")
+            })?;
+            if !meta.is_file() {
+                bail!("FILE_OR_DIGEST {arg:?} is not a regular file");
+            }
+            let mut file =
+                std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+            let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+            std::io::copy(&mut file, &mut hasher)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let digest = sha2::Digest::finalize(hasher);
+            Ok((format!("sha256:{}", hex::encode(digest)), true))
+        }
+        (None, None) => bail!("give the artifact (FILE_OR_DIGEST) or --digest"),
+        (Some(_), Some(_)) => bail!("give FILE_OR_DIGEST or --digest, not both"),
+    }
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -144,12 +195,22 @@ impl SignerArgs {
         }
     }
 
-    fn trust(&self) -> Result<TrustMaterial> {
+    /// The trust material given; with none at all and `public_good_default`, the built-in
+    /// Sigstore public-good root.
+    fn trust(&self, public_good_default: bool) -> Result<TrustMaterial> {
+        let none_given = self.trusted_root.is_none()
+            && self.ca_roots.is_none()
+            && self.rekor_key.is_none()
+            && self.ctlog_key.is_none();
         let mut trust = match &self.trusted_root {
             Some(path) => TrustMaterial::from_trusted_root_json(
                 &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
             )
             .with_context(|| format!("parsing {}", path.display()))?,
+            None if none_given && public_good_default => {
+                imagegate::verify::public_good::trust_material()
+                    .context("the built-in Sigstore public-good trusted root")?
+            }
             None => TrustMaterial::default(),
         };
         if let Some(path) = &self.ca_roots {
@@ -166,6 +227,15 @@ impl SignerArgs {
             trust
                 .add_ctlog_key_pem(&read_text(path)?)
                 .with_context(|| format!("{}", path.display()))?;
+        }
+        // Entries the root lists but imagegate cannot use: evidence from them is refused.
+        for (what, u) in trust
+            .unusable_tlogs
+            .iter()
+            .map(|u| ("transparency", u))
+            .chain(trust.unusable_ctlogs.iter().map(|u| ("CT", u)))
+        {
+            eprintln!("imagegate: warning: trusted root: {what} {u}");
         }
         Ok(trust)
     }
@@ -184,7 +254,8 @@ fn report(
         ),
         Err(error) => (
             1,
-            serde_json::json!({"verified": false, "error": imagegate::doctor::error_chain(error)}),
+            serde_json::json!({"verified": false, "error_kind": error.kind(),
+                "error": imagegate::doctor::error_chain(error)}),
         ),
     };
     match output {
@@ -194,7 +265,11 @@ fn report(
                 "verified: signature over {} by {}",
                 verified.digest, verified.authority
             ),
-            Err(error) => println!("NOT verified: {}", imagegate::doctor::error_chain(error)),
+            Err(error) => println!(
+                "NOT verified ({}): {}",
+                serde_json::to_value(error.kind())?.as_str().unwrap_or("?"),
+                imagegate::doctor::error_chain(error)
+            ),
         },
     }
     Ok(code)
@@ -215,7 +290,7 @@ pub fn signature(args: &SignatureArgs) -> Result<i32> {
             .transpose()?,
         rekor_bundle: args.rekor_bundle.as_deref().map(read_text).transpose()?,
         signer: args.signer.signer()?,
-        trust: args.signer.trust()?,
+        trust: args.signer.trust(false)?,
         insecure_ignore_tlog: args.insecure_ignore_tlog,
         insecure_ignore_sct: args.insecure_ignore_sct,
     };
@@ -224,15 +299,23 @@ pub fn signature(args: &SignatureArgs) -> Result<i32> {
 
 /// `imagegate verify-bundle`.
 pub fn bundle(args: &BundleArgs) -> Result<i32> {
+    let (digest, artifact) = subject(args)?;
+    let signer = args.signer.signer()?;
+    let trust = args.signer.trust(true)?;
     let bundle = std::fs::read(&args.bundle)
         .with_context(|| format!("reading {}", args.bundle.display()))?;
     report(
         verify_detached_bundle(
-            &args.digest,
+            &digest,
             &bundle,
-            &args.signer.signer()?,
-            args.signer.trust()?,
+            &signer,
+            trust,
             args.predicate_type.as_deref(),
+            BundleOptions {
+                artifact,
+                insecure_ignore_tlog: args.insecure_ignore_tlog,
+                insecure_ignore_sct: args.insecure_ignore_sct,
+            },
         ),
         args.signer.output,
     )

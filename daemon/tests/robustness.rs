@@ -287,3 +287,225 @@ fn mutated_keys_payloads_policies_and_manifests_never_panic() {
         }
     }
 }
+
+/// Every string leaf of a JSON document, as JSON pointers.
+fn string_leaves(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(_) => out.push(at),
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                string_leaves(x, format!("{at}/{i}"), out);
+            }
+        }
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                string_leaves(
+                    x,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Rekor v2 bundles of the sigstore-conformance corpus (hashedrekord 0.0.2 over an artifact and
+/// over a DSSE PAE, a checkpoint, RFC 3161 timestamps with and without embedded certificates):
+/// every mutation of a field, at the byte level of the file and inside the decoded base64 of
+/// each field (entry body, checkpoint, timestamp token, certificate, signature, proof hashes),
+/// is rejected unless it leaves the bundle's meaning unchanged. Skipped if the corpus (shared/
+/// beside the workspace) is absent.
+#[test]
+fn mutated_rekor_v2_bundles_never_verify() {
+    use base64::Engine;
+    let corpus =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/bundle-verify");
+    if !corpus.is_dir() {
+        let reason = format!("no conformance corpus at {}", corpus.display());
+        if std::env::var_os("IMAGEGATE_REQUIRE_CONFORMANCE").is_some_and(|v| v == "1") {
+            panic!("{reason}, and IMAGEGATE_REQUIRE_CONFORMANCE=1");
+        }
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let artifact = std::fs::read(corpus.join("a.txt")).unwrap();
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&artifact))
+    );
+    let mut checked = 0;
+    for (case, seed) in [
+        ("rekor2-happy-path", 0x5eed_0001_u64),
+        ("rekor2-dsse-happy-path", 0x5eed_0002),
+        ("rekor2-timestamp-without-embedded-cert", 0x5eed_0003),
+        ("rekor2-timestamp-with-embedded-cert", 0x5eed_0004),
+    ] {
+        let dir = corpus.join(case);
+        let original = std::fs::read(dir.join("bundle.sigstore.json")).unwrap();
+        let trust = TrustMaterial::from_trusted_root_json(
+            &std::fs::read(dir.join("trusted_root.json")).unwrap(),
+        )
+        .unwrap();
+        let auth = Authority {
+            name: "t".into(),
+            signer: Signer::Certificate {
+                identities: vec![IdentityMatcher::exact(
+                    "https://github.com/sigstore-conformance/extremely-dangerous-public-oidc-beacon/.github/workflows/extremely-dangerous-oidc-beacon.yml@refs/heads/main",
+                    Some("https://token.actions.githubusercontent.com"),
+                )],
+                require_sct: true,
+            },
+            trust: Arc::new(trust),
+            require_tlog: true,
+            signed_identity: SignedIdentity::Any,
+        };
+        let want = BundleExpectation {
+            digest: &digest,
+            predicate_type: None,
+        };
+        verify::verify_artifact_bundle(&original, &auth, &want)
+            .unwrap_or_else(|e| panic!("{case}: original verifies: {e}"));
+        let orig_value: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        let mut leaves = Vec::new();
+        string_leaves(&orig_value, String::new(), &mut leaves);
+        let mut rng = Rng(seed);
+        let same = |m: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(m).is_ok_and(|v| {
+                // Base64 is compared decoded: an encoding variant of the same bytes is the same.
+                let norm = |v: &serde_json::Value| {
+                    let mut v = v.clone();
+                    let mut ls = Vec::new();
+                    string_leaves(&v, String::new(), &mut ls);
+                    for l in ls {
+                        if let Some(s) = v.pointer_mut(&l) {
+                            if let Some(d) = s
+                                .as_str()
+                                .and_then(|t| b64.decode(t.replace('\n', "")).ok())
+                            {
+                                *s = serde_json::Value::String(hex::encode(d));
+                            }
+                        }
+                    }
+                    v
+                };
+                norm(&v) == norm(&orig_value)
+            })
+        };
+        // The certificates a timestamp token embeds are unsigned hints: when the trusted root
+        // holds the TSA's certificate, an edited embedded copy is simply not used. Compare
+        // tokens without them.
+        let without_embedded_certs = |m: &[u8]| -> Option<Vec<u8>> {
+            let mut v: serde_json::Value = serde_json::from_slice(m).ok()?;
+            let ts = v.pointer_mut(
+                "/verificationMaterial/timestampVerificationData/rfc3161Timestamps/0/signedTimestamp",
+            )?;
+            let stripped = strip_token_certificates(&b64.decode(ts.as_str()?).ok()?)?;
+            *ts = serde_json::Value::String(b64.encode(stripped));
+            serde_json::to_vec(&v).ok()
+        };
+        // Witness cosignatures are ignored by design (their keys are not in the trusted root):
+        // compare checkpoints by their text and the log's own signature lines only.
+        let without_cosignatures = |m: &[u8]| -> Option<Vec<u8>> {
+            let mut v: serde_json::Value = serde_json::from_slice(m).ok()?;
+            let cp = v.pointer_mut(
+                "/verificationMaterial/tlogEntries/0/inclusionProof/checkpoint/envelope",
+            )?;
+            let text = cp.as_str()?.to_string();
+            let (body, sigs) = text.rsplit_once("\n\n")?;
+            let origin = body.lines().next()?;
+            let own: Vec<&str> = sigs
+                .lines()
+                .filter(|l| {
+                    l.strip_prefix("\u{2014} ")
+                        .is_some_and(|r| r.starts_with(&format!("{origin} ")))
+                })
+                .collect();
+            *cp = serde_json::Value::String(format!("{body}\n\n{}\n", own.join("\n")));
+            serde_json::to_vec(&v).ok()
+        };
+        let same = |m: &[u8]| {
+            same(m)
+                || without_cosignatures(m).is_some_and(|s| {
+                    serde_json::from_slice::<serde_json::Value>(&s).ok()
+                        == without_cosignatures(&original)
+                            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o).ok())
+                })
+        };
+        let orig_stripped = without_embedded_certs(&original).unwrap();
+        let same = |m: &[u8]| {
+            same(m)
+                || without_embedded_certs(m).is_some_and(|s| {
+                    serde_json::from_slice::<serde_json::Value>(&s).ok()
+                        == serde_json::from_slice::<serde_json::Value>(&orig_stripped).ok()
+                })
+        };
+        for round in 0..500 {
+            let m = if round % 2 == 0 {
+                mutate(&mut rng, &original)
+            } else {
+                let mut v = orig_value.clone();
+                let leaf = &leaves[rng.below(leaves.len())];
+                let s = v.pointer_mut(leaf).unwrap();
+                let text = s.as_str().unwrap().to_string();
+                *s = serde_json::Value::String(match b64.decode(&text) {
+                    Ok(raw) if !raw.is_empty() && text.len() > 8 => {
+                        b64.encode(mutate(&mut rng, &raw))
+                    }
+                    _ => String::from_utf8_lossy(&mutate(&mut rng, text.as_bytes())).into_owned(),
+                });
+                serde_json::to_vec(&v).unwrap()
+            };
+            if verify::verify_artifact_bundle(&m, &auth, &want).is_ok() && !same(&m) {
+                let (a, b) = (
+                    serde_json::to_string_pretty(&orig_value).unwrap(),
+                    serde_json::from_slice::<serde_json::Value>(&m)
+                        .map(|v| serde_json::to_string_pretty(&v).unwrap())
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&m).into_owned()),
+                );
+                let diff: Vec<String> = a
+                    .lines()
+                    .zip(b.lines())
+                    .filter(|(x, y)| x != y)
+                    .map(|(x, y)| format!("- {x}\n+ {y}"))
+                    .collect();
+                let _ = std::fs::write(
+                    std::env::temp_dir().join("imagegate-robustness-accepted.json"),
+                    &m,
+                );
+                panic!(
+                    "{case}: a semantically different bundle verified (round {round}):\n{}",
+                    diff.join("\n")
+                );
+            }
+            checked += 1;
+        }
+    }
+    println!("{checked} mutated Rekor v2 bundles rejected or unchanged");
+}
+
+/// A TimeStampResp or TimeStampToken without the SignedData's `certificates`, re-encoded.
+fn strip_token_certificates(der_bytes: &[u8]) -> Option<Vec<u8>> {
+    use cms::{content_info::ContentInfo, signed_data::SignedData};
+    use der::{Any, Decode, Encode};
+    let strip = |ci: ContentInfo| -> Option<ContentInfo> {
+        let mut sd: SignedData = ci.content.decode_as().ok()?;
+        sd.certificates = None;
+        Some(ContentInfo {
+            content_type: ci.content_type,
+            content: Any::encode_from(&sd).ok()?,
+        })
+    };
+    if let Ok(ci) = ContentInfo::from_der(der_bytes) {
+        return strip(ci)?.to_der().ok();
+    }
+    let parts: Vec<Any> = Vec::from_der(der_bytes).ok()?;
+    let [status, token] = parts.as_slice() else {
+        return None;
+    };
+    let token = strip(token.decode_as().ok()?)?;
+    vec![status.clone(), Any::encode_from(&token).ok()?]
+        .to_der()
+        .ok()
+}

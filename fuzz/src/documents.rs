@@ -5,7 +5,7 @@
 //! Invariants: every digest an accepted document carries is `sha256:<64 lowercase hex>`; the
 //! platform chosen from an index is one of its entries and matches the host; chainIDs follow
 //! the diffIDs one to one; a trusted root keeps every key and certificate it lists (nothing is
-//! dropped silently).
+//! dropped silently; an unusable log key is listed with its reason).
 
 use imagegate::catalog::oci::{self, media_type, Document};
 use imagegate::discover::find::Manifest;
@@ -76,12 +76,23 @@ pub fn check_trusted_root(data: &[u8]) {
     };
     let raw: Value = serde_json::from_slice(data).expect("an accepted trusted root is JSON");
     let count = |key: &str| raw[key].as_array().map_or(0, Vec::len);
+    // A log whose key imagegate cannot use is kept among the unusable ones, with its reason.
     assert_eq!(
-        trust.tlogs.len(),
+        trust.tlogs.len() + trust.unusable_tlogs.len(),
         count("tlogs"),
         "a transparency log was dropped"
     );
-    assert_eq!(trust.ctlogs.len(), count("ctlogs"), "a CT log was dropped");
+    assert_eq!(
+        trust.ctlogs.len() + trust.unusable_ctlogs.len(),
+        count("ctlogs"),
+        "a CT log was dropped"
+    );
+    for unusable in trust.unusable_tlogs.iter().chain(&trust.unusable_ctlogs) {
+        assert!(
+            !unusable.reason.is_empty(),
+            "an unusable log without a reason"
+        );
+    }
     let certificates = |key: &str| -> usize {
         raw[key].as_array().map_or(0, |authorities| {
             authorities
@@ -139,6 +150,8 @@ pub fn trusted_root_seeds() -> Vec<Vec<u8>> {
     [
         "testvectors/trust/sigstore-public-good/trusted_root.json",
         "generated/trust/trusted_root.json",
+        // The built-in public-good root (Rekor v2 Ed25519 key, keyDetails, TSA).
+        "../../daemon/trust/sigstore-public-good/trusted_root.json",
     ]
     .iter()
     .filter_map(|rel| std::fs::read(fixtures().join(rel)).ok())

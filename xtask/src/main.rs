@@ -168,6 +168,9 @@ fn test() -> Result<()> {
     setup::run()?;
     // The registry tests skip without docker-registry; here it is installed, so a skip is a failure.
     std::env::set_var("IMAGEGATE_REQUIRE_REGISTRY", "1");
+    // The sigstore-conformance corpus (shared/ beside the workspace, as in CI) must be there:
+    // its tests skip only when run by hand without it.
+    std::env::set_var("IMAGEGATE_REQUIRE_CONFORMANCE", "1");
     let (mut passed, mut failed_count) =
         setup::cargo_test(&["test", "--workspace", "--exclude", "imagegate-ebpf"])?;
     let mut failed = Vec::new();

@@ -14,7 +14,7 @@ use super::cert::Cert;
 use super::error::VerifyError;
 use super::keys::PublicKey;
 use super::merkle::{leaf_hash, verify_checkpoint, verify_inclusion};
-use super::rekor::{match_body, verify_set, ExpectedEntry, SetPayload};
+use super::rekor::{match_entry_body, verify_set, DsseExpectation, ExpectedEntry, SetPayload};
 use super::timestamp::verify_timestamp;
 
 /// Largest bundle we parse.
@@ -35,10 +35,19 @@ fn fmt_err(detail: impl std::fmt::Display) -> VerifyError {
     }
 }
 
+/// Standard base64 of a bundle's bytes field. Line breaks are skipped, as protobuf JSON decoders
+/// (Go's base64, which other clients use) skip them: `base64` tools wrap at 76 columns.
 fn b64(s: &str, what: &str) -> Result<Vec<u8>, VerifyError> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|e| fmt_err(format!("{what} is not base64: {e}")))
+    let decode = |s: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|e| fmt_err(format!("{what} is not base64: {e}")))
+    };
+    if s.contains(['\n', '\r']) {
+        decode(&s.replace(['\n', '\r'], ""))
+    } else {
+        decode(s)
+    }
 }
 
 #[derive(Deserialize)]
@@ -99,7 +108,9 @@ struct TlogEntry {
     log_index: String,
     log_id: LogId,
     kind_version: KindVersion,
-    integrated_time: String,
+    /// Absent (zero) for Rekor v2 entries, which have no SET.
+    #[serde(default)]
+    integrated_time: Option<String>,
     inclusion_promise: Option<Promise>,
     inclusion_proof: Option<Proof>,
     canonicalized_body: String,
@@ -198,6 +209,17 @@ fn parse_u64(s: &str, what: &str) -> Result<u64, VerifyError> {
         .map_err(|_| fmt_err(format!("{what} {s:?} is not a number")))
 }
 
+/// A log index: an int64 in the bundle's schema, which must not be negative.
+fn parse_log_index(s: &str, what: &str) -> Result<i64, VerifyError> {
+    let i: i64 = s
+        .parse()
+        .map_err(|_| fmt_err(format!("{what} {s:?} is not a number")))?;
+    if i < 0 {
+        return Err(fmt_err(format!("{what} {i} is negative")));
+    }
+    Ok(i)
+}
+
 /// What the bundle must be about.
 #[derive(Debug, Clone)]
 pub struct BundleExpectation<'a> {
@@ -207,11 +229,54 @@ pub struct BundleExpectation<'a> {
     pub predicate_type: Option<&'a str>,
 }
 
-/// Verify a bundle (JSON) against an authority.
+/// Verify a bundle (JSON) against an authority: an image signature (the in-toto predicate must
+/// be `want.predicate_type`, by default cosign's image signature predicate).
 pub fn verify_bundle(
     json: &[u8],
     auth: &Authority,
     want: &BundleExpectation<'_>,
+) -> Result<Verified, VerifyError> {
+    verify(json, auth, want, false)
+}
+
+/// Verify a bundle over an arbitrary artifact (the sigstore client protocol's `verify-bundle
+/// FILE_OR_DIGEST`): as [`verify_bundle`], except that without `want.predicate_type` any in-toto
+/// predicate type is accepted (the artifact must still be a subject of the statement).
+pub fn verify_artifact_bundle(
+    json: &[u8],
+    auth: &Authority,
+    want: &BundleExpectation<'_>,
+) -> Result<Verified, VerifyError> {
+    verify(json, auth, want, true)
+}
+
+/// Whether a log entry of `kind`/`version` can record a signature of `format`. Rekor v1:
+/// `hashedrekord` 0.0.1 for message signatures, `dsse` 0.0.1 or `intoto` 0.0.2 for DSSE. Rekor
+/// v2: `hashedrekord` 0.0.2 for both (for DSSE over the PAE), `dsse` 0.0.2 for DSSE.
+fn entry_kind_allowed(format: SignatureFormat, kind: &str, version: &str) -> bool {
+    match format {
+        SignatureFormat::BundleMessageSignature => {
+            matches!((kind, version), ("hashedrekord", "0.0.1" | "0.0.2"))
+        }
+        SignatureFormat::BundleDsse => matches!(
+            (kind, version),
+            ("dsse", "0.0.1") | ("intoto", "0.0.2") | ("dsse" | "hashedrekord", "0.0.2")
+        ),
+        SignatureFormat::Legacy => false,
+    }
+}
+
+/// Rekor v2 entries: no integrated time, no SET; an inclusion proof with a checkpoint, and the
+/// signing time from RFC 3161 timestamps.
+fn is_rekor_v2_entry(kind: &str, version: &str) -> bool {
+    matches!((kind, version), ("dsse" | "hashedrekord", "0.0.2"))
+}
+
+fn verify(
+    json: &[u8],
+    auth: &Authority,
+    want: &BundleExpectation<'_>,
+    any_predicate: bool,
 ) -> Result<Verified, VerifyError> {
     if json.len() > MAX_BUNDLE_BYTES {
         return Err(fmt_err("bundle too large"));
@@ -263,6 +328,15 @@ pub fn verify_bundle(
                 return Err(fmt_err("empty certificate chain"));
             }
             let leaf = certs.remove(0);
+            // The chain must end below a trust anchor: a root shipped in the bundle would only
+            // be a claim, and accepting one invites confusing it with the trusted root.
+            if certs.iter().any(Cert::is_self_issued) {
+                return Err(VerifyError::CertChain {
+                    detail:
+                        "the bundle's certificate chain includes a root (self-issued) certificate"
+                            .into(),
+                });
+            }
             (Some(leaf), certs)
         }
         (None, None, Some(_)) => (None, Vec::new()),
@@ -274,6 +348,7 @@ pub fn verify_bundle(
     };
 
     // Content: what was signed, and the signature over it, checked with the signer's key.
+    let mut dsse_parts: Option<(String, [u8; 32], Vec<u8>)> = None;
     let (payload_sha256, sig, format, key_used): (
         [u8; 32],
         Vec<u8>,
@@ -295,13 +370,13 @@ pub fn verify_bundle(
             }
             let payload = b64(&env.payload, "DSSE payload")?;
             let sig = b64(&env.signatures[0].sig, "DSSE signature")?;
-            let key = verify_content(
-                auth,
-                leaf.as_ref(),
-                &pae(&env.payload_type, &payload),
-                &sig,
-                None,
-            )?;
+            let pae_bytes = pae(&env.payload_type, &payload);
+            let key = verify_content(auth, leaf.as_ref(), &pae_bytes, &sig, None)?;
+            dsse_parts = Some((
+                env.payload_type.clone(),
+                Sha256::digest(&pae_bytes).into(),
+                payload.clone(),
+            ));
             let st: Statement = serde_json::from_slice(&payload)
                 .map_err(|e| fmt_err(format!("in-toto statement: {e}")))?;
             if st.kind != "https://in-toto.io/Statement/v1"
@@ -312,12 +387,18 @@ pub fn verify_bundle(
                     st.kind
                 )));
             }
-            let want_pred = want.predicate_type.unwrap_or(COSIGN_SIGN_PREDICATE);
-            if st.predicate_type != want_pred {
-                return Err(fmt_err(format!(
-                    "predicateType {:?} is not {want_pred:?}",
-                    st.predicate_type
-                )));
+            let want_pred = match (want.predicate_type, any_predicate) {
+                (Some(p), _) => Some(p),
+                (None, true) => None,
+                (None, false) => Some(COSIGN_SIGN_PREDICATE),
+            };
+            if let Some(want_pred) = want_pred {
+                if st.predicate_type != want_pred {
+                    return Err(fmt_err(format!(
+                        "predicateType {:?} is not {want_pred:?}",
+                        st.predicate_type
+                    )));
+                }
             }
             if !st
                 .subject
@@ -367,15 +448,12 @@ pub fn verify_bundle(
         (None, Some(k)) => k.spki_der().to_vec(),
         (None, None) => return Err(fmt_err("no signer")),
     };
-    let expected_kind = if format == SignatureFormat::BundleDsse {
-        "dsse"
-    } else {
-        "hashedrekord"
-    };
 
     // Transparency log.
     let mut signed_at = None;
     let mut tlog_index = None;
+    // The log key of an entry without SET: it must have been valid at the signing times.
+    let mut unpromised_log_key = None;
     if auth.require_tlog {
         if m.tlog_entries.len() != 1 {
             return Err(if m.tlog_entries.is_empty() {
@@ -385,34 +463,60 @@ pub fn verify_bundle(
             });
         }
         let e = &m.tlog_entries[0];
-        if e.kind_version.kind != expected_kind || e.kind_version.version != "0.0.1" {
+        let (kind, kind_version) = (
+            e.kind_version.kind.as_str(),
+            e.kind_version.version.as_str(),
+        );
+        if !entry_kind_allowed(format, kind, kind_version) {
             return Err(fmt_err(format!(
-                "tlog entry kind {}/{}",
-                e.kind_version.kind, e.kind_version.version
+                "tlog entry kind {kind}/{kind_version} cannot record this signature"
             )));
         }
+        let rekor_v2 = is_rekor_v2_entry(kind, kind_version);
+        let log_index = parse_log_index(&e.log_index, "logIndex")?;
         let body = b64(&e.canonicalized_body, "canonicalizedBody")?;
-        match_body(
+        match_entry_body(
             &e.canonicalized_body,
+            kind,
+            kind_version,
             &ExpectedEntry {
                 payload_sha256,
                 signature: &sig,
                 signer_der: &signer_der,
                 signer_is_cert: leaf.is_some(),
+                dsse: dsse_parts
+                    .as_ref()
+                    .map(|(payload_type, pae_sha256, payload)| DsseExpectation {
+                        payload_type,
+                        pae_sha256: *pae_sha256,
+                        payload,
+                    }),
             },
         )?;
         let log_id = b64(&e.log_id.key_id, "logId")?;
-        let log_index: i64 = parse_u64(&e.log_index, "logIndex")? as i64;
-        let integrated: i64 = parse_u64(&e.integrated_time, "integratedTime")? as i64;
-        let set_payload = SetPayload {
-            body: e.canonicalized_body.clone(),
-            integrated_time: integrated,
-            log_id: hex::encode(&log_id),
-            log_index,
-        };
+        let integrated: Option<i64> = e
+            .integrated_time
+            .as_deref()
+            .map(|t| parse_u64(t, "integratedTime").map(|t| t as i64))
+            .transpose()?
+            .filter(|t| *t != 0);
         // The SET is what makes integratedTime trustworthy.
         let key = match &e.inclusion_promise {
+            Some(_) if rekor_v2 => {
+                return Err(fmt_err(format!(
+                    "{kind}/{kind_version} entry with an inclusion promise (Rekor v2 has no SET)"
+                )))
+            }
             Some(p) => {
+                let integrated = integrated.ok_or_else(|| VerifyError::TlogSet {
+                    detail: "inclusion promise without integratedTime".into(),
+                })?;
+                let set_payload = SetPayload {
+                    body: e.canonicalized_body.clone(),
+                    integrated_time: integrated,
+                    log_id: hex::encode(&log_id),
+                    log_index,
+                };
                 let k = verify_set(&set_payload, &p.signed_entry_timestamp, &auth.trust)?;
                 signed_at = Some(integrated);
                 k
@@ -422,16 +526,34 @@ pub fn verify_bundle(
                     detail: "v0.1 bundle without inclusion promise".into(),
                 })
             }
-            None => auth
-                .trust
-                .tlog(&log_id)
-                .ok_or_else(|| VerifyError::TlogKeyUnknown {
-                    log_id: hex::encode(&log_id),
-                })?,
+            None => {
+                let k = auth.trust.tlog(&log_id).ok_or_else(|| {
+                    match auth.trust.unusable_tlog(&log_id) {
+                        Some(u) => VerifyError::TrustRoot {
+                            detail: u.to_string(),
+                        },
+                        None => VerifyError::TlogKeyUnknown {
+                            log_id: hex::encode(&log_id),
+                        },
+                    }
+                })?;
+                unpromised_log_key = Some(k);
+                k
+            }
         };
         match &e.inclusion_proof {
             Some(p) => {
-                let index = parse_u64(&p.log_index, "inclusion proof logIndex")?;
+                let index = parse_log_index(&p.log_index, "inclusion proof logIndex")?;
+                // Rekor v2 has one tree per log: the entry's index is the proof's (v1 entries
+                // carry a global index, bound by the SET, and a per-shard proof index).
+                if rekor_v2 && index != log_index {
+                    return Err(VerifyError::TlogProof {
+                        detail: format!(
+                            "entry logIndex {log_index} is not the inclusion proof's {index}"
+                        ),
+                    });
+                }
+                let index = index as u64;
                 let size = parse_u64(&p.tree_size, "treeSize")?;
                 let root: [u8; 32] = b64(&p.root_hash, "rootHash")?.try_into().map_err(|_| {
                     VerifyError::TlogProof {
@@ -458,7 +580,7 @@ pub fn verify_bundle(
                     })?;
                 verify_checkpoint(&cp.envelope, key, size, &root)?;
             }
-            None if version >= 2 => {
+            None if version >= 2 || rekor_v2 => {
                 return Err(VerifyError::TlogProof {
                     detail: "bundle without inclusion proof".into(),
                 })
@@ -479,6 +601,17 @@ pub fn verify_bundle(
         {
             let raw = b64(&t.signed_timestamp, "signedTimestamp")?;
             times.push(verify_timestamp(&raw, &sig, &auth.trust)?);
+        }
+    }
+    // Without a SET the log key's validity window is checked at the timestamps' times.
+    if let Some(k) = unpromised_log_key {
+        if let Some(t) = times.iter().find(|t| !k.valid_at(**t)) {
+            return Err(VerifyError::TlogProof {
+                detail: format!(
+                    "log key {} was not valid at the signing time {t}",
+                    hex::encode(k.log_id)
+                ),
+            });
         }
     }
 

@@ -157,6 +157,11 @@ impl Cert {
         Ok(found)
     }
 
+    /// Whether subject and issuer are the same name (a root, or another self-issued CA).
+    pub fn is_self_issued(&self) -> bool {
+        self.parsed.tbs_certificate.subject == self.parsed.tbs_certificate.issuer
+    }
+
     fn is_ca(&self) -> Result<bool, VerifyError> {
         let Some(bc) = self.extension(OID_BASIC_CONSTRAINTS)? else {
             return Ok(false);

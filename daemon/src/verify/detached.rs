@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::authority::{Authority, Signer, TrustedKey, Verified};
-use super::bundle::{verify_bundle, BundleExpectation};
+use super::bundle::{verify_artifact_bundle, verify_bundle, BundleExpectation};
 use super::error::VerifyError;
 use super::identity::IdentityMatcher;
 use super::keys::PublicKey;
@@ -104,23 +104,43 @@ pub fn verify_detached_signature(d: &DetachedSignature) -> Result<Verified, Veri
     )
 }
 
-/// Verify a sigstore bundle file (`verify-bundle`): `--type` is the in-toto predicate type
-/// (default cosign's image signature predicate; an attestation is not an image signature).
+/// How `verify-bundle` reads its subject, and which of cosign's opt-outs apply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BundleOptions {
+    /// The digest names an artifact (the sigstore client protocol's `FILE_OR_DIGEST`): any
+    /// in-toto predicate type is accepted unless one is asked for. Otherwise it is an image
+    /// manifest digest and the predicate defaults to cosign's image signature.
+    pub artifact: bool,
+    /// `--insecure-ignore-tlog`.
+    pub insecure_ignore_tlog: bool,
+    /// `--insecure-ignore-sct`.
+    pub insecure_ignore_sct: bool,
+}
+
+/// Verify a sigstore bundle file (`verify-bundle`): `--type` is the in-toto predicate type. As in
+/// cosign, a log entry is required, and for certificates an SCT, unless explicitly ignored.
 pub fn verify_detached_bundle(
     digest: &str,
     bundle_json: &[u8],
     signer: &DetachedSigner,
     trust: TrustMaterial,
     predicate_type: Option<&str>,
+    options: BundleOptions,
 ) -> Result<Verified, VerifyError> {
     let is_cert = matches!(signer, DetachedSigner::Identity(_));
-    let auth = authority(signer, trust, true, is_cert)?;
-    verify_bundle(
-        bundle_json,
-        &auth,
-        &BundleExpectation {
-            digest,
-            predicate_type,
-        },
-    )
+    let auth = authority(
+        signer,
+        trust,
+        !options.insecure_ignore_tlog,
+        is_cert && !options.insecure_ignore_sct,
+    )?;
+    let want = BundleExpectation {
+        digest,
+        predicate_type,
+    };
+    if options.artifact {
+        verify_artifact_bundle(bundle_json, &auth, &want)
+    } else {
+        verify_bundle(bundle_json, &auth, &want)
+    }
 }

@@ -136,6 +136,42 @@ impl PublicKey {
         })
     }
 
+    /// Parse a bare PKCS#1 `RSAPublicKey` (trusted_root.json's `PKCS1_RSA_PKCS1V5` encoding). The
+    /// key is re-wrapped as a SubjectPublicKeyInfo, so its fingerprint and log id are the usual
+    /// SHA-256 of the SPKI.
+    pub fn from_pkcs1_rsa_der(der: &[u8]) -> Result<Self, VerifyError> {
+        use der::Encode;
+        let spki = spki::SubjectPublicKeyInfoOwned {
+            algorithm: spki::AlgorithmIdentifierOwned {
+                oid: OID_RSA,
+                parameters: Some(der::asn1::Any::null()),
+            },
+            subject_public_key: der::asn1::BitString::from_bytes(der).map_err(key_err)?,
+        };
+        Self::from_spki_der(&spki.to_der().map_err(key_err)?)
+    }
+
+    /// Whether this key is of the kind a trusted_root.json `keyDetails` value names.
+    pub fn matches_key_details(&self, details: &str) -> bool {
+        match (&self.inner, details) {
+            (KeyInner::P256(_), "PKIX_ECDSA_P256_SHA_256") => true,
+            (KeyInner::P384(_), "PKIX_ECDSA_P384_SHA_384") => true,
+            (KeyInner::Ed25519(_), "PKIX_ED25519" | "PKIX_ED25519_PH") => true,
+            (KeyInner::Rsa(k), d) => {
+                use rsa::traits::PublicKeyParts;
+                let bits = k.size() * 8;
+                match d {
+                    "PKIX_RSA_PKCS1V5" | "PKCS1_RSA_PKCS1V5" => true,
+                    "PKIX_RSA_PKCS1V15_2048_SHA256" => bits == 2048,
+                    "PKIX_RSA_PKCS1V15_3072_SHA256" => bits == 3072,
+                    "PKIX_RSA_PKCS1V15_4096_SHA256" => bits == 4096,
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
     /// DER SubjectPublicKeyInfo, e.g. to compare with the key recorded in a Rekor entry.
     pub fn spki_der(&self) -> &[u8] {
         &self.spki_der

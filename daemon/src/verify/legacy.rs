@@ -121,6 +121,7 @@ pub fn verify_legacy(
                 signature: &sig_bytes,
                 signer_der: &signer_der,
                 signer_is_cert,
+                dsse: None,
             },
         )?;
         signed_at = Some(bundle.payload.integrated_time);

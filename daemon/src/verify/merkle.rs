@@ -5,7 +5,6 @@ use sha2::{Digest, Sha256};
 
 use super::error::VerifyError;
 use super::keys::HashAlg;
-use super::rekor::b64decode;
 use super::trust::LogKey;
 
 fn proof_err(detail: impl std::fmt::Display) -> VerifyError {
@@ -80,58 +79,83 @@ pub fn verify_inclusion(
     Ok(())
 }
 
-/// Parse a Rekor checkpoint (signed note) and verify its signature with the log key; check it
-/// commits to `tree_size` and `root`.
+/// Parse a Rekor checkpoint (a C2SP signed note) and verify its signature with the log key;
+/// check it commits to `tree_size` and `root`.
+///
+/// The note must be well formed throughout (C2SP signed-note, tlog-checkpoint): text and
+/// signatures split at the last blank line; text lines origin, decimal tree size, base64 root
+/// hash, then optional non-empty extension lines; every signature line `— <name> <base64>` with
+/// at least a 4-byte key hint and a signature. Signatures by other keys (witness cosignatures,
+/// other logs) are ignored; one by the log key (its name is the origin, its hint the first four
+/// bytes of the log id) must verify.
 pub fn verify_checkpoint(
     envelope: &str,
     key: &LogKey,
     tree_size: u64,
     root: &[u8; 32],
 ) -> Result<(), VerifyError> {
+    use base64::Engine;
     if envelope.len() > 64 << 10 {
         return Err(proof_err("checkpoint too large"));
     }
     let split = envelope
-        .find("\n\n")
+        .rfind("\n\n")
         .ok_or_else(|| proof_err("checkpoint has no signature block"))?;
     let text = &envelope[..split + 1];
-    let sigs = &envelope[split + 2..];
-    let mut lines = text.lines();
-    let origin = lines
-        .next()
-        .filter(|l| !l.is_empty())
-        .ok_or_else(|| proof_err("checkpoint without origin"))?;
-    let size: u64 = lines
-        .next()
-        .and_then(|l| l.parse().ok())
+    if envelope.len() == split + 2 {
+        return Err(proof_err(
+            "checkpoint carries no signature by the log key (no signature lines)",
+        ));
+    }
+    let sigs = envelope[split + 2..]
+        .strip_suffix('\n')
+        .ok_or_else(|| proof_err("checkpoint signature block does not end with a newline"))?;
+    let lines: Vec<&str> = text[..text.len() - 1].split('\n').collect();
+    if lines.iter().any(|l| l.is_empty()) {
+        return Err(proof_err("checkpoint text has an empty line"));
+    }
+    let [origin, size, root_line, ..] = lines.as_slice() else {
+        return Err(proof_err(
+            "checkpoint text needs origin, tree size and root hash",
+        ));
+    };
+    let size: u64 = Some(*size)
+        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()) && (*s == "0" || !s.starts_with('0')))
+        .and_then(|s| s.parse().ok())
         .ok_or_else(|| proof_err("checkpoint tree size is not a number"))?;
-    let cp_root = lines
-        .next()
-        .and_then(|l| b64decode(l).ok())
-        .ok_or_else(|| proof_err("checkpoint root hash is not base64"))?;
+    let cp_root = base64::engine::general_purpose::STANDARD
+        .decode(root_line)
+        .map_err(|_| proof_err("checkpoint root hash is not base64"))?;
     if size != tree_size || cp_root.as_slice() != root.as_slice() {
         return Err(proof_err(
             "checkpoint does not commit to the proof's tree size and root",
         ));
     }
+    // Parse every signature line first: one malformed line makes the note malformed.
+    let mut parsed = Vec::new();
+    for line in sigs.split('\n') {
+        let malformed = || proof_err(format!("malformed checkpoint signature line {line:?}"));
+        let rest = line.strip_prefix("\u{2014} ").ok_or_else(malformed)?;
+        let (name, b64) = rest.split_once(' ').ok_or_else(malformed)?;
+        if name.is_empty() || name.contains('+') || b64.contains(' ') {
+            return Err(malformed());
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| malformed())?;
+        if raw.len() < 5 {
+            return Err(malformed());
+        }
+        parsed.push((name, raw));
+    }
     let hint = &key.log_id[..4];
-    for line in sigs.lines() {
-        let Some(rest) = line.strip_prefix("\u{2014} ") else {
-            continue;
-        };
-        let Some((name, b64)) = rest.rsplit_once(' ') else {
-            continue;
-        };
+    for (name, raw) in parsed {
         // The signer's name must be the log the note is about (Rekor v1: "<host> - <tree id>").
-        if !(origin == name
+        let names_log = *origin == name
             || origin
                 .strip_prefix(name)
-                .is_some_and(|r| r.starts_with(" - ")))
-        {
-            continue;
-        }
-        let Ok(raw) = b64decode(b64) else { continue };
-        if raw.len() < 5 || &raw[..4] != hint {
+                .is_some_and(|r| r.starts_with(" - "));
+        if !names_log || &raw[..4] != hint {
             continue;
         }
         if key
@@ -169,5 +193,101 @@ mod tests {
         assert!(verify_inclusion(leaves[2], 2, 5, &[leaves[1], n01, leaves[4]], &root).is_err());
         assert!(verify_inclusion(leaves[2], 2, 5, &[leaves[3], n01], &root).is_err());
         assert!(verify_inclusion(leaves[2], 7, 5, &[], &root).is_err());
+    }
+
+    /// A Rekor v2 style log: an Ed25519 key whose log id is the C2SP key id of its name.
+    fn log(name: &str) -> (ed25519_dalek::SigningKey, LogKey) {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let mut spki = hex::decode("302a300506032b6570032100").unwrap();
+        spki.extend_from_slice(sk.verifying_key().as_bytes());
+        let mut id = Sha256::new();
+        id.update(name.as_bytes());
+        id.update(b"\n\x01");
+        id.update(sk.verifying_key().as_bytes());
+        let key = LogKey {
+            log_id: id.finalize().into(),
+            key: super::super::keys::PublicKey::from_spki_der(&spki).unwrap(),
+            valid_from: None,
+            valid_until: None,
+        };
+        (sk, key)
+    }
+
+    fn sig_line(sk: &ed25519_dalek::SigningKey, name: &str, hint: &[u8], text: &str) -> String {
+        use base64::Engine;
+        use ed25519_dalek::Signer;
+        let mut raw = hint[..4].to_vec();
+        raw.extend_from_slice(&sk.sign(text.as_bytes()).to_bytes());
+        format!(
+            "\u{2014} {name} {}\n",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+
+    /// C2SP signed-note rules for checkpoints: the log's line verifies wherever it is, other
+    /// well-formed lines are ignored, and anything malformed refuses the note.
+    #[test]
+    fn checkpoints_are_read_as_signed_notes() {
+        use base64::Engine;
+        let name = "log.example";
+        let (sk, key) = log(name);
+        let root = [5u8; 32];
+        let root_b64 = base64::engine::general_purpose::STANDARD.encode(root);
+        let text = format!("{name}\n736\n{root_b64}\n");
+        let own = sig_line(&sk, name, &key.log_id, &text);
+        let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let witness = sig_line(&other, "witness.example", &[1, 2, 3, 4], &text);
+        let same_name_other_key = sig_line(&other, name, &[1, 2, 3, 4], &text);
+        let check = |note: &str| verify_checkpoint(note, &key, 736, &root);
+        let detail = |note: &str| check(note).unwrap_err().to_string();
+
+        check(&format!("{text}\n{own}")).unwrap();
+        check(&format!("{text}\n{witness}{own}")).unwrap();
+        check(&format!("{text}\n{own}{witness}")).unwrap();
+        check(&format!("{text}\n{same_name_other_key}{own}")).unwrap();
+        // Extension lines are signed text.
+        let ext = format!("{name}\n736\n{root_b64}\nTimestamp: 1\n");
+        check(&format!(
+            "{ext}\n{}",
+            sig_line(&sk, name, &key.log_id, &ext)
+        ))
+        .unwrap();
+
+        assert!(detail(&format!("{text}\n{witness}")).contains("no signature by the log key"));
+        assert!(detail(&format!("{text}\n")).contains("no signature by the log key"));
+        let forged = sig_line(&other, name, &key.log_id, &text);
+        assert!(detail(&format!("{text}\n{forged}")).contains("does not verify"));
+        // Signed by the log's key under another name: not the log's line.
+        let renamed = sig_line(&sk, "other.example", &key.log_id, &text);
+        assert!(detail(&format!("{text}\n{renamed}")).contains("no signature by the log key"));
+        for malformed in [
+            format!("{text}\n\u{2014} {name}\n{own}"),
+            format!("{text}\nnot a signature line\n{own}"),
+            format!("{text}\n\u{2014} {name} AAAA\n{own}"),
+            format!("{text}\n{own}").trim_end().to_string(),
+        ] {
+            assert!(check(&malformed).is_err(), "{malformed:?}");
+        }
+        // Junk before a blank line and the real signature block: split at the last blank line,
+        // so the junk is signed text the signature does not cover.
+        let junk = format!("{text}\n\u{2014} {name} junk=\n\n{own}");
+        assert!(check(&junk).is_err());
+        for (size, root_line) in [
+            ("0736", root_b64.as_str()),
+            ("736", "not base64"),
+            ("+736", root_b64.as_str()),
+        ] {
+            let t = format!("{name}\n{size}\n{root_line}\n");
+            assert!(check(&format!("{t}\n{}", sig_line(&sk, name, &key.log_id, &t))).is_err());
+        }
+        let blank_ext = format!("{name}\n736\n{root_b64}\n\nx\n");
+        assert!(check(&format!(
+            "{blank_ext}\n{}",
+            sig_line(&sk, name, &key.log_id, &blank_ext)
+        ))
+        .is_err());
+        // Another tree size or root than the proof's.
+        assert!(verify_checkpoint(&format!("{text}\n{own}"), &key, 737, &root).is_err());
+        assert!(verify_checkpoint(&format!("{text}\n{own}"), &key, 736, &[6; 32]).is_err());
     }
 }

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod legacy;
 pub mod merkle;
 pub mod payload;
+pub mod public_good;
 pub mod reference;
 pub mod rekor;
 pub mod sct;
@@ -23,7 +24,7 @@ pub mod timestamp;
 pub mod trust;
 
 pub use authority::{Authority, SignatureFormat, Signer, SignerInfo, TrustedKey, Verified};
-pub use bundle::{verify_bundle, BundleExpectation};
+pub use bundle::{verify_artifact_bundle, verify_bundle, BundleExpectation};
 pub use error::{FailureKind, VerifyError};
 pub use identity::{IdentityMatcher, StringMatcher};
 pub use keys::{HashAlg, PublicKey};

@@ -90,7 +90,10 @@ pub fn verify_embedded_scts(
             continue;
         }
         let Some(key) = trust.ctlogs.iter().find(|k| k.log_id.as_slice() == log_id) else {
-            last_err = sct_err(format!("SCT from unknown CT log {}", hex::encode(log_id)));
+            last_err = match trust.unusable_ctlog(log_id) {
+                Some(u) => sct_err(format!("SCT from CT {u}")),
+                None => sct_err(format!("SCT from unknown CT log {}", hex::encode(log_id))),
+            };
             continue;
         };
         let hash = match hash_alg {

@@ -49,14 +49,18 @@ fn digest_alg(oid: ObjectIdentifier) -> Result<HashAlg, VerifyError> {
     }
 }
 
-/// The signature algorithm's digest (ecdsa-with-SHA*, sha*WithRSAEncryption), else the
-/// SignerInfo's digest algorithm (some TSAs write a bare key algorithm).
-fn signature_hash(sig_alg: ObjectIdentifier, digest: HashAlg) -> HashAlg {
+/// The signature algorithm's digest (ecdsa-with-SHA*, sha*WithRSAEncryption), else for a bare
+/// key algorithm (id-ecPublicKey, rsaEncryption, Ed25519: some TSAs write those) the
+/// SignerInfo's digest algorithm. Any other algorithm is refused, not guessed.
+fn signature_hash(sig_alg: ObjectIdentifier, digest: HashAlg) -> Result<HashAlg, VerifyError> {
     match sig_alg.to_string().as_str() {
-        "1.2.840.10045.4.3.2" | "1.2.840.113549.1.1.11" => HashAlg::Sha256,
-        "1.2.840.10045.4.3.3" | "1.2.840.113549.1.1.12" => HashAlg::Sha384,
-        "1.2.840.10045.4.3.4" | "1.2.840.113549.1.1.13" => HashAlg::Sha512,
-        _ => digest,
+        "1.2.840.10045.4.3.2" | "1.2.840.113549.1.1.11" => Ok(HashAlg::Sha256),
+        "1.2.840.10045.4.3.3" | "1.2.840.113549.1.1.12" => Ok(HashAlg::Sha384),
+        "1.2.840.10045.4.3.4" | "1.2.840.113549.1.1.13" => Ok(HashAlg::Sha512),
+        "1.2.840.10045.2.1" | "1.2.840.113549.1.1.1" | "1.3.101.112" => Ok(digest),
+        other => Err(ts_err(format!(
+            "unsupported timestamp signature algorithm {other}"
+        ))),
     }
 }
 
@@ -184,7 +188,7 @@ pub fn verify_timestamp(
         .find(|c| is_signer(c, &si.sid))
         .ok_or_else(|| ts_err("signer certificate not found"))?;
     let signed = attrs.to_der().map_err(ts_err)?;
-    let sig_hash = signature_hash(si.signature_algorithm.oid, dh);
+    let sig_hash = signature_hash(si.signature_algorithm.oid, dh)?;
     signer
         .public_key()
         .verify(&signed, si.signature.as_bytes(), sig_hash)
