@@ -131,7 +131,10 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
         File::new("usr/local/lib/evil.so", preload, 0o644),
     ])
     .unwrap();
-    let mixed = image::image(vec![base.clone(), top], &["/usr/local/bin/busybox", "echo", "top"]);
+    let mixed = image::image(
+        vec![base.clone(), top],
+        &["/usr/local/bin/busybox", "echo", "top"],
+    );
     // Byte-identical to the signed image's layer, another command: unsigned.
     let config_only = image::image(vec![base], &["/bin/busybox", "echo", "tampered"]);
 
@@ -298,7 +301,10 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
     while daemon::outcome(&daemon::status(&dir).unwrap_or_default(), &retag).as_deref()
         != Some("trusted")
     {
-        assert!(std::time::Instant::now() < deadline, "the retag was not judged");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retag was not judged"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let out = containerd.run(&retag, "c-retag", &["/bin/busybox", "echo", "retag"]);
@@ -316,7 +322,10 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
     )
     .unwrap();
     std::fs::copy("/bin/busybox", volume.join("echo")).unwrap();
-    let mount = format!("type=bind,src={},dst=/data,options=rbind:ro", volume.display());
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        volume.display()
+    );
     let out = containerd.run_with(
         &["--mount", &mount],
         &name("e2e/unsigned"),
@@ -327,14 +336,20 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
     let event = daemon::wait_for_event(&events, |e| {
         e["reason"] == "untrusted_image" && e["container"]["id"] == "c-volume"
     });
-    assert!(event["layer"].is_null(), "a volume file is in no layer: {event}");
+    assert!(
+        event["layer"].is_null(),
+        "a volume file is in no layer: {event}"
+    );
     let out = containerd.run_with(
         &["--mount", &mount],
         &name("e2e/signed"),
         "c-volume-trusted",
         &["/data/echo", "volume ran"],
     );
-    assert!(out.status.success(), "a trusted container's volume binary: {out:?}");
+    assert!(
+        out.status.success(),
+        "a trusted container's volume binary: {out:?}"
+    );
     let _ = nix::mount::umount2(&volume, nix::mount::MntFlags::MNT_DETACH);
     phase("case 4 done");
     // 5. Drift: a binary copied into the writable layer of a trusted image's container.

@@ -269,6 +269,26 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         &["/bin/busybox", "echo", "read-only ran"],
     );
     daemon::assert_denied(&out, "the mixed image's read-only container");
+    // A one-layer read-only root is a bind mount of the layer directory, not an overlay: still
+    // the container of its (untrusted) image, which runs nothing, not even a volume's binary.
+    let volume_denials = |path: &Path| {
+        daemon::events(path)
+            .into_iter()
+            .filter(|e| e["reason"] == "untrusted_image" && e["layer"].is_null())
+            .count()
+    };
+    let before = volume_denials(&events_path);
+    let out = containerd.run_with(
+        &["--read-only", "--mount", &mount],
+        "registry.test/untrusted/app:1",
+        "c-ro-volume",
+        &["/data/echo", "volume ran"],
+    );
+    daemon::assert_denied(
+        &out,
+        "a one-layer read-only untrusted container's volume binary",
+    );
+    daemon::wait_for_event(&events_path, |_| volume_denials(&events_path) > before);
 
     // An audit-mode scope: its untrusted image's container runs, and each exec is reported once.
     let out = containerd.run(

@@ -378,6 +378,25 @@ fn strategy_probe_matches_the_kernel() {
         return;
     }
     let _serial = serial();
+    // What a daemon killed while probing leaves: a probe tmpfs named after a pid that is gone.
+    let base = Some(std::path::PathBuf::from("/run/imagegate"))
+        .filter(|dir| dir.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let dead = child.id();
+    child.wait().expect("wait");
+    let leftover = base.join(format!("imagegate-probe-{dead}-0"));
+    std::fs::create_dir_all(&leftover).expect("leftover dir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &leftover,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .expect("leftover tmpfs");
     let (done, result) = std::sync::mpsc::channel();
     let started = Instant::now();
     std::thread::spawn(move || {
@@ -397,10 +416,16 @@ fn strategy_probe_matches_the_kernel() {
         seen, expected,
         "the probe disagrees with the kernel version"
     );
+    // Its own mounts: other processes (daemons under test) may be probing at the same time.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let own = format!("imagegate-probe-{}-", std::process::id());
     assert!(
-        !mounts.contains("imagegate-probe-"),
+        !mounts.contains(&own),
         "the probe left a mount behind:\n{mounts}"
+    );
+    assert!(
+        !mounts.contains(&format!("imagegate-probe-{dead}-")) && !leftover.exists(),
+        "the probe did not remove a dead process's leftover:\n{mounts}"
     );
     let choice = probe::choose_strategy();
     assert!(choice.how.starts_with("probe:"), "{choice:?}");

@@ -418,7 +418,7 @@ fn locate(
 /// namespace sees pid 0) is judged by the host's layer rule, and said once.
 fn root_of(shared: &Shared, policy: &Policy, pid: i32) -> std::sync::Arc<Root> {
     if pid > 0 {
-        if let Some(root) = shared.roots.of(pid, &policy.scopes) {
+        if let Some(root) = shared.roots.of(pid, policy) {
             return root;
         }
     }

@@ -74,6 +74,7 @@ impl ScratchOverlay {
         let base = Some(PathBuf::from("/run/imagegate"))
             .filter(|dir| dir.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        remove_leftovers(&base);
         let root = base.join(format!(
             "imagegate-probe-{}-{}",
             std::process::id(),
@@ -123,6 +124,39 @@ impl ScratchOverlay {
         .map_err(|e| setup("mounting the probe's overlay")(errno(e)))?;
         scratch.mounted_overlay = true;
         Ok(scratch)
+    }
+}
+
+/// Unmounts and removes the scratch overlays of probes whose process is gone (a daemon killed
+/// while probing leaves its mounts: nothing else would ever remove them).
+fn remove_leftovers(base: &std::path::Path) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut roots: Vec<PathBuf> = super::overlay::parse_mountinfo(&mountinfo)
+        .into_iter()
+        .map(|mount| mount.mount_point)
+        .filter(|point| point.parent() == Some(base))
+        .filter(|point| {
+            point
+                .file_name()
+                .and_then(|name| name.to_str())
+                .and_then(|name| name.strip_prefix("imagegate-probe-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| {
+                    pid != std::process::id()
+                        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                })
+        })
+        .collect();
+    roots.sort();
+    roots.dedup();
+    for root in roots {
+        tracing::info!(dir = %root.display(), "removing a probe overlay left by a process that is gone");
+        let _ = umount2(&root.join("merged"), MntFlags::MNT_DETACH);
+        let _ = umount2(&root, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&root);
     }
 }
 

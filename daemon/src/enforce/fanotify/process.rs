@@ -7,6 +7,7 @@
 
 use std::{
     ffi::CString,
+    os::fd::AsFd as _,
     path::Path,
     sync::{Arc, Mutex, PoisonError},
 };
@@ -15,7 +16,8 @@ use imagegate_common::kernel_dev;
 
 use super::{
     overlay::{layer_dirs, parse_mountinfo, scope_layer},
-    policy::Scope,
+    policy::{Location, Policy, Scope},
+    resolve, sys,
 };
 use crate::enforce::LayerId;
 
@@ -54,7 +56,7 @@ pub struct Roots {
 
 impl Roots {
     /// The root of process `pid`, `None` when it cannot be read (the process is gone).
-    pub fn of(&self, pid: i32, scopes: &[Arc<Scope>]) -> Option<Arc<Root>> {
+    pub fn of(&self, pid: i32, policy: &Policy) -> Option<Arc<Root>> {
         let id = root_id(pid)?;
         if let Some(root) = self
             .memo
@@ -65,7 +67,11 @@ impl Roots {
             return Some(Arc::clone(root));
         }
         let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
-        let root = Arc::new(root_from_mountinfo(&mountinfo, id.0, scopes));
+        let root = match root_from_mountinfo(&mountinfo, id.0, &policy.scopes) {
+            Found::Root(root) => root,
+            Found::NotOverlay => bind_root(pid, policy),
+        };
+        let root = Arc::new(root);
         let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
         if memo.len() >= MAX_ROOTS {
             memo.clear();
@@ -103,22 +109,50 @@ fn root_id(pid: i32) -> Option<RootId> {
     Some((dev, st.stx_ino, st.stx_mnt_id))
 }
 
+/// What the process's mountinfo says of its root.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// An overlay (a container's, or another runtime's: then the host).
+    Root(Root),
+    /// Not an overlay: the host's root, or a bind mount of a layer directory (a read-only
+    /// single-layer container), told apart by [`bind_root`].
+    NotOverlay,
+}
+
+/// A root that is not an overlay is a container's when it is a layer directory under a scope
+/// itself (`snapshots/<id>/fs`, bind-mounted read-only for a one-layer image): found like an
+/// executed file's layer, by the root's host path through the scope's mount.
+fn bind_root(pid: i32, policy: &Policy) -> Root {
+    let Ok(root) = std::fs::File::open(format!("/proc/{pid}/root")) else {
+        return Root::host();
+    };
+    let Ok(st) = sys::fstat(root.as_fd()) else {
+        return Root::host();
+    };
+    match resolve::locate(policy, root.as_fd(), &st) {
+        Location::Layer { layer } => Root {
+            key: Some(layer),
+            writable: false,
+            lowers: vec![layer],
+        },
+        _ => Root::host(),
+    }
+}
+
 /// The root from the process's mountinfo: the mount on `/` of device `dev` (the last such line:
 /// mounts stack).
 #[must_use]
-pub fn root_from_mountinfo(mountinfo: &str, dev: u64, scopes: &[Arc<Scope>]) -> Root {
+pub fn root_from_mountinfo(mountinfo: &str, dev: u64, scopes: &[Arc<Scope>]) -> Found {
     let mounts = parse_mountinfo(mountinfo);
     let Some(mount) = mounts
         .iter()
         .rev()
         .find(|mount| mount.mount_point == Path::new("/") && mount.dev == dev)
     else {
-        return Root::host();
+        return Found::Root(Root::host());
     };
     if mount.fs_type != "overlay" {
-        // A read-only single-layer root is a bind mount of the layer directory; the mount's
-        // root is a path inside its file system, not this namespace's: judged by layers.
-        return Root::host();
+        return Found::NotOverlay;
     }
     let (upper, lowers) = layer_dirs(&mount.super_options);
     let lowers_ids: Vec<LayerId> = lowers
@@ -134,13 +168,13 @@ pub fn root_from_mountinfo(mountinfo: &str, dev: u64, scopes: &[Arc<Scope>]) -> 
     };
     if key.is_none() {
         // Another runtime's overlay (Docker, podman): not a container we judge.
-        return Root::host();
+        return Found::Root(Root::host());
     }
-    Root {
+    Found::Root(Root {
         key,
         writable,
         lowers: lowers_ids,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -148,16 +182,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_root_outside_the_scopes_or_not_an_overlay_is_the_host() {
+    fn a_root_outside_the_scopes_is_the_host_and_a_plain_mount_is_looked_at_again() {
         let mountinfo = "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n";
         assert_eq!(
             root_from_mountinfo(mountinfo, 8 << 20 | 1, &[]),
-            Root::host()
+            Found::NotOverlay
         );
         let overlay = "30 1 0:50 / / rw - overlay overlay rw,lowerdir=/x/1/fs,upperdir=/x/2/fs,workdir=/x/2/work\n";
         assert_eq!(
             root_from_mountinfo(overlay, 50, &[]),
-            Root::host(),
+            Found::Root(Root::host()),
             "no scope holds /x"
         );
     }
