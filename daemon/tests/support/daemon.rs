@@ -146,7 +146,7 @@ impl DaemonProcess {
             .arg(config)
             .env(
                 "RUST_LOG",
-                "info,imagegate::enforce::fanotify::engine=debug",
+                "info",
             )
             .stdout(std::fs::File::create(log.with_extension("stdout")).expect("daemon stdout"))
             .stderr(std::fs::File::create(&log).expect("daemon log"))
