@@ -144,10 +144,7 @@ impl DaemonProcess {
         let child = Command::new(imagegate_bin())
             .args(["daemon", "--config"])
             .arg(config)
-            .env(
-                "RUST_LOG",
-                "info",
-            )
+            .env("RUST_LOG", "info")
             .stdout(std::fs::File::create(log.with_extension("stdout")).expect("daemon stdout"))
             .stderr(std::fs::File::create(&log).expect("daemon log"))
             .spawn()
