@@ -114,6 +114,10 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Seconds per registry request.
     pub timeout_seconds: u64,
+    /// Seconds one image's whole verification may take (all its requests, waiting included).
+    pub verify_deadline_seconds: u64,
+    /// Verifications running at once against one registry.
+    pub concurrency_per_registry: usize,
 }
 
 impl Default for Config {
@@ -152,6 +156,8 @@ impl Default for RegistryConfig {
             insecure: Vec::new(),
             docker_config: None,
             timeout_seconds: 10,
+            verify_deadline_seconds: 60,
+            concurrency_per_registry: 4,
         }
     }
 }
@@ -367,6 +373,18 @@ pub const SETTINGS: &[Setting] = &[
         kind: "integer",
         default: "10",
         doc: "Seconds per registry request. A registry that does not answer gives an `error` verdict: denied in enforce mode, retried later.",
+    },
+    Setting {
+        key: "registry.verify_deadline_seconds",
+        kind: "integer (at least 1)",
+        default: "60",
+        doc: "Seconds one image's whole verification may take (every request, waiting for a slot included). Verification runs beside the event loop, never in it; an image past its deadline gets an `error` verdict (denied in enforce mode) and is retried after 0.5 s, then twice as long each time, up to every 5 minutes. Until its verdict, an image is not trusted.",
+    },
+    Setting {
+        key: "registry.concurrency_per_registry",
+        kind: "integer (at least 1)",
+        default: "4",
+        doc: "Verifications running at once against one registry (16 at most in all): a slow registry holds only its own images' verdicts.",
     },
 ];
 

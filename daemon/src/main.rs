@@ -468,6 +468,11 @@ fn serve_with<B: imagegate::enforce::Backend>(
             tracing::info!(removed, "verdicts of other policies forgotten");
         }
         let mut daemon = Daemon::new(backend, verifier, containerd);
+        daemon.set_verify_limits(imagegate::daemon::verifying::VerifyLimits {
+            deadline: Duration::from_secs(config.registry.verify_deadline_seconds.max(1)),
+            per_registry: config.registry.concurrency_per_registry.max(1),
+            ..imagegate::daemon::verifying::VerifyLimits::default()
+        });
         daemon.settings = Some((config.mode, config.drift));
         daemon.watch_content(imagegate::catalog::content_watch::blob_dir(
             &config.containerd.root,

@@ -152,6 +152,16 @@ pub struct Metrics {
     records_judged: AtomicU64,
     records_uncatalogued: AtomicU64,
     reconcile: AtomicU8,
+    /// Verifications that ran past their deadline (each gets an `error` verdict and a retry).
+    verification_deadlines: AtomicU64,
+    /// Verifications started and not finished.
+    verifications_pending: AtomicU64,
+    /// Policy reloads whose new table could not be built (the old one stays; retried).
+    reload_failures: AtomicU64,
+    /// Layers the backend had no room for (they stay unverified: denied).
+    layers_refused: AtomicU64,
+    /// Whether the backend's layer table is full (ready, but degraded).
+    table_full: AtomicBool,
     backend: Mutex<Option<&'static str>>,
     stopping: AtomicBool,
 }
@@ -180,6 +190,29 @@ impl Metrics {
     pub fn verification(&self, outcome: Outcome, elapsed: Duration) {
         self.verifications[outcome_index(outcome)].fetch_add(1, Ordering::Relaxed);
         self.verification_latency.observe(elapsed);
+    }
+
+    /// A verification ran past its deadline.
+    pub fn verification_deadline(&self) {
+        self.verification_deadlines.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Verifications started and not finished.
+    pub fn observe_pending(&self, pending: usize) {
+        self.verifications_pending
+            .store(u64::try_from(pending).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// A policy reload's new table could not be built; the old one stays.
+    pub fn reload_failure(&self) {
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The backend's layer table is full (`refused` layers did not fit), or has room again.
+    pub fn table_full(&self, full: bool, refused: usize) {
+        self.table_full.store(full, Ordering::Relaxed);
+        self.layers_refused
+            .fetch_add(u64::try_from(refused).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// One manifest verified early, as it landed in the content store. Counted apart from
@@ -499,6 +532,42 @@ impl Metrics {
             "imagegate_catalog_failures_total {}",
             load(&self.catalog_failures)
         );
+
+        for (name, kind, help, value) in [
+            (
+                "imagegate_verification_deadlines_total",
+                "counter",
+                "Verifications that ran past their deadline (registry.verify_deadline_seconds): an error verdict each, retried with back-off.",
+                load(&self.verification_deadlines),
+            ),
+            (
+                "imagegate_verifications_pending",
+                "gauge",
+                "Verifications started and not finished (their images are not trusted meanwhile).",
+                load(&self.verifications_pending),
+            ),
+            (
+                "imagegate_reload_failures_total",
+                "counter",
+                "Policy reloads whose new table could not be built; the old table stays and the reload is retried.",
+                load(&self.reload_failures),
+            ),
+            (
+                "imagegate_layers_refused_total",
+                "counter",
+                "Layers the backend's table had no room for; they stay unverified (denied).",
+                load(&self.layers_refused),
+            ),
+            (
+                "imagegate_layer_table_full",
+                "gauge",
+                "1 while the backend's layer table is full: new layers stay unverified (denied), the daemon is ready but degraded.",
+                u64::from(self.table_full.load(Ordering::Relaxed)),
+            ),
+        ] {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
 
         header(
             &mut out,

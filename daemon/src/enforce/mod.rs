@@ -145,6 +145,11 @@ pub trait Backend {
 
     /// Short name for logs and `status` (`bpf-lsm`, `fanotify`).
     fn name(&self) -> &'static str;
+    /// Whether enforcement goes on after the daemon exits (BPF LSM's pinned programs and maps
+    /// do; fanotify's permission events end with the process).
+    fn enforces_after_exit(&self) -> bool {
+        false
+    }
     /// Sets audit or enforce; takes effect for the next decision.
     fn set_mode(&mut self, mode: Mode) -> Result<(), Self::Error>;
     /// Sets the drift policy; takes effect for the next decision.

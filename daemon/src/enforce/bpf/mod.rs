@@ -827,6 +827,10 @@ impl super::Backend for BpfBackend {
     fn name(&self) -> &'static str {
         "bpf-lsm"
     }
+
+    fn enforces_after_exit(&self) -> bool {
+        true
+    }
     fn set_mode(&mut self, mode: Mode) -> Result<(), BpfError> {
         Self::set_mode(self, mode)
     }

@@ -1,0 +1,274 @@
+//! Verification off the event loop: every image is verified in its own task, under an overall
+//! deadline, a per-registry and a global concurrency limit, and a bounded queue. The loop only
+//! starts verifications and applies their results, so a registry that answers slowly (or not
+//! at all) delays the verdicts of its own images, never the loop: containerd's events, other
+//! images' verdicts, the status socket and the watchdog keep turning.
+//!
+//! An image waiting for its verdict is not trusted (its containers are denied in enforce mode):
+//! verification pending fails closed.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, Semaphore};
+
+use super::{table::ImageKey, Verifier};
+use crate::{
+    catalog::CatalogImage,
+    verdict::{Outcome, Verdict},
+    verify::reference::ImageRef,
+};
+
+/// The bounds on verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyLimits {
+    /// The overall time one image's verification may take (waiting for a slot included); past
+    /// it the image gets an `error` verdict and is retried with back-off.
+    pub deadline: Duration,
+    /// Verifications running at once against one registry.
+    pub per_registry: usize,
+    /// Verifications running at once in all.
+    pub total: usize,
+    /// Verifications started and not finished, at most; an image beyond it gets an `error`
+    /// verdict at once and is retried with back-off.
+    pub queue: usize,
+}
+
+impl Default for VerifyLimits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(60),
+            per_registry: 4,
+            total: 16,
+            queue: 4096,
+        }
+    }
+}
+
+/// The semaphores behind [`VerifyLimits`], shared by the event path and reconciliations.
+#[derive(Debug)]
+pub struct Slots {
+    limits: VerifyLimits,
+    total: Arc<Semaphore>,
+    registries: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Slots {
+    /// Slots for `limits`.
+    #[must_use]
+    pub fn new(limits: VerifyLimits) -> Self {
+        Self {
+            limits,
+            total: Arc::new(Semaphore::new(limits.total.max(1))),
+            registries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The limits.
+    #[must_use]
+    pub fn limits(&self) -> VerifyLimits {
+        self.limits
+    }
+
+    fn registry(&self, registry: &str) -> Arc<Semaphore> {
+        let mut registries = self
+            .registries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(
+            registries
+                .entry(registry.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_registry.max(1)))),
+        )
+    }
+
+    /// Verifies `image` within the deadline and the concurrency limits. Never fails: a
+    /// verification past its deadline is an `error` verdict (`true` in the second place).
+    pub async fn verify(&self, verifier: &Verifier, image: &CatalogImage) -> (Verdict, bool) {
+        let registry = registry_of(&image.resolved.record.name);
+        let per_registry = self.registry(&registry);
+        let total = Arc::clone(&self.total);
+        let started = std::time::Instant::now();
+        let work = async {
+            let _registry = per_registry.acquire_owned().await;
+            let _total = total.acquire_owned().await;
+            verifier.verdict(image).await
+        };
+        match tokio::time::timeout(self.limits.deadline, work).await {
+            Ok(verdict) => (verdict, false),
+            Err(_) => {
+                crate::metrics::global().verification(Outcome::Error, started.elapsed());
+                crate::metrics::global().verification_deadline();
+                tracing::warn!(
+                    image = %image.resolved.record.name,
+                    namespace = %image.resolved.record.namespace,
+                    digest = %image.resolved.manifest_digest,
+                    %registry,
+                    deadline_s = self.limits.deadline.as_secs_f64(),
+                    "verification past its deadline: error verdict (denied in enforce), retried later"
+                );
+                (
+                    unverified(
+                        verifier,
+                        image,
+                        &format!(
+                            "verification did not finish within {} s (registry {registry})",
+                            self.limits.deadline.as_secs_f64()
+                        ),
+                    ),
+                    true,
+                )
+            }
+        }
+    }
+}
+
+/// The registry an image name is fetched from (`""` when the name does not parse).
+fn registry_of(name: &str) -> String {
+    ImageRef::parse(name).map_or_else(|_| String::new(), |r| r.registry)
+}
+
+/// An `error` verdict for an image whose verification did not happen (deadline, queue full).
+#[must_use]
+pub fn unverified(verifier: &Verifier, image: &CatalogImage, detail: &str) -> Verdict {
+    let policy = &verifier.policy;
+    let rule = ImageRef::parse(&image.resolved.record.name)
+        .map_or(&policy.default, |reference| policy.rule_for(&reference));
+    Verdict::error(
+        &image.resolved.record.name,
+        &image.resolved.manifest_digest,
+        &rule.scope,
+        rule.mode,
+        &policy.hash,
+        Some(crate::verify::FailureKind::Artifact),
+        detail.to_owned(),
+    )
+}
+
+/// A verification that finished (or ran out of time).
+#[derive(Debug)]
+pub struct Completed {
+    pub(super) key: ImageKey,
+    pub(super) generation: u64,
+    pub(super) image: CatalogImage,
+    pub(super) verdict: Verdict,
+    /// It ran past the deadline (or was refused by a full queue): retried with back-off.
+    pub(super) retry: bool,
+}
+
+/// A retry of an image whose verification ran out of time.
+#[derive(Debug, Clone)]
+pub struct VerifyRetry {
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When the next attempt is due.
+    pub next: tokio::time::Instant,
+}
+
+/// The verifications in flight and their results.
+pub struct Verifications {
+    pub(super) slots: Arc<Slots>,
+    tx: mpsc::UnboundedSender<Completed>,
+    rx: mpsc::UnboundedReceiver<Completed>,
+    /// Image → (generation, manifest digest) of the verification whose result counts.
+    pub(super) in_flight: HashMap<ImageKey, (u64, String)>,
+    next_generation: u64,
+    /// Images whose verification ran out of time, retried with back-off.
+    pub(super) retries: HashMap<ImageKey, VerifyRetry>,
+}
+
+impl Verifications {
+    pub(super) fn new(limits: VerifyLimits) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            slots: Arc::new(Slots::new(limits)),
+            tx,
+            rx,
+            in_flight: HashMap::new(),
+            next_generation: 0,
+            retries: HashMap::new(),
+        }
+    }
+
+    /// Whether the queue has room for one more image (one already queued always has).
+    pub(super) fn has_room(&self, key: &ImageKey) -> bool {
+        self.in_flight.contains_key(key) || self.in_flight.len() < self.slots.limits.queue
+    }
+
+    /// Starts verifying `image` in its own task; a verification already running for the same
+    /// image no longer counts (its result is dropped when it arrives).
+    pub(super) fn start(&mut self, verifier: Verifier, key: ImageKey, image: CatalogImage) {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        self.in_flight.insert(
+            key.clone(),
+            (generation, image.resolved.manifest_digest.clone()),
+        );
+        let slots = Arc::clone(&self.slots);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            // The work runs in a task of its own so that a panic in it still gives a
+            // (failing) result rather than an image pending forever.
+            let work = {
+                let slots = Arc::clone(&slots);
+                let verifier = verifier.clone();
+                let image = image.clone();
+                tokio::spawn(async move { slots.verify(&verifier, &image).await })
+            };
+            let (verdict, retry) = match work.await {
+                Ok(done) => done,
+                Err(error) => {
+                    tracing::error!(%error, image = %key.name, "verification task failed; the image vouches for nothing");
+                    (
+                        unverified(&verifier, &image, "its verification task failed"),
+                        true,
+                    )
+                }
+            };
+            let _ = tx.send(Completed {
+                key,
+                generation,
+                image,
+                verdict,
+                retry,
+            });
+        });
+    }
+
+    /// The next finished verification (never completes while none is in flight... nor after,
+    /// until one is started: the sender lives here).
+    pub(super) async fn next(&mut self) -> Option<Completed> {
+        self.rx.recv().await
+    }
+
+    /// Whether `done` is the result that counts for its image; forgets it as in flight if so.
+    pub(super) fn take(&mut self, done: &Completed) -> bool {
+        match self.in_flight.get(&done.key) {
+            Some((generation, _)) if *generation == done.generation => {
+                self.in_flight.remove(&done.key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets an image (deleted, or judged again from scratch).
+    pub(super) fn forget(&mut self, key: &ImageKey) {
+        self.in_flight.remove(key);
+        self.retries.remove(key);
+    }
+
+    /// Schedules (or pushes back) the retry of an image whose verification did not happen.
+    pub(super) fn schedule_retry(&mut self, key: ImageKey) -> VerifyRetry {
+        let attempts = self.retries.get(&key).map_or(0, |r| r.attempts) + 1;
+        let retry = VerifyRetry {
+            attempts,
+            next: tokio::time::Instant::now() + super::retry_delay(attempts),
+        };
+        self.retries.insert(key, retry.clone());
+        retry
+    }
+}
