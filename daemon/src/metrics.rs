@@ -199,8 +199,10 @@ impl Metrics {
 
     /// Verifications started and not finished.
     pub fn observe_pending(&self, pending: usize) {
-        self.verifications_pending
-            .store(u64::try_from(pending).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.verifications_pending.store(
+            u64::try_from(pending).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// A policy reload's new table could not be built; the old one stays.
@@ -211,8 +213,10 @@ impl Metrics {
     /// The backend's layer table is full (`refused` layers did not fit), or has room again.
     pub fn table_full(&self, full: bool, refused: usize) {
         self.table_full.store(full, Ordering::Relaxed);
-        self.layers_refused
-            .fetch_add(u64::try_from(refused).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.layers_refused.fetch_add(
+            u64::try_from(refused).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// One manifest verified early, as it landed in the content store. Counted apart from

@@ -415,8 +415,7 @@ impl<B: Backend> Daemon<B> {
             tracing::warn!(image = %key.name, namespace = %key.namespace, attempts = retry.attempts, "verification queue full: error verdict (denied in enforce), retried later");
             return self.record(image, verdict);
         }
-        self.verifications
-            .start(self.verifier.clone(), key, image);
+        self.verifications.start(self.verifier.clone(), key, image);
         crate::metrics::global().observe_pending(self.verifications.in_flight.len());
         Ok(())
     }
@@ -704,7 +703,9 @@ impl<B: Backend> Daemon<B> {
             .verifications
             .in_flight
             .keys()
-            .filter(|key| !self.verdicts.contains_key(*key) && !self.uncatalogued.contains_key(*key))
+            .filter(|key| {
+                !self.verdicts.contains_key(*key) && !self.uncatalogued.contains_key(*key)
+            })
             .count();
         (judged, judged + self.uncatalogued.len() + pending)
     }
@@ -1264,6 +1265,20 @@ impl<B: Backend> Daemon<B> {
             "verdicts": self.verdicts.iter().map(|(key, verdict)| serde_json::json!({
                 "namespace": key.namespace, "image": key.name, "digest": verdict.digest,
                 "outcome": verdict.outcome, "scope": verdict.scope,
+                // What vouched: the digests whose signatures were accepted (the manifest, or
+                // its index), and each accepted signature with its authority and signer.
+                "signed_digests": verdict.verified_digests,
+                "signatures": verdict.reasons.iter().filter(|r| r.accepted).map(|r| serde_json::json!({
+                    "signature": r.signature, "authority": r.authority, "signer": r.signer,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            // Verifications running (their images are not trusted until they end).
+            "pending": self.pending().iter().map(|(key, digest)| serde_json::json!({
+                "namespace": key.namespace, "image": key.name, "digest": digest,
+            })).collect::<Vec<_>>(),
+            "verification_retries": self.verifications.retries.iter().map(|(key, retry)| serde_json::json!({
+                "namespace": key.namespace, "image": key.name, "attempts": retry.attempts,
+                "retry_in_seconds": retry.next.saturating_duration_since(now).as_secs_f64(),
             })).collect::<Vec<_>>(),
         })
     }
