@@ -261,6 +261,7 @@ fn write_events<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs) {
     if decisions.is_empty() {
         return;
     }
+    daemon.paths.refill();
     let mut stdout = std::io::stdout().lock();
     for decision in &decisions {
         crate::metrics::global().decision(daemon.backend.name(), decision.verdict, decision.hook);
