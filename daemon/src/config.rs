@@ -83,6 +83,9 @@ pub struct Config {
     pub pin_dir: PathBuf,
     /// Where metrics and health are served: a unix socket path, `host:port`, or `off`.
     pub metrics_listen: String,
+    /// Where `/healthz` and `/readyz` are also served on a listener of their own: a unix
+    /// socket path, `host:port`, or `off`.
+    pub health_listen: String,
     /// `auto`, `json` or `human`.
     pub log_format: LogFormat,
     /// Log filter (`RUST_LOG` syntax); the `RUST_LOG` environment variable overrides it.
@@ -133,6 +136,7 @@ impl Default for Config {
             status_socket: PathBuf::from("/run/imagegate/status.sock"),
             pin_dir: PathBuf::from(imagegate_common::PIN_DIR),
             metrics_listen: "/run/imagegate/metrics.sock".to_owned(),
+            health_listen: "off".to_owned(),
             log_format: LogFormat::Auto,
             log_level: "info".to_owned(),
             containerd: ContainerdConfig::default(),
@@ -204,6 +208,13 @@ impl Config {
             return Err(error(
                 line_of_key(text, "metrics_listen"),
                 "metrics_listen".into(),
+                message,
+            ));
+        }
+        if let Err(message) = crate::metrics::Listen::parse(&config.health_listen) {
+            return Err(error(
+                line_of_key(text, "health_listen"),
+                "health_listen".into(),
                 message,
             ));
         }
@@ -330,7 +341,13 @@ pub const SETTINGS: &[Setting] = &[
         key: "metrics_listen",
         kind: "string: socket path \\| `host:port` \\| `\"off\"`",
         default: "\"/run/imagegate/metrics.sock\"",
-        doc: "Where Prometheus metrics (`/metrics`) and the health endpoints (`/healthz`, `/readyz`) are served over HTTP/1.1: an absolute path is a unix socket (reachable only by root by default), `host:port` a TCP listener (for example `\"127.0.0.1:9464\"`, or `\"0.0.0.0:9464\"` for a scraper on the pod network), `off` serves nothing.",
+        doc: "Where Prometheus metrics (`/metrics`) and the health endpoints (`/healthz`, `/readyz`) are served over HTTP/1.1: an absolute path is a unix socket (reachable only by root by default), `host:port` a TCP listener (for example `\"127.0.0.1:9464\"`, or `\"0.0.0.0:9464\"` for a scraper on the pod network), `off` serves nothing. Each listener serves at most 32 connections at once, at most 4 from one peer address (TCP), and closes a connection that sends no request within 2 s.",
+    },
+    Setting {
+        key: "health_listen",
+        kind: "string: socket path \\| `host:port` \\| `\"off\"`",
+        default: "\"off\"",
+        doc: "A listener of its own for `/healthz` and `/readyz` (and nothing else), with its own connection budget: connections to `metrics_listen` (a scraper, or a pod holding connections open) cannot starve kubelet's probes. The Kubernetes manifests and chart use `\"0.0.0.0:9465\"` (the pod's address, which kubelet probes) and a NetworkPolicy that admits only the scraper's namespace to the metrics port. `off`: health is served on `metrics_listen` only.",
     },
     Setting {
         key: "log_format",

@@ -447,6 +447,20 @@ fn serve_with<B: imagegate::enforce::Backend>(
             }
             None => None,
         };
+        let _health = match imagegate::metrics::Listen::parse(&config.health_listen)
+            .map_err(anyhow::Error::msg)?
+        {
+            Some(listen) => {
+                let server = imagegate::metrics::Server::start_serving(
+                    listen,
+                    imagegate::metrics::Routes::Health,
+                )
+                .await?;
+                tracing::info!(listen = %server.local, "serving health on its own listener");
+                Some(server)
+            }
+            None => None,
+        };
         imagegate::metrics::global().backend_attached(name);
         let containerd = loop {
             match imagegate::catalog::Containerd::connect(&config.containerd.socket).await {

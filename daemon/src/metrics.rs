@@ -636,16 +636,81 @@ impl Drop for Server {
     }
 }
 
-/// Connections served at once; more wait in the kernel's backlog.
+/// Connections served at once per listener; more are closed at once.
 const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once to one peer address (TCP): one pod cannot take a listener's
+/// whole budget.
+const MAX_PER_PEER: usize = 4;
 /// A request head larger than this is refused.
 const MAX_REQUEST: usize = 8 * 1024;
-/// A client must send its request within this time.
+/// A client must send its request head within this time (an idle connection is closed then).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A whole exchange (request and response) ends within this time.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    All,
+    /// `/healthz` and `/readyz` only: the probes' own listener (`health_listen`), with a budget
+    /// no scraper or pod shares.
+    Health,
+}
+
+/// Connections open per peer address.
+#[derive(Default)]
+struct Peers(Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in its peer's count; given back when dropped.
+struct PeerSlot {
+    peers: Arc<Peers>,
+    addr: std::net::IpAddr,
+}
+
+impl Peers {
+    fn enter(self: &Arc<Self>, addr: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(addr).or_default();
+        if *count >= MAX_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: Arc::clone(self),
+            addr,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .peers
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.addr) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.addr);
+            }
+        }
+    }
+}
+
 impl Server {
-    /// Binds `listen` and serves [`global`] until dropped. Must be called inside a tokio runtime.
+    /// Binds `listen` and serves [`global`] (metrics and health) until dropped. Must be called
+    /// inside a tokio runtime.
     pub async fn start(listen: Listen) -> Result<Self, ServeError> {
+        Self::start_serving(listen, Routes::All).await
+    }
+
+    /// Binds `listen` and serves `routes` of [`global`] until dropped.
+    pub async fn start_serving(listen: Listen, routes: Routes) -> Result<Self, ServeError> {
         let error = |source| ServeError {
             listen: listen.clone(),
             source,
@@ -663,7 +728,7 @@ impl Server {
                 let task = tokio::spawn(async move {
                     loop {
                         if let Ok((stream, _)) = listener.accept().await {
-                            spawn_connection(stream, &limit);
+                            spawn_connection(stream, &limit, None, routes);
                         }
                     }
                 });
@@ -676,10 +741,15 @@ impl Server {
             Listen::Tcp(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr).await.map_err(error)?;
                 let local = Listen::Tcp(listener.local_addr().map_err(error)?);
+                let peers = Arc::new(Peers::default());
                 let task = tokio::spawn(async move {
                     loop {
-                        if let Ok((stream, _)) = listener.accept().await {
-                            spawn_connection(stream, &limit);
+                        if let Ok((stream, peer)) = listener.accept().await {
+                            // Over its peer's limit, the connection is closed at once.
+                            let Some(slot) = peers.enter(peer.ip()) else {
+                                continue;
+                            };
+                            spawn_connection(stream, &limit, Some(slot), routes);
                         }
                     }
                 });
@@ -693,8 +763,12 @@ impl Server {
     }
 }
 
-fn spawn_connection<S>(stream: S, limit: &Arc<tokio::sync::Semaphore>)
-where
+fn spawn_connection<S>(
+    stream: S,
+    limit: &Arc<tokio::sync::Semaphore>,
+    slot: Option<PeerSlot>,
+    routes: Routes,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     // Over the limit, the connection is closed at once rather than queued in memory.
@@ -702,20 +776,25 @@ where
         return;
     };
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, global())).await;
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, global(), routes)).await;
         drop(permit);
+        drop(slot);
     });
 }
 
 /// Reads one request head and writes one response.
-async fn respond<S>(mut stream: S, metrics: &Metrics) -> std::io::Result<()>
+async fn respond<S>(mut stream: S, metrics: &Metrics, routes: Routes) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0_u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut chunk)).await {
+            Ok(read) => read?,
+            // Idle: the connection is closed, its slot freed.
+            Err(_) => return Ok(()),
+        };
         if n == 0 {
             break;
         }
@@ -730,12 +809,16 @@ where
         .next()
         .map(|line| String::from_utf8_lossy(line).trim().to_owned())
         .unwrap_or_default();
-    let (status, content_type, body, head_only) = route(&request_line, metrics);
+    let (status, content_type, body, head_only) = route(&request_line, metrics, routes);
     write_response(&mut stream, status, content_type, &body, head_only).await
 }
 
 /// (status, content type, body, HEAD) for a request line.
-fn route(request_line: &str, metrics: &Metrics) -> (u16, &'static str, String, bool) {
+fn route(
+    request_line: &str,
+    metrics: &Metrics,
+    routes: Routes,
+) -> (u16, &'static str, String, bool) {
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
@@ -749,7 +832,7 @@ fn route(request_line: &str, metrics: &Metrics) -> (u16, &'static str, String, b
     let path = target.split('?').next().unwrap_or(target);
     let text = "text/plain; charset=utf-8";
     match path {
-        "/metrics" => (
+        "/metrics" if routes == Routes::All => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
@@ -922,15 +1005,26 @@ mod tests {
     #[test]
     fn responder_routes_requests() {
         let metrics = Metrics::default();
-        assert_eq!(route("GET /metrics HTTP/1.1", &metrics).0, 200);
-        assert_eq!(route("GET /healthz HTTP/1.1", &metrics).0, 503);
+        assert_eq!(route("GET /metrics HTTP/1.1", &metrics, Routes::All).0, 200);
+        assert_eq!(route("GET /healthz HTTP/1.1", &metrics, Routes::All).0, 503);
         metrics.backend_attached("fanotify");
-        assert_eq!(route("GET /healthz HTTP/1.1", &metrics).0, 200);
-        assert_eq!(route("GET /readyz HTTP/1.0", &metrics).0, 503);
-        assert!(route("HEAD /metrics HTTP/1.1", &metrics).3);
-        assert_eq!(route("POST /metrics HTTP/1.1", &metrics).0, 405);
-        assert_eq!(route("GET /nope HTTP/1.1", &metrics).0, 404);
-        assert_eq!(route("garbage", &metrics).0, 400);
+        assert_eq!(route("GET /healthz HTTP/1.1", &metrics, Routes::All).0, 200);
+        assert_eq!(route("GET /readyz HTTP/1.0", &metrics, Routes::All).0, 503);
+        assert!(route("HEAD /metrics HTTP/1.1", &metrics, Routes::All).3);
+        assert_eq!(
+            route("POST /metrics HTTP/1.1", &metrics, Routes::All).0,
+            405
+        );
+        assert_eq!(route("GET /nope HTTP/1.1", &metrics, Routes::All).0, 404);
+        assert_eq!(route("garbage", &metrics, Routes::All).0, 400);
+        assert_eq!(
+            route("GET /metrics HTTP/1.1", &metrics, Routes::Health).0,
+            404
+        );
+        assert_eq!(
+            route("GET /healthz HTTP/1.1", &metrics, Routes::Health).0,
+            200
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

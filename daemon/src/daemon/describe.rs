@@ -351,7 +351,11 @@ mod tests {
         let spent = WALK_BUDGET - finder.budget;
         assert!(spent > 0);
         assert_eq!(finder.path_in(layer, &dir.join("fs"), missing), None);
-        assert_eq!(WALK_BUDGET - finder.budget, spent, "a known miss is not walked again");
+        assert_eq!(
+            WALK_BUDGET - finder.budget,
+            spent,
+            "a known miss is not walked again"
+        );
         finder.budget = 0;
         assert_eq!(
             finder.path_in(layer, &dir.join("fs"), real),
