@@ -1055,7 +1055,7 @@ mod tests {
         let (mut client, server_side) = tokio::io::duplex(64 * 1024);
         let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
         client.write_all(huge.as_bytes()).await.expect("write");
-        respond(server_side, &Metrics::default())
+        respond(server_side, &Metrics::default(), Routes::All)
             .await
             .expect("respond");
         let mut response = String::new();

@@ -591,6 +591,7 @@ fn keyless_authority(
         name: r.name.clone().unwrap_or_else(|| field.to_string()),
         signer: Signer::Certificate {
             identities: vec![IdentityMatcher {
+                san: None,
                 subject,
                 issuer: Some(issuer),
                 extensions,
