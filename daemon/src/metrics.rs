@@ -356,6 +356,12 @@ impl Metrics {
                 format!("{b} attached; the last reconciliation with containerd failed")
             }
         };
+        // Ready, but degraded: new layers stay unverified (denied) until deletions make room.
+        let detail = if self.table_full.load(Ordering::Relaxed) {
+            format!("{detail}; degraded: the layer table is full, new layers stay denied")
+        } else {
+            detail
+        };
         let attached = backend.is_some() && !stopping;
         Health {
             live: attached && state != Reconcile::Failed,

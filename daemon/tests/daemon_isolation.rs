@@ -33,20 +33,27 @@ use support::{
     image::{self, File},
 };
 
+/// Records what it is told; with a capacity, its layer table fills up like BPF LSM's map.
 #[derive(Default)]
 struct RecordingBackend {
     layers: HashMap<LayerId, LayerState>,
     containers: HashMap<LayerId, ContainerTrust>,
+    capacity: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("never")]
-struct Never;
+enum Never {
+    #[error("layer table full")]
+    Full,
+}
 
 impl Backend for RecordingBackend {
     type Error = Never;
     fn name(&self) -> &'static str {
         "recording"
+    }
+    fn is_full(error: &Never) -> bool {
+        matches!(error, Never::Full)
     }
     fn set_mode(&mut self, _: Mode) -> Result<(), Never> {
         Ok(())
@@ -61,6 +68,11 @@ impl Backend for RecordingBackend {
         Ok(())
     }
     fn set_layer(&mut self, layer: LayerId, state: LayerState) -> Result<(), Never> {
+        if self.capacity.is_some_and(|capacity| {
+            !self.layers.contains_key(&layer) && self.layers.len() >= capacity
+        }) {
+            return Err(Never::Full);
+        }
         self.layers.insert(layer, state);
         Ok(())
     }
@@ -419,4 +431,84 @@ async fn a_reload_revokes_what_the_new_policy_rejects() {
         );
         assert_eq!(daemon.table.images().count(), 2);
     }
+}
+
+/// Before issue 12 a full backend table (BPF LSM's 131,072 layers) failed every reconcile: the
+/// daemon never became ready. Now the layers that do not fit stay unverified (denied), the
+/// daemon says it is degraded, and a deletion makes room for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_layer_table_degrades_and_deletions_make_room() {
+    if !support::is_root() {
+        eprintln!("skipping: containerd needs root");
+        return;
+    }
+    let dir = support::scratch_dir("daemon-full");
+    let containerd = PrivateContainerd::start(&dir);
+    let names = [
+        "registry.test/team/a:1",
+        "registry.test/team/b:1",
+        "registry.test/team/c:1",
+    ];
+    for (index, name) in names.iter().enumerate() {
+        import(&containerd, &dir, name, &format!("m{index}/marker"));
+    }
+    let layers: Vec<LayerId> = (0..names.len())
+        .map(|index| id_of_dir_with(&containerd, &format!("m{index}/marker")))
+        .collect();
+    let path = dir.join("policy.toml");
+    std::fs::write(
+        &path,
+        "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"registry.test/team/**\"\nrequire = \"accept\"\n",
+    )
+    .expect("policy");
+    let client = Containerd::connect(&containerd.socket)
+        .await
+        .expect("connect");
+    let mut daemon = Daemon::new(
+        RecordingBackend {
+            capacity: Some(1),
+            ..RecordingBackend::default()
+        },
+        Verifier {
+            policy: Arc::new(imagegate::policy::Policy::load(&path).expect("policy")),
+            client: Arc::new(RegistryClient::new(DiscoveryConfig::default()).expect("client")),
+            cache: Arc::new(VerdictCache::new(None)),
+        },
+        client,
+    );
+    daemon
+        .reconcile()
+        .await
+        .expect("a full table does not fail the reconcile");
+    assert_eq!(daemon.backend.layers.len(), 1);
+    assert_eq!(daemon.refused_layers(), 2);
+    let status = daemon.status();
+    assert_eq!(status["degraded"]["layer_table_full"], true, "{status}");
+    assert_eq!(status["degraded"]["refused_layers"], 2, "{status}");
+    assert!(imagegate::metrics::global()
+        .render()
+        .contains("imagegate_layer_table_full 1"));
+    // Every image is judged trusted; only the table's room is short.
+    assert_eq!(daemon.verdicts.len(), 3);
+
+    // Deleting the image whose layer is in the table makes room for one that was refused.
+    let held = *daemon.backend.layers.keys().next().expect("one layer held");
+    let index = layers
+        .iter()
+        .position(|l| *l == held)
+        .expect("a known layer");
+    let out = containerd.ctr(&["images", "rm", names[index]]);
+    assert!(out.status.success(), "{out:?}");
+    daemon
+        .refresh_image("default", names[index])
+        .await
+        .expect("refresh");
+    daemon.settle().await.expect("settle");
+    assert_eq!(daemon.backend.layers.len(), 1);
+    assert!(!daemon.backend.layers.contains_key(&held));
+    assert_eq!(daemon.refused_layers(), 1);
+    assert_eq!(
+        daemon.backend.layers.values().next(),
+        Some(&LayerState::Verified)
+    );
 }

@@ -40,12 +40,18 @@ fn tcp(server: &Server) -> SocketAddr {
 async fn idle_connections_cannot_starve_the_probes() {
     imagegate::metrics::global().backend_attached("test");
     imagegate::metrics::global().reconciled(true);
-    let metrics = Server::start_serving(Listen::Tcp("127.0.0.1:0".parse().unwrap()), Routes::All)
-        .await
-        .expect("metrics listener");
-    let health = Server::start_serving(Listen::Tcp("127.0.0.1:0".parse().unwrap()), Routes::Health)
-        .await
-        .expect("health listener");
+    let metrics = Server::start_serving(
+        Listen::Tcp("127.0.0.1:0".parse().expect("address")),
+        Routes::All,
+    )
+    .await
+    .expect("metrics listener");
+    let health = Server::start_serving(
+        Listen::Tcp("127.0.0.1:0".parse().expect("address")),
+        Routes::Health,
+    )
+    .await
+    .expect("health listener");
     let (metrics_addr, health_addr) = (tcp(&metrics), tcp(&health));
 
     // 64 idle connections against the metrics listener, from two addresses.

@@ -180,8 +180,9 @@ pub struct Daemon<B: Backend> {
     /// A table was swapped in at least once (before that, containers keep the trust the
     /// backend holds: pinned BPF maps outlive the daemon).
     built: bool,
-    /// Layers the backend had no room for (its table is full): unverified, denied.
-    refused: HashSet<LayerId>,
+    /// Layers the backend had no room for (its table is full), with the state they should
+    /// have: unverified (denied) until a deletion makes room.
+    refused: HashMap<LayerId, LayerState>,
 }
 
 /// A reconciliation's catalogue: every record containerd has, catalogued (or not), waiting for
@@ -248,7 +249,7 @@ impl<B: Backend> Daemon<B> {
             verifications: verifying::Verifications::new(verifying::VerifyLimits::default()),
             rebuild_dirty: None,
             built: false,
-            refused: HashSet::new(),
+            refused: HashMap::new(),
         }
     }
 
@@ -363,15 +364,93 @@ impl<B: Backend> Daemon<B> {
         self.apply_batch(&batch)
     }
 
-    /// Applies a batch of layer changes to the backend.
+    /// Applies a batch of layer changes to the backend, removals first. A full backend table
+    /// is a capacity, not a failure: a layer that does not fit stays unverified (denied),
+    /// is remembered, counted and reported (the daemon stays up and ready, degraded), and is
+    /// added once a removal makes room.
     fn apply_batch(&mut self, batch: &[(LayerId, Option<LayerState>)]) -> Result<(), DaemonError> {
         if batch.is_empty() {
             return Ok(());
         }
         let name = self.backend.name();
-        self.backend
-            .apply_layers(batch)
-            .map_err(backend_error(name))
+        let (removals, additions): (Vec<_>, Vec<_>) = batch
+            .iter()
+            .copied()
+            .partition(|(_, state)| state.is_none());
+        // A refused layer never reached the backend: nothing to remove there.
+        let removals: Vec<_> = removals
+            .into_iter()
+            .filter(|(layer, _)| self.refused.remove(layer).is_none())
+            .collect();
+        if !removals.is_empty() {
+            self.backend
+                .apply_layers(&removals)
+                .map_err(backend_error(name))?;
+        }
+        let mut additions: Vec<(LayerId, LayerState)> = additions
+            .into_iter()
+            .filter_map(|(layer, state)| Some((layer, state?)))
+            .collect();
+        // Room may have been made: the refused layers are tried again.
+        if !removals.is_empty() && !self.refused.is_empty() {
+            additions.extend(self.refused.iter().map(|(layer, state)| (*layer, *state)));
+        }
+        if additions.is_empty() {
+            return Ok(());
+        }
+        let as_batch: Vec<(LayerId, Option<LayerState>)> = additions
+            .iter()
+            .map(|(layer, state)| (*layer, Some(*state)))
+            .collect();
+        let was_full = !self.refused.is_empty();
+        match self.backend.apply_layers(&as_batch) {
+            Ok(()) => {
+                for (layer, _) in &additions {
+                    self.refused.remove(layer);
+                }
+            }
+            Err(error) if B::is_full(&error) => {
+                // One by one: updates of layers already held, and additions while room lasts,
+                // still go in.
+                for (layer, state) in &additions {
+                    match self.backend.set_layer(*layer, *state) {
+                        Ok(()) => {
+                            self.refused.remove(layer);
+                        }
+                        Err(error) if B::is_full(&error) => {
+                            self.refused.insert(*layer, *state);
+                        }
+                        Err(error) => return Err(backend_error(name)(error)),
+                    }
+                }
+            }
+            Err(error) => return Err(backend_error(name)(error)),
+        }
+        let full = !self.refused.is_empty();
+        crate::metrics::global().table_full(full, if full { self.refused.len() } else { 0 });
+        if full && !was_full {
+            tracing::error!(
+                backend = name,
+                refused = self.refused.len(),
+                "the backend's layer table is full: new layers stay unverified (denied) until deletions make room"
+            );
+            self.note_error(
+                "layer table full",
+                &std::io::Error::other(format!(
+                    "{} layers do not fit in the {name} layer table; they stay unverified (denied)",
+                    self.refused.len()
+                )),
+            );
+        } else if !full && was_full {
+            tracing::info!(backend = name, "the backend's layer table has room again");
+        }
+        Ok(())
+    }
+
+    /// Layers the backend's full table had no room for (unverified, denied meanwhile).
+    #[must_use]
+    pub fn refused_layers(&self) -> usize {
+        self.refused.len()
     }
 
     /// Starts verifying a catalogued image in its own task ([`verifying`]); its result is
@@ -718,10 +797,7 @@ impl<B: Backend> Daemon<B> {
         let Ok(id) = LayerId::of(&upper) else {
             return Ok(());
         };
-        let name = self.backend.name();
-        self.backend
-            .set_layer(id, LayerState::Writable)
-            .map_err(backend_error(name))?;
+        self.apply_batch(&[(id, Some(LayerState::Writable))])?;
         self.layer_dirs.insert(id, upper.clone());
         self.writable
             .insert((namespace.to_owned(), key.to_owned()), (id, upper));
@@ -734,8 +810,7 @@ impl<B: Backend> Daemon<B> {
             .writable
             .remove(&(namespace.to_owned(), key.to_owned()))
         {
-            let name = self.backend.name();
-            self.backend.remove_layer(id).map_err(backend_error(name))?;
+            self.apply_batch(&[(id, None)])?;
             self.sync_containers()?;
         }
         Ok(())
@@ -867,13 +942,11 @@ impl<B: Backend> Daemon<B> {
         let result = self.swap_in(rebuilt).await;
         self.reconciling = false;
         let dirty = self.rebuild_dirty.take().unwrap_or_default();
-        if result.is_err() {
-            return result;
-        }
+        result?;
         for key in dirty {
             self.refresh_image(&key.namespace, &key.name).await?;
         }
-        result
+        Ok(())
     }
 
     async fn swap_in(&mut self, rebuilt: Rebuilt) -> Result<(), DaemonError> {
@@ -1236,6 +1309,11 @@ impl<B: Backend> Daemon<B> {
             .map_or((None, None), |(m, d)| (Some(m), Some(d)));
         serde_json::json!({
             "backend": self.backend.name(),
+            // Ready but degraded while the backend's layer table is full.
+            "degraded": (!self.refused.is_empty()).then(|| serde_json::json!({
+                "layer_table_full": true,
+                "refused_layers": self.refused.len(),
+            })),
             "mode": mode,
             "drift": drift,
             "last_errors": self.errors.iter().map(|(at, message)| serde_json::json!({

@@ -169,8 +169,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             // anything there. Importing it silently would make a rule that looks in force and
             // is not; it is refused instead.
             let host = scope.split('/').next().unwrap_or_default();
-            if !scope.starts_with("*.")
-                && !(host.contains('.') || host.contains(':') || host == "localhost")
+            if !(scope.starts_with("*.")
+                || host.contains('.')
+                || host.contains(':')
+                || host == "localhost")
             {
                 let qualified = if scope.contains('/') {
                     format!("docker.io/{scope}")
