@@ -6,7 +6,7 @@ use tracing::warn;
 use super::client::{RegistryClient, Session, MANIFEST_ACCEPT};
 use super::find::{find_signatures, Manifest};
 use super::DiscoverError;
-use crate::policy::{Policy, Requirement};
+use crate::policy::{Policy, Requirement, SignedManifest};
 use crate::verdict::{evaluate, Outcome, Reason, Verdict, VerdictCache, VerdictKey};
 use crate::verify::{FailureKind, ImageRef};
 
@@ -247,8 +247,20 @@ pub async fn verify_digest(
             None => (image.registry.clone(), image.repository.clone()),
         };
         let session = client.session();
-        let mut found = find_signatures(&session, &registry, &repo, digest, cfg).await;
-        if let (true, Some(index)) = (cfg.accept_index_signatures, index_digest) {
+        let signed_manifest = policy.rule_for(image).signed_manifest;
+        let through_index = index_digest.is_some();
+        let mut found = if through_index && signed_manifest == SignedManifest::Index {
+            // Only the index's signatures count for an image reached through an index.
+            super::find::Found::default()
+        } else {
+            find_signatures(&session, &registry, &repo, digest, cfg).await
+        };
+        let index_counts = match signed_manifest {
+            SignedManifest::Index => true,
+            SignedManifest::Platform => false,
+            SignedManifest::Either => cfg.accept_index_signatures,
+        };
+        if let (true, Some(index)) = (index_counts, index_digest) {
             // An index signature vouches for the platform manifest only if the index lists it;
             // check in the registry rather than trusting the caller's pairing.
             match index_lists(&session, image, index, digest, cfg.max_manifest_bytes).await {

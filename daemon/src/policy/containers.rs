@@ -255,6 +255,8 @@ fn rule(ctx: &mut Ctx<'_>, scope: &str, field: &str, reqs: &[Value]) -> Result<R
         mode: Mode::Enforce,
         requirement,
         signature_repository: None,
+        // containers-policy.json has no such setting: signatures on either count, as before.
+        signed_manifest: super::SignedManifest::Either,
     })
 }
 
