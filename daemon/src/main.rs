@@ -333,8 +333,9 @@ fn run_daemon(config_path: &Path) -> Result<()> {
     .context("setting up the registry client")?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let store = VerdictStore::open(&config.state_dir.join("verdicts.redb"))
-        .context("opening the verdict store")?;
+    let (store, _set_aside) =
+        VerdictStore::open_or_set_aside(&config.state_dir.join("verdicts.redb"))
+            .context("opening the verdict store")?;
     let event_log = match &config.event_log {
         Some(path) => Some(
             std::fs::OpenOptions::new()
