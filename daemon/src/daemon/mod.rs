@@ -475,6 +475,10 @@ impl<B: Backend> Daemon<B> {
                 return self.record(image, verdict);
             }
         }
+        // Already being verified: the result will be recorded with this catalogue.
+        if self.verifications.update(&key, &image) {
+            return Ok(());
+        }
         if self
             .table
             .get(&key)
@@ -502,8 +506,8 @@ impl<B: Backend> Daemon<B> {
     /// Records a verification's result if it is still the one that counts (an image judged
     /// again meanwhile, or deleted, drops it; one reached under a replaced policy is worked
     /// out again). A verification that ran out of time is retried with back-off.
-    pub fn complete(&mut self, done: verifying::Completed) -> Result<(), DaemonError> {
-        if !self.verifications.take(&done) {
+    pub fn complete(&mut self, mut done: verifying::Completed) -> Result<(), DaemonError> {
+        if !self.verifications.take(&mut done) {
             return Ok(());
         }
         crate::metrics::global().observe_pending(self.verifications.in_flight.len());
@@ -550,7 +554,7 @@ impl<B: Backend> Daemon<B> {
             .verifications
             .in_flight
             .iter()
-            .map(|(key, (_, digest))| (key.clone(), digest.clone()))
+            .map(|(key, running)| (key.clone(), running.digest.clone()))
             .collect();
         pending.sort();
         pending
@@ -1103,11 +1107,22 @@ impl<B: Backend> Daemon<B> {
 
     /// Re-locates images whose layers were not unpacked yet (after a snapshot commit).
     pub async fn refresh_unpacked(&mut self) -> Result<(), DaemonError> {
+        // Judged images without layers, and those still being verified (their verdict is
+        // recorded with the layers located meanwhile).
         let pending: Vec<ImageKey> = self
             .table
             .images()
             .filter(|(_, entry)| entry.layers.is_empty())
             .map(|(key, _)| key.clone())
+            .chain(
+                self.verifications
+                    .in_flight
+                    .iter()
+                    .filter(|(_, running)| !running.unpacked)
+                    .map(|(key, _)| key.clone()),
+            )
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
         for key in pending {
             self.refresh_image(&key.namespace, &key.name).await?;

@@ -159,6 +159,19 @@ pub struct Completed {
     pub(super) retry: bool,
 }
 
+/// A verification running for one image.
+#[derive(Debug)]
+pub struct InFlight {
+    pub(super) generation: u64,
+    /// The manifest being verified.
+    pub(super) digest: String,
+    /// The image as catalogued since the verification started (its layers located once
+    /// unpacked): recorded with the verdict instead of the image the verification began with.
+    pub(super) latest: Option<CatalogImage>,
+    /// Whether the image (latest known) has no located layer yet.
+    pub(super) unpacked: bool,
+}
+
 /// A retry of an image whose verification ran out of time.
 #[derive(Debug, Clone)]
 pub struct VerifyRetry {
@@ -173,8 +186,8 @@ pub struct Verifications {
     pub(super) slots: Arc<Slots>,
     tx: mpsc::UnboundedSender<Completed>,
     rx: mpsc::UnboundedReceiver<Completed>,
-    /// Image → (generation, manifest digest) of the verification whose result counts.
-    pub(super) in_flight: HashMap<ImageKey, (u64, String)>,
+    /// The verification whose result counts, per image.
+    pub(super) in_flight: HashMap<ImageKey, InFlight>,
     next_generation: u64,
     /// Images whose verification ran out of time, retried with back-off.
     pub(super) retries: HashMap<ImageKey, VerifyRetry>,
@@ -205,7 +218,12 @@ impl Verifications {
         let generation = self.next_generation;
         self.in_flight.insert(
             key.clone(),
-            (generation, image.resolved.manifest_digest.clone()),
+            InFlight {
+                generation,
+                digest: image.resolved.manifest_digest.clone(),
+                latest: None,
+                unpacked: !image.layers.is_empty(),
+            },
         );
         let slots = Arc::clone(&self.slots);
         let tx = self.tx.clone();
@@ -244,11 +262,31 @@ impl Verifications {
         self.rx.recv().await
     }
 
-    /// Whether `done` is the result that counts for its image; forgets it as in flight if so.
-    pub(super) fn take(&mut self, done: &Completed) -> bool {
+    /// Whether `done` is the result that counts for its image; forgets it as in flight if so,
+    /// and puts in the image as catalogued last (its layers may have been located meanwhile).
+    pub(super) fn take(&mut self, done: &mut Completed) -> bool {
         match self.in_flight.get(&done.key) {
-            Some((generation, _)) if *generation == done.generation => {
-                self.in_flight.remove(&done.key);
+            Some(running) if running.generation == done.generation => {
+                if let Some(latest) = self
+                    .in_flight
+                    .remove(&done.key)
+                    .and_then(|running| running.latest)
+                {
+                    done.image = latest;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The same manifest is being verified already: keep `image` (catalogued again, e.g. its
+    /// layers now located) for its result. `false` when no verification of that manifest runs.
+    pub(super) fn update(&mut self, key: &ImageKey, image: &CatalogImage) -> bool {
+        match self.in_flight.get_mut(key) {
+            Some(running) if running.digest == image.resolved.manifest_digest => {
+                running.unpacked = !image.layers.is_empty();
+                running.latest = Some(image.clone());
                 true
             }
             _ => false,
@@ -270,5 +308,92 @@ impl Verifications {
         };
         self.retries.insert(key, retry.clone());
         retry
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{
+        catalog::{containerd::ResolvedImage, ImageRecord, Layer},
+        enforce::LayerId,
+    };
+
+    fn image(layers: Vec<Layer>) -> CatalogImage {
+        CatalogImage {
+            resolved: ResolvedImage {
+                record: ImageRecord {
+                    namespace: "default".into(),
+                    name: "r.test/app:1".into(),
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    digest: format!("sha256:{}", "1".repeat(64)),
+                },
+                index_digest: None,
+                manifest_digest: format!("sha256:{}", "1".repeat(64)),
+                config_digest: format!("sha256:{}", "2".repeat(64)),
+                chain_ids: vec![format!("sha256:{}", "3".repeat(64))],
+            },
+            layers,
+        }
+    }
+
+    fn verifier() -> Verifier {
+        let policy = crate::policy::file::parse(
+            std::path::Path::new("/p.toml"),
+            "version = 1\n[default]\nrequire = \"accept\"\n",
+        )
+        .unwrap();
+        Verifier {
+            policy: Arc::new(policy),
+            client: Arc::new(
+                crate::discover::RegistryClient::new(crate::discover::DiscoveryConfig::default())
+                    .unwrap(),
+            ),
+            cache: Arc::new(crate::verdict::VerdictCache::new(None)),
+        }
+    }
+
+    /// An image whose layers are located while its verification runs (a pull: the image
+    /// record first, its layers unpacked after) is recorded with those layers; a result of a
+    /// verification that no longer counts is dropped.
+    #[tokio::test]
+    async fn the_latest_catalogue_goes_with_the_verdict_and_stale_results_are_dropped() {
+        let mut verifications = Verifications::new(VerifyLimits::default());
+        let key = ImageKey {
+            namespace: "default".into(),
+            name: "r.test/app:1".into(),
+        };
+        verifications.start(verifier(), key.clone(), image(Vec::new()));
+        assert!(!verifications.in_flight[&key].unpacked);
+        let layer = Layer {
+            chain_id: format!("sha256:{}", "3".repeat(64)),
+            dir: "/x/snapshots/1/fs".into(),
+            id: LayerId { dev: 1, ino: 2 },
+        };
+        assert!(verifications.update(&key, &image(vec![layer.clone()])));
+        assert!(verifications.in_flight[&key].unpacked);
+        let mut done = verifications.next().await.unwrap();
+        assert!(verifications.take(&mut done));
+        assert_eq!(
+            done.image.layers.len(),
+            1,
+            "recorded with the layers located since"
+        );
+        assert_eq!(done.verdict.outcome, Outcome::Trusted);
+        assert!(verifications.in_flight.is_empty());
+
+        // Started twice: only the second result counts.
+        verifications.start(verifier(), key.clone(), image(Vec::new()));
+        verifications.start(verifier(), key.clone(), image(vec![layer]));
+        let mut counted = 0;
+        for _ in 0..2 {
+            let mut done = verifications.next().await.unwrap();
+            if verifications.take(&mut done) {
+                counted += 1;
+                assert_eq!(done.image.layers.len(), 1);
+            }
+        }
+        assert_eq!(counted, 1);
     }
 }
