@@ -160,7 +160,9 @@ pub async fn serve<B: Backend>(
                 }
                 _ = drain.tick() => write_events(&mut daemon, &mut outputs),
                 () = watchdog.tick() => watchdog.ping(),
-                accepted = status.accept() => {
+                // Answered once the first table is in (clients wait in the backlog until then):
+                // a status answer means reconciled, as `imagegate status` users rely on.
+                accepted = status.accept(), if ready => {
                     if let Ok((mut stream, _)) = accepted {
                         let body = serde_json::to_vec_pretty(&daemon.status()).unwrap_or_default();
                         // Written by a task of its own: a client that does not read cannot
