@@ -26,6 +26,8 @@ pub struct Outputs {
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// How often queued decision events are written out.
 const EVENT_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// The longest a reconciliation's catalogue (containerd only) may take before it is retried.
+const CATALOGUE_LIMIT: Duration = Duration::from_secs(300);
 /// How long a status client may take to read its answer.
 const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -58,7 +60,20 @@ pub async fn serve<B: Backend>(
         // catalogue is read in the loop (containerd only); the verdicts are worked out in a
         // task of their own while the loop goes on; the new table is swapped in at its end.
         let mut events = daemon.containerd.events();
-        let begun = watchdog.during(daemon.begin_rebuild()).await;
+        // containerd is local and trusted, but a hung one must not feed the watchdog forever.
+        let begun =
+            match tokio::time::timeout(CATALOGUE_LIMIT, watchdog.during(daemon.begin_rebuild()))
+                .await
+            {
+                Ok(begun) => begun,
+                Err(_) => Err(DaemonError::Io {
+                    what: "cataloguing containerd's images",
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {} s", CATALOGUE_LIMIT.as_secs()),
+                    ),
+                }),
+            };
         let mut rebuilding = match begun {
             Ok(rebuild) => Some(Rebuilding {
                 task: tokio::spawn(daemon.verify_rebuild(rebuild)),
