@@ -333,9 +333,20 @@ fn run_daemon(config_path: &Path) -> Result<()> {
     .context("setting up the registry client")?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let (store, _set_aside) =
-        VerdictStore::open_or_set_aside(&config.state_dir.join("verdicts.redb"))
-            .context("opening the verdict store")?;
+    // A store held by another process: an earlier daemon killed a moment ago can leave a child
+    // (its fanotify probe's, between fork and exec) holding the file's lock for a short while.
+    let store_path = config.state_dir.join("verdicts.redb");
+    let started = std::time::Instant::now();
+    let (store, _set_aside) = loop {
+        match VerdictStore::open_or_set_aside(&store_path) {
+            Err(imagegate::verdict::StoreError::InUse { .. })
+                if started.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            result => break result.context("opening the verdict store")?,
+        }
+    };
     let event_log = match &config.event_log {
         Some(path) => Some(
             std::fs::OpenOptions::new()
