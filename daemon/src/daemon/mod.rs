@@ -947,8 +947,15 @@ impl<B: Backend> Daemon<B> {
         self.reconciling = false;
         let dirty = self.rebuild_dirty.take().unwrap_or_default();
         result?;
+        // The new table is in: a failure from here on is one image's, not the swap's.
         for key in dirty {
-            self.refresh_image(&key.namespace, &key.name).await?;
+            if let Err(error) = self.refresh_image(&key.namespace, &key.name).await {
+                self.note_error(
+                    &format!("judging {} again after the swap", key.name),
+                    &error,
+                );
+                tracing::warn!(image = %key.name, namespace = %key.namespace, error = %crate::doctor::error_chain(&error), "judging an image again after the swap failed");
+            }
         }
         Ok(())
     }
