@@ -270,8 +270,15 @@ fn start_daemon(dir: &Path, config: &Path, tag: &str, notify: &Notify) -> Child 
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let mut child = child;
     let started = Instant::now();
     while daemon::status(dir).is_none() {
+        if let Some(exit) = child.try_wait().unwrap() {
+            panic!(
+                "daemon exited ({exit}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "daemon not up: {}",
