@@ -73,6 +73,12 @@ impl Slots {
         self.limits
     }
 
+    /// Verifications that may still start against `registry` now.
+    #[must_use]
+    pub fn available(&self, registry: &str) -> usize {
+        self.registry(registry).available_permits()
+    }
+
     fn registry(&self, registry: &str) -> Arc<Semaphore> {
         let mut registries = self
             .registries
@@ -395,5 +401,70 @@ mod tests {
             }
         }
         assert_eq!(counted, 1);
+    }
+
+    /// A registry that never answers holds only its own slots: with them all taken (and one
+    /// more verification waiting), another registry's image is verified at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_registry_holds_only_its_own_slots() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let policy = crate::policy::file::parse(
+            std::path::Path::new("/p.toml"),
+            &format!(
+                "version = 1\n[default]\nrequire = \"accept\"\n[[scope]]\nmatch = \"{silent}/**\"\n\
+                 require = \"signatures\"\n[[scope.keys]]\npath = \"{}\"\n",
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../tests/fixtures/generated/legacy-keys/p256.pub")
+                    .display()
+            ),
+        )
+        .unwrap();
+        let verifier = Verifier {
+            policy: Arc::new(policy),
+            client: Arc::new(
+                crate::discover::RegistryClient::new(crate::discover::DiscoveryConfig {
+                    insecure_registries: vec![silent.clone()],
+                    request_timeout: Duration::from_secs(3600),
+                    ..crate::discover::DiscoveryConfig::default()
+                })
+                .unwrap(),
+            ),
+            cache: Arc::new(crate::verdict::VerdictCache::new(None)),
+        };
+        let slots = Arc::new(Slots::new(VerifyLimits {
+            deadline: Duration::from_secs(3600),
+            per_registry: 2,
+            ..VerifyLimits::default()
+        }));
+        let mut slow = Vec::new();
+        for index in 0..3 {
+            let mut on_silent = image(Vec::new());
+            on_silent.resolved.record.name = format!("{silent}/app:{index}");
+            let (slots, verifier) = (Arc::clone(&slots), verifier.clone());
+            slow.push(tokio::spawn(async move {
+                slots.verify(&verifier, &on_silent).await
+            }));
+        }
+        while slots.available(&silent) > 0 {
+            tokio::task::yield_now().await;
+        }
+        let (verdict, timed_out) = slots.verify(&verifier, &image(Vec::new())).await;
+        assert_eq!(verdict.outcome, Outcome::Trusted);
+        assert!(!timed_out);
+        assert!(
+            slow.iter().all(|task| !task.is_finished()),
+            "the silent registry's images wait"
+        );
+        for task in slow {
+            task.abort();
+        }
+        server.abort();
     }
 }
