@@ -161,7 +161,7 @@ impl Default for RegistryConfig {
             docker_config: None,
             timeout_seconds: 10,
             verify_deadline_seconds: 60,
-            concurrency_per_registry: 4,
+            concurrency_per_registry: 8,
         }
     }
 }
@@ -395,13 +395,13 @@ pub const SETTINGS: &[Setting] = &[
         key: "registry.verify_deadline_seconds",
         kind: "integer (at least 1)",
         default: "60",
-        doc: "Seconds one image's whole verification may take (every request, waiting for a slot included). Verification runs beside the event loop, never in it; an image past its deadline gets an `error` verdict (denied in enforce mode) and is retried after 0.5 s, then twice as long each time, up to every 5 minutes. Until its verdict, an image is not trusted.",
+        doc: "Seconds one image's whole verification may take once its registry has a slot for it (every request included). Verification runs beside the event loop, never in it; an image past its deadline gets an `error` verdict (denied in enforce mode) and is retried after 0.5 s, then twice as long each time, up to every 5 minutes. Until its verdict, an image is not trusted. A reconciliation (start, reload) swaps its table in at most this long after its catalogue: verdicts not in by then are `error`, retried the same way.",
     },
     Setting {
         key: "registry.concurrency_per_registry",
         kind: "integer (at least 1)",
-        default: "4",
-        doc: "Verifications running at once against one registry (16 at most in all): a slow registry holds only its own images' verdicts.",
+        default: "8",
+        doc: "Verifications running at once against one registry (16 at most in all): a slow registry holds only its own images' verdicts. Images waiting for one of their registry's slots are pending (not trusted) meanwhile.",
     },
 ];
 

@@ -512,3 +512,81 @@ async fn a_full_layer_table_degrades_and_deletions_make_room() {
         Some(&LayerState::Verified)
     );
 }
+
+/// A reconciliation swaps its table in within one deadline even when a registry's queue is
+/// longer than that (one slot, three images that never get an answer): every image left is an
+/// `error` verdict with a retry, none trusted, and the other registry's image is trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_registry_queue_does_not_hold_the_swap() {
+    if !support::is_root() {
+        eprintln!("skipping: containerd needs root");
+        return;
+    }
+    let dir = support::scratch_dir("daemon-queue");
+    let containerd = PrivateContainerd::start(&dir);
+    let silent = SilentRegistry::start();
+    let slow: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}/slow/app{i}:1", silent.port))
+        .collect();
+    for (i, name) in slow.iter().enumerate() {
+        import(&containerd, &dir, name, &format!("slow{i}/marker"));
+    }
+    import(
+        &containerd,
+        &dir,
+        "registry.test/trusted/fast:1",
+        "fast/marker",
+    );
+    let policy_path = dir.join("policy.toml");
+    std::fs::write(
+        &policy_path,
+        policy_with_key(&dir, silent.port, "registry.test/trusted/**"),
+    )
+    .expect("policy");
+    let client = Containerd::connect(&containerd.socket)
+        .await
+        .expect("connect");
+    let mut daemon = Daemon::new(
+        RecordingBackend::default(),
+        verifier(&policy_path, silent.port, Duration::from_secs(3600)),
+        client,
+    );
+    daemon.set_verify_limits(VerifyLimits {
+        deadline: Duration::from_secs(1),
+        per_registry: 1,
+        ..VerifyLimits::default()
+    });
+    daemon.reconcile().await.expect("reconcile");
+    for name in &slow {
+        let key = ImageKey {
+            namespace: "default".into(),
+            name: name.clone(),
+        };
+        assert_eq!(daemon.verdicts[&key].outcome, Outcome::Error, "{name}");
+        let status = daemon.status();
+        assert!(
+            status["verification_retries"]
+                .as_array()
+                .expect("retries")
+                .iter()
+                .any(|r| r["image"] == name.as_str()),
+            "{name}: {status}"
+        );
+    }
+    assert_eq!(
+        daemon
+            .backend
+            .layers
+            .get(&id_of_dir_with(&containerd, "fast/marker")),
+        Some(&LayerState::Verified)
+    );
+    for i in 0..3 {
+        assert_eq!(
+            daemon
+                .backend
+                .layers
+                .get(&id_of_dir_with(&containerd, &format!("slow{i}/marker"))),
+            None
+        );
+    }
+}

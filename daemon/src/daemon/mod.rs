@@ -905,11 +905,27 @@ impl<B: Backend> Daemon<B> {
                 });
             }
             let mut verdicts: Vec<Option<(Verdict, bool)>> = vec![None; slots_of.len()];
-            while let Some(joined) = tasks.join_next().await {
-                match joined {
-                    Ok((index, verdict, retry)) => verdicts[index] = Some((verdict, retry)),
-                    Err(error) => {
+            // Every verdict in within one deadline (plus a margin for the last to finish): a
+            // registry's long queue cannot hold the swap. The rest are `error`, retried.
+            let all_in = tokio::time::Instant::now()
+                + slots.limits().deadline
+                + std::time::Duration::from_secs(1);
+            loop {
+                match tokio::time::timeout_at(all_in, tasks.join_next()).await {
+                    Ok(Some(Ok((index, verdict, retry)))) => {
+                        verdicts[index] = Some((verdict, retry));
+                    }
+                    Ok(Some(Err(error))) => {
                         tracing::error!(%error, "verification task failed; its image vouches for nothing");
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::warn!(
+                            unfinished = tasks.len(),
+                            "verifications still waiting at the reconciliation's deadline: error verdicts, retried"
+                        );
+                        tasks.abort_all();
+                        break;
                     }
                 }
             }
@@ -922,7 +938,7 @@ impl<B: Backend> Daemon<B> {
                             verifying::unverified(
                                 &verifier,
                                 &image,
-                                "its verification task failed",
+                                "its verification did not finish with the reconciliation",
                             ),
                             true,
                         )

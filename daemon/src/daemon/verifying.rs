@@ -25,8 +25,10 @@ use crate::{
 /// The bounds on verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifyLimits {
-    /// The overall time one image's verification may take (waiting for a slot included); past
-    /// it the image gets an `error` verdict and is retried with back-off.
+    /// The overall time one image's verification may take once its registry has a slot for it
+    /// (waiting for a global slot included); past it the image gets an `error` verdict and is
+    /// retried with back-off. A reconciliation's verdicts are all in within it too: those not
+    /// in by then are `error` and retried, so a table is swapped in at most this late.
     pub deadline: Duration,
     /// Verifications running at once against one registry.
     pub per_registry: usize,
@@ -41,7 +43,7 @@ impl Default for VerifyLimits {
     fn default() -> Self {
         Self {
             deadline: Duration::from_secs(60),
-            per_registry: 4,
+            per_registry: 8,
             total: 16,
             queue: 4096,
         }
@@ -97,9 +99,11 @@ impl Slots {
         let registry = registry_of(&image.resolved.record.name);
         let per_registry = self.registry(&registry);
         let total = Arc::clone(&self.total);
+        // Waiting for the registry's own slot is not counted (a slow registry's queue is its
+        // own, and its images are pending, untrusted, meanwhile); from there the deadline holds.
+        let _registry = per_registry.acquire_owned().await;
         let started = std::time::Instant::now();
         let work = async {
-            let _registry = per_registry.acquire_owned().await;
             let _total = total.acquire_owned().await;
             verifier.verdict(image).await
         };
