@@ -321,13 +321,34 @@ async fn a_reload_swaps_its_table_in_at_once_or_keeps_the_old_one() {
     import(&containerd, &dir, "registry.test/other/b:1", "b/marker");
     let a = id_of_dir_with(&containerd, "a/marker");
     let b = id_of_dir_with(&containerd, "b/marker");
-    let policy = |scope: &str| {
-        let path = dir.join(format!("{}.toml", scope.replace(['/', '*'], "_")));
-        std::fs::write(
-            &path,
-            format!("version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"{scope}\"\nrequire = \"accept\"\n"),
-        )
-        .expect("policy");
+    std::fs::write(
+        dir.join("never.pub"),
+        imagegate_testkit::sign::Key::generate()
+            .expect("key")
+            .public_pem()
+            .expect("pem"),
+    )
+    .expect("key");
+    // Scopes accepted, anything else rejected; a scope ending in `!` requires a signature no
+    // image here has (untrusted only once verified, not outright).
+    let policy = |scopes: &[&str]| {
+        let mut text = String::from("version = 1\n[default]\nrequire = \"reject\"\n");
+        for scope in scopes {
+            match scope.strip_suffix('!') {
+                Some(scope) => text.push_str(&format!(
+                    "[[scope]]\nmatch = \"{scope}\"\nrequire = \"signatures\"\n[[scope.keys]]\npath = \"{}\"\n",
+                    dir.join("never.pub").display()
+                )),
+                None => text.push_str(&format!(
+                    "[[scope]]\nmatch = \"{scope}\"\nrequire = \"accept\"\n"
+                )),
+            }
+        }
+        let path = dir.join(format!(
+            "{}.toml",
+            scopes.join("+").replace(['/', '*', '!'], "_")
+        ));
+        std::fs::write(&path, text).expect("policy");
         Arc::new(imagegate::policy::Policy::load(&path).expect("policy"))
     };
     let client = Containerd::connect(&containerd.socket)
@@ -336,7 +357,7 @@ async fn a_reload_swaps_its_table_in_at_once_or_keeps_the_old_one() {
     let mut daemon = Daemon::new(
         RecordingBackend::default(),
         Verifier {
-            policy: policy("registry.test/team/**"),
+            policy: policy(&["registry.test/team/**"]),
             client: Arc::new(RegistryClient::new(DiscoveryConfig::default()).expect("client")),
             cache: Arc::new(VerdictCache::new(None)),
         },
@@ -349,28 +370,57 @@ async fn a_reload_swaps_its_table_in_at_once_or_keeps_the_old_one() {
     // A rebuild under a policy replaced before it is swapped in is refused: the old table
     // stays whole (never emptied, never half built).
     daemon
-        .replace_policy(policy("registry.test/other/**"))
+        .replace_policy(policy(&["registry.test/team/**", "registry.test/other/**"]))
         .await;
     let rebuild = daemon.begin_rebuild().await.expect("catalogue");
     let rebuilt = daemon.verify_rebuild(rebuild).await;
-    daemon.replace_policy(policy("registry.test/none/**")).await;
+    daemon
+        .replace_policy(policy(&["registry.test/team/**", "registry.test/third/**"]))
+        .await;
     let stale = daemon.finish_rebuild(rebuilt).await;
     assert!(
         matches!(stale, Err(imagegate::daemon::DaemonError::Stale)),
         "{stale:?}"
     );
     assert_eq!(daemon.backend.layers.get(&a), Some(&LayerState::Verified));
+    assert_eq!(
+        daemon.backend.layers.get(&b),
+        None,
+        "trusted only by a swap"
+    );
     assert_eq!(daemon.table.images().count(), 2);
 
-    // containerd gone between the catalogue and the swap: the old table stays.
+    // Revokes first: a policy under which `team` needs a verification leaves it to the swap;
+    // one that rejects it outright revokes it at once, before any rebuild.
     daemon
-        .replace_policy(policy("registry.test/other/**"))
+        .replace_policy(policy(&["registry.test/team/**!", "registry.test/x/**"]))
         .await;
+    assert_eq!(
+        daemon.backend.layers.get(&a),
+        Some(&LayerState::Verified),
+        "judged by the rebuild, not outright"
+    );
+    daemon
+        .replace_policy(policy(&["registry.test/other/**"]))
+        .await;
+    assert_eq!(
+        daemon.backend.layers.get(&a),
+        None,
+        "rejected outright: revoked at once"
+    );
+    assert_eq!(
+        daemon.backend.layers.get(&b),
+        None,
+        "trusted only by a swap"
+    );
+
+    // containerd gone between the catalogue and the swap: the old table stays (revocation
+    // included).
     let rebuild = daemon.begin_rebuild().await.expect("catalogue");
     let rebuilt = daemon.verify_rebuild(rebuild).await;
     drop(containerd);
     assert!(daemon.finish_rebuild(rebuilt).await.is_err());
-    assert_eq!(daemon.backend.layers.get(&a), Some(&LayerState::Verified));
+    assert_eq!(daemon.backend.layers.get(&a), None);
     assert_eq!(daemon.backend.layers.get(&b), None);
     assert_eq!(daemon.table.images().count(), 2);
 }

@@ -280,6 +280,47 @@ impl<B: Backend> Daemon<B> {
         let removed = self.verifier.cache.keep_only_policy(&policy.hash).await;
         tracing::info!(removed, "verdicts of the previous policy forgotten");
         self.verifier.policy = policy;
+        if let Err(error) = self.revoke_rejected() {
+            self.note_error("revoking what the new policy rejects", &error);
+            tracing::warn!(error = %crate::doctor::error_chain(&error), "revoking what the new policy rejects failed; the rebuild's swap will");
+        }
+    }
+
+    /// Revokes first: an image the new policy rejects outright (its scope says `reject`) needs
+    /// no registry to be judged, so it stops vouching at once, before the new table is computed
+    /// (which takes registry round trips). Everything else waits for the swap.
+    fn revoke_rejected(&mut self) -> Result<(), DaemonError> {
+        let policy = Arc::clone(&self.verifier.policy);
+        let rejected: Vec<(ImageKey, Verdict)> = self
+            .table
+            .images()
+            .filter(|(_, entry)| entry.trusted || entry.audit)
+            .filter_map(|(key, entry)| {
+                let reference = ImageRef::parse(&key.name).ok()?;
+                let rule = policy.rule_for(&reference);
+                matches!(rule.requirement, crate::policy::Requirement::Reject).then(|| {
+                    let verdict =
+                        crate::verdict::evaluate(&policy, &reference, &entry.manifest_digest, &[]);
+                    (key.clone(), verdict)
+                })
+            })
+            .collect();
+        for (key, verdict) in rejected {
+            let Some(entry) = self.table.get(&key) else {
+                continue;
+            };
+            let entry = ImageEntry {
+                manifest_digest: entry.manifest_digest.clone(),
+                trusted: false,
+                audit: verdict.mode == crate::policy::Mode::Audit,
+                layers: entry.layers.clone(),
+            };
+            tracing::info!(image = %key.name, namespace = %key.namespace, "revoked at once: the new policy rejects it");
+            let changes = self.table.upsert(key.clone(), entry);
+            self.verdicts.insert(key, verdict);
+            self.apply(&changes)?;
+        }
+        Ok(())
     }
 
     /// Verifies manifests early, as they land in containerd's content store under `blob_dir`
