@@ -83,6 +83,9 @@ pub struct Config {
     pub pin_dir: PathBuf,
     /// Where metrics and health are served: a unix socket path, `host:port`, or `off`.
     pub metrics_listen: String,
+    /// Where `/healthz` and `/readyz` are also served on a listener of their own: a unix
+    /// socket path, `host:port`, or `off`.
+    pub health_listen: String,
     /// `auto`, `json` or `human`.
     pub log_format: LogFormat,
     /// Log filter (`RUST_LOG` syntax); the `RUST_LOG` environment variable overrides it.
@@ -114,6 +117,10 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Seconds per registry request.
     pub timeout_seconds: u64,
+    /// Seconds one image's whole verification may take (all its requests, waiting included).
+    pub verify_deadline_seconds: u64,
+    /// Verifications running at once against one registry.
+    pub concurrency_per_registry: usize,
 }
 
 impl Default for Config {
@@ -129,6 +136,7 @@ impl Default for Config {
             status_socket: PathBuf::from("/run/imagegate/status.sock"),
             pin_dir: PathBuf::from(imagegate_common::PIN_DIR),
             metrics_listen: "/run/imagegate/metrics.sock".to_owned(),
+            health_listen: "off".to_owned(),
             log_format: LogFormat::Auto,
             log_level: "info".to_owned(),
             containerd: ContainerdConfig::default(),
@@ -152,6 +160,8 @@ impl Default for RegistryConfig {
             insecure: Vec::new(),
             docker_config: None,
             timeout_seconds: 10,
+            verify_deadline_seconds: 60,
+            concurrency_per_registry: 8,
         }
     }
 }
@@ -198,6 +208,13 @@ impl Config {
             return Err(error(
                 line_of_key(text, "metrics_listen"),
                 "metrics_listen".into(),
+                message,
+            ));
+        }
+        if let Err(message) = crate::metrics::Listen::parse(&config.health_listen) {
+            return Err(error(
+                line_of_key(text, "health_listen"),
+                "health_listen".into(),
                 message,
             ));
         }
@@ -324,7 +341,13 @@ pub const SETTINGS: &[Setting] = &[
         key: "metrics_listen",
         kind: "string: socket path \\| `host:port` \\| `\"off\"`",
         default: "\"/run/imagegate/metrics.sock\"",
-        doc: "Where Prometheus metrics (`/metrics`) and the health endpoints (`/healthz`, `/readyz`) are served over HTTP/1.1: an absolute path is a unix socket (reachable only by root by default), `host:port` a TCP listener (for example `\"127.0.0.1:9464\"`, or `\"0.0.0.0:9464\"` for a scraper on the pod network), `off` serves nothing.",
+        doc: "Where Prometheus metrics (`/metrics`) and the health endpoints (`/healthz`, `/readyz`) are served over HTTP/1.1: an absolute path is a unix socket (reachable only by root by default), `host:port` a TCP listener (for example `\"127.0.0.1:9464\"`, or `\"0.0.0.0:9464\"` for a scraper on the pod network), `off` serves nothing. Each listener serves at most 32 connections at once, at most 4 from one peer address (TCP), and closes a connection that sends no request within 2 s.",
+    },
+    Setting {
+        key: "health_listen",
+        kind: "string: socket path \\| `host:port` \\| `\"off\"`",
+        default: "\"off\"",
+        doc: "A listener of its own for `/healthz` and `/readyz` (and nothing else), with its own connection budget: connections to `metrics_listen` (a scraper, or a pod holding connections open) cannot starve kubelet's probes. The Kubernetes manifests and chart use `\"0.0.0.0:9465\"` (the pod's address, which kubelet probes) and a NetworkPolicy that admits only the scraper's namespace to the metrics port. `off`: health is served on `metrics_listen` only.",
     },
     Setting {
         key: "log_format",
@@ -367,6 +390,18 @@ pub const SETTINGS: &[Setting] = &[
         kind: "integer",
         default: "10",
         doc: "Seconds per registry request. A registry that does not answer gives an `error` verdict: denied in enforce mode, retried later.",
+    },
+    Setting {
+        key: "registry.verify_deadline_seconds",
+        kind: "integer (at least 1)",
+        default: "60",
+        doc: "Seconds one image's whole verification may take once its registry has a slot for it (every request included). Verification runs beside the event loop, never in it; an image past its deadline gets an `error` verdict (denied in enforce mode) and is retried after 0.5 s, then twice as long each time, up to every 5 minutes. Until its verdict, an image is not trusted. A reconciliation (start, reload) swaps its table in at most this long after its catalogue: verdicts not in by then are `error`, retried the same way.",
+    },
+    Setting {
+        key: "registry.concurrency_per_registry",
+        kind: "integer (at least 1)",
+        default: "8",
+        doc: "Verifications running at once against one registry (16 at most in all): a slow registry holds only its own images' verdicts. Images waiting for one of their registry's slots are pending (not trusted) meanwhile.",
     },
 ];
 

@@ -333,8 +333,20 @@ fn run_daemon(config_path: &Path) -> Result<()> {
     .context("setting up the registry client")?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let store = VerdictStore::open(&config.state_dir.join("verdicts.redb"))
-        .context("opening the verdict store")?;
+    // A store held by another process: an earlier daemon killed a moment ago can leave a child
+    // (its fanotify probe's, between fork and exec) holding the file's lock for a short while.
+    let store_path = config.state_dir.join("verdicts.redb");
+    let started = std::time::Instant::now();
+    let (store, _set_aside) = loop {
+        match VerdictStore::open_or_set_aside(&store_path) {
+            Err(imagegate::verdict::StoreError::InUse { .. })
+                if started.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            result => break result.context("opening the verdict store")?,
+        }
+    };
     let event_log = match &config.event_log {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -447,6 +459,20 @@ fn serve_with<B: imagegate::enforce::Backend>(
             }
             None => None,
         };
+        let _health = match imagegate::metrics::Listen::parse(&config.health_listen)
+            .map_err(anyhow::Error::msg)?
+        {
+            Some(listen) => {
+                let server = imagegate::metrics::Server::start_serving(
+                    listen,
+                    imagegate::metrics::Routes::Health,
+                )
+                .await?;
+                tracing::info!(listen = %server.local, "serving health on its own listener");
+                Some(server)
+            }
+            None => None,
+        };
         imagegate::metrics::global().backend_attached(name);
         let containerd = loop {
             match imagegate::catalog::Containerd::connect(&config.containerd.socket).await {
@@ -468,6 +494,11 @@ fn serve_with<B: imagegate::enforce::Backend>(
             tracing::info!(removed, "verdicts of other policies forgotten");
         }
         let mut daemon = Daemon::new(backend, verifier, containerd);
+        daemon.set_verify_limits(imagegate::daemon::verifying::VerifyLimits {
+            deadline: Duration::from_secs(config.registry.verify_deadline_seconds.max(1)),
+            per_registry: config.registry.concurrency_per_registry.max(1),
+            ..imagegate::daemon::verifying::VerifyLimits::default()
+        });
         daemon.settings = Some((config.mode, config.drift));
         daemon.watch_content(imagegate::catalog::content_watch::blob_dir(
             &config.containerd.root,

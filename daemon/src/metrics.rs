@@ -152,6 +152,16 @@ pub struct Metrics {
     records_judged: AtomicU64,
     records_uncatalogued: AtomicU64,
     reconcile: AtomicU8,
+    /// Verifications that ran past their deadline (each gets an `error` verdict and a retry).
+    verification_deadlines: AtomicU64,
+    /// Verifications started and not finished.
+    verifications_pending: AtomicU64,
+    /// Policy reloads whose new table could not be built (the old one stays; retried).
+    reload_failures: AtomicU64,
+    /// Layers the backend had no room for (they stay unverified: denied).
+    layers_refused: AtomicU64,
+    /// Whether the backend's layer table is full (ready, but degraded).
+    table_full: AtomicBool,
     backend: Mutex<Option<&'static str>>,
     stopping: AtomicBool,
 }
@@ -180,6 +190,33 @@ impl Metrics {
     pub fn verification(&self, outcome: Outcome, elapsed: Duration) {
         self.verifications[outcome_index(outcome)].fetch_add(1, Ordering::Relaxed);
         self.verification_latency.observe(elapsed);
+    }
+
+    /// A verification ran past its deadline.
+    pub fn verification_deadline(&self) {
+        self.verification_deadlines.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Verifications started and not finished.
+    pub fn observe_pending(&self, pending: usize) {
+        self.verifications_pending.store(
+            u64::try_from(pending).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A policy reload's new table could not be built; the old one stays.
+    pub fn reload_failure(&self) {
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The backend's layer table is full (`refused` layers did not fit), or has room again.
+    pub fn table_full(&self, full: bool, refused: usize) {
+        self.table_full.store(full, Ordering::Relaxed);
+        self.layers_refused.fetch_add(
+            u64::try_from(refused).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// One manifest verified early, as it landed in the content store. Counted apart from
@@ -318,6 +355,12 @@ impl Metrics {
             (Some(b), Reconcile::Failed, _) => {
                 format!("{b} attached; the last reconciliation with containerd failed")
             }
+        };
+        // Ready, but degraded: new layers stay unverified (denied) until deletions make room.
+        let detail = if self.table_full.load(Ordering::Relaxed) {
+            format!("{detail}; degraded: the layer table is full, new layers stay denied")
+        } else {
+            detail
         };
         let attached = backend.is_some() && !stopping;
         Health {
@@ -500,6 +543,42 @@ impl Metrics {
             load(&self.catalog_failures)
         );
 
+        for (name, kind, help, value) in [
+            (
+                "imagegate_verification_deadlines_total",
+                "counter",
+                "Verifications that ran past their deadline (registry.verify_deadline_seconds): an error verdict each, retried with back-off.",
+                load(&self.verification_deadlines),
+            ),
+            (
+                "imagegate_verifications_pending",
+                "gauge",
+                "Verifications started and not finished (their images are not trusted meanwhile).",
+                load(&self.verifications_pending),
+            ),
+            (
+                "imagegate_reload_failures_total",
+                "counter",
+                "Policy reloads whose new table could not be built; the old table stays and the reload is retried.",
+                load(&self.reload_failures),
+            ),
+            (
+                "imagegate_layers_refused_total",
+                "counter",
+                "Layers the backend's table had no room for; they stay unverified (denied).",
+                load(&self.layers_refused),
+            ),
+            (
+                "imagegate_layer_table_full",
+                "gauge",
+                "1 while the backend's layer table is full: new layers stay unverified (denied), the daemon is ready but degraded.",
+                u64::from(self.table_full.load(Ordering::Relaxed)),
+            ),
+        ] {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+
         header(
             &mut out,
             "imagegate_reconciliations_total",
@@ -563,16 +642,81 @@ impl Drop for Server {
     }
 }
 
-/// Connections served at once; more wait in the kernel's backlog.
+/// Connections served at once per listener; more are closed at once.
 const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once to one peer address (TCP): one pod cannot take a listener's
+/// whole budget.
+const MAX_PER_PEER: usize = 4;
 /// A request head larger than this is refused.
 const MAX_REQUEST: usize = 8 * 1024;
-/// A client must send its request within this time.
+/// A client must send its request head within this time (an idle connection is closed then).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A whole exchange (request and response) ends within this time.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    All,
+    /// `/healthz` and `/readyz` only: the probes' own listener (`health_listen`), with a budget
+    /// no scraper or pod shares.
+    Health,
+}
+
+/// Connections open per peer address.
+#[derive(Default)]
+struct Peers(Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in its peer's count; given back when dropped.
+struct PeerSlot {
+    peers: Arc<Peers>,
+    addr: std::net::IpAddr,
+}
+
+impl Peers {
+    fn enter(self: &Arc<Self>, addr: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(addr).or_default();
+        if *count >= MAX_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: Arc::clone(self),
+            addr,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .peers
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.addr) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.addr);
+            }
+        }
+    }
+}
+
 impl Server {
-    /// Binds `listen` and serves [`global`] until dropped. Must be called inside a tokio runtime.
+    /// Binds `listen` and serves [`global`] (metrics and health) until dropped. Must be called
+    /// inside a tokio runtime.
     pub async fn start(listen: Listen) -> Result<Self, ServeError> {
+        Self::start_serving(listen, Routes::All).await
+    }
+
+    /// Binds `listen` and serves `routes` of [`global`] until dropped.
+    pub async fn start_serving(listen: Listen, routes: Routes) -> Result<Self, ServeError> {
         let error = |source| ServeError {
             listen: listen.clone(),
             source,
@@ -590,7 +734,7 @@ impl Server {
                 let task = tokio::spawn(async move {
                     loop {
                         if let Ok((stream, _)) = listener.accept().await {
-                            spawn_connection(stream, &limit);
+                            spawn_connection(stream, &limit, None, routes);
                         }
                     }
                 });
@@ -603,10 +747,15 @@ impl Server {
             Listen::Tcp(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr).await.map_err(error)?;
                 let local = Listen::Tcp(listener.local_addr().map_err(error)?);
+                let peers = Arc::new(Peers::default());
                 let task = tokio::spawn(async move {
                     loop {
-                        if let Ok((stream, _)) = listener.accept().await {
-                            spawn_connection(stream, &limit);
+                        if let Ok((stream, peer)) = listener.accept().await {
+                            // Over its peer's limit, the connection is closed at once.
+                            let Some(slot) = peers.enter(peer.ip()) else {
+                                continue;
+                            };
+                            spawn_connection(stream, &limit, Some(slot), routes);
                         }
                     }
                 });
@@ -620,8 +769,12 @@ impl Server {
     }
 }
 
-fn spawn_connection<S>(stream: S, limit: &Arc<tokio::sync::Semaphore>)
-where
+fn spawn_connection<S>(
+    stream: S,
+    limit: &Arc<tokio::sync::Semaphore>,
+    slot: Option<PeerSlot>,
+    routes: Routes,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     // Over the limit, the connection is closed at once rather than queued in memory.
@@ -629,20 +782,25 @@ where
         return;
     };
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, global())).await;
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, global(), routes)).await;
         drop(permit);
+        drop(slot);
     });
 }
 
 /// Reads one request head and writes one response.
-async fn respond<S>(mut stream: S, metrics: &Metrics) -> std::io::Result<()>
+async fn respond<S>(mut stream: S, metrics: &Metrics, routes: Routes) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0_u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut chunk)).await {
+            Ok(read) => read?,
+            // Idle: the connection is closed, its slot freed.
+            Err(_) => return Ok(()),
+        };
         if n == 0 {
             break;
         }
@@ -657,12 +815,16 @@ where
         .next()
         .map(|line| String::from_utf8_lossy(line).trim().to_owned())
         .unwrap_or_default();
-    let (status, content_type, body, head_only) = route(&request_line, metrics);
+    let (status, content_type, body, head_only) = route(&request_line, metrics, routes);
     write_response(&mut stream, status, content_type, &body, head_only).await
 }
 
 /// (status, content type, body, HEAD) for a request line.
-fn route(request_line: &str, metrics: &Metrics) -> (u16, &'static str, String, bool) {
+fn route(
+    request_line: &str,
+    metrics: &Metrics,
+    routes: Routes,
+) -> (u16, &'static str, String, bool) {
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
@@ -676,7 +838,7 @@ fn route(request_line: &str, metrics: &Metrics) -> (u16, &'static str, String, b
     let path = target.split('?').next().unwrap_or(target);
     let text = "text/plain; charset=utf-8";
     match path {
-        "/metrics" => (
+        "/metrics" if routes == Routes::All => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
@@ -849,15 +1011,26 @@ mod tests {
     #[test]
     fn responder_routes_requests() {
         let metrics = Metrics::default();
-        assert_eq!(route("GET /metrics HTTP/1.1", &metrics).0, 200);
-        assert_eq!(route("GET /healthz HTTP/1.1", &metrics).0, 503);
+        assert_eq!(route("GET /metrics HTTP/1.1", &metrics, Routes::All).0, 200);
+        assert_eq!(route("GET /healthz HTTP/1.1", &metrics, Routes::All).0, 503);
         metrics.backend_attached("fanotify");
-        assert_eq!(route("GET /healthz HTTP/1.1", &metrics).0, 200);
-        assert_eq!(route("GET /readyz HTTP/1.0", &metrics).0, 503);
-        assert!(route("HEAD /metrics HTTP/1.1", &metrics).3);
-        assert_eq!(route("POST /metrics HTTP/1.1", &metrics).0, 405);
-        assert_eq!(route("GET /nope HTTP/1.1", &metrics).0, 404);
-        assert_eq!(route("garbage", &metrics).0, 400);
+        assert_eq!(route("GET /healthz HTTP/1.1", &metrics, Routes::All).0, 200);
+        assert_eq!(route("GET /readyz HTTP/1.0", &metrics, Routes::All).0, 503);
+        assert!(route("HEAD /metrics HTTP/1.1", &metrics, Routes::All).3);
+        assert_eq!(
+            route("POST /metrics HTTP/1.1", &metrics, Routes::All).0,
+            405
+        );
+        assert_eq!(route("GET /nope HTTP/1.1", &metrics, Routes::All).0, 404);
+        assert_eq!(route("garbage", &metrics, Routes::All).0, 400);
+        assert_eq!(
+            route("GET /metrics HTTP/1.1", &metrics, Routes::Health).0,
+            404
+        );
+        assert_eq!(
+            route("GET /healthz HTTP/1.1", &metrics, Routes::Health).0,
+            200
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -888,7 +1061,7 @@ mod tests {
         let (mut client, server_side) = tokio::io::duplex(64 * 1024);
         let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
         client.write_all(huge.as_bytes()).await.expect("write");
-        respond(server_side, &Metrics::default())
+        respond(server_side, &Metrics::default(), Routes::All)
             .await
             .expect("respond");
         let mut response = String::new();

@@ -186,6 +186,7 @@ impl SignerArgs {
                     bail!("a certificate identity needs --certificate-oidc-issuer[-regexp]");
                 };
                 Ok(DetachedSigner::Identity(IdentityMatcher {
+                    san: None,
                     subject,
                     issuer: Some(issuer),
                     extensions: Vec::new(),

@@ -247,6 +247,8 @@ async fn handle_next(
         .expect("events within 10 s")
         .expect("event stream open");
     daemon.handle_event(&envelope).await.expect("handle event");
+    // Verification runs in tasks of its own; the event loop records verdicts as they come.
+    daemon.settle().await.expect("verdicts recorded");
 }
 
 /// The top chainID of an image the daemon knows.
@@ -307,6 +309,7 @@ async fn a_record_that_cannot_be_catalogued_vouches_for_nothing_until_a_retry_su
         .refresh_image("default", name)
         .await
         .expect("a record that cannot be catalogued is no error of the daemon");
+    daemon.settle().await.expect("settle");
     assert_eq!(
         daemon.backend.layers.get(&layer),
         None,
@@ -326,10 +329,12 @@ async fn a_record_that_cannot_be_catalogued_vouches_for_nothing_until_a_retry_su
     // Not due yet: nothing is retried.
     let due = daemon.next_retry().expect("a retry is scheduled");
     daemon.retry_uncatalogued().await.expect("retry");
+    daemon.settle().await.expect("settle");
     assert_eq!(daemon.uncatalogued[&key].attempts, 1);
     // Due, still failing: the attempt is counted and the next one is later.
     tokio::time::sleep_until(due).await;
     daemon.retry_uncatalogued().await.expect("retry");
+    daemon.settle().await.expect("settle");
     assert_eq!(daemon.uncatalogued[&key].attempts, 2);
     assert!(daemon.next_retry().expect("rescheduled") > due);
 
@@ -345,6 +350,7 @@ async fn a_record_that_cannot_be_catalogued_vouches_for_nothing_until_a_retry_su
     assert!(ingest.wait().expect("ctr").success());
     tokio::time::sleep_until(daemon.next_retry().expect("scheduled")).await;
     daemon.retry_uncatalogued().await.expect("retry");
+    daemon.settle().await.expect("settle");
     assert!(daemon.uncatalogued.is_empty());
     assert_eq!(daemon.records(), (1, 1));
     assert_eq!(

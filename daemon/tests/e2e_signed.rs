@@ -103,6 +103,29 @@ fn signed_images_run_and_unsigned_or_untrusted_ones_cannot() {
     assert_eq!(status["backend"], "fanotify", "{status}");
     assert_eq!(status["mode"], "enforce", "{status}");
     assert_eq!(status["last_errors"], serde_json::json!([]), "{status}");
+    // Status names what vouched for the signed image: the digest whose signature was accepted,
+    // and that signature (where it was found, its authority).
+    let signed_name = bed.name("e2e/signed");
+    let verdict = status["verdicts"]
+        .as_array()
+        .expect("verdicts")
+        .iter()
+        .find(|v| v["image"] == signed_name.as_str())
+        .unwrap_or_else(|| panic!("no verdict for {signed_name}: {status}"));
+    assert_eq!(verdict["digest"], signed_digest.as_str(), "{verdict}");
+    assert_eq!(
+        verdict["signed_digests"],
+        serde_json::json!([signed_digest]),
+        "{verdict}"
+    );
+    let signatures = verdict["signatures"].as_array().expect("signatures");
+    assert!(
+        !signatures.is_empty()
+            && signatures[0]["signature"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+        "{verdict}"
+    );
     let events_path = settings.events(&dir);
     let containerd = &bed.containerd;
 

@@ -298,24 +298,36 @@ fn check_node_agent(objects: &BTreeMap<(String, String), Value>, dir: &Path) -> 
     assert!(container["resources"]["requests"]["memory"].is_string());
     assert!(container["resources"]["limits"]["memory"].is_string());
 
-    // Probes reach the health endpoints on the port the config serves metrics on.
-    let Some(imagegate::metrics::Listen::Tcp(addr)) =
-        imagegate::metrics::Listen::parse(&config.metrics_listen).unwrap()
-    else {
-        panic!(
-            "probes need metrics_listen on TCP, not {}",
-            config.metrics_listen
-        )
+    // Prometheus reaches the metrics port; the probes reach the health endpoints on a
+    // listener of their own (its own connection budget: idle connections to the metrics port
+    // cannot starve them), bound on the pod's address, where the kubelet probes.
+    let tcp_port =
+        |listen: &str, what: &str| match imagegate::metrics::Listen::parse(listen).unwrap() {
+            Some(imagegate::metrics::Listen::Tcp(addr)) => {
+                assert!(
+                    addr.ip().is_unspecified(),
+                    "{what} must be on the pod's address for its clients, not {addr}"
+                );
+                addr.port()
+            }
+            other => panic!("{what} needs TCP, not {other:?}"),
+        };
+    let metrics_port = tcp_port(&config.metrics_listen, "metrics_listen");
+    let health_port = tcp_port(&config.health_listen, "health_listen");
+    assert_ne!(metrics_port, health_port);
+    let port_named = |name: &str| {
+        seq(&container["ports"])
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("a port named {name}"))["containerPort"]
+            .as_u64()
     };
-    let port = seq(&container["ports"])
-        .iter()
-        .find(|p| p["name"] == "metrics")
-        .expect("a port named metrics");
-    assert_eq!(port["containerPort"].as_u64(), Some(u64::from(addr.port())));
+    assert_eq!(port_named("metrics"), Some(u64::from(metrics_port)));
+    assert_eq!(port_named("health"), Some(u64::from(health_port)));
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
-    assert_eq!(container["livenessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], "health");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "health");
 
     // Mounts: host paths, where they land, read-only where they must be.
     let volumes: BTreeMap<&str, &Value> = seq(&pod["volumes"])
@@ -370,6 +382,40 @@ fn check_node_agent(objects: &BTreeMap<(String, String), Value>, dir: &Path) -> 
     config
 }
 
+/// The NetworkPolicy selects the DaemonSet's pods and admits ingress only from the scraper's
+/// namespace (and pods, when given), only to the metrics port.
+fn check_network_policy(
+    objects: &BTreeMap<(String, String), Value>,
+    namespace: &str,
+    pod_labels: Option<&Value>,
+) {
+    let policy = get(objects, "NetworkPolicy");
+    let daemonset = get(objects, "DaemonSet");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        daemonset["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        seq(&policy["spec"]["policyTypes"]),
+        &vec![Value::from("Ingress")]
+    );
+    let ingress = seq(&policy["spec"]["ingress"]);
+    assert_eq!(ingress.len(), 1, "one rule: the scraper");
+    let from = seq(&ingress[0]["from"]);
+    assert_eq!(from.len(), 1);
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        namespace
+    );
+    match pod_labels {
+        Some(labels) => assert_eq!(&from[0]["podSelector"]["matchLabels"], labels),
+        None => assert!(from[0].get("podSelector").is_none()),
+    }
+    let ports = seq(&ingress[0]["ports"]);
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0]["port"], "metrics", "only the metrics port");
+}
+
 #[test]
 fn kubernetes_manifests_carry_the_mounts_probes_and_settings() {
     let dir = tempfile::tempdir().unwrap();
@@ -386,6 +432,21 @@ fn kubernetes_manifests_carry_the_mounts_probes_and_settings() {
         imagegate::enforce::Mode::Audit,
         "roll out in audit first"
     );
+    check_network_policy(&objects, "monitoring", None);
+}
+
+#[test]
+fn helm_network_policy_follows_its_values() {
+    let objects = render(
+        "networkPolicy:\n  scraperNamespace: prom\n  scraperPodLabels:\n    app: prometheus\nhealthPort: 9777\n",
+    );
+    let labels: Value = serde_yaml::from_str("app: prometheus").unwrap();
+    check_network_policy(&objects, "prom", Some(&labels));
+    let dir = tempfile::tempdir().unwrap();
+    let config = check_node_agent(&objects, dir.path());
+    assert_eq!(config.health_listen, "0.0.0.0:9777");
+    let objects = render("networkPolicy:\n  enabled: false\n");
+    assert!(!objects.keys().any(|(kind, _)| kind == "NetworkPolicy"));
 }
 
 // ---------------------------------------------------------------- Helm

@@ -269,7 +269,7 @@ fn containers_policy_json_refuses_what_it_cannot_honour() {
     );
     json_error(r#"{"default":[]}"#, "empty requirement list");
     json_error(
-        r#"{"default":[{"type":"reject"}],"transports":{"docker":{"x":[{"type":"reject","x":1}]}}}"#,
+        r#"{"default":[{"type":"reject"}],"transports":{"docker":{"x.example":[{"type":"reject","x":1}]}}}"#,
         "takes no other fields",
     );
     json_error(
@@ -280,6 +280,76 @@ fn containers_policy_json_refuses_what_it_cannot_honour() {
         "{\n  \"default\": [\n    {\"type\": \"reject\",}\n  ]\n}",
         "line 3",
     );
+}
+
+/// containers/image ignores a scope that does not start with a registry host (it matches fully
+/// qualified names only): importing one would show a rule that is not in force. Refused, with
+/// the fully qualified name to write instead; hosts (with a dot, a port, or `localhost`) pass.
+#[test]
+fn containers_policy_json_refuses_short_name_scopes() {
+    for (short, qualified) in [
+        ("busybox", "docker.io/library/busybox"),
+        ("library/busybox", "docker.io/library/busybox"),
+        ("team/app", "docker.io/team/app"),
+    ] {
+        let body = format!(
+            r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{short}":[{{"type":"insecureAcceptAnything"}}]}}}}}}"#
+        );
+        json_error(&body, "is a short name");
+        json_error(&body, &format!("{qualified:?}"));
+    }
+    for host in [
+        "localhost",
+        "localhost/app",
+        "registry:5000",
+        "r.example/app",
+        "*.example.com",
+    ] {
+        let body = format!(
+            r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{host}":[{{"type":"insecureAcceptAnything"}}]}}}}}}"#
+        );
+        load_text("policy.json", &body).unwrap_or_else(|e| panic!("{host}: {e}"));
+    }
+}
+
+/// `pki` `subjectEmail`/`subjectHostname` and `fulcio` `subjectEmail` become matchers of that
+/// SAN type only (as containers/image checks them), not "any SAN".
+#[test]
+fn containers_policy_json_subjects_keep_their_san_type() {
+    for (pki, kind) in [
+        (
+            r#""subjectEmail":"dev@example.com""#,
+            imagegate::verify::SanKind::Email,
+        ),
+        (
+            r#""subjectHostname":"signer.example.com""#,
+            imagegate::verify::SanKind::Dns,
+        ),
+    ] {
+        let body = format!(
+            r#"{{"default":[{{"type":"sigstoreSigned","pki":{{"caRootsPath":"TRUST/containers-image/pki_root_crts.pem",{pki}}}}}]}}"#
+        );
+        let policy = load_text("policy.json", &body).unwrap();
+        let Requirement::Signatures { authorities, .. } = &policy.default.requirement else {
+            panic!()
+        };
+        let Signer::Certificate { identities, .. } = &authorities[0].signer else {
+            panic!()
+        };
+        assert_eq!(identities[0].san, Some(kind), "{pki}");
+    }
+    let policy = load_text(
+        "policy.json",
+        r#"{"default":[{"type":"sigstoreSigned","fulcio":{"caPath":"TRUST/containers-image/fulcio_v1.crt.pem","oidcIssuer":"i","subjectEmail":"e@x"},"rekorPublicKeyPath":"TRUST/containers-image/rekor.pub"}]}"#,
+    )
+    .unwrap();
+    let Requirement::Signatures { authorities, .. } = &policy.default.requirement else {
+        panic!()
+    };
+    let Signer::Certificate { identities, .. } = &authorities[0].signer else {
+        panic!()
+    };
+    assert_eq!(identities[0].san, Some(imagegate::verify::SanKind::Email));
 }
 
 #[test]

@@ -298,6 +298,49 @@ async fn registry_discovery_end_to_end() {
     let v = verify_image(&c, &p, None, &r("multi"), &riscv).await;
     assert_eq!(v.outcome, Outcome::Error, "{}", show(&v));
 
+    // Per scope, whose signatures count for an image reached through an index (issue 12):
+    // `platform` refuses the index-only signature, `index` takes it; a single-arch image is not
+    // reached through an index and keeps its own manifest's signatures under `index`.
+    let with = |setting: &str| {
+        let text = format!(
+            "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"{addr}/app/**\"\nrequire = \"signatures\"\nsigned_manifest = \"{setting}\"\n[[scope.keys]]\npath = \"{}\"\n",
+            gen_dir().join("registry/key.pub").display()
+        );
+        file::parse(Path::new("/registry-test/multi.toml"), &text).unwrap()
+    };
+    let v = verify_image(&c, &with("platform"), None, &r("multi"), &amd64()).await;
+    assert_eq!(v.outcome, Outcome::Untrusted, "{}", show(&v));
+    let v = verify_image(&c, &with("index"), None, &r("multi"), &amd64()).await;
+    assert_eq!(v.outcome, Outcome::Trusted, "{}", show(&v));
+    let v = verify_image(&c, &with("either"), None, &r("multi"), &amd64()).await;
+    assert_eq!(v.outcome, Outcome::Trusted, "{}", show(&v));
+    let v = verify_image(&c, &with("index"), None, &r("legacy"), &amd64()).await;
+    assert_eq!(v.outcome, Outcome::Trusted, "{}", show(&v));
+    // The daemon path: with `index`, a platform manifest's own signatures do not count when it
+    // came through an index (here one of another repository: nothing vouches).
+    let multi_ref = ImageRef::parse(&r("legacy")).unwrap();
+    let index_digest = im["multi"]["index_digest"].as_str().unwrap();
+    let v = verify_digest(
+        &c,
+        &with("index"),
+        None,
+        &multi_ref,
+        &digest("legacy"),
+        Some(index_digest),
+    )
+    .await;
+    assert_ne!(v.outcome, Outcome::Trusted, "{}", show(&v));
+    let v = verify_digest(
+        &c,
+        &with("either"),
+        None,
+        &multi_ref,
+        &digest("legacy"),
+        Some(index_digest),
+    )
+    .await;
+    assert_eq!(v.outcome, Outcome::Trusted, "{}", show(&v));
+
     // The daemon path: containerd names the platform manifest and its index. A wrong pairing
     // (an index that does not list the manifest) does not lend its signature.
     let multi = ImageRef::parse(&r("multi")).unwrap();

@@ -293,3 +293,58 @@ async fn a_policy_change_forgets_the_verdicts_of_other_policies() {
     assert!(store.get(&key("old"), later).unwrap().is_none());
     assert!(store.get(&key("new"), later).unwrap().is_some());
 }
+
+/// A corrupt or truncated `verdicts.redb` at start: `open` fails with a clear error (before,
+/// the daemon could not start at all); `open_or_set_aside` moves it aside and starts empty, so
+/// no verdict (trusted or not) comes from the unreadable file. A database another process holds
+/// is not corruption and is not set aside.
+#[test]
+fn a_corrupt_or_truncated_store_is_set_aside_and_never_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = trusted_verdict();
+    // A real store with a trusted verdict, then truncated to half; and one of garbage.
+    let real = dir.path().join("truncated.redb");
+    {
+        let store = VerdictStore::open(&real).unwrap();
+        store.put(&key("p1"), &v).unwrap();
+    }
+    let len = std::fs::metadata(&real).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&real)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let garbage = dir.path().join("garbage.redb");
+    std::fs::write(&garbage, vec![0x5a_u8; 64 * 1024]).unwrap();
+    for path in [&real, &garbage] {
+        let error = VerdictStore::open(path)
+            .err()
+            .expect("a corrupt file does not open");
+        assert!(
+            error.to_string().contains(&path.display().to_string()),
+            "the error names the file: {error}"
+        );
+        let (store, aside) = VerdictStore::open_or_set_aside(path).unwrap();
+        let aside = aside.expect("set aside");
+        assert!(aside.exists(), "{}", aside.display());
+        assert!(aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .contains(".corrupt-"));
+        assert_eq!(
+            store.get(&key("p1"), v.decided_at).unwrap(),
+            None,
+            "nothing comes from the unreadable file"
+        );
+    }
+    // Held open by another handle: refused as in use, not set aside.
+    let held = dir.path().join("held.redb");
+    let _holder = VerdictStore::open(&held).unwrap();
+    let error = VerdictStore::open_or_set_aside(&held)
+        .err()
+        .expect("in use");
+    assert!(error.to_string().contains("in use"), "{error}");
+    assert!(held.exists());
+}

@@ -194,35 +194,69 @@ fn named_by<'a>(
 
 /// Paths of judged files inside their layer directories, found by a bounded walk and
 /// remembered (image layers do not change; a writable layer's file keeps its inode).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PathFinder {
-    known: HashMap<(LayerId, LayerId), PathBuf>,
+    /// Found paths, and files a complete walk did not find (`None`): neither is walked again.
+    known: HashMap<(LayerId, LayerId), Option<PathBuf>>,
+    /// Entries the walks may still read before [`Self::refill`]: a flood of decisions on
+    /// distinct files costs the event loop at most this much per drain.
+    budget: usize,
 }
+
+impl Default for PathFinder {
+    fn default() -> Self {
+        Self {
+            known: HashMap::new(),
+            budget: WALK_BUDGET,
+        }
+    }
+}
+
+/// Entries all walks together read between two drains of the decision queue.
+const WALK_BUDGET: usize = WALK_LIMIT;
 
 impl PathFinder {
     /// The path of `file` as a process whose root is the layer at `layer_dir` sees it, e.g.
-    /// `/usr/local/bin/busybox`; `None` when it is not found within the walk limit.
+    /// `/usr/local/bin/busybox`; `None` when it is not found within the walk limit, or when
+    /// this drain's walk budget is spent (then it is looked for again at a later decision).
     pub fn path_in(&mut self, layer: LayerId, layer_dir: &Path, file: LayerId) -> Option<PathBuf> {
         if let Some(path) = self.known.get(&(layer, file)) {
-            return Some(path.clone());
+            return path.clone();
         }
-        let found = find_inode(layer_dir, file)?;
+        if self.budget == 0 {
+            return None;
+        }
+        let limit = self.budget.min(WALK_LIMIT);
+        let (found, read) = find_inode(layer_dir, file, limit);
+        self.budget = self.budget.saturating_sub(read);
+        // A walk cut short by the budget (not by the limit) may find the file next time.
+        if found.is_none() && read >= limit && limit < WALK_LIMIT {
+            return None;
+        }
         if self.known.len() >= PATH_CACHE {
             let drop: Vec<_> = self.known.keys().take(PATH_CACHE / 2).copied().collect();
             for key in drop {
                 self.known.remove(&key);
             }
         }
-        let path = Path::new("/").join(found);
+        let path = found.map(|found| Path::new("/").join(found));
         self.known.insert((layer, file), path.clone());
-        Some(path)
+        path
+    }
+
+    /// A new drain: the walk budget is full again.
+    pub fn refill(&mut self) {
+        self.budget = WALK_BUDGET;
     }
 }
 
 /// The path of `file` relative to `root`, by a breadth-first walk that does not follow symlinks
-/// or leave `root`'s file system, reading at most [`WALK_LIMIT`] entries.
-fn find_inode(root: &Path, file: LayerId) -> Option<PathBuf> {
-    let root_dev = std::fs::symlink_metadata(root).ok()?.dev();
+/// or leave `root`'s file system, reading at most `limit` entries; and the entries read.
+fn find_inode(root: &Path, file: LayerId, limit: usize) -> (Option<PathBuf>, usize) {
+    let Ok(root_meta) = std::fs::symlink_metadata(root) else {
+        return (None, 0);
+    };
+    let root_dev = root_meta.dev();
     let mut queue = std::collections::VecDeque::from([PathBuf::new()]);
     let mut read = 0usize;
     while let Some(relative) = queue.pop_front() {
@@ -231,8 +265,8 @@ fn find_inode(root: &Path, file: LayerId) -> Option<PathBuf> {
         };
         for entry in entries.flatten() {
             read += 1;
-            if read > WALK_LIMIT {
-                return None;
+            if read > limit {
+                return (None, limit);
             }
             let Ok(kind) = entry.file_type() else {
                 continue;
@@ -241,7 +275,7 @@ fn find_inode(root: &Path, file: LayerId) -> Option<PathBuf> {
             if entry.ino() == file.ino {
                 if let Ok(meta) = std::fs::symlink_metadata(entry.path()) {
                     if kernel_dev(meta.dev()) == file.dev && meta.ino() == file.ino {
-                        return Some(path);
+                        return (Some(path), read);
                     }
                 }
             }
@@ -254,7 +288,7 @@ fn find_inode(root: &Path, file: LayerId) -> Option<PathBuf> {
             }
         }
     }
-    None
+    (None, read)
 }
 
 #[cfg(test)]
@@ -296,6 +330,44 @@ mod tests {
             ino: file.ino + 1_000_000,
         };
         assert_eq!(finder.path_in(layer, &dir.join("fs"), missing), None);
+    }
+
+    /// A file not found is remembered (it is not walked for again at every decision), and the
+    /// walks of one drain read at most the budget.
+    #[test]
+    fn misses_are_remembered_and_walks_are_budgeted() {
+        let dir = std::env::temp_dir().join(format!("imagegate-walk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("fs/d")).unwrap();
+        std::fs::write(dir.join("fs/d/f"), b"x").unwrap();
+        let layer = LayerId::of(&dir.join("fs")).unwrap();
+        let real = LayerId::of(&dir.join("fs/d/f")).unwrap();
+        let missing = LayerId {
+            dev: real.dev,
+            ino: real.ino + 1_000_000,
+        };
+        let mut finder = PathFinder::default();
+        assert_eq!(finder.path_in(layer, &dir.join("fs"), missing), None);
+        let spent = WALK_BUDGET - finder.budget;
+        assert!(spent > 0);
+        assert_eq!(finder.path_in(layer, &dir.join("fs"), missing), None);
+        assert_eq!(
+            WALK_BUDGET - finder.budget,
+            spent,
+            "a known miss is not walked again"
+        );
+        finder.budget = 0;
+        assert_eq!(
+            finder.path_in(layer, &dir.join("fs"), real),
+            None,
+            "budget spent: not walked"
+        );
+        finder.refill();
+        assert_eq!(
+            finder.path_in(layer, &dir.join("fs"), real),
+            Some(PathBuf::from("/d/f"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

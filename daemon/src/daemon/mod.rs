@@ -9,9 +9,10 @@ pub mod describe;
 pub mod prefetch;
 pub mod serve;
 pub mod table;
+pub mod verifying;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -40,6 +41,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the policy changed while the table was rebuilt; rebuilt again under the new one")]
+    Stale,
     #[error("enforcement backend {backend}")]
     Backend {
         backend: &'static str,
@@ -50,9 +53,6 @@ pub enum DaemonError {
 
 /// Errors kept for `status`.
 const LAST_ERRORS: usize = 10;
-
-/// Verifications running at once during a reconciliation.
-const VERIFY_CONCURRENCY: usize = 16;
 
 /// The first retry of a record that could not be catalogued comes after this; each failed
 /// attempt doubles the wait, up to [`RETRY_MAX`].
@@ -172,6 +172,47 @@ pub struct Daemon<B: Backend> {
     blob_dir: Option<PathBuf>,
     verifier: Verifier,
     containerd: Containerd,
+    /// Verifications running in their own tasks, and their results.
+    verifications: verifying::Verifications,
+    /// While a reconciliation's table is computed aside: the images events touched meanwhile,
+    /// judged again once the new table is swapped in.
+    rebuild_dirty: Option<HashSet<ImageKey>>,
+    /// A table was swapped in at least once (before that, containers keep the trust the
+    /// backend holds: pinned BPF maps outlive the daemon).
+    built: bool,
+    /// Layers the backend had no room for (its table is full), with the state they should
+    /// have: unverified (denied) until a deletion makes room.
+    refused: HashMap<LayerId, LayerState>,
+}
+
+/// A reconciliation's catalogue: every record containerd has, catalogued (or not), waiting for
+/// its verdicts ([`Daemon::verify_rebuild`]).
+pub struct Rebuild {
+    namespaces: Vec<String>,
+    total: usize,
+    images: Vec<CatalogImage>,
+    failed: Vec<(ImageKey, catalog::CatalogError)>,
+    started: std::time::Instant,
+    catalogued: std::time::Duration,
+}
+
+/// A reconciliation's catalogue with its verdicts, computed off the event loop; swapped in by
+/// [`Daemon::finish_rebuild`].
+pub struct Rebuilt {
+    rebuild: Rebuild,
+    /// (image, verdict, ran out of time) in listing order.
+    judged: Vec<(CatalogImage, Verdict, bool)>,
+    /// The policy the verdicts are under.
+    policy_hash: String,
+}
+
+impl Rebuilt {
+    /// The policy its verdicts were reached under (a rebuild under a policy replaced since is
+    /// stale: it must not be swapped in).
+    #[must_use]
+    pub fn policy_hash(&self) -> &str {
+        &self.policy_hash
+    }
 }
 
 fn backend_error<E: std::error::Error + Send + Sync + 'static>(
@@ -205,18 +246,81 @@ impl<B: Backend> Daemon<B> {
             blob_dir: None,
             verifier,
             containerd,
+            verifications: verifying::Verifications::new(verifying::VerifyLimits::default()),
+            rebuild_dirty: None,
+            built: false,
+            refused: HashMap::new(),
         }
     }
 
-    /// Replaces the policy (SIGHUP) and re-judges every image.
+    /// Sets the verification bounds (deadline, concurrency, queue). Before any verification.
+    pub fn set_verify_limits(&mut self, limits: verifying::VerifyLimits) {
+        self.verifications = verifying::Verifications::new(limits);
+    }
+
+    /// The policy in force.
+    #[must_use]
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.verifier.policy
+    }
+
+    /// Replaces the policy (SIGHUP) and re-judges every image: the new table is computed aside
+    /// and swapped in at once ([`Self::reconcile`]); if that fails the old table stays.
     pub async fn set_policy(&mut self, policy: Arc<Policy>) -> Result<(), DaemonError> {
+        self.replace_policy(policy).await;
+        self.reconcile().await
+    }
+
+    /// Replaces the policy for everything judged from now on; the table is the old policy's
+    /// until a reconciliation under the new one is swapped in.
+    pub async fn replace_policy(&mut self, policy: Arc<Policy>) {
         if let Some(prefetch) = &self.prefetch {
             prefetch.set_policy(Arc::clone(&policy));
         }
         let removed = self.verifier.cache.keep_only_policy(&policy.hash).await;
         tracing::info!(removed, "verdicts of the previous policy forgotten");
         self.verifier.policy = policy;
-        self.reconcile().await
+        if let Err(error) = self.revoke_rejected() {
+            self.note_error("revoking what the new policy rejects", &error);
+            tracing::warn!(error = %crate::doctor::error_chain(&error), "revoking what the new policy rejects failed; the rebuild's swap will");
+        }
+    }
+
+    /// Revokes first: an image the new policy rejects outright (its scope says `reject`) needs
+    /// no registry to be judged, so it stops vouching at once, before the new table is computed
+    /// (which takes registry round trips). Everything else waits for the swap.
+    fn revoke_rejected(&mut self) -> Result<(), DaemonError> {
+        let policy = Arc::clone(&self.verifier.policy);
+        let rejected: Vec<(ImageKey, Verdict)> = self
+            .table
+            .images()
+            .filter(|(_, entry)| entry.trusted || entry.audit)
+            .filter_map(|(key, entry)| {
+                let reference = ImageRef::parse(&key.name).ok()?;
+                let rule = policy.rule_for(&reference);
+                matches!(rule.requirement, crate::policy::Requirement::Reject).then(|| {
+                    let verdict =
+                        crate::verdict::evaluate(&policy, &reference, &entry.manifest_digest, &[]);
+                    (key.clone(), verdict)
+                })
+            })
+            .collect();
+        for (key, verdict) in rejected {
+            let Some(entry) = self.table.get(&key) else {
+                continue;
+            };
+            let entry = ImageEntry {
+                manifest_digest: entry.manifest_digest.clone(),
+                trusted: false,
+                audit: verdict.mode == crate::policy::Mode::Audit,
+                layers: entry.layers.clone(),
+            };
+            tracing::info!(image = %key.name, namespace = %key.namespace, "revoked at once: the new policy rejects it");
+            let changes = self.table.upsert(key.clone(), entry);
+            self.verdicts.insert(key, verdict);
+            self.apply(&changes)?;
+        }
+        Ok(())
     }
 
     /// Verifies manifests early, as they land in containerd's content store under `blob_dir`
@@ -286,7 +390,6 @@ impl<B: Backend> Daemon<B> {
     }
 
     fn apply_layers(&mut self, changes: &Changes) -> Result<(), DaemonError> {
-        let name = self.backend.name();
         let batch: Vec<(LayerId, Option<LayerState>)> = changes
             .verified
             .iter()
@@ -299,34 +402,229 @@ impl<B: Backend> Daemon<B> {
             )
             .chain(changes.unverified.iter().map(|layer| (*layer, None)))
             .collect();
+        self.apply_batch(&batch)
+    }
+
+    /// Applies a batch of layer changes to the backend, removals first. A full backend table
+    /// is a capacity, not a failure: a layer that does not fit stays unverified (denied),
+    /// is remembered, counted and reported (the daemon stays up and ready, degraded), and is
+    /// added once a removal makes room.
+    fn apply_batch(&mut self, batch: &[(LayerId, Option<LayerState>)]) -> Result<(), DaemonError> {
         if batch.is_empty() {
             return Ok(());
         }
-        self.backend
-            .apply_layers(&batch)
-            .map_err(backend_error(name))
+        let name = self.backend.name();
+        let (removals, additions): (Vec<_>, Vec<_>) = batch
+            .iter()
+            .copied()
+            .partition(|(_, state)| state.is_none());
+        // A refused layer never reached the backend: nothing to remove there.
+        let removals: Vec<_> = removals
+            .into_iter()
+            .filter(|(layer, _)| self.refused.remove(layer).is_none())
+            .collect();
+        if !removals.is_empty() {
+            self.backend
+                .apply_layers(&removals)
+                .map_err(backend_error(name))?;
+        }
+        let mut additions: Vec<(LayerId, LayerState)> = additions
+            .into_iter()
+            .filter_map(|(layer, state)| Some((layer, state?)))
+            .collect();
+        // Room may have been made: the refused layers are tried again.
+        if !removals.is_empty() && !self.refused.is_empty() {
+            additions.extend(self.refused.iter().map(|(layer, state)| (*layer, *state)));
+        }
+        if additions.is_empty() {
+            return Ok(());
+        }
+        let as_batch: Vec<(LayerId, Option<LayerState>)> = additions
+            .iter()
+            .map(|(layer, state)| (*layer, Some(*state)))
+            .collect();
+        let was_full = !self.refused.is_empty();
+        match self.backend.apply_layers(&as_batch) {
+            Ok(()) => {
+                for (layer, _) in &additions {
+                    self.refused.remove(layer);
+                }
+            }
+            Err(error) if B::is_full(&error) => {
+                // One by one: updates of layers already held, and additions while room lasts,
+                // still go in.
+                for (layer, state) in &additions {
+                    match self.backend.set_layer(*layer, *state) {
+                        Ok(()) => {
+                            self.refused.remove(layer);
+                        }
+                        Err(error) if B::is_full(&error) => {
+                            self.refused.insert(*layer, *state);
+                        }
+                        Err(error) => return Err(backend_error(name)(error)),
+                    }
+                }
+            }
+            Err(error) => return Err(backend_error(name)(error)),
+        }
+        let full = !self.refused.is_empty();
+        crate::metrics::global().table_full(full, if full { self.refused.len() } else { 0 });
+        if full && !was_full {
+            tracing::error!(
+                backend = name,
+                refused = self.refused.len(),
+                "the backend's layer table is full: new layers stay unverified (denied) until deletions make room"
+            );
+            self.note_error(
+                "layer table full",
+                &std::io::Error::other(format!(
+                    "{} layers do not fit in the {name} layer table; they stay unverified (denied)",
+                    self.refused.len()
+                )),
+            );
+        } else if !full && was_full {
+            tracing::info!(backend = name, "the backend's layer table has room again");
+        }
+        Ok(())
     }
 
-    /// Verifies a catalogued image and records it.
-    async fn admit(&mut self, image: CatalogImage) -> Result<(), DaemonError> {
-        let verdict = self.verifier.verdict(&image).await;
-        self.record(image, verdict)
+    /// Layers the backend's full table had no room for (unverified, denied meanwhile).
+    #[must_use]
+    pub fn refused_layers(&self) -> usize {
+        self.refused.len()
+    }
+
+    /// Starts verifying a catalogued image in its own task ([`verifying`]); its result is
+    /// recorded by [`Self::complete`]. Until then the image vouches for nothing new: a manifest
+    /// other than the one judged leaves the table at once (fail closed), while the same manifest
+    /// under the same policy keeps its verdict (its layers were just located again).
+    fn admit(&mut self, image: CatalogImage) -> Result<(), DaemonError> {
+        let key = ImageKey {
+            namespace: image.resolved.record.namespace.clone(),
+            name: image.resolved.record.name.clone(),
+        };
+        if let Some(dirty) = self.rebuild_dirty.as_mut() {
+            dirty.insert(key.clone());
+        }
+        if let Some(verdict) = self.verdicts.get(&key) {
+            if verdict.digest == image.resolved.manifest_digest
+                && verdict.policy_hash == self.verifier.policy.hash
+                && verdict.outcome != crate::verdict::Outcome::Error
+                && !self.verifications.in_flight.contains_key(&key)
+            {
+                let verdict = verdict.clone();
+                return self.record(image, verdict);
+            }
+        }
+        // Already being verified: the result will be recorded with this catalogue.
+        if self.verifications.update(&key, &image) {
+            return Ok(());
+        }
+        if self
+            .table
+            .get(&key)
+            .is_some_and(|entry| entry.manifest_digest != image.resolved.manifest_digest)
+        {
+            self.verdicts.remove(&key);
+            let changes = self.table.remove(&key);
+            self.apply(&changes)?;
+        }
+        if !self.verifications.has_room(&key) {
+            let verdict = verifying::unverified(
+                &self.verifier,
+                &image,
+                "too many verifications waiting; retried later",
+            );
+            let retry = self.verifications.schedule_retry(key.clone());
+            tracing::warn!(image = %key.name, namespace = %key.namespace, attempts = retry.attempts, "verification queue full: error verdict (denied in enforce), retried later");
+            return self.record(image, verdict);
+        }
+        self.verifications.start(self.verifier.clone(), key, image);
+        crate::metrics::global().observe_pending(self.verifications.in_flight.len());
+        Ok(())
+    }
+
+    /// Records a verification's result if it is still the one that counts (an image judged
+    /// again meanwhile, or deleted, drops it; one reached under a replaced policy is worked
+    /// out again). A verification that ran out of time is retried with back-off.
+    pub fn complete(&mut self, mut done: verifying::Completed) -> Result<(), DaemonError> {
+        if !self.verifications.take(&mut done) {
+            return Ok(());
+        }
+        crate::metrics::global().observe_pending(self.verifications.in_flight.len());
+        let key = done.key.clone();
+        if done.verdict.policy_hash != self.verifier.policy.hash {
+            self.verifications
+                .start(self.verifier.clone(), key, done.image);
+            return Ok(());
+        }
+        if done.retry {
+            let retry = self.verifications.schedule_retry(key.clone());
+            tracing::info!(image = %key.name, namespace = %key.namespace, attempts = retry.attempts, retry_in_ms = u64::try_from(retry.next.saturating_duration_since(tokio::time::Instant::now()).as_millis()).unwrap_or(u64::MAX), "verification retried later");
+        } else {
+            self.verifications.retries.remove(&key);
+        }
+        if let Some(dirty) = self.rebuild_dirty.as_mut() {
+            dirty.insert(key);
+        }
+        self.record(done.image, done.verdict)
+    }
+
+    /// The next verification that finished (pending forever while none runs).
+    pub async fn next_verified(&mut self) -> verifying::Completed {
+        match self.verifications.next().await {
+            Some(done) => done,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits for every verification in flight and records each (library callers and tests;
+    /// the event loop records them as they come).
+    pub async fn settle(&mut self) -> Result<(), DaemonError> {
+        while !self.verifications.in_flight.is_empty() {
+            let done = self.next_verified().await;
+            self.complete(done)?;
+        }
+        Ok(())
+    }
+
+    /// Images whose verification is running (or queued), with the manifest digest.
+    #[must_use]
+    pub fn pending(&self) -> Vec<(ImageKey, String)> {
+        let mut pending: Vec<(ImageKey, String)> = self
+            .verifications
+            .in_flight
+            .iter()
+            .map(|(key, running)| (key.clone(), running.digest.clone()))
+            .collect();
+        pending.sort();
+        pending
     }
 
     /// Records a judged image in the table and mirrors the change to the backend.
     fn record(&mut self, image: CatalogImage, verdict: Verdict) -> Result<(), DaemonError> {
+        let key = ImageKey {
+            namespace: image.resolved.record.namespace.clone(),
+            name: image.resolved.record.name.clone(),
+        };
+        self.note_judged(&key, &image, &verdict);
+        let entry = entry_of(&image, &verdict);
+        for layer in &image.layers {
+            self.layer_dirs.insert(layer.id, layer.dir.clone());
+        }
+        let changes = self.table.upsert(key.clone(), entry);
+        self.verdicts.insert(key, verdict);
+        self.apply(&changes)
+    }
+
+    /// Logs a judged image and notes its registry.
+    fn note_judged(&self, key: &ImageKey, image: &CatalogImage, verdict: &Verdict) {
         // Registries of judged images, for the early verification's port-less source labels.
         if let (Some(prefetch), Ok(reference)) =
             (&self.prefetch, ImageRef::parse(&image.resolved.record.name))
         {
             prefetch.saw_registry(&reference.registry);
         }
-        let key = ImageKey {
-            namespace: image.resolved.record.namespace.clone(),
-            name: image.resolved.record.name.clone(),
-        };
-        let trusted = verdict.outcome == crate::verdict::Outcome::Trusted;
-        let audit = verdict.mode == crate::policy::Mode::Audit;
         tracing::info!(
             image = %key.name,
             namespace = %key.namespace,
@@ -336,22 +634,6 @@ impl<B: Backend> Daemon<B> {
             layers = image.layers.len(),
             "image judged"
         );
-        let entry = ImageEntry {
-            manifest_digest: image.resolved.manifest_digest.clone(),
-            trusted,
-            audit,
-            layers: image
-                .layers
-                .iter()
-                .map(|layer| (layer.chain_id.clone(), layer.id))
-                .collect(),
-        };
-        for layer in &image.layers {
-            self.layer_dirs.insert(layer.id, layer.dir.clone());
-        }
-        let changes = self.table.upsert(key.clone(), entry);
-        self.verdicts.insert(key, verdict);
-        self.apply(&changes)
     }
 
     /// The trust every known container should have: its image's verdict (a container whose
@@ -432,6 +714,10 @@ impl<B: Backend> Daemon<B> {
             Ok(Some(record)) => record,
             Ok(None) => {
                 self.uncatalogued.remove(&key);
+                self.verifications.forget(&key);
+                if let Some(dirty) = self.rebuild_dirty.as_mut() {
+                    dirty.insert(key.clone());
+                }
                 self.verdicts.remove(&key);
                 let changes = self.table.remove(&key);
                 return self.apply(&changes);
@@ -441,7 +727,7 @@ impl<B: Backend> Daemon<B> {
         match catalog::catalogue(&self.containerd, &record).await {
             Ok(image) => {
                 self.catalogued(&key);
-                self.admit(image).await
+                self.admit(image)
             }
             Err(error) => self.not_catalogued(key, &error),
         }
@@ -455,6 +741,15 @@ impl<B: Backend> Daemon<B> {
         key: ImageKey,
         error: &catalog::CatalogError,
     ) -> Result<(), DaemonError> {
+        self.verdicts.remove(&key);
+        self.verifications.forget(&key);
+        let changes = self.table.remove(&key);
+        self.note_uncatalogued(key, error);
+        self.apply(&changes)
+    }
+
+    /// Counts, logs and schedules the retry of a record that could not be catalogued.
+    fn note_uncatalogued(&mut self, key: ImageKey, error: &catalog::CatalogError) {
         let message = crate::doctor::error_chain(error);
         let attempts = self.uncatalogued.get(&key).map_or(0, |u| u.attempts) + 1;
         let delay = retry_delay(attempts);
@@ -471,8 +766,6 @@ impl<B: Backend> Daemon<B> {
             &format!("image {} ({}) not catalogued", key.name, key.namespace),
             error,
         );
-        self.verdicts.remove(&key);
-        let changes = self.table.remove(&key);
         self.uncatalogued.insert(
             key,
             Uncatalogued {
@@ -481,7 +774,6 @@ impl<B: Backend> Daemon<B> {
                 error: message,
             },
         );
-        self.apply(&changes)
     }
 
     /// A record was catalogued: it no longer waits for a retry.
@@ -494,7 +786,11 @@ impl<B: Backend> Daemon<B> {
     /// When the next record that could not be catalogued is due for a retry.
     #[must_use]
     pub fn next_retry(&self) -> Option<tokio::time::Instant> {
-        self.uncatalogued.values().map(|u| u.next).min()
+        self.uncatalogued
+            .values()
+            .map(|u| u.next)
+            .chain(self.verifications.retries.values().map(|r| r.next))
+            .min()
     }
 
     /// Retries every record whose retry is due.
@@ -505,6 +801,17 @@ impl<B: Backend> Daemon<B> {
             .iter()
             .filter(|(_, u)| u.next <= now)
             .map(|(key, _)| key.clone())
+            .chain(
+                self.verifications
+                    .retries
+                    .iter()
+                    .filter(|(key, r)| {
+                        r.next <= now && !self.verifications.in_flight.contains_key(*key)
+                    })
+                    .map(|(key, _)| key.clone()),
+            )
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
         for key in due {
             self.refresh_image(&key.namespace, &key.name).await?;
@@ -516,7 +823,15 @@ impl<B: Backend> Daemon<B> {
     #[must_use]
     pub fn records(&self) -> (usize, usize) {
         let judged = self.verdicts.len();
-        (judged, judged + self.uncatalogued.len())
+        let pending = self
+            .verifications
+            .in_flight
+            .keys()
+            .filter(|key| {
+                !self.verdicts.contains_key(*key) && !self.uncatalogued.contains_key(*key)
+            })
+            .count();
+        (judged, judged + self.uncatalogued.len() + pending)
     }
 
     /// Records a container's writable layer (drift is judged against it).
@@ -527,10 +842,7 @@ impl<B: Backend> Daemon<B> {
         let Ok(id) = LayerId::of(&upper) else {
             return Ok(());
         };
-        let name = self.backend.name();
-        self.backend
-            .set_layer(id, LayerState::Writable)
-            .map_err(backend_error(name))?;
+        self.apply_batch(&[(id, Some(LayerState::Writable))])?;
         self.layer_dirs.insert(id, upper.clone());
         self.writable
             .insert((namespace.to_owned(), key.to_owned()), (id, upper));
@@ -543,8 +855,7 @@ impl<B: Backend> Daemon<B> {
             .writable
             .remove(&(namespace.to_owned(), key.to_owned()))
         {
-            let name = self.backend.name();
-            self.backend.remove_layer(id).map_err(backend_error(name))?;
+            self.apply_batch(&[(id, None)])?;
             self.sync_containers()?;
         }
         Ok(())
@@ -552,111 +863,269 @@ impl<B: Backend> Daemon<B> {
 
     /// Everything containerd has, judged; the backend's table made the exact mirror of ours:
     /// anything the backend holds that the new table does not (a layer of an image deleted while
-    /// the daemon was down, kept alive by pinned BPF maps) is removed.
+    /// the daemon was down, kept alive by pinned BPF maps) is removed. The new table is computed
+    /// aside and swapped in at once; if any step fails the old table stays.
     pub async fn reconcile(&mut self) -> Result<(), DaemonError> {
-        // While the table is rebuilt image by image, containers keep the trust the backend
-        // holds: a trusted container must not be denied because its image is judged late.
-        self.reconciling = true;
-        let result = self.reconcile_all().await;
-        self.reconciling = false;
-        result
+        let rebuild = self.begin_rebuild().await?;
+        let rebuilt = self.verify_rebuild(rebuild).await;
+        self.finish_rebuild(rebuilt).await
     }
 
-    async fn reconcile_all(&mut self) -> Result<(), DaemonError> {
+    /// A reconciliation's first step, in the event loop (containerd only, no registry): every
+    /// record catalogued. Events handled until [`Self::finish_rebuild`] are applied to the
+    /// current table and their images judged again after the swap.
+    pub async fn begin_rebuild(&mut self) -> Result<Rebuild, DaemonError> {
         self.start_content_watch();
-        self.table = LayerTable::default();
-        self.verdicts.clear();
-        self.layer_dirs.clear();
+        // Until a first table is swapped in, containers keep the trust the backend holds: a
+        // trusted container must not be denied because its image is judged late.
+        self.reconciling = !self.built;
         let started = std::time::Instant::now();
-        let namespaces = self.containerd.namespaces().await?;
-        for namespace in &namespaces {
-            self.remove_leftover_views(namespace).await;
+        let result = async {
+            let namespaces = self.containerd.namespaces().await?;
+            for namespace in &namespaces {
+                self.remove_leftover_views(namespace).await;
+            }
+            let listed = catalog::reconcile(&self.containerd, &namespaces).await?;
+            Ok::<_, DaemonError>((namespaces, listed))
         }
-        let listed = catalog::reconcile(&self.containerd, &namespaces).await?;
-        // Failed attempts of records still failing keep counting (their back-off grows).
-        let mut earlier = std::mem::take(&mut self.uncatalogued);
+        .await;
+        let (namespaces, listed) = match result {
+            Ok(done) => done,
+            Err(error) => {
+                self.reconciling = false;
+                return Err(error);
+            }
+        };
+        self.rebuild_dirty = Some(HashSet::new());
         let total = listed.len();
         let mut images = Vec::new();
+        let mut failed = Vec::new();
         for (record, result) in listed {
             match result {
                 Ok(image) => images.push(image),
-                Err(error) => {
-                    let key = ImageKey {
+                Err(error) => failed.push((
+                    ImageKey {
                         namespace: record.namespace,
                         name: record.name,
-                    };
-                    if let Some(before) = earlier.remove(&key) {
-                        self.uncatalogued.insert(key.clone(), before);
-                    }
-                    self.not_catalogued(key, &error)?;
-                }
+                    },
+                    error,
+                )),
             }
         }
-        let catalogued = started.elapsed();
-        // Verdicts (cached, or from the registry) for all images at once, bounded; recorded in
-        // listing order afterwards.
-        let limit = Arc::new(tokio::sync::Semaphore::new(VERIFY_CONCURRENCY));
-        let mut tasks = tokio::task::JoinSet::new();
-        let keys: Vec<ImageKey> = images
-            .iter()
-            .map(|image| ImageKey {
+        Ok(Rebuild {
+            namespaces,
+            total,
+            images,
+            failed,
+            started,
+            catalogued: started.elapsed(),
+        })
+    }
+
+    /// A reconciliation's second step, off the event loop: the verdicts of every catalogued
+    /// image (cached, or from the registry), each within the verification deadline and the
+    /// concurrency limits.
+    pub fn verify_rebuild(
+        &self,
+        rebuild: Rebuild,
+    ) -> impl std::future::Future<Output = Rebuilt> + Send + 'static {
+        let verifier = self.verifier.clone();
+        let slots = Arc::clone(&self.verifications.slots);
+        async move {
+            let mut rebuild = rebuild;
+            let images = std::mem::take(&mut rebuild.images);
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut slots_of = Vec::with_capacity(images.len());
+            for (index, image) in images.into_iter().enumerate() {
+                let verifier = verifier.clone();
+                let slots = Arc::clone(&slots);
+                slots_of.push(image.clone());
+                tasks.spawn(async move {
+                    let (verdict, retry) = slots.verify(&verifier, &image).await;
+                    (index, verdict, retry)
+                });
+            }
+            let mut verdicts: Vec<Option<(Verdict, bool)>> = vec![None; slots_of.len()];
+            // Every verdict in within one deadline (plus a margin for the last to finish): a
+            // registry's long queue cannot hold the swap. The rest are `error`, retried.
+            let all_in = tokio::time::Instant::now()
+                + slots.limits().deadline
+                + std::time::Duration::from_secs(1);
+            loop {
+                match tokio::time::timeout_at(all_in, tasks.join_next()).await {
+                    Ok(Some(Ok((index, verdict, retry)))) => {
+                        verdicts[index] = Some((verdict, retry));
+                    }
+                    Ok(Some(Err(error))) => {
+                        tracing::error!(%error, "verification task failed; its image vouches for nothing");
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::warn!(
+                            unfinished = tasks.len(),
+                            "verifications still waiting at the reconciliation's deadline: error verdicts, retried"
+                        );
+                        tasks.abort_all();
+                        break;
+                    }
+                }
+            }
+            let judged = slots_of
+                .into_iter()
+                .zip(verdicts)
+                .map(|(image, verdict)| {
+                    let (verdict, retry) = verdict.unwrap_or_else(|| {
+                        (
+                            verifying::unverified(
+                                &verifier,
+                                &image,
+                                "its verification did not finish with the reconciliation",
+                            ),
+                            true,
+                        )
+                    });
+                    (image, verdict, retry)
+                })
+                .collect();
+            Rebuilt {
+                rebuild,
+                judged,
+                policy_hash: verifier.policy.hash.clone(),
+            }
+        }
+    }
+
+    /// A reconciliation's last step, in the event loop: reads containerd's writable layers and
+    /// containers, builds the new table aside, and swaps it in (layers in one batch, then
+    /// containers). A failure before the swap keeps the old table whole; the images events
+    /// touched meanwhile are judged again after it.
+    pub async fn finish_rebuild(&mut self, rebuilt: Rebuilt) -> Result<(), DaemonError> {
+        let result = self.swap_in(rebuilt).await;
+        self.reconciling = false;
+        let dirty = self.rebuild_dirty.take().unwrap_or_default();
+        result?;
+        // The new table is in: a failure from here on is one image's, not the swap's.
+        for key in dirty {
+            if let Err(error) = self.refresh_image(&key.namespace, &key.name).await {
+                self.note_error(
+                    &format!("judging {} again after the swap", key.name),
+                    &error,
+                );
+                tracing::warn!(image = %key.name, namespace = %key.namespace, error = %crate::doctor::error_chain(&error), "judging an image again after the swap failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn swap_in(&mut self, rebuilt: Rebuilt) -> Result<(), DaemonError> {
+        let Rebuilt {
+            rebuild,
+            judged,
+            policy_hash,
+        } = rebuilt;
+        if policy_hash != self.verifier.policy.hash {
+            return Err(DaemonError::Stale);
+        }
+        // containerd first: if it fails, nothing has changed yet.
+        let mut writable = HashMap::new();
+        let mut containers = Vec::new();
+        for namespace in &rebuild.namespaces {
+            for key in self.containerd.active_snapshots(namespace).await? {
+                let Some(upper) = self.containerd.upper_dir(namespace, &key).await? else {
+                    continue;
+                };
+                if let Ok(id) = LayerId::of(&upper) {
+                    writable.insert((namespace.clone(), key), (id, upper));
+                }
+            }
+            containers.extend(self.containerd.containers(namespace).await?);
+        }
+        let name = self.backend.name();
+        let held = self.backend.layers().map_err(backend_error(name))?;
+
+        // The new table, aside.
+        let mut table = LayerTable::default();
+        let mut verdicts = HashMap::new();
+        let mut layer_dirs = HashMap::new();
+        let mut retries = Vec::new();
+        for (image, verdict, retry) in judged {
+            let key = ImageKey {
                 namespace: image.resolved.record.namespace.clone(),
                 name: image.resolved.record.name.clone(),
-            })
-            .collect();
-        for (index, image) in images.into_iter().enumerate() {
-            let verifier = self.verifier.clone();
-            let limit = Arc::clone(&limit);
-            tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let verdict = verifier.verdict(&image).await;
-                (index, image, verdict)
-            });
+            };
+            if retry {
+                retries.push(key.clone());
+            }
+            for layer in &image.layers {
+                layer_dirs.insert(layer.id, layer.dir.clone());
+            }
+            self.note_judged(&key, &image, &verdict);
+            table.upsert(key.clone(), entry_of(&image, &verdict));
+            verdicts.insert(key, verdict);
         }
-        let mut judged = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(done) => judged.push(done),
-                Err(error) => {
-                    tracing::error!(%error, "verification task failed; its image vouches for nothing");
-                }
+        for ((_, _), (id, dir)) in &writable {
+            layer_dirs.insert(*id, dir.clone());
+        }
+
+        // One batch: what the new table wants that the backend does not hold, and what the
+        // backend holds that nothing vouches for now.
+        let desired = table.desired();
+        let writable_ids: HashSet<LayerId> = writable.values().map(|(id, _)| *id).collect();
+        let mut batch: Vec<(LayerId, Option<LayerState>)> = Vec::new();
+        let held_map: HashMap<LayerId, LayerState> = held.iter().copied().collect();
+        for (layer, state) in &held {
+            if !desired.contains_key(layer) && !writable_ids.contains(layer) {
+                tracing::info!(%layer, ?state, "removing a layer the backend held that nothing vouches for now");
+                batch.push((*layer, None));
             }
         }
-        judged.sort_by_key(|(index, _, _)| *index);
-        let mut lost: std::collections::HashSet<usize> = (0..keys.len()).collect();
-        for (index, image, verdict) in judged {
-            lost.remove(&index);
-            self.record(image, verdict)?;
-        }
-        for index in lost {
-            let key = keys[index].clone();
-            let error = catalog::CatalogError::Task {
-                name: key.name.clone(),
-                detail: "its verification task panicked".to_owned(),
+        for (layer, state) in &desired {
+            let state = match state {
+                table::Desired::Verified => LayerState::Verified,
+                table::Desired::Audit => LayerState::Audit,
             };
-            self.not_catalogued(key, &error)?;
+            if held_map.get(layer) != Some(&state) {
+                batch.push((*layer, Some(state)));
+            }
+        }
+        for id in &writable_ids {
+            if !desired.contains_key(id) && held_map.get(id) != Some(&LayerState::Writable) {
+                batch.push((*id, Some(LayerState::Writable)));
+            }
+        }
+        // Revocations first: a layer the new policy rejects is gone before anything is added.
+        batch.sort_by_key(|(_, state)| state.is_some());
+        self.apply_batch(&batch)?;
+
+        // Swapped.
+        self.table = table;
+        self.verdicts = verdicts;
+        self.layer_dirs = layer_dirs;
+        self.writable = writable;
+        self.built = true;
+        let mut earlier = std::mem::take(&mut self.uncatalogued);
+        for (key, error) in rebuild.failed {
+            if let Some(before) = earlier.remove(&key) {
+                self.uncatalogued.insert(key.clone(), before);
+            }
+            self.note_uncatalogued(key, &error);
+        }
+        for key in retries {
+            self.verifications.schedule_retry(key);
         }
         let (judged, _) = self.records();
         tracing::info!(
             judged,
-            records = total,
+            records = rebuild.total,
             uncatalogued = self.uncatalogued.len(),
-            catalog_ms = catalogued.as_millis() as u64,
-            judged_ms = started.elapsed().as_millis() as u64,
+            catalog_ms = rebuild.catalogued.as_millis() as u64,
+            judged_ms = rebuild.started.elapsed().as_millis() as u64,
             "images reconciled"
         );
-        self.writable.clear();
-        let mut containers = Vec::new();
-        for namespace in &namespaces {
-            for key in self.containerd.active_snapshots(namespace).await? {
-                self.track_active(namespace, &key).await?;
-            }
-            containers.extend(self.containerd.containers(namespace).await?);
-        }
         self.containers.replace_live(containers);
         // Tasks already running when the daemon started, or created while the stream was down.
         // Only names containers in events: a failure costs precision, not the reconcile.
-        for namespace in &namespaces {
+        for namespace in &rebuild.namespaces {
             match self.containerd.task_pids(namespace).await {
                 Ok(tasks) => {
                     for (container, pid) in tasks {
@@ -668,7 +1137,6 @@ impl<B: Backend> Daemon<B> {
                 }
             }
         }
-        let name = self.backend.name();
         // Containers: the backend's table (pinned BPF maps outlive the daemon) becomes the
         // exact mirror; anything it held that is not a live container now is removed.
         self.reconciling = false;
@@ -678,24 +1146,7 @@ impl<B: Backend> Daemon<B> {
             .map_err(backend_error(name))?
             .into_iter()
             .collect();
-        self.sync_containers()?;
-        let desired = self.table.desired();
-        let writable: std::collections::HashSet<LayerId> =
-            self.writable.values().map(|(id, _)| *id).collect();
-        for (layer, state) in self.backend.layers().map_err(backend_error(name))? {
-            let keep = match state {
-                LayerState::Verified => desired.get(&layer) == Some(&table::Desired::Verified),
-                LayerState::Audit => desired.get(&layer) == Some(&table::Desired::Audit),
-                LayerState::Writable => writable.contains(&layer),
-            };
-            if !keep {
-                tracing::info!(%layer, ?state, "removing a layer the backend held that nothing vouches for now");
-                self.backend
-                    .remove_layer(layer)
-                    .map_err(backend_error(name))?;
-            }
-        }
-        Ok(())
+        self.sync_containers()
     }
 
     /// Removes view snapshots and expired view leases an earlier process left in `namespace`
@@ -720,11 +1171,22 @@ impl<B: Backend> Daemon<B> {
 
     /// Re-locates images whose layers were not unpacked yet (after a snapshot commit).
     pub async fn refresh_unpacked(&mut self) -> Result<(), DaemonError> {
+        // Judged images without layers, and those still being verified (their verdict is
+        // recorded with the layers located meanwhile).
         let pending: Vec<ImageKey> = self
             .table
             .images()
             .filter(|(_, entry)| entry.layers.is_empty())
             .map(|(key, _)| key.clone())
+            .chain(
+                self.verifications
+                    .in_flight
+                    .iter()
+                    .filter(|(_, running)| !running.unpacked)
+                    .map(|(key, _)| key.clone()),
+            )
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
         for key in pending {
             self.refresh_image(&key.namespace, &key.name).await?;
@@ -926,6 +1388,11 @@ impl<B: Backend> Daemon<B> {
             .map_or((None, None), |(m, d)| (Some(m), Some(d)));
         serde_json::json!({
             "backend": self.backend.name(),
+            // Ready but degraded while the backend's layer table is full.
+            "degraded": (!self.refused.is_empty()).then(|| serde_json::json!({
+                "layer_table_full": true,
+                "refused_layers": self.refused.len(),
+            })),
             "mode": mode,
             "drift": drift,
             "last_errors": self.errors.iter().map(|(at, message)| serde_json::json!({
@@ -955,8 +1422,36 @@ impl<B: Backend> Daemon<B> {
             "verdicts": self.verdicts.iter().map(|(key, verdict)| serde_json::json!({
                 "namespace": key.namespace, "image": key.name, "digest": verdict.digest,
                 "outcome": verdict.outcome, "scope": verdict.scope,
+                // What vouched: the digests whose signatures were accepted (the manifest, or
+                // its index), and each accepted signature with its authority and signer.
+                "signed_digests": verdict.verified_digests,
+                "signatures": verdict.reasons.iter().filter(|r| r.accepted).map(|r| serde_json::json!({
+                    "signature": r.signature, "authority": r.authority, "signer": r.signer,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            // Verifications running (their images are not trusted until they end).
+            "pending": self.pending().iter().map(|(key, digest)| serde_json::json!({
+                "namespace": key.namespace, "image": key.name, "digest": digest,
+            })).collect::<Vec<_>>(),
+            "verification_retries": self.verifications.retries.iter().map(|(key, retry)| serde_json::json!({
+                "namespace": key.namespace, "image": key.name, "attempts": retry.attempts,
+                "retry_in_seconds": retry.next.saturating_duration_since(now).as_secs_f64(),
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// An image's table entry under its verdict.
+fn entry_of(image: &CatalogImage, verdict: &Verdict) -> ImageEntry {
+    ImageEntry {
+        manifest_digest: image.resolved.manifest_digest.clone(),
+        trusted: verdict.outcome == crate::verdict::Outcome::Trusted,
+        audit: verdict.mode == crate::policy::Mode::Audit,
+        layers: image
+            .layers
+            .iter()
+            .map(|layer| (layer.chain_id.clone(), layer.id))
+            .collect(),
     }
 }
 

@@ -26,6 +26,10 @@ pub struct Outputs {
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// How often queued decision events are written out.
 const EVENT_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// The longest a reconciliation's catalogue (containerd only) may take before it is retried.
+const CATALOGUE_LIMIT: Duration = Duration::from_secs(300);
+/// How long a status client may take to read its answer.
+const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs until SIGTERM or SIGINT. The backend keeps enforcing after this returns (BPF pins).
 pub async fn serve<B: Backend>(
@@ -47,27 +51,105 @@ pub async fn serve<B: Backend>(
     let mut drain = tokio::time::interval(EVENT_DRAIN_INTERVAL);
     let mut watchdog = crate::systemd::Watchdog::from_env();
     let metrics = crate::metrics::global();
+    let mut ready = false;
+    // A policy reload whose table could not be built: retried with back-off (attempts, when).
+    let mut reload_retry: Option<(u32, tokio::time::Instant)> = None;
 
     loop {
-        // Subscribe first, then reconcile: nothing that happens in between is missed.
+        // Subscribe first, then reconcile: nothing that happens in between is missed. The
+        // catalogue is read in the loop (containerd only); the verdicts are worked out in a
+        // task of their own while the loop goes on; the new table is swapped in at its end.
         let mut events = daemon.containerd.events();
-        let reconciled = watchdog.during(daemon.reconcile()).await;
-        metrics.reconciled(reconciled.is_ok());
-        observe(&daemon);
-        if let Err(error) = reconciled {
-            daemon.note_error("reconciliation", &error);
-            tracing::warn!(error = %crate::doctor::error_chain(&error), "reconciliation failed; retrying");
-            tokio::time::sleep(RECONNECT_DELAY).await;
-            continue;
-        }
-        tracing::info!(status = %daemon.status(), "reconciled with containerd");
-        notify_ready();
+        // containerd is local and trusted, but a hung one must not feed the watchdog forever.
+        let begun =
+            match tokio::time::timeout(CATALOGUE_LIMIT, watchdog.during(daemon.begin_rebuild()))
+                .await
+            {
+                Ok(begun) => begun,
+                Err(_) => Err(DaemonError::Io {
+                    what: "cataloguing containerd's images",
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {} s", CATALOGUE_LIMIT.as_secs()),
+                    ),
+                }),
+            };
+        let mut rebuilding = match begun {
+            Ok(rebuild) => Some(Rebuilding {
+                task: tokio::spawn(daemon.verify_rebuild(rebuild)),
+                reload: false,
+            }),
+            Err(error) => {
+                metrics.reconciled(false);
+                observe(&daemon);
+                daemon.note_error("reconciliation", &error);
+                tracing::warn!(error = %crate::doctor::error_chain(&error), "reconciliation failed; retrying");
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+        };
+        // A reload asked for while a table was being rebuilt: rebuilt again once it is in.
+        let mut reload_pending = false;
         loop {
-            // Records that could not be catalogued are retried when due (never: a far future).
-            let retry_at = daemon
-                .next_retry()
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            // Records that could not be catalogued, and verifications that ran out of time,
+            // are retried when due (never: a far future).
+            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+            let retry_at = daemon.next_retry().unwrap_or(far);
+            let reload_at = reload_retry.map_or(far, |(_, at)| at);
             tokio::select! {
+                joined = async { (&mut rebuilding.as_mut().expect("guarded").task).await }, if rebuilding.is_some() => {
+                    let reload = rebuilding.take().is_some_and(|r| r.reload);
+                    let result = match joined {
+                        Ok(rebuilt) => daemon.finish_rebuild(rebuilt).await,
+                        Err(error) => {
+                            tracing::error!(%error, "the reconciliation's verification task failed");
+                            Err(DaemonError::Io { what: "the reconciliation's verification task", source: std::io::Error::other(error.to_string()) })
+                        }
+                    };
+                    observe(&daemon);
+                    match result {
+                        Ok(()) => {
+                            metrics.reconciled(true);
+                            reload_retry = None;
+                            tracing::info!(status = %daemon.status(), reload, "reconciled with containerd");
+                            if !ready {
+                                notify_ready();
+                                ready = true;
+                            }
+                            if reload_pending {
+                                reload_pending = false;
+                                rebuilding = start_rebuild(&mut daemon, &mut reload_retry).await;
+                            }
+                        }
+                        Err(DaemonError::Stale) => {
+                            tracing::info!("the policy changed during the rebuild; rebuilding under the new one");
+                            reload_pending = false;
+                            rebuilding = start_rebuild(&mut daemon, &mut reload_retry).await;
+                        }
+                        Err(error) if reload || ready => {
+                            // The old table stays whole; the rebuild is retried with back-off.
+                            daemon.note_error("rebuilding the table", &error);
+                            let attempts = reload_retry.map_or(0, |(n, _)| n) + 1;
+                            let delay = super::retry_delay(attempts);
+                            metrics.reload_failure();
+                            tracing::warn!(error = %crate::doctor::error_chain(&error), attempts, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "the new table could not be built; the old one stays");
+                            reload_retry = Some((attempts, tokio::time::Instant::now() + delay));
+                        }
+                        Err(error) => {
+                            metrics.reconciled(false);
+                            daemon.note_error("reconciliation", &error);
+                            tracing::warn!(error = %crate::doctor::error_chain(&error), "reconciliation failed; retrying");
+                            break;
+                        }
+                    }
+                }
+                done = daemon.next_verified() => {
+                    if let Err(error) = daemon.complete(done) {
+                        daemon.note_error("recording a verdict", &error);
+                        tracing::warn!(error = %crate::doctor::error_chain(&error), "recording a verdict failed");
+                    }
+                    observe(&daemon);
+                }
                 message = events.recv() => match message {
                     Some(envelope) => {
                         if let Err(error) = daemon.handle_event(&envelope).await {
@@ -88,25 +170,38 @@ pub async fn serve<B: Backend>(
                     }
                     observe(&daemon);
                 }
+                () = tokio::time::sleep_until(reload_at), if rebuilding.is_none() && reload_retry.is_some() => {
+                    rebuilding = start_rebuild(&mut daemon, &mut reload_retry).await;
+                }
                 _ = drain.tick() => write_events(&mut daemon, &mut outputs),
                 () = watchdog.tick() => watchdog.ping(),
-                accepted = status.accept() => {
+                // Answered once the first table is in (clients wait in the backlog until then):
+                // a status answer means reconciled, as `imagegate status` users rely on.
+                accepted = status.accept(), if ready => {
                     if let Ok((mut stream, _)) = accepted {
                         let body = serde_json::to_vec_pretty(&daemon.status()).unwrap_or_default();
-                        let _ = stream.write_all(&body).await;
+                        // Written by a task of its own: a client that does not read cannot
+                        // hold the loop.
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(STATUS_WRITE_TIMEOUT, stream.write_all(&body)).await;
+                        });
                     }
                 }
                 _ = hangup.recv() => match crate::policy::Policy::load(&outputs.policy_path) {
                     Ok(policy) => {
-                        tracing::info!(policy = %outputs.policy_path.display(), "policy reloaded; re-judging every image");
-                        if let Err(error) = daemon.set_policy(Arc::new(policy)).await {
-                            daemon.note_error("re-judging after a policy reload", &error);
-                            tracing::warn!(error = %crate::doctor::error_chain(&error), "re-judging after reload failed");
+                        tracing::info!(policy = %outputs.policy_path.display(), "policy reloaded; re-judging every image aside, swapped in once done");
+                        daemon.replace_policy(Arc::new(policy)).await;
+                        reload_retry = None;
+                        if rebuilding.is_some() {
+                            reload_pending = true;
+                        } else {
+                            rebuilding = start_rebuild(&mut daemon, &mut reload_retry).await;
                         }
                         observe(&daemon);
                     }
                     Err(error) => {
                         daemon.note_error("policy reload rejected", &error);
+                        metrics.reload_failure();
                         tracing::error!(error = %crate::doctor::error_chain(&error), "new policy rejected; keeping the old one");
                     }
                 },
@@ -114,7 +209,40 @@ pub async fn serve<B: Backend>(
                 _ = interrupt.recv() => return stop(&mut daemon, &mut outputs),
             }
         }
+        if let Some(rebuilding) = rebuilding.take() {
+            rebuilding.task.abort();
+        }
         tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+/// A table being rebuilt aside: its verification task.
+struct Rebuilding {
+    task: tokio::task::JoinHandle<super::Rebuilt>,
+    /// Started by a policy reload (a failure keeps the old table and is retried).
+    reload: bool,
+}
+
+/// Starts rebuilding the table under the policy in force (a reload): the catalogue now, the
+/// verdicts in a task. A failure keeps the old table and schedules a retry with back-off.
+async fn start_rebuild<B: Backend>(
+    daemon: &mut Daemon<B>,
+    retry: &mut Option<(u32, tokio::time::Instant)>,
+) -> Option<Rebuilding> {
+    match daemon.begin_rebuild().await {
+        Ok(rebuild) => Some(Rebuilding {
+            task: tokio::spawn(daemon.verify_rebuild(rebuild)),
+            reload: true,
+        }),
+        Err(error) => {
+            daemon.note_error("rebuilding the table", &error);
+            crate::metrics::global().reload_failure();
+            let attempts = retry.map_or(0, |(n, _)| n) + 1;
+            let delay = super::retry_delay(attempts);
+            tracing::warn!(error = %crate::doctor::error_chain(&error), attempts, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "the new table could not be built; the old one stays");
+            *retry = Some((attempts, tokio::time::Instant::now() + delay));
+            None
+        }
     }
 }
 
@@ -131,10 +259,17 @@ fn stop<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs) -> Result<(),
     crate::systemd::notify("STOPPING=1");
     write_events(daemon, outputs);
     let _ = std::fs::remove_file(&outputs.status_socket);
-    tracing::info!(
-        backend = daemon.backend.name(),
-        "stopping; the kernel keeps enforcing the last table"
-    );
+    if !daemon.backend.enforces_after_exit() {
+        tracing::info!(
+            backend = daemon.backend.name(),
+            "stopping; nothing is enforced until the daemon runs again (fanotify's permission events end with the process)"
+        );
+    } else {
+        tracing::info!(
+            backend = daemon.backend.name(),
+            "stopping; the kernel keeps enforcing the last table (pinned programs and maps)"
+        );
+    }
     Ok(())
 }
 
@@ -143,6 +278,7 @@ fn write_events<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs) {
     if decisions.is_empty() {
         return;
     }
+    daemon.paths.refill();
     let mut stdout = std::io::stdout().lock();
     for decision in &decisions {
         crate::metrics::global().decision(daemon.backend.name(), decision.verdict, decision.hook);

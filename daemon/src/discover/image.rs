@@ -6,7 +6,7 @@ use tracing::warn;
 use super::client::{RegistryClient, Session, MANIFEST_ACCEPT};
 use super::find::{find_signatures, Manifest};
 use super::DiscoverError;
-use crate::policy::{Policy, Requirement};
+use crate::policy::{Policy, Requirement, SignedManifest};
 use crate::verdict::{evaluate, Outcome, Reason, Verdict, VerdictCache, VerdictKey};
 use crate::verify::{FailureKind, ImageRef};
 
@@ -247,8 +247,20 @@ pub async fn verify_digest(
             None => (image.registry.clone(), image.repository.clone()),
         };
         let session = client.session();
-        let mut found = find_signatures(&session, &registry, &repo, digest, cfg).await;
-        if let (true, Some(index)) = (cfg.accept_index_signatures, index_digest) {
+        let signed_manifest = policy.rule_for(image).signed_manifest;
+        let through_index = index_digest.is_some();
+        let mut found = if through_index && signed_manifest == SignedManifest::Index {
+            // Only the index's signatures count for an image reached through an index.
+            super::find::Found::default()
+        } else {
+            find_signatures(&session, &registry, &repo, digest, cfg).await
+        };
+        let index_counts = match signed_manifest {
+            SignedManifest::Index => true,
+            SignedManifest::Platform => false,
+            SignedManifest::Either => cfg.accept_index_signatures,
+        };
+        if let (true, Some(index)) = (index_counts, index_digest) {
             // An index signature vouches for the platform manifest only if the index lists it;
             // check in the registry rather than trusting the caller's pairing.
             match index_lists(&session, image, index, digest, cfg.max_manifest_bytes).await {
@@ -300,12 +312,92 @@ pub async fn verify_digest(
     }
 }
 
-/// The cache key of `image`'s verdict for `digest` under `policy`.
+/// The cache key of `image`'s verdict for `digest` under `policy`. The key names the
+/// repository, and the tag too where the rule's signed identity depends on it (`exact`,
+/// `repo-digest-or-exact` for an image named by tag, `remap`): a signature whose claim names
+/// `app:1` must not vouch for `app:2` through a verdict cached for `app:1`.
 #[must_use]
 pub fn verdict_key(policy: &Policy, image: &ImageRef, digest: &str) -> VerdictKey {
+    let by_tag = match &policy.rule_for(image).requirement {
+        Requirement::Signatures { authorities, .. } => authorities
+            .iter()
+            .any(|a| identity_uses_tag(&a.signed_identity, image)),
+        Requirement::Reject | Requirement::Accept => false,
+    };
+    let repository = match (&image.tag, by_tag) {
+        (Some(tag), true) => format!("{}:{tag}", image.name()),
+        _ => image.name(),
+    };
     VerdictKey {
         policy_hash: policy.hash.clone(),
-        repository: image.name(),
+        repository,
         digest: digest.to_string(),
+    }
+}
+
+/// Whether checking `identity` against `image` depends on the image's tag.
+fn identity_uses_tag(identity: &crate::verify::SignedIdentity, image: &ImageRef) -> bool {
+    use crate::verify::SignedIdentity;
+    match identity {
+        SignedIdentity::MatchExact => true,
+        // The claim is compared with the (remapped) reference's tag unless it has a digest.
+        SignedIdentity::MatchRepoDigestOrExact | SignedIdentity::Remap { .. } => {
+            image.digest.is_none()
+        }
+        SignedIdentity::Any
+        | SignedIdentity::MatchRepository
+        | SignedIdentity::ExactReference(_)
+        | SignedIdentity::ExactRepository(_) => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn policy(dir: &std::path::Path, identity: &str) -> Policy {
+        let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/generated/legacy-keys/p256.pub");
+        let text = format!(
+            "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"r.test/**\"\n\
+             require = \"signatures\"\n{identity}\n[[scope.keys]]\npath = \"{}\"\n",
+            key.display()
+        );
+        crate::policy::file::parse(&dir.join("p.toml"), &text).unwrap()
+    }
+
+    /// A verdict cached for `app:1` must not answer for `app:2` where the signed identity
+    /// compares tags; where it does not, retags share one verdict.
+    #[test]
+    fn the_cache_key_names_the_tag_where_the_signed_identity_uses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = "sha256:".to_owned() + &"a".repeat(64);
+        let one = ImageRef::parse("r.test/app:1").unwrap();
+        let two = ImageRef::parse("r.test/app:2").unwrap();
+        let by_digest = ImageRef::parse(&format!("r.test/app@{digest}")).unwrap();
+        for (identity, tag_matters) in [
+            ("signed_identity = { match = \"exact\" }", true),
+            ("signed_identity = { match = \"repo-digest-or-exact\" }", true),
+            (
+                "signed_identity = { match = \"remap\", prefix = \"r.test\", signed_prefix = \"s.test\" }",
+                true,
+            ),
+            ("signed_identity = { match = \"repository\" }", false),
+            ("", false),
+        ] {
+            let policy = policy(dir.path(), identity);
+            let (k1, k2) = (
+                verdict_key(&policy, &one, &digest),
+                verdict_key(&policy, &two, &digest),
+            );
+            assert_eq!(k1 != k2, tag_matters, "{identity}: {k1:?} {k2:?}");
+            // Named by digest (no tag), every binding compares repositories only.
+            assert_eq!(
+                verdict_key(&policy, &by_digest, &digest).repository,
+                "r.test/app",
+                "{identity}"
+            );
+        }
     }
 }

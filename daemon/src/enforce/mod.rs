@@ -145,6 +145,16 @@ pub trait Backend {
 
     /// Short name for logs and `status` (`bpf-lsm`, `fanotify`).
     fn name(&self) -> &'static str;
+    /// Whether enforcement goes on after the daemon exits (BPF LSM's pinned programs and maps
+    /// do; fanotify's permission events end with the process).
+    fn enforces_after_exit(&self) -> bool {
+        false
+    }
+    /// Whether `error` says the layer table is full (a capacity, not a failure): the daemon
+    /// then leaves the layer unverified (denied) and stays up, degraded.
+    fn is_full(_error: &Self::Error) -> bool {
+        false
+    }
     /// Sets audit or enforce; takes effect for the next decision.
     fn set_mode(&mut self, mode: Mode) -> Result<(), Self::Error>;
     /// Sets the drift policy; takes effect for the next decision.

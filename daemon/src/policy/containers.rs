@@ -14,8 +14,8 @@ use super::error::{line_col, PolicyError};
 use super::scope::ScopePattern;
 use super::{Mode, Policy, PolicyHasher, Requirement, Rule};
 use crate::verify::{
-    Authority, IdentityMatcher, PublicKey, SignedIdentity, Signer, StringMatcher, TrustMaterial,
-    TrustedKey,
+    Authority, IdentityMatcher, PublicKey, SanKind, SignedIdentity, Signer, StringMatcher,
+    TrustMaterial, TrustedKey,
 };
 
 const MAX_POLICY_BYTES: usize = 1 << 20;
@@ -164,6 +164,29 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
                     "scopes with a tag or digest are not supported",
                 ));
             }
+            // containers/image matches scopes against fully qualified names only: a scope whose
+            // first component is no registry host (`busybox`, `library/busybox`) never matches
+            // anything there. Importing it silently would make a rule that looks in force and
+            // is not; it is refused instead.
+            let host = scope.split('/').next().unwrap_or_default();
+            if !(scope.starts_with("*.")
+                || host.contains('.')
+                || host.contains(':')
+                || host == "localhost")
+            {
+                let qualified = if scope.contains('/') {
+                    format!("docker.io/{scope}")
+                } else {
+                    format!("docker.io/library/{scope}")
+                };
+                return Err(ctx.err(
+                    &field,
+                    scope,
+                    format!(
+                        "{scope:?} is a short name: containers/image ignores scopes that do not start with a registry host (it never matches an image); write the fully qualified name, e.g. {qualified:?}"
+                    ),
+                ));
+            }
             let pattern = if scope.starts_with("*.") || !scope.contains('/') {
                 ScopePattern::parse(scope)
             } else {
@@ -232,6 +255,8 @@ fn rule(ctx: &mut Ctx<'_>, scope: &str, field: &str, reqs: &[Value]) -> Result<R
         mode: Mode::Enforce,
         requirement,
         signature_repository: None,
+        // containers-policy.json has no such setting: signatures on either count, as before.
+        signed_manifest: super::SignedManifest::Either,
     })
 }
 
@@ -322,7 +347,9 @@ fn sigstore(ctx: &mut Ctx<'_>, f: &str, s: Sigstore) -> Result<Authority, Policy
         }
         // containers/image does not check SCTs and its policy carries no CT log key.
         Signer::Certificate {
+            // containers/image compares subjectEmail with the e-mail SANs only.
             identities: vec![IdentityMatcher {
+                san: Some(SanKind::Email),
                 subject: StringMatcher::Exact(fulcio.subject_email.clone()),
                 issuer: Some(StringMatcher::Exact(fulcio.oidc_issuer.clone())),
                 extensions: Vec::new(),
@@ -356,13 +383,17 @@ fn sigstore(ctx: &mut Ctx<'_>, f: &str, s: Sigstore) -> Result<Authority, Policy
                 .add_intermediates_pem(&i)
                 .map_err(|e| ctx.err(&fp, "pki", e))?;
         }
-        let subject = match (&pki.subject_email, &pki.subject_hostname) {
-            (Some(e), None) => e.clone(),
-            (None, Some(h)) => h.clone(),
+        // containers/image matches subjectEmail against the e-mail SANs and subjectHostname
+        // against the DNS SANs only: a certificate for the host `a@b.example`'s look-alike, or
+        // a URI SAN spelling the address, is not that identity.
+        let (subject, kind) = match (&pki.subject_email, &pki.subject_hostname) {
+            (Some(e), None) => (e.clone(), SanKind::Email),
+            (None, Some(h)) => (h.clone(), SanKind::Dns),
             _ => return Err(ctx.err(&fp, "pki", "exactly one of subjectEmail, subjectHostname")),
         };
         Signer::Certificate {
             identities: vec![IdentityMatcher {
+                san: Some(kind),
                 subject: StringMatcher::Exact(subject),
                 issuer: None,
                 extensions: Vec::new(),

@@ -54,6 +54,7 @@ struct RawRule {
     threshold: Option<Spanned<i64>>,
     signed_identity: Option<Spanned<RawSignedIdentity>>,
     signature_repository: Option<Spanned<String>>,
+    signed_manifest: Option<Spanned<String>>,
     #[serde(default)]
     keys: Vec<Spanned<RawKey>>,
     #[serde(default)]
@@ -391,11 +392,38 @@ fn rule(
             Some(parsed.name())
         }
     };
+    let signed_manifest = match r
+        .signed_manifest
+        .as_ref()
+        .map(|s| (s.get_ref().as_str(), s.span()))
+    {
+        None | Some(("either", _)) => super::SignedManifest::Either,
+        Some(("index", _)) => super::SignedManifest::Index,
+        Some(("platform", _)) => super::SignedManifest::Platform,
+        Some((other, span)) => {
+            return Err(ctx.err(
+                span,
+                &at("signed_manifest"),
+                format!("unknown value {other:?} (index, platform or either)"),
+            ))
+        }
+    };
+    if signed_manifest != super::SignedManifest::Either
+        && !matches!(requirement, Requirement::Signatures { .. })
+    {
+        let span = r.signed_manifest.as_ref().map_or(0..0, Spanned::span);
+        return Err(ctx.err(
+            span,
+            &at("signed_manifest"),
+            "only with require = \"signatures\"",
+        ));
+    }
     Ok(Rule {
         scope: scope.to_string(),
         mode,
         requirement,
         signature_repository,
+        signed_manifest,
     })
 }
 
@@ -591,6 +619,7 @@ fn keyless_authority(
         name: r.name.clone().unwrap_or_else(|| field.to_string()),
         signer: Signer::Certificate {
             identities: vec![IdentityMatcher {
+                san: None,
                 subject,
                 issuer: Some(issuer),
                 extensions,

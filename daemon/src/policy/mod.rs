@@ -49,6 +49,24 @@ pub struct Rule {
     /// Where this scope's signatures are stored when not beside the image (cosign's
     /// `COSIGN_REPOSITORY`), as `registry/repository`.
     pub signature_repository: Option<String>,
+    /// For an image reached through an index (multi-arch): whose signatures count.
+    pub signed_manifest: SignedManifest,
+}
+
+/// Whose signatures count for an image reached through an index (a multi-arch image): the
+/// index's, the platform manifest's, or either. An image not reached through an index has its
+/// own manifest's signatures only, whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignedManifest {
+    /// Signatures on the index or on the platform manifest (cosign signs either, depending on
+    /// how it was given the image).
+    #[default]
+    Either,
+    /// Only signatures on the index (an index listing the platform manifest vouches for it).
+    Index,
+    /// Only signatures on the platform manifest that runs.
+    Platform,
 }
 
 /// A fully validated policy.

@@ -21,6 +21,8 @@ pub const FAILURE_TTL_SECS: i64 = 60;
 pub enum StoreError {
     #[error("cannot open verdict database {}: {detail}", path.display())]
     Open { path: PathBuf, detail: String },
+    #[error("verdict database {} is in use by another process", path.display())]
+    InUse { path: PathBuf },
     #[error("verdict database {operation} failed: {detail}")]
     Database {
         operation: &'static str,
@@ -67,9 +69,22 @@ pub struct VerdictStore {
 impl VerdictStore {
     /// Open (or create) the database file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
+        // redb asserts on some truncated files instead of returning an error: a panic there is
+        // a corrupt file, not a crash of the daemon.
+        let created =
+            std::panic::catch_unwind(|| Database::create(path)).map_err(|_| StoreError::Open {
+                path: path.to_path_buf(),
+                detail: "the file is truncated or corrupt (the database library refused it)"
+                    .to_owned(),
+            })?;
+        let db = created.map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: path.to_path_buf(),
+            },
+            e => StoreError::Open {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            },
         })?;
         let w = db
             .begin_write()
@@ -78,6 +93,38 @@ impl VerdictStore {
             .map_err(|e| db_err("create table")(e.into()))?;
         w.commit().map_err(|e| db_err("commit")(e.into()))?;
         Ok(VerdictStore { db })
+    }
+
+    /// Opens the database file; one that cannot be opened (corrupt, truncated, not a redb
+    /// file) is set aside as `NAME.corrupt-<unix seconds>` and a fresh one created in its place:
+    /// the daemon starts with no cached verdict (every image is verified again, none allowed
+    /// on the strength of the unreadable file). Returns where the old file went, if it was set
+    /// aside.
+    pub fn open_or_set_aside(
+        path: &Path,
+    ) -> Result<(Self, Option<std::path::PathBuf>), StoreError> {
+        match Self::open(path) {
+            Ok(store) => Ok((store, None)),
+            // Another process holds it: not corruption, nothing to set aside.
+            Err(error @ StoreError::InUse { .. }) => Err(error),
+            Err(first) if path.exists() => {
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".corrupt-{}", crate::verify::time::now_unix()));
+                let aside = std::path::PathBuf::from(aside);
+                std::fs::rename(path, &aside).map_err(|e| StoreError::Open {
+                    path: path.to_path_buf(),
+                    detail: format!("{first}; and setting it aside failed: {e}"),
+                })?;
+                tracing::error!(
+                    path = %path.display(),
+                    set_aside = %aside.display(),
+                    error = %first,
+                    "the verdict store could not be opened; set aside, starting with no cached verdict (every image is verified again)"
+                );
+                Ok((Self::open(path)?, Some(aside)))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The stored verdict, unless absent or expired at `now`.

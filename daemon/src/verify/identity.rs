@@ -23,6 +23,22 @@ pub struct CertIdentity {
     pub subjects: Vec<String>,
     /// OIDC issuer, from 1.3.6.1.4.1.57264.1.8 or else the deprecated .1.1.
     pub issuer: Option<String>,
+    /// The type of each SAN in [`Self::subjects`], in the same order.
+    #[serde(skip)]
+    pub kinds: Vec<SanKind>,
+}
+
+/// The type of a subject alternative name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SanKind {
+    /// rfc822Name (an e-mail address).
+    Email,
+    /// uniformResourceIdentifier.
+    Uri,
+    /// dNSName (a hostname).
+    Dns,
+    /// otherName (a UTF-8 string, e.g. Fulcio's username).
+    Other,
 }
 
 fn parse_err(detail: impl std::fmt::Display) -> VerifyError {
@@ -36,20 +52,24 @@ impl CertIdentity {
     /// Read the identity from a certificate. Conflicting issuer extensions are refused.
     pub fn from_cert(cert: &Cert) -> Result<Self, VerifyError> {
         let mut subjects = Vec::new();
+        let mut kinds = Vec::new();
         if let Some(san) = cert.extension(OID_SAN)? {
             let san = x509_cert::ext::pkix::SubjectAltName::from_der(san).map_err(parse_err)?;
             for name in san.0 {
-                match name {
-                    GeneralName::Rfc822Name(s) => subjects.push(s.to_string()),
-                    GeneralName::UniformResourceIdentifier(s) => subjects.push(s.to_string()),
-                    GeneralName::DnsName(s) => subjects.push(s.to_string()),
+                let (kind, text) = match name {
+                    GeneralName::Rfc822Name(s) => (SanKind::Email, s.to_string()),
+                    GeneralName::UniformResourceIdentifier(s) => (SanKind::Uri, s.to_string()),
+                    GeneralName::DnsName(s) => (SanKind::Dns, s.to_string()),
                     GeneralName::OtherName(o) => {
-                        if let Ok(s) = o.value.decode_as::<der::asn1::Utf8StringRef<'_>>() {
-                            subjects.push(s.as_str().to_string());
+                        match o.value.decode_as::<der::asn1::Utf8StringRef<'_>>() {
+                            Ok(s) => (SanKind::Other, s.as_str().to_string()),
+                            Err(_) => continue,
                         }
                     }
-                    _ => {}
-                }
+                    _ => continue,
+                };
+                subjects.push(text);
+                kinds.push(kind);
             }
         }
         let v2 = cert
@@ -73,7 +93,11 @@ impl CertIdentity {
             (Some(a), _) => Some(a),
             (None, b) => b,
         };
-        Ok(CertIdentity { subjects, issuer })
+        Ok(CertIdentity {
+            subjects,
+            issuer,
+            kinds,
+        })
     }
 
     /// Value of a Fulcio extension (e.g. 1.3.6.1.4.1.57264.1.12 source repository URI) as text:
@@ -125,6 +149,9 @@ impl StringMatcher {
 #[derive(Debug, Clone)]
 pub struct IdentityMatcher {
     pub subject: StringMatcher,
+    /// Only SANs of this type count for [`Self::subject`] (containers-policy.json's `pki`
+    /// `subjectEmail` matches e-mail SANs only, `subjectHostname` DNS SANs only); `None`: any.
+    pub san: Option<SanKind>,
     /// `None` only for BYO-PKI certificates that carry no OIDC issuer; policy files require it
     /// for Fulcio identities.
     pub issuer: Option<StringMatcher>,
@@ -137,6 +164,7 @@ impl IdentityMatcher {
     pub fn exact(subject: &str, issuer: Option<&str>) -> Self {
         IdentityMatcher {
             subject: StringMatcher::Exact(subject.to_string()),
+            san: None,
             issuer: issuer.map(|i| StringMatcher::Exact(i.to_string())),
             extensions: Vec::new(),
         }
@@ -144,7 +172,17 @@ impl IdentityMatcher {
 
     /// Whether a certificate with identity `id` satisfies this matcher.
     pub fn matches(&self, cert: &Cert, id: &CertIdentity) -> Result<bool, VerifyError> {
-        if !id.subjects.iter().any(|s| self.subject.matches(s)) {
+        let of_kind = |index: usize| match self.san {
+            None => true,
+            // An identity read without types (deserialised) matches no typed matcher.
+            Some(kind) => id.kinds.get(index) == Some(&kind),
+        };
+        if !id
+            .subjects
+            .iter()
+            .enumerate()
+            .any(|(index, s)| of_kind(index) && self.subject.matches(s))
+        {
             return Ok(false);
         }
         if let Some(want) = &self.issuer {
@@ -178,4 +216,55 @@ pub fn check_identity(
         subjects: id.subjects,
         issuer: id.issuer,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod san_tests {
+    use super::*;
+
+    /// containers-policy.json's `pki` `subjectEmail` matches e-mail SANs only and
+    /// `subjectHostname` DNS SANs only: the same text in another SAN type is not that identity.
+    #[test]
+    fn typed_matchers_count_only_their_san_type() {
+        let pem = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/generated/trust/ca.pem"),
+        )
+        .unwrap();
+        let cert = Cert::from_pem(&pem, "test").unwrap();
+        let identity = |kind: SanKind, text: &str| CertIdentity {
+            subjects: vec![text.to_owned()],
+            issuer: None,
+            kinds: vec![kind],
+        };
+        let matcher = |kind: Option<SanKind>, text: &str| IdentityMatcher {
+            subject: StringMatcher::Exact(text.to_owned()),
+            san: kind,
+            issuer: None,
+            extensions: Vec::new(),
+        };
+        let email = matcher(Some(SanKind::Email), "dev@example.com");
+        assert!(email
+            .matches(&cert, &identity(SanKind::Email, "dev@example.com"))
+            .unwrap());
+        for other in [SanKind::Uri, SanKind::Dns, SanKind::Other] {
+            assert!(!email
+                .matches(&cert, &identity(other, "dev@example.com"))
+                .unwrap());
+        }
+        let host = matcher(Some(SanKind::Dns), "signer.example.com");
+        assert!(host
+            .matches(&cert, &identity(SanKind::Dns, "signer.example.com"))
+            .unwrap());
+        for other in [SanKind::Uri, SanKind::Email, SanKind::Other] {
+            assert!(!host
+                .matches(&cert, &identity(other, "signer.example.com"))
+                .unwrap());
+        }
+        // Untyped (imagegate's own `subject`): any SAN, as cosign does.
+        assert!(matcher(None, "signer.example.com")
+            .matches(&cert, &identity(SanKind::Uri, "signer.example.com"))
+            .unwrap());
+    }
 }

@@ -26,7 +26,7 @@ pub mod trust;
 pub use authority::{Authority, SignatureFormat, Signer, SignerInfo, TrustedKey, Verified};
 pub use bundle::{verify_artifact_bundle, verify_bundle, BundleExpectation};
 pub use error::{FailureKind, VerifyError};
-pub use identity::{IdentityMatcher, StringMatcher};
+pub use identity::{IdentityMatcher, SanKind, StringMatcher};
 pub use keys::{HashAlg, PublicKey};
 pub use legacy::{verify_legacy, Expectation, LegacySignature};
 pub use payload::SignedIdentity;

@@ -52,6 +52,7 @@ fn trust_for(dir: &Path, case: &Value) -> TrustMaterial {
 fn identities(case: &Value) -> Vec<IdentityMatcher> {
     if let Some(re) = case.get("identity_regex") {
         let mut m = IdentityMatcher {
+            san: None,
             subject: StringMatcher::regex(s(re, "san").unwrap()).unwrap(),
             issuer: s(re, "issuer").map(|i| StringMatcher::Exact(i.into())),
             extensions: Vec::new(),

@@ -827,6 +827,13 @@ impl super::Backend for BpfBackend {
     fn name(&self) -> &'static str {
         "bpf-lsm"
     }
+
+    fn enforces_after_exit(&self) -> bool {
+        true
+    }
+    fn is_full(error: &BpfError) -> bool {
+        matches!(error, BpfError::LayerTableFull { .. })
+    }
     fn set_mode(&mut self, mode: Mode) -> Result<(), BpfError> {
         Self::set_mode(self, mode)
     }
