@@ -430,7 +430,7 @@ mod tests {
 
     /// Little-endian BTF: header, types, strings.
     fn btf_bytes(types: &[u32], strings: &[u8]) -> Vec<u8> {
-        let type_len = u32::try_from(types.len() * 4).unwrap();
+        let type_len = u32::try_from(types.len() * 4).expect("small test BTF");
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
@@ -439,7 +439,7 @@ mod tests {
             0,
             type_len,
             type_len,
-            u32::try_from(strings.len()).unwrap(),
+            u32::try_from(strings.len()).expect("small test BTF"),
         ] {
             out.extend_from_slice(&word.to_le_bytes());
         }
