@@ -166,6 +166,9 @@ enum KernelCommand {
         /// The container's image's trust.
         #[arg(long, value_enum)]
         trust: imagegate::enforce::ContainerTrust,
+        /// What it may execute from outside its image, overriding the global setting.
+        #[arg(long, value_enum)]
+        outside_image: Option<imagegate::enforce::OutsideImage>,
     },
     /// Forget a container root: its processes count as an unjudged (untrusted) container.
     RemoveContainer {
@@ -662,10 +665,17 @@ fn kernel(command: KernelCommand) -> Result<()> {
             pin_dir,
             dir,
             trust,
+            outside_image,
         } => {
             let mut backend = open(&pin_dir)?;
             let id = LayerId::of(&dir).with_context(|| format!("stat {}", dir.display()))?;
-            backend.set_container(id, trust)?;
+            backend.set_container(
+                id,
+                imagegate::enforce::ContainerState {
+                    trust,
+                    outside_image,
+                },
+            )?;
             println!("{id}");
             Ok(())
         }

@@ -25,7 +25,7 @@ use imagegate::{
     catalog::Containerd,
     daemon::{table::ImageKey, verifying::VerifyLimits, Daemon, Verifier},
     discover::{DiscoveryConfig, RegistryClient},
-    enforce::{Backend, ContainerTrust, Decision, Drift, LayerId, LayerState, Mode, OutsideImage},
+    enforce::{Backend, ContainerState, Decision, Drift, LayerId, LayerState, Mode, OutsideImage},
     verdict::{Outcome, VerdictCache},
 };
 use support::{
@@ -37,7 +37,7 @@ use support::{
 #[derive(Default)]
 struct RecordingBackend {
     layers: HashMap<LayerId, LayerState>,
-    containers: HashMap<LayerId, ContainerTrust>,
+    containers: HashMap<LayerId, ContainerState>,
     capacity: Option<usize>,
 }
 
@@ -83,7 +83,7 @@ impl Backend for RecordingBackend {
     fn set_outside_image(&mut self, _: OutsideImage) -> Result<(), Never> {
         Ok(())
     }
-    fn set_container(&mut self, root: LayerId, trust: ContainerTrust) -> Result<(), Never> {
+    fn set_container(&mut self, root: LayerId, trust: ContainerState) -> Result<(), Never> {
         self.containers.insert(root, trust);
         Ok(())
     }
@@ -91,7 +91,7 @@ impl Backend for RecordingBackend {
         self.containers.remove(&root);
         Ok(())
     }
-    fn containers(&self) -> Result<Vec<(LayerId, ContainerTrust)>, Never> {
+    fn containers(&self) -> Result<Vec<(LayerId, ContainerState)>, Never> {
         Ok(self.containers.iter().map(|(id, t)| (*id, *t)).collect())
     }
     fn drain_events(&mut self) -> Vec<Decision> {

@@ -14,7 +14,10 @@ use imagegate::{
     catalog::Containerd,
     daemon::{Daemon, Verifier},
     discover::{DiscoveryConfig, RegistryClient},
-    enforce::{Backend, ContainerTrust, Decision, Drift, LayerId, LayerState, Mode, OutsideImage},
+    enforce::{
+        Backend, ContainerState, ContainerTrust, Decision, Drift, LayerId, LayerState, Mode,
+        OutsideImage,
+    },
     verdict::VerdictCache,
 };
 use support::{
@@ -25,7 +28,7 @@ use support::{
 #[derive(Default)]
 struct RecordingBackend {
     layers: HashMap<LayerId, LayerState>,
-    containers: HashMap<LayerId, ContainerTrust>,
+    containers: HashMap<LayerId, ContainerState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,15 +63,15 @@ impl Backend for RecordingBackend {
     fn set_outside_image(&mut self, _: OutsideImage) -> Result<(), Never> {
         Ok(())
     }
-    fn set_container(&mut self, root: LayerId, trust: ContainerTrust) -> Result<(), Never> {
-        self.containers.insert(root, trust);
+    fn set_container(&mut self, root: LayerId, state: ContainerState) -> Result<(), Never> {
+        self.containers.insert(root, state);
         Ok(())
     }
     fn remove_container(&mut self, root: LayerId) -> Result<(), Never> {
         self.containers.remove(&root);
         Ok(())
     }
-    fn containers(&self) -> Result<Vec<(LayerId, ContainerTrust)>, Never> {
+    fn containers(&self) -> Result<Vec<(LayerId, ContainerState)>, Never> {
         Ok(self.containers.iter().map(|(id, t)| (*id, *t)).collect())
     }
     fn drain_events(&mut self) -> Vec<Decision> {
@@ -405,7 +408,9 @@ async fn containers_are_judged_by_their_image() {
     let mut events = client.events();
     let gone = LayerId { dev: 999, ino: 3 };
     let mut backend = RecordingBackend::default();
-    backend.containers.insert(gone, ContainerTrust::Trusted);
+    backend
+        .containers
+        .insert(gone, ContainerTrust::Trusted.into());
     let mut daemon = Daemon::new(backend, verifier, client);
     daemon.reconcile().await.expect("reconcile");
     let root_of = |daemon: &Daemon<RecordingBackend>, id: &str| {
@@ -416,8 +421,8 @@ async fn containers_are_judged_by_their_image() {
     };
     let b_root = root_of(&daemon, "c-b").expect("c-b's writable snapshot is known");
     assert_eq!(
-        daemon.backend.containers.get(&b_root),
-        Some(&ContainerTrust::Untrusted),
+        daemon.backend.containers.get(&b_root).map(|s| s.trust),
+        Some(ContainerTrust::Untrusted),
         "a container of an untrusted image sharing a trusted layer is untrusted"
     );
     assert!(
@@ -434,7 +439,7 @@ async fn containers_are_judged_by_their_image() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let trust = |daemon: &Daemon<RecordingBackend>, id: &str| {
-        root_of(daemon, id).and_then(|root| daemon.backend.containers.get(&root).copied())
+        root_of(daemon, id).and_then(|root| daemon.backend.containers.get(&root).map(|s| s.trust))
     };
     while trust(&daemon, "c-a").is_none() || trust(&daemon, "c-c").is_none() {
         handle_next(&mut daemon, &mut events, deadline).await;

@@ -33,6 +33,10 @@ require = "accept"
 match = "registry.test/audited/**"
 require = "reject"
 mode = "audit"
+[[scope]]
+match = "registry.test/strict/**"
+require = "accept"
+outside_image = "deny"
 "#;
 
 fn busybox() -> Vec<u8> {
@@ -104,6 +108,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         ("registry.test/mixed/app:1", &mixed),
         ("registry.test/tampered/app:1", &config_only),
         ("registry.test/audited/app:1", &untrusted),
+        ("registry.test/strict/app:1", &trusted),
     ] {
         let archive = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
         image::write_archive(&archive, name, img, false);
@@ -114,7 +119,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     let enforce = settings("enforce");
     let daemon = DaemonProcess::start(&dir, &enforce.write(&dir, &containerd), "enforce");
     let daemon_log = daemon.log.clone();
-    wait_ready(&dir, 7, &daemon_log);
+    wait_ready(&dir, 8, &daemon_log);
     let events_path = enforce.events(&dir);
 
     let out = containerd.run(
@@ -250,6 +255,28 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         out.status.success(),
         "a trusted container's volume binary: {out:?}"
     );
+    // A trusted image whose policy scope says outside_image = "deny": its own files run, the
+    // volume's binary does not.
+    let out = containerd.run_with(
+        &["--mount", &mount],
+        "registry.test/strict/app:1",
+        "c-strict",
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox echo own; /data/echo volume ran",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "own",
+        "{out:?}"
+    );
+    let event = daemon::wait_for_event(&events_path, |e| {
+        e["reason"] == "outside_image" && e["container"]["id"] == "c-strict"
+    });
+    assert_eq!(event["verdict"], "denied", "{event}");
 
     // Read-only root file systems (a view: lower layers only): judged by the top layer.
     let out = containerd.run_with(
@@ -331,7 +358,7 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     // Audit mode: the untrusted image runs, and is reported.
     let audit = settings("audit");
     let daemon = DaemonProcess::start(&dir, &audit.write(&dir, &containerd), "audit");
-    wait_ready(&dir, 7, &daemon.log);
+    wait_ready(&dir, 8, &daemon.log);
     let out = containerd.run(
         "registry.test/untrusted/app:1",
         "c-audit",

@@ -511,3 +511,79 @@ fn new_overlay_mark_window() {
         }
     }
 }
+
+/// A process killed while its strategy probe's exec waits for the probe's answer leaves no
+/// child behind: the exec's child does not hold the probe's group, so the group closes with
+/// the process and the kernel lets the exec go on. (A child that held it waited forever, with
+/// every descriptor it had inherited, the verdict store's lock among them, so a restarted
+/// daemon could not open its store.)
+#[test]
+fn a_process_killed_mid_probe_leaves_no_waiting_child() {
+    if !root() {
+        return;
+    }
+    let _serial = serial();
+    let tag = format!("IMAGEGATE_PROBE_KILL_TEST={}", std::process::id());
+    let (key, value) = tag.split_once('=').expect("tag");
+    // `imagegate doctor` is killed while its probe's exec waits for the probe's answer.
+    let has_child = |pid: u32| {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .any(|entry| {
+                // The exec's child carries the probe thread's name until its exec completes.
+                std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+                    stat.contains("(fanotify-probe")
+                        && stat
+                            .rsplit_once(") ")
+                            .and_then(|(_, rest)| rest.split(' ').nth(1).map(str::to_owned))
+                            .is_some_and(|ppid| ppid == pid.to_string())
+                })
+            })
+    };
+    let mut caught = 0;
+    for _ in 0..5 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imagegate"))
+            .arg("doctor")
+            .env(key, value)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run imagegate doctor");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10)
+            && child.try_wait().ok().flatten().is_none()
+        {
+            if has_child(child.id()) {
+                caught += 1;
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(caught > 0, "never caught the probe's exec");
+    let tagged = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|name| name.parse::<u32>().is_ok())
+            })
+            .filter(|entry| {
+                std::fs::read(entry.path().join("environ")).is_ok_and(|environ| {
+                    environ.split(|b| *b == 0).any(|var| var == tag.as_bytes())
+                })
+            })
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tagged().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(tagged(), Vec::<String>::new(), "processes left waiting");
+}

@@ -386,3 +386,34 @@ fn trust_entries_combine_pem_files_into_one_trust_material() {
     )
     .unwrap();
 }
+
+#[test]
+fn a_scope_sets_what_its_containers_run_from_outside_their_image() {
+    let policy = load_text(
+        "p.toml",
+        "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"registry.test/strict/**\"\n\
+         require = \"accept\"\noutside_image = \"deny\"\n[[scope]]\nmatch = \"registry.test/tools/**\"\n\
+         require = \"accept\"\noutside_image = \"allow\"\n",
+    )
+    .expect("loads");
+    use imagegate::enforce::OutsideImage;
+    assert_eq!(
+        rule_of(&policy, "registry.test/strict/app:1").outside_image,
+        Some(OutsideImage::Deny)
+    );
+    assert_eq!(
+        rule_of(&policy, "registry.test/tools/app:1").outside_image,
+        Some(OutsideImage::Allow)
+    );
+    assert_eq!(
+        rule_of(&policy, "registry.test/other/app:1").outside_image,
+        None,
+        "unset: the daemon's outside_image setting applies"
+    );
+    expect_error(
+        "version = 1\n[default]\nrequire = \"reject\"\noutside_image = \"sometimes\"\n",
+        4,
+        "default.outside_image",
+        "allow or deny",
+    );
+}

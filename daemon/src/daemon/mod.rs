@@ -22,7 +22,7 @@ use table::{Changes, ImageEntry, ImageKey, LayerOwner, LayerTable};
 use crate::{
     catalog::{self, CatalogImage, Containerd},
     discover::RegistryClient,
-    enforce::{Backend, ContainerTrust, Decision, LayerId, LayerState},
+    enforce::{Backend, ContainerState, ContainerTrust, Decision, LayerId, LayerState},
     policy::Policy,
     verdict::{Verdict, VerdictCache},
     verify::reference::ImageRef,
@@ -150,7 +150,7 @@ pub struct Daemon<B: Backend> {
     pub containers: describe::Containers,
     /// The trust of each container the backend holds, by its root's writable layer directory
     /// (the mirror of the backend's container table).
-    container_trust: HashMap<LayerId, ContainerTrust>,
+    container_trust: HashMap<LayerId, ContainerState>,
     /// Which container each root was (namespace, id), kept a while after the container is gone
     /// so that its last decisions still name it: `ctr run --rm` removes a denied container
     /// before its event is described.
@@ -640,7 +640,7 @@ impl<B: Backend> Daemon<B> {
     /// image has no trusted verdict, pending included, is untrusted). A container with no
     /// record yet (its snapshot is prepared before containerd creates it) has no entry, which
     /// the backends treat as untrusted too.
-    fn desired_containers(&mut self) -> HashMap<LayerId, ContainerTrust> {
+    fn desired_containers(&mut self) -> HashMap<LayerId, ContainerState> {
         let now = std::time::Instant::now();
         for (_, gone) in self.root_names.values_mut() {
             gone.get_or_insert(now);
@@ -663,7 +663,15 @@ impl<B: Backend> Daemon<B> {
                     Some(entry) if entry.audit => ContainerTrust::Audit,
                     _ => ContainerTrust::Untrusted,
                 };
-                Some((*root, trust, (record.namespace.clone(), record.id.clone())))
+                // The image's policy scope may say what its containers run from outside it.
+                let outside_image = ImageRef::parse(&record.image)
+                    .ok()
+                    .and_then(|reference| self.verifier.policy.rule_for(&reference).outside_image);
+                let state = ContainerState {
+                    trust,
+                    outside_image,
+                };
+                Some((*root, state, (record.namespace.clone(), record.id.clone())))
             })
             .collect::<Vec<_>>();
         desired
@@ -1415,7 +1423,8 @@ impl<B: Backend> Daemon<B> {
                 let (root, _) = self.writable.get(&(record.namespace.clone(), record.snapshot_key.clone()))?;
                 Some(serde_json::json!({
                     "namespace": record.namespace, "id": record.id, "image": record.image,
-                    "trust": self.container_trust.get(root),
+                    "trust": self.container_trust.get(root).map(|state| state.trust),
+                    "outside_image": self.container_trust.get(root).and_then(|state| state.outside_image),
                 }))
             }).collect::<Vec<_>>(),
             "events": self.events_seen,

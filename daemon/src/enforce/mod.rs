@@ -101,6 +101,55 @@ impl ContainerTrust {
     }
 }
 
+/// What the backend holds for a container: its image's trust and, when its image's policy scope
+/// sets one, what it may execute from outside its image (else the backend's setting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ContainerState {
+    /// The image's trust.
+    pub trust: ContainerTrust,
+    /// The scope's `outside_image`, if it sets one.
+    pub outside_image: Option<OutsideImage>,
+}
+
+impl From<ContainerTrust> for ContainerState {
+    fn from(trust: ContainerTrust) -> Self {
+        Self {
+            trust,
+            outside_image: None,
+        }
+    }
+}
+
+impl ContainerState {
+    /// The value the kernel table stores: the state and its flags.
+    #[must_use]
+    pub const fn to_raw(self) -> u32 {
+        use imagegate_common::container_state::{OUTSIDE_ALLOW, OUTSIDE_SET};
+        let flags = match self.outside_image {
+            None => 0,
+            Some(OutsideImage::Deny) => OUTSIDE_SET,
+            Some(OutsideImage::Allow) => OUTSIDE_SET | OUTSIDE_ALLOW,
+        };
+        self.trust.to_raw() | flags
+    }
+
+    /// From the kernel table's value.
+    #[must_use]
+    pub const fn from_raw(raw: u32) -> Self {
+        use imagegate_common::container_state::{OUTSIDE_ALLOW, OUTSIDE_SET, STATE_MASK};
+        Self {
+            trust: ContainerTrust::from_raw(raw & STATE_MASK),
+            outside_image: if raw & OUTSIDE_SET == 0 {
+                None
+            } else if raw & OUTSIDE_ALLOW != 0 {
+                Some(OutsideImage::Allow)
+            } else {
+                Some(OutsideImage::Deny)
+            },
+        }
+    }
+}
+
 /// Whether a layer in the table is vouched for or a container's writable layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -163,12 +212,12 @@ pub trait Backend {
     fn set_outside_image(&mut self, outside: OutsideImage) -> Result<(), Self::Error>;
     /// Records a container by its root's writable layer directory (`snapshots/<id>/fs`): its
     /// processes are judged by `trust` from the next decision on.
-    fn set_container(&mut self, root: LayerId, trust: ContainerTrust) -> Result<(), Self::Error>;
+    fn set_container(&mut self, root: LayerId, state: ContainerState) -> Result<(), Self::Error>;
     /// Forgets a container: a process whose root it is counts as a container not judged yet
     /// (untrusted).
     fn remove_container(&mut self, root: LayerId) -> Result<(), Self::Error>;
     /// Every container the backend holds (the daemon mirrors its table at startup).
-    fn containers(&self) -> Result<Vec<(LayerId, ContainerTrust)>, Self::Error>;
+    fn containers(&self) -> Result<Vec<(LayerId, ContainerState)>, Self::Error>;
     /// Judges files in layers under `snapshots_dir` (a snapshotter's `snapshots` directory).
     fn add_scope(&mut self, snapshots_dir: &std::path::Path) -> Result<LayerId, Self::Error>;
     /// Stops judging files under the scope `id`.

@@ -257,6 +257,7 @@ fn rule(ctx: &mut Ctx<'_>, scope: &str, field: &str, reqs: &[Value]) -> Result<R
         signature_repository: None,
         // containers-policy.json has no such setting: signatures on either count, as before.
         signed_manifest: super::SignedManifest::Either,
+        outside_image: None,
     })
 }
 

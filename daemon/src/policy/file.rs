@@ -55,6 +55,7 @@ struct RawRule {
     signed_identity: Option<Spanned<RawSignedIdentity>>,
     signature_repository: Option<Spanned<String>>,
     signed_manifest: Option<Spanned<String>>,
+    outside_image: Option<Spanned<String>>,
     #[serde(default)]
     keys: Vec<Spanned<RawKey>>,
     #[serde(default)]
@@ -418,12 +419,29 @@ fn rule(
             "only with require = \"signatures\"",
         ));
     }
+    let outside_image = match r
+        .outside_image
+        .as_ref()
+        .map(|s| (s.get_ref().as_str(), s.span()))
+    {
+        None => None,
+        Some(("allow", _)) => Some(crate::enforce::OutsideImage::Allow),
+        Some(("deny", _)) => Some(crate::enforce::OutsideImage::Deny),
+        Some((other, span)) => {
+            return Err(ctx.err(
+                span,
+                &at("outside_image"),
+                format!("unknown value {other:?} (allow or deny)"),
+            ))
+        }
+    };
     Ok(Rule {
         scope: scope.to_string(),
         mode,
         requirement,
         signature_repository,
         signed_manifest,
+        outside_image,
     })
 }
 

@@ -51,6 +51,9 @@ pub struct Rule {
     pub signature_repository: Option<String>,
     /// For an image reached through an index (multi-arch): whose signatures count.
     pub signed_manifest: SignedManifest,
+    /// What a container of a trusted image of this scope may execute from outside its image;
+    /// `None`: the daemon's `outside_image` setting.
+    pub outside_image: Option<crate::enforce::OutsideImage>,
 }
 
 /// Whose signatures count for an image reached through an index (a multi-arch image): the

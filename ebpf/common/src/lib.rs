@@ -100,6 +100,13 @@ pub mod container_state {
     pub const UNTRUSTED: u32 = 2;
     /// Untrusted, but its image's policy scope audits: allow and report, whatever the mode.
     pub const AUDIT: u32 = 3;
+    /// The low byte holds one of the states above; the bits above it are flags.
+    pub const STATE_MASK: u32 = 0xff;
+    /// Flag: the container's image's policy scope sets `outside_image` itself, to
+    /// [`OUTSIDE_ALLOW`]'s value (else the global setting applies).
+    pub const OUTSIDE_SET: u32 = 0x100;
+    /// Flag: with [`OUTSIDE_SET`], files from outside the image are allowed (else denied).
+    pub const OUTSIDE_ALLOW: u32 = 0x200;
 }
 
 /// Enforcement mode. Zero is enforce, so an unset `SETTINGS` entry fails closed.
@@ -132,7 +139,7 @@ pub mod drift {
 /// that finds pinned programs of another version (an upgrade) attaches its own beside them,
 /// copies the tables over and detaches the old ones, instead of re-opening maps whose layout
 /// it would misread.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// The one `SETTINGS` entry.
 #[repr(C)]
@@ -392,13 +399,18 @@ impl Decision {
 #[inline(always)]
 pub fn decide(process: Process, origin: Origin, settings: &Settings, scope_flags: u32) -> Decision {
     match process {
-        Process::Container { state } => match state {
+        Process::Container { state } => match state & container_state::STATE_MASK {
             container_state::TRUSTED => match origin {
                 Origin::OwnLayer => Decision::Allow,
                 Origin::OwnWritable => drift_rule(settings, scope_flags),
                 Origin::Undetermined { reason } => untrusted(reason, false, settings, scope_flags),
                 Origin::OutsideScopes | Origin::Layer { .. } => {
-                    if settings.outside_image == outside_image::ALLOW {
+                    let allowed = if state & container_state::OUTSIDE_SET != 0 {
+                        state & container_state::OUTSIDE_ALLOW != 0
+                    } else {
+                        settings.outside_image == outside_image::ALLOW
+                    };
+                    if allowed {
                         Decision::Allow
                     } else {
                         untrusted(reason::OUTSIDE_IMAGE, false, settings, scope_flags)
@@ -574,6 +586,48 @@ mod tests {
                 0
             ),
             denied(reason::WALK_LIMIT)
+        );
+    }
+
+    #[test]
+    fn a_scope_s_outside_image_overrides_the_global_setting() {
+        let allowing = Settings {
+            outside_image: outside_image::ALLOW,
+            ..ENFORCING
+        };
+        let denying = Settings {
+            outside_image: outside_image::DENY,
+            ..ENFORCING
+        };
+        let deny_here = Process::Container {
+            state: container_state::TRUSTED | container_state::OUTSIDE_SET,
+        };
+        let allow_here = Process::Container {
+            state: container_state::TRUSTED
+                | container_state::OUTSIDE_SET
+                | container_state::OUTSIDE_ALLOW,
+        };
+        assert_eq!(
+            decide(deny_here, Origin::OutsideScopes, &allowing, 0),
+            denied(reason::OUTSIDE_IMAGE)
+        );
+        assert_eq!(
+            decide(allow_here, Origin::OutsideScopes, &denying, 0),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(deny_here, Origin::OwnLayer, &allowing, 0),
+            Decision::Allow,
+            "flags never change what the own layers may do"
+        );
+        let untrusted_flagged = Process::Container {
+            state: container_state::UNTRUSTED
+                | container_state::OUTSIDE_SET
+                | container_state::OUTSIDE_ALLOW,
+        };
+        assert_eq!(
+            decide(untrusted_flagged, Origin::OutsideScopes, &allowing, 0),
+            denied(reason::UNTRUSTED_IMAGE)
         );
     }
 

@@ -430,7 +430,8 @@ fn chroot_exec(root: &Path, program: &str) -> std::io::Result<std::process::Exit
 /// is in that container: judged by the container's trust, whatever the layers of its files.
 fn case_interpreter(cx: &mut Context) -> Result<()> {
     let good = cx.fixture.layer_id("interp-upper-good")?;
-    cx.backend().set_container(good, ContainerTrust::Trusted)?;
+    cx.backend()
+        .set_container(good, ContainerTrust::Trusted.into())?;
     expect_runs(
         "dynamic binary and interpreter of a trusted container's own layers",
         chroot_exec(&cx.fixture.interp_good, "/bin/dyn"),
@@ -461,7 +462,7 @@ fn case_untrusted_container(cx: &mut Context) -> Result<()> {
     let outside = cx.fixture.outside_dir(&root)?;
     for trust in [None, Some(ContainerTrust::Untrusted)] {
         if let Some(trust) = trust {
-            cx.backend().set_container(key, trust)?;
+            cx.backend().set_container(key, trust.into())?;
         }
         cx.clear_events();
         expect_eperm(
@@ -479,7 +480,8 @@ fn case_untrusted_container(cx: &mut Context) -> Result<()> {
             "{trust:?}: expected untrusted_image events, got {events:?}"
         );
     }
-    cx.backend().set_container(key, ContainerTrust::Audit)?;
+    cx.backend()
+        .set_container(key, ContainerTrust::Audit.into())?;
     cx.clear_events();
     expect_runs(
         "untrusted container of an audit scope",
@@ -501,7 +503,8 @@ fn case_outside_image(cx: &mut Context) -> Result<()> {
     let root = cx.fixture.interp_good.clone();
     let key = cx.fixture.layer_id("interp-upper-good")?;
     let outside = cx.fixture.outside_dir(&root)?;
-    cx.backend().set_container(key, ContainerTrust::Trusted)?;
+    cx.backend()
+        .set_container(key, ContainerTrust::Trusted.into())?;
     expect_runs("outside_image = allow", chroot_exec(&root, &outside))?;
     cx.backend().set_outside_image(OutsideImage::Deny)?;
     cx.clear_events();
@@ -515,6 +518,22 @@ fn case_outside_image(cx: &mut Context) -> Result<()> {
         events.len() == 1 && events[0].reason == "outside_image",
         "expected one outside_image event, got {events:?}"
     );
+    // The container's own policy scope overrides the global setting, both ways.
+    let with = |outside| imagegate::enforce::ContainerState {
+        trust: ContainerTrust::Trusted,
+        outside_image: Some(outside),
+    };
+    cx.backend().set_container(key, with(OutsideImage::Allow))?;
+    expect_runs(
+        "the scope allows what the global setting denies",
+        chroot_exec(&root, &outside),
+    )?;
+    cx.backend().set_outside_image(OutsideImage::Allow)?;
+    cx.backend().set_container(key, with(OutsideImage::Deny))?;
+    expect_eperm(
+        "the scope denies what the global setting allows",
+        chroot_exec(&root, &outside),
+    )?;
     Ok(())
 }
 
@@ -544,7 +563,8 @@ fn case_memfd(cx: &mut Context) -> Result<()> {
             .any(|e| e.reason == "untrusted_image" && e.container_root == Some(key)),
         "no untrusted_image event for the memfd exec: {events:?}"
     );
-    cx.backend().set_container(key, ContainerTrust::Trusted)?;
+    cx.backend()
+        .set_container(key, ContainerTrust::Trusted.into())?;
     ensure!(
         memfd(&root)? == probe::Outcome::Mapped,
         "a memfd exec in a trusted container with outside_image = allow was denied"
@@ -564,7 +584,8 @@ fn case_memfd(cx: &mut Context) -> Result<()> {
 /// Test case 7: a host process executing through a container's root keeps the layer rule.
 fn case_host_through_container(cx: &mut Context) -> Result<()> {
     let key = cx.fixture.layer_id("upper")?;
-    cx.backend().set_container(key, ContainerTrust::Untrusted)?;
+    cx.backend()
+        .set_container(key, ContainerTrust::Untrusted.into())?;
     expect_runs(
         "host exec of a verified layer's file in an untrusted container's root",
         exec_true(&cx.fixture.merged.join("bin/ok")),

@@ -24,7 +24,7 @@ use imagegate_common::{
 };
 
 use super::{
-    event::boot_time, ContainerTrust, Decision, Drift, LayerId, LayerState, Mode, OutsideImage,
+    event::boot_time, ContainerState, Decision, Drift, LayerId, LayerState, Mode, OutsideImage,
 };
 use crate::btf::{Btf, BtfError};
 
@@ -422,9 +422,9 @@ impl BpfBackend {
     }
 
     /// Records a container root's trust. Takes effect for the next decision.
-    pub fn set_container(&mut self, root: LayerId, trust: ContainerTrust) -> Result<(), BpfError> {
+    pub fn set_container(&mut self, root: LayerId, state: ContainerState) -> Result<(), BpfError> {
         self.containers
-            .insert(root.key(), trust.to_raw(), 0)
+            .insert(root.key(), state.to_raw(), 0)
             .map_err(|source| match source {
                 aya::maps::MapError::SyscallError(ref e)
                     if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
@@ -453,11 +453,11 @@ impl BpfBackend {
     }
 
     /// Every container root in the kernel table.
-    pub fn containers(&self) -> Result<Vec<(LayerId, ContainerTrust)>, BpfError> {
+    pub fn containers(&self) -> Result<Vec<(LayerId, ContainerState)>, BpfError> {
         self.containers
             .iter()
             .map(|entry| {
-                entry.map(|(key, raw)| (LayerId::from_key(key), ContainerTrust::from_raw(raw)))
+                entry.map(|(key, raw)| (LayerId::from_key(key), ContainerState::from_raw(raw)))
             })
             .collect::<Result<_, _>>()
             .map_err(|source| BpfError::Map {
@@ -843,13 +843,13 @@ impl super::Backend for BpfBackend {
     fn set_outside_image(&mut self, outside: OutsideImage) -> Result<(), BpfError> {
         Self::set_outside_image(self, outside)
     }
-    fn set_container(&mut self, root: LayerId, trust: ContainerTrust) -> Result<(), BpfError> {
-        Self::set_container(self, root, trust)
+    fn set_container(&mut self, root: LayerId, state: ContainerState) -> Result<(), BpfError> {
+        Self::set_container(self, root, state)
     }
     fn remove_container(&mut self, root: LayerId) -> Result<(), BpfError> {
         Self::remove_container(self, root)
     }
-    fn containers(&self) -> Result<Vec<(LayerId, ContainerTrust)>, BpfError> {
+    fn containers(&self) -> Result<Vec<(LayerId, ContainerState)>, BpfError> {
         Self::containers(self)
     }
     fn add_scope(&mut self, snapshots_dir: &Path) -> Result<LayerId, BpfError> {

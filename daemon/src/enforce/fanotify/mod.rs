@@ -31,7 +31,7 @@ use std::{
 use engine::Shared;
 use policy::{Policy, Scope};
 
-use super::{ContainerTrust, Decision, Drift, LayerId, LayerState, Mode, OutsideImage};
+use super::{ContainerState, Decision, Drift, LayerId, LayerState, Mode, OutsideImage};
 
 /// Default time a decision may take before the mode answers it.
 pub const DEFAULT_BOUND: Duration = Duration::from_millis(200);
@@ -347,9 +347,9 @@ impl super::Backend for FanotifyBackend {
         Ok(())
     }
 
-    fn set_container(&mut self, root: LayerId, trust: ContainerTrust) -> Result<(), FanotifyError> {
+    fn set_container(&mut self, root: LayerId, state: ContainerState) -> Result<(), FanotifyError> {
         self.shared.update(false, |policy| {
-            policy.containers.insert(root, trust);
+            policy.containers.insert(root, state);
         });
         Ok(())
     }
@@ -363,7 +363,7 @@ impl super::Backend for FanotifyBackend {
         Ok(())
     }
 
-    fn containers(&self) -> Result<Vec<(LayerId, ContainerTrust)>, FanotifyError> {
+    fn containers(&self) -> Result<Vec<(LayerId, ContainerState)>, FanotifyError> {
         Ok(self
             .shared
             .policy()

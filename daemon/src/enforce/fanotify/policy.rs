@@ -8,7 +8,7 @@ use std::{collections::HashMap, os::fd::OwnedFd, path::PathBuf, sync::Arc};
 use imagegate_common::{container_state, drift, mode, reason, Origin, Process, Settings};
 
 use super::{overlay::Overlay, process::Root};
-use crate::enforce::{ContainerTrust, Drift, LayerId, LayerState, Mode, OutsideImage};
+use crate::enforce::{ContainerState, Drift, LayerId, LayerState, Mode, OutsideImage};
 
 /// A snapshotter `snapshots` directory whose layers are judged.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub struct Policy {
     pub scopes: Vec<Arc<Scope>>,
     pub layers: HashMap<LayerId, LayerState>,
     /// Containers by their root's writable layer directory.
-    pub containers: HashMap<LayerId, ContainerTrust>,
+    pub containers: HashMap<LayerId, ContainerState>,
     /// Overlays marked because a layer of theirs is in a scope (kernels before 6.5), by the
     /// overlay's kernel device.
     pub overlays: HashMap<u64, Arc<Overlay>>,
@@ -97,7 +97,7 @@ impl Policy {
             return Process::Host;
         };
         let state = if root.writable {
-            self.containers.get(&key).map_or(0, |trust| trust.to_raw())
+            self.containers.get(&key).map_or(0, |state| state.to_raw())
         } else {
             // A read-only root is judged by its top layer.
             match self.layers.get(&key) {
@@ -169,6 +169,7 @@ mod tests {
     use imagegate_common::Decision;
 
     use super::*;
+    use crate::enforce::ContainerTrust;
 
     fn denied(reason: u32) -> Decision {
         Decision::Untrusted {
@@ -234,12 +235,16 @@ mod tests {
             denied(reason::UNTRUSTED_IMAGE),
             "a container not judged yet runs nothing, not even a verified base layer"
         );
-        policy.containers.insert(upper, ContainerTrust::Untrusted);
+        policy
+            .containers
+            .insert(upper, ContainerTrust::Untrusted.into());
         assert_eq!(
             policy.verdict(&root, Location::OutOfScope).decision,
             denied(reason::UNTRUSTED_IMAGE)
         );
-        policy.containers.insert(upper, ContainerTrust::Trusted);
+        policy
+            .containers
+            .insert(upper, ContainerTrust::Trusted.into());
         let own = policy.verdict(&root, Location::Layer { layer: base });
         assert_eq!(own.decision, Decision::Allow);
         assert!(!own.cacheable);
@@ -253,6 +258,18 @@ mod tests {
         assert_eq!(
             policy.verdict(&root, Location::OutOfScope).decision,
             denied(reason::OUTSIDE_IMAGE)
+        );
+        // The container's scope overrides the global setting.
+        policy.containers.insert(
+            upper,
+            ContainerState {
+                trust: ContainerTrust::Trusted,
+                outside_image: Some(OutsideImage::Allow),
+            },
+        );
+        assert_eq!(
+            policy.verdict(&root, Location::OutOfScope).decision,
+            Decision::Allow
         );
     }
 }

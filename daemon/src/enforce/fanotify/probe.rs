@@ -182,10 +182,23 @@ pub fn backing_file_events() -> Result<bool, ProbeError> {
         .map_err(setup("marking the probe's tmpfs"))?;
     let target = scratch.merged.join("probe");
     let (done, finished) = std::sync::mpsc::channel();
+    // The child must not hold the group: its exec waits for the group's answer, and a child
+    // holding the group itself keeps it open after a daemon killed mid-probe is gone, so the
+    // child would wait forever (holding every descriptor it inherited, the verdict store's
+    // lock among them). Without it, the group closes with the daemon and the exec goes on.
+    let group_fd = std::os::fd::AsRawFd::as_raw_fd(&group.as_fd());
     let exec = std::thread::Builder::new()
         .name("fanotify-probe-exec".into())
         .spawn(move || {
-            let result = std::process::Command::new(&target)
+            let mut command = std::process::Command::new(&target);
+            // SAFETY: close(2) is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    libc::close(group_fd);
+                    Ok(())
+                });
+            }
+            let result = command
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
