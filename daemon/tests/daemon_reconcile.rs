@@ -8,83 +8,20 @@
 
 mod support;
 
-use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use imagegate::{
     catalog::Containerd,
     daemon::{Daemon, Verifier},
     discover::{DiscoveryConfig, RegistryClient},
-    enforce::{
-        Backend, ContainerState, ContainerTrust, Decision, Drift, LayerId, LayerState, Mode,
-        OutsideImage,
-    },
+    enforce::{ContainerTrust, LayerId, LayerState},
     verdict::VerdictCache,
 };
 use support::{
     containerd::PrivateContainerd,
     image::{self, File},
+    recording::{id_of_dir_with, RecordingBackend},
 };
-
-#[derive(Default)]
-struct RecordingBackend {
-    layers: HashMap<LayerId, LayerState>,
-    containers: HashMap<LayerId, ContainerState>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("never")]
-struct Never;
-
-impl Backend for RecordingBackend {
-    type Error = Never;
-    fn name(&self) -> &'static str {
-        "recording"
-    }
-    fn set_mode(&mut self, _: Mode) -> Result<(), Never> {
-        Ok(())
-    }
-    fn set_drift(&mut self, _: Drift) -> Result<(), Never> {
-        Ok(())
-    }
-    fn add_scope(&mut self, dir: &Path) -> Result<LayerId, Never> {
-        Ok(LayerId::of(dir).expect("scope"))
-    }
-    fn remove_scope(&mut self, _: LayerId) -> Result<(), Never> {
-        Ok(())
-    }
-    fn set_layer(&mut self, layer: LayerId, state: LayerState) -> Result<(), Never> {
-        self.layers.insert(layer, state);
-        Ok(())
-    }
-    fn remove_layer(&mut self, layer: LayerId) -> Result<(), Never> {
-        self.layers.remove(&layer);
-        Ok(())
-    }
-    fn set_outside_image(&mut self, _: OutsideImage) -> Result<(), Never> {
-        Ok(())
-    }
-    fn set_container(&mut self, root: LayerId, state: ContainerState) -> Result<(), Never> {
-        self.containers.insert(root, state);
-        Ok(())
-    }
-    fn remove_container(&mut self, root: LayerId) -> Result<(), Never> {
-        self.containers.remove(&root);
-        Ok(())
-    }
-    fn containers(&self) -> Result<Vec<(LayerId, ContainerState)>, Never> {
-        Ok(self.containers.iter().map(|(id, t)| (*id, *t)).collect())
-    }
-    fn drain_events(&mut self) -> Vec<Decision> {
-        Vec::new()
-    }
-    fn layers(&self) -> Result<Vec<(LayerId, LayerState)>, Never> {
-        Ok(self
-            .layers
-            .iter()
-            .map(|(id, state)| (*id, *state))
-            .collect())
-    }
-}
 
 const POLICY: &str = r#"version = 1
 [default]
@@ -97,23 +34,6 @@ match = "registry.test/audited/**"
 require = "reject"
 mode = "audit"
 "#;
-
-fn layer_dirs(containerd: &PrivateContainerd) -> Vec<std::path::PathBuf> {
-    let mut dirs: Vec<_> = std::fs::read_dir(containerd.snapshots_dir())
-        .expect("snapshots dir")
-        .map(|entry| entry.expect("entry").path().join("fs"))
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-fn id_of_dir_with(containerd: &PrivateContainerd, file: &str) -> LayerId {
-    let dir = layer_dirs(containerd)
-        .into_iter()
-        .find(|dir| dir.join(file).exists())
-        .unwrap_or_else(|| panic!("no layer holds {file}"));
-    LayerId::of(&dir).expect("stat layer")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_and_events_keep_the_backend_table_true() {

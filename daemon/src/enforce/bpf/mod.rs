@@ -86,10 +86,8 @@ pub enum BpfError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the layer table is full ({capacity} layers)")]
-    LayerTableFull { capacity: u32 },
-    #[error("the container table is full ({capacity} containers)")]
-    ContainerTableFull { capacity: u32 },
+    #[error("map {map} is full ({capacity} entries)")]
+    TableFull { map: &'static str, capacity: u32 },
 }
 
 /// How the backend came up.
@@ -423,33 +421,18 @@ impl BpfBackend {
 
     /// Records a container root's trust. Takes effect for the next decision.
     pub fn set_container(&mut self, root: LayerId, state: ContainerState) -> Result<(), BpfError> {
-        self.containers
-            .insert(root.key(), state.to_raw(), 0)
-            .map_err(|source| match source {
-                aya::maps::MapError::SyscallError(ref e)
-                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
-                {
-                    BpfError::ContainerTableFull {
-                        capacity: imagegate_common::MAX_CONTAINERS,
-                    }
-                }
-                source => BpfError::Map {
-                    map: maps::CONTAINERS,
-                    source,
-                },
-            })
+        insert_entry(
+            &mut self.containers,
+            maps::CONTAINERS,
+            imagegate_common::MAX_CONTAINERS,
+            root,
+            state.to_raw(),
+        )
     }
 
     /// Forgets a container root: its processes count as an unjudged container (untrusted).
     pub fn remove_container(&mut self, root: LayerId) -> Result<(), BpfError> {
-        match self.containers.remove(&root.key()) {
-            Ok(()) => Ok(()),
-            Err(e) if is_missing(&e) => Ok(()),
-            Err(source) => Err(BpfError::Map {
-                map: maps::CONTAINERS,
-                source,
-            }),
-        }
+        remove_entry(&mut self.containers, maps::CONTAINERS, root)
     }
 
     /// Every container root in the kernel table.
@@ -561,33 +544,18 @@ impl BpfBackend {
     /// Records a layer directory (`snapshots/<id>/fs`) as verified or writable. Takes effect for
     /// the next decision.
     pub fn set_layer(&mut self, layer: LayerId, state: LayerState) -> Result<(), BpfError> {
-        self.layers
-            .insert(layer.key(), state.to_raw(), 0)
-            .map_err(|source| match source {
-                aya::maps::MapError::SyscallError(ref e)
-                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
-                {
-                    BpfError::LayerTableFull {
-                        capacity: imagegate_common::MAX_LAYERS,
-                    }
-                }
-                source => BpfError::Map {
-                    map: maps::LAYERS,
-                    source,
-                },
-            })
+        insert_entry(
+            &mut self.layers,
+            maps::LAYERS,
+            imagegate_common::MAX_LAYERS,
+            layer,
+            state.to_raw(),
+        )
     }
 
     /// Forgets a layer: files from it are unverified again from the next decision on.
     pub fn remove_layer(&mut self, layer: LayerId) -> Result<(), BpfError> {
-        match self.layers.remove(&layer.key()) {
-            Ok(()) => Ok(()),
-            Err(e) if is_missing(&e) => Ok(()),
-            Err(source) => Err(BpfError::Map {
-                map: maps::LAYERS,
-                source,
-            }),
-        }
+        remove_entry(&mut self.layers, maps::LAYERS, layer)
     }
 
     /// Every layer in the kernel table.
@@ -722,6 +690,42 @@ fn pinned_abi(pin_dir: &Path) -> Option<u32> {
     settings.get(&0, 0).ok().map(|raw| raw.abi)
 }
 
+/// Sets `key` in the `(dev, ino)`-keyed map `name`; a map at its capacity is
+/// [`BpfError::TableFull`] (the daemon degrades instead of failing).
+fn insert_entry(
+    map: &mut HashMap<MapData, DevIno, u32>,
+    name: &'static str,
+    capacity: u32,
+    key: LayerId,
+    value: u32,
+) -> Result<(), BpfError> {
+    map.insert(key.key(), value, 0)
+        .map_err(|source| match source {
+            aya::maps::MapError::SyscallError(ref e)
+                if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+            {
+                BpfError::TableFull {
+                    map: name,
+                    capacity,
+                }
+            }
+            source => BpfError::Map { map: name, source },
+        })
+}
+
+/// Removes `key` from the map `name`; a key that is not there is fine (idempotent).
+fn remove_entry(
+    map: &mut HashMap<MapData, DevIno, u32>,
+    name: &'static str,
+    key: LayerId,
+) -> Result<(), BpfError> {
+    match map.remove(&key.key()) {
+        Ok(()) => Ok(()),
+        Err(e) if is_missing(&e) => Ok(()),
+        Err(source) => Err(BpfError::Map { map: name, source }),
+    }
+}
+
 /// A delete of a key that is not there: fine for an idempotent remove.
 fn is_missing(error: &aya::maps::MapError) -> bool {
     match error {
@@ -832,7 +836,13 @@ impl super::Backend for BpfBackend {
         true
     }
     fn is_full(error: &BpfError) -> bool {
-        matches!(error, BpfError::LayerTableFull { .. })
+        matches!(
+            error,
+            BpfError::TableFull {
+                map: maps::LAYERS,
+                ..
+            }
+        )
     }
     fn set_mode(&mut self, mode: Mode) -> Result<(), BpfError> {
         Self::set_mode(self, mode)
