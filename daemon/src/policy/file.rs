@@ -609,7 +609,7 @@ fn keyless_authority(
     })?;
     let mut extensions = Vec::new();
     for (oid, v) in &r.extensions {
-        let parsed = oid.parse().map_err(|_| {
+        let parsed = parse_oid(oid).ok_or_else(|| {
             ctx.err(
                 v.span(),
                 &format!("{field}.extensions"),
@@ -648,4 +648,33 @@ fn keyless_authority(
         require_tlog: true,
         signed_identity: si.clone(),
     })
+}
+
+/// An OID in dotted form. Every arc is checked to be a decimal `u32` first: const-oid's own
+/// parser accumulates digits without an overflow check (a panic in debug builds, a wrong OID
+/// otherwise; the policy fuzz target found it).
+fn parse_oid(text: &str) -> Option<const_oid::ObjectIdentifier> {
+    let arcs_fit = text.split('.').all(|arc| {
+        !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()) && arc.parse::<u32>().is_ok()
+    });
+    if !arcs_fit {
+        return None;
+    }
+    text.parse().ok()
+}
+
+#[cfg(test)]
+mod oid_tests {
+    #[test]
+    fn oids_with_arcs_past_u32_are_refused_not_a_panic() {
+        assert!(super::parse_oid("1.3.6.1.4.1.57264.1.1").is_some());
+        assert!(super::parse_oid("1.3.6.1.4.1.99999999999999999999").is_none());
+        assert!(super::parse_oid("1.3.6.1.4.1.4294967296").is_none());
+        assert!(super::parse_oid("1..3").is_none());
+        assert!(super::parse_oid("1.+3").is_none());
+        assert!(super::parse_oid("").is_none());
+        // The first two arcs are encoded as one (40 * first + second).
+        let _ = super::parse_oid("2.4294967295");
+        let _ = super::parse_oid("1.4294967295.7");
+    }
 }
