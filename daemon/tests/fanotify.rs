@@ -25,6 +25,16 @@ fn responder_process() {
     fanotify_support::child::main();
 }
 
+/// Runs the strategy probe once, as a daemon starting would (started by
+/// `a_process_killed_mid_probe_leaves_no_waiting_child`; does nothing when run directly).
+#[test]
+#[ignore = "the probing child process; started by another test"]
+fn probe_process() {
+    if std::env::var_os("IMAGEGATE_PROBE_KILL_TEST").is_some() {
+        let _ = imagegate::enforce::fanotify::probe::backing_file_events();
+    }
+}
+
 fn root() -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
@@ -525,7 +535,7 @@ fn a_process_killed_mid_probe_leaves_no_waiting_child() {
     let _serial = serial();
     let tag = format!("IMAGEGATE_PROBE_KILL_TEST={}", std::process::id());
     let (key, value) = tag.split_once('=').expect("tag");
-    // `imagegate doctor` is killed while its probe's exec waits for the probe's answer.
+    // The probing process is killed while its probe's exec waits for the probe's answer.
     let has_child = |pid: u32| {
         std::fs::read_dir("/proc")
             .expect("/proc")
@@ -543,13 +553,14 @@ fn a_process_killed_mid_probe_leaves_no_waiting_child() {
     };
     let mut caught = 0;
     for _ in 0..5 {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imagegate"))
-            .arg("doctor")
+        // This test binary, probing (the guests have no imagegate binary, only the tests).
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--ignored", "--exact", "probe_process", "--nocapture"])
             .env(key, value)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("run imagegate doctor");
+            .expect("run the probing child");
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10)
             && child.try_wait().ok().flatten().is_none()
