@@ -711,18 +711,21 @@ fn an_uncatalogued_record_vouches_for_nothing_is_counted_and_retried_until_judge
     assert_eq!(samples["imagegate_image_records{state=\"judged\"}"], 0.0);
 
     // The content comes back: a retry catalogues the record and judges it.
-    let mut ingest = Command::new("ctr")
+    // From a file, not a pipe: containerd resumes an ingest where the removed blob's data
+    // still lies (until its garbage collection), and `ctr` then seeks its input.
+    let config_file = dir.join("config.json");
+    std::fs::write(&config_file, &app.config).unwrap();
+    let out = Command::new("ctr")
         .arg("--address")
         .arg(&bed.containerd.socket)
         .args(["--namespace", "default", "content", "ingest"])
         .args(["--expected-digest", &config_digest])
         .args(["--expected-size", &app.config.len().to_string()])
         .arg("issue-14-config")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
+        .stdin(std::fs::File::open(&config_file).unwrap())
+        .output()
         .unwrap();
-    std::io::Write::write_all(&mut ingest.stdin.take().unwrap(), &app.config).unwrap();
-    assert!(ingest.wait().unwrap().success());
+    assert!(out.status.success(), "{out:?}");
     let status = daemon.wait_for_verdicts(&dir, &[(name.clone(), "trusted")]);
     assert_eq!(status["records"]["judged"], 1, "{status}");
     assert_eq!(status["records"]["total"], 1, "{status}");
