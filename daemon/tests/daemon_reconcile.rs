@@ -71,14 +71,7 @@ async fn reconcile_and_events_keep_the_backend_table_true() {
         vec![image::layer(&[File::new("c/marker", "c", 0o644)])],
     );
 
-    let verifier = Verifier {
-        policy: Arc::new(imagegate::policy::Policy::load(&policy_path).expect("policy")),
-        client: Arc::new(RegistryClient::new(DiscoveryConfig::default()).expect("client")),
-        cache: Arc::new(VerdictCache::new(None)),
-    };
-    let client = Containerd::connect(&containerd.socket)
-        .await
-        .expect("connect");
+    let (verifier, client) = verifier_and_client(&containerd, &policy_path).await;
     let mut events = client.events();
     // What a backend kept from an earlier run (pinned BPF maps survive the daemon): a layer of
     // an image deleted meanwhile, and a container's writable layer that is gone.
@@ -159,6 +152,23 @@ async fn reconcile_and_events_keep_the_backend_table_true() {
     );
 }
 
+/// The test policy's verifier (no registry, no persisted verdicts) and a connection to
+/// `containerd`.
+async fn verifier_and_client(
+    containerd: &PrivateContainerd,
+    policy_path: &std::path::Path,
+) -> (Verifier, Containerd) {
+    let verifier = Verifier {
+        policy: Arc::new(imagegate::policy::Policy::load(policy_path).expect("policy")),
+        client: Arc::new(RegistryClient::new(DiscoveryConfig::default()).expect("client")),
+        cache: Arc::new(VerdictCache::new(None)),
+    };
+    let client = Containerd::connect(&containerd.socket)
+        .await
+        .expect("connect");
+    (verifier, client)
+}
+
 /// Feeds the next containerd event to the daemon, failing at `deadline`.
 async fn handle_next(
     daemon: &mut Daemon<RecordingBackend>,
@@ -207,14 +217,7 @@ async fn a_record_that_cannot_be_catalogued_vouches_for_nothing_until_a_retry_su
     let out = containerd.ctr(&["snapshots", "label", &chain[0], "containerd.io/gc.root=t"]);
     assert!(out.status.success(), "{out:?}");
 
-    let verifier = Verifier {
-        policy: Arc::new(imagegate::policy::Policy::load(&policy_path).expect("policy")),
-        client: Arc::new(RegistryClient::new(DiscoveryConfig::default()).expect("client")),
-        cache: Arc::new(VerdictCache::new(None)),
-    };
-    let client = Containerd::connect(&containerd.socket)
-        .await
-        .expect("connect");
+    let (verifier, client) = verifier_and_client(&containerd, &policy_path).await;
     let mut daemon = Daemon::new(RecordingBackend::default(), verifier, client);
     daemon.reconcile().await.expect("reconcile");
     let layer = id_of_dir_with(&containerd, "r/marker");
@@ -319,14 +322,7 @@ async fn containers_are_judged_by_their_image() {
     let out = containerd.ctr(&["containers", "create", "registry.test/untrusted/b:1", "c-b"]);
     assert!(out.status.success(), "{out:?}");
 
-    let verifier = Verifier {
-        policy: Arc::new(imagegate::policy::Policy::load(&policy_path).expect("policy")),
-        client: Arc::new(RegistryClient::new(DiscoveryConfig::default()).expect("client")),
-        cache: Arc::new(VerdictCache::new(None)),
-    };
-    let client = Containerd::connect(&containerd.socket)
-        .await
-        .expect("connect");
+    let (verifier, client) = verifier_and_client(&containerd, &policy_path).await;
     let mut events = client.events();
     let gone = LayerId { dev: 999, ino: 3 };
     let mut backend = RecordingBackend::default();

@@ -505,28 +505,13 @@ impl Containerd {
         namespace: &str,
     ) -> Result<(usize, usize), ContainerdError> {
         let own = view_keys();
-        let mut stream = self
-            .client
-            .snapshots()
-            .list(request(
-                namespace,
-                ListSnapshotsRequest {
-                    snapshotter: SNAPSHOTTER.to_owned(),
-                    filters: Vec::new(),
-                },
-            )?)
-            .await
-            .map_err(call("snapshots.list"))?
-            .into_inner();
-        let mut leftovers = Vec::new();
-        while let Some(page) = stream.message().await.map_err(call("snapshots.list"))? {
-            leftovers.extend(
-                page.info
-                    .into_iter()
-                    .map(|info| info.name)
-                    .filter(|name| is_view_key(name) && !own.owns(name)),
-            );
-        }
+        let leftovers: Vec<String> = self
+            .snapshot_infos(namespace)
+            .await?
+            .into_iter()
+            .map(|info| info.name)
+            .filter(|name| is_view_key(name) && !own.owns(name))
+            .collect();
         for key in &leftovers {
             self.remove_view(namespace, key).await?;
         }
@@ -723,6 +708,20 @@ impl Containerd {
     /// Keys of the active (writable) snapshots of `namespace`: container root file systems.
     pub async fn active_snapshots(&self, namespace: &str) -> Result<Vec<String>, ContainerdError> {
         const KIND_ACTIVE: i32 = 2;
+        Ok(self
+            .snapshot_infos(namespace)
+            .await?
+            .into_iter()
+            .filter(|info| info.kind == KIND_ACTIVE)
+            .map(|info| info.name)
+            .collect())
+    }
+
+    /// Every snapshot of the overlayfs snapshotter in `namespace`.
+    async fn snapshot_infos(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<containerd_client::services::v1::snapshots::Info>, ContainerdError> {
         let mut stream = self
             .client
             .snapshots()
@@ -736,16 +735,11 @@ impl Containerd {
             .await
             .map_err(call("snapshots.list"))?
             .into_inner();
-        let mut keys = Vec::new();
+        let mut infos = Vec::new();
         while let Some(page) = stream.message().await.map_err(call("snapshots.list"))? {
-            keys.extend(
-                page.info
-                    .into_iter()
-                    .filter(|info| info.kind == KIND_ACTIVE)
-                    .map(|info| info.name),
-            );
+            infos.extend(page.info);
         }
-        Ok(keys)
+        Ok(infos)
     }
 
     /// The writable `snapshots/<id>/fs` of an active snapshot (its mounts' `upperdir=`).

@@ -47,19 +47,18 @@ pub fn from_btf(vmlinux: &Btf, overlay: Option<&Btf>) -> Result<KernelOffsets, O
     let at = |structure: &str, member: &str| vmlinux.member_offset(structure, member);
     // `dentry.d_alias` lived in the `d_u` union for years; newer kernels may move it out.
     let d_alias = at("dentry", "d_u.d_alias").or_else(|_| at("dentry", "d_alias"))?;
-    let ovl = [Some(vmlinux), overlay]
-        .into_iter()
-        .flatten()
-        .find(|btf| btf.has_struct("ovl_file"));
-    // The container's root: `struct ovl_fs` and `struct ovl_layer` are overlayfs's own (module
-    // BTF when overlayfs is a module).
-    let ovl_fs = [Some(vmlinux), overlay]
-        .into_iter()
-        .flatten()
-        .find(|btf| btf.has_struct("ovl_fs"))
-        .ok_or_else(|| BtfError::NoStruct {
-            name: "ovl_fs".to_owned(),
-        })?;
+    // overlayfs's own structs are in vmlinux when it is built in, in its module BTF otherwise.
+    let holding = |name: &str| {
+        [Some(vmlinux), overlay]
+            .into_iter()
+            .flatten()
+            .find(|btf| btf.has_struct(name))
+    };
+    let ovl = holding("ovl_file");
+    // The container's root: `struct ovl_fs` and `struct ovl_layer`.
+    let ovl_fs = holding("ovl_fs").ok_or_else(|| BtfError::NoStruct {
+        name: "ovl_fs".to_owned(),
+    })?;
     let (ovl_file_realfile, ovl_flag) = match ovl {
         Some(btf) => (
             btf.member_offset("ovl_file", "realfile")?,

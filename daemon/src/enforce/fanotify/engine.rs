@@ -437,9 +437,9 @@ fn decide(shared: &Shared, pending: &Pending) {
     }
     let generation = shared.generation.load(Ordering::SeqCst);
     let policy = shared.policy();
-    let root = root_of(shared, &policy, pending.pid);
     let Ok(st) = sys::fstat(pending.fd.as_fd()) else {
         // Cannot even stat the fd the kernel gave us: judge it unreadable.
+        let root = root_of(shared, &policy, pending.pid);
         let verdict = policy.verdict(&root, Location::Unknown { layer: None });
         finish(
             shared,
@@ -463,6 +463,8 @@ fn decide(shared: &Shared, pending: &Pending) {
         }
         return;
     }
+    // Runtime execs above need no root: only now is the process's container looked up.
+    let root = root_of(shared, &policy, pending.pid);
     let (location, cacheable_here, file) = locate(shared, &policy, pending, &st);
     if let (Some(stall), Location::Layer { layer }) = (&shared.stall, location) {
         if stall.layer == layer {
