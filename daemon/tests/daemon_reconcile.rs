@@ -75,13 +75,21 @@ async fn reconcile_and_events_keep_the_backend_table_true() {
     let mut events = client.events();
     // What a backend kept from an earlier run (pinned BPF maps survive the daemon): a layer of
     // an image deleted meanwhile, and a container's writable layer that is gone.
-    let stale_verified = LayerId { dev: 999, ino: 1 };
-    let stale_writable = LayerId { dev: 999, ino: 2 };
+    let stale_verified = LayerId::new(999, 1);
+    let stale_writable = LayerId::new(999, 2);
     let mut backend = RecordingBackend::default();
     backend.layers.insert(stale_verified, LayerState::Verified);
     backend.layers.insert(stale_writable, LayerState::Writable);
     let mut daemon = Daemon::new(backend, verifier, client);
-    daemon.reconcile().await.expect("reconcile");
+    // Its first step (containerd only) already drops what no listed image contains, before
+    // the verifications, which may wait on registries for a whole deadline.
+    let rebuild = daemon.begin_rebuild().await.expect("catalogue");
+    assert!(
+        !daemon.backend.layers.contains_key(&stale_verified),
+        "a layer no listed image contains is removed before the verifications"
+    );
+    let rebuilt = daemon.verify_rebuild(rebuild).await;
+    daemon.finish_rebuild(rebuilt).await.expect("swap");
     assert!(
         !daemon.backend.layers.contains_key(&stale_verified)
             && !daemon.backend.layers.contains_key(&stale_writable),
@@ -149,6 +157,22 @@ async fn reconcile_and_events_keep_the_backend_table_true() {
         state(&daemon, writable),
         None,
         "a removed container's writable layer is forgotten"
+    );
+
+    // A layer's committed snapshot removed while its image stays: the image no longer vouches
+    // for a directory that is gone.
+    let c_chain = daemon_chain_top(&daemon, "registry.test/audited/c:1");
+    let out = containerd.ctr(&["snapshots", "rm", &c_chain]);
+    assert!(out.status.success(), "{out:?}");
+    while state(&daemon, c_id).is_some() {
+        handle_next(&mut daemon, &mut events, deadline).await;
+    }
+    assert!(
+        daemon
+            .table
+            .images()
+            .any(|(key, entry)| key.name == "registry.test/audited/c:1" && entry.layers.is_empty()),
+        "the image stays known, with no layer on disk"
     );
 }
 
@@ -324,7 +348,7 @@ async fn containers_are_judged_by_their_image() {
 
     let (verifier, client) = verifier_and_client(&containerd, &policy_path).await;
     let mut events = client.events();
-    let gone = LayerId { dev: 999, ino: 3 };
+    let gone = LayerId::new(999, 3);
     let mut backend = RecordingBackend::default();
     backend
         .containers

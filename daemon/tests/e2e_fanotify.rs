@@ -201,6 +201,11 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
         "top-layer binary of the mixed image ran: {out:?}"
     );
 
+    // A host process keeps the layer rule, even through an untrusted container's root (what
+    // `/proc/<pid>/root/...` resolves to: an overlay of the image's layers): the mixed image's
+    // own unsigned layer is denied, its signed base (a trusted image vouches for it) runs.
+    host_execs_through_a_container_root(&dir, &containerd, &events_path);
+
     // Config-only tamper: every layer is the trusted image's, the entrypoint is not.
     let out = containerd.run("registry.test/tampered/app:1", "c-tampered", &[]);
     daemon::assert_denied(&out, "config-only tampered image");
@@ -369,4 +374,58 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     assert_eq!(event["container"]["id"], "c-audit", "{event}");
     assert_eq!(event["path"], "/bin/busybox", "{event}");
     daemon.stop();
+}
+
+/// Case 7: a host process executing the mixed image's files through an overlay of its layers.
+fn host_execs_through_a_container_root(
+    dir: &Path,
+    containerd: &PrivateContainerd,
+    events_path: &Path,
+) {
+    let layer_with = |file: &str, alone: bool| {
+        std::fs::read_dir(containerd.snapshots_dir())
+            .expect("snapshots dir")
+            .map(|entry| entry.expect("entry").path().join("fs"))
+            .find(|fs| {
+                fs.join(file).exists()
+                    && (!alone || std::fs::read_dir(fs).map(Iterator::count).ok() == Some(1))
+                    && (!alone
+                        || std::fs::read_dir(fs.join("bin")).map(Iterator::count).ok() == Some(1))
+            })
+            .unwrap_or_else(|| panic!("no layer holds {file}"))
+    };
+    let evil = layer_with("bin/evil", false);
+    let base = layer_with("bin/busybox", true);
+    let root = dir.join("host-view");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let options = format!("lowerdir={}:{}", evil.display(), base.display());
+    let out = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(&root)
+        .output()
+        .expect("mount");
+    assert!(out.status.success(), "mounting the view: {out:?}");
+    let run = |path: &str| {
+        std::process::Command::new(root.join(path))
+            .args(["echo", "host ran"])
+            .output()
+    };
+    let evil_run = run("bin/evil");
+    let base_run = run("bin/busybox");
+    let _ = std::process::Command::new("umount").arg(&root).status();
+    match evil_run {
+        Err(error) => assert_eq!(
+            error.raw_os_error(),
+            Some(libc::EPERM),
+            "the unsigned layer's binary: {error}"
+        ),
+        Ok(out) => panic!("a host process ran the mixed image's unsigned layer: {out:?}"),
+    }
+    let event = daemon::wait_for_event(events_path, |e| {
+        e["reason"] == "unverified_layer" && e["container"].is_null()
+    });
+    assert_eq!(event["verdict"], "denied", "{event}");
+    let out = base_run.expect("the signed base's binary");
+    assert!(out.status.success(), "the signed base's binary: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "host ran");
 }

@@ -252,7 +252,7 @@ fn stuck_decision_is_answered_by_the_bound() {
     let stall_for = |fixture: &Fixture| {
         let layer = fixture.layer_id(2);
         ChildConfig {
-            stall: Some((layer.dev, layer.ino, 3000)),
+            stall: Some((layer.dev, layer.ino, layer.generation, 3000)),
             ..ChildConfig::backend(&fixture.snapshots)
         }
     };

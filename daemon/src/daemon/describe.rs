@@ -325,10 +325,7 @@ mod tests {
             finder.path_in(layer, &dir.join("fs"), file),
             Some(PathBuf::from("/usr/local/bin/tool"))
         );
-        let missing = LayerId {
-            dev: file.dev,
-            ino: file.ino + 1_000_000,
-        };
+        let missing = LayerId::new(file.dev, file.ino + 1_000_000);
         assert_eq!(finder.path_in(layer, &dir.join("fs"), missing), None);
     }
 
@@ -342,10 +339,7 @@ mod tests {
         std::fs::write(dir.join("fs/d/f"), b"x").unwrap();
         let layer = LayerId::of(&dir.join("fs")).unwrap();
         let real = LayerId::of(&dir.join("fs/d/f")).unwrap();
-        let missing = LayerId {
-            dev: real.dev,
-            ino: real.ino + 1_000_000,
-        };
+        let missing = LayerId::new(real.dev, real.ino + 1_000_000);
         let mut finder = PathFinder::default();
         assert_eq!(finder.path_in(layer, &dir.join("fs"), missing), None);
         let spent = WALK_BUDGET - finder.budget;

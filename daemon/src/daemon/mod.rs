@@ -869,6 +869,53 @@ impl<B: Backend> Daemon<B> {
         Ok(())
     }
 
+    /// A committed snapshot (a layer, named by its chainID) was removed: the images that listed
+    /// it are catalogued again, so their entries stop vouching for a directory that is gone.
+    /// (Keys carry inode generations, so a new directory could not match the old entry anyway;
+    /// this keeps the table exact.)
+    async fn forget_removed_layer(&mut self, namespace: &str, chain_id: &str) {
+        let listing: Vec<ImageKey> = self
+            .table
+            .images()
+            .filter(|(key, entry)| {
+                key.namespace == namespace
+                    && entry.layers.iter().any(|(chain, _)| chain == chain_id)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in listing {
+            tracing::info!(image = %key.name, namespace = %key.namespace, chain_id, "a layer of this image was removed; cataloguing it again");
+            if let Err(error) = self.refresh_image(&key.namespace, &key.name).await {
+                self.note_error(&format!("cataloguing {} again", key.name), &error);
+            }
+        }
+    }
+
+    /// Before a reconciliation's verifications (which may wait on registries): the backend
+    /// stops holding verified or audit layers that no image containerd lists now contains and
+    /// the current table does not want (an image deleted while the daemon was down, its
+    /// entries kept by pinned maps). What is still listed waits for the swap, judged.
+    fn purge_unlisted_layers(&mut self, images: &[CatalogImage]) -> Result<(), DaemonError> {
+        let listed: HashSet<LayerId> = images
+            .iter()
+            .flat_map(|image| image.layers.iter().map(|layer| layer.id))
+            .chain(self.table.desired().into_keys())
+            .collect();
+        let name = self.backend.name();
+        let held = self.backend.layers().map_err(backend_error(name))?;
+        let batch: Vec<(LayerId, Option<LayerState>)> = held
+            .into_iter()
+            .filter(|(layer, state)| {
+                matches!(state, LayerState::Verified | LayerState::Audit) && !listed.contains(layer)
+            })
+            .map(|(layer, state)| {
+                tracing::info!(%layer, ?state, "removing before the reconciliation a layer no listed image contains");
+                (layer, None)
+            })
+            .collect();
+        self.apply_batch(&batch)
+    }
+
     /// Everything containerd has, judged; the backend's table made the exact mirror of ours:
     /// anything the backend holds that the new table does not (a layer of an image deleted while
     /// the daemon was down, kept alive by pinned BPF maps) is removed. The new table is computed
@@ -919,6 +966,10 @@ impl<B: Backend> Daemon<B> {
                     error,
                 )),
             }
+        }
+        if let Err(error) = self.purge_unlisted_layers(&images) {
+            // The swap removes them too; until then they keep what the pins said.
+            tracing::warn!(error = %crate::doctor::error_chain(&error), "removing unlisted layers before the reconciliation failed");
         }
         Ok(Rebuild {
             namespaces,
@@ -1283,6 +1334,7 @@ impl<B: Backend> Daemon<B> {
             "/snapshot/remove" => {
                 if let Ok(event) = events::SnapshotRemove::decode(any.value.as_slice()) {
                     self.untrack_active(namespace, &event.key)?;
+                    self.forget_removed_layer(namespace, &event.key).await;
                 }
             }
             _ => {}

@@ -231,7 +231,7 @@ mod tests {
     use super::*;
 
     fn layer(ino: u64) -> LayerId {
-        LayerId { dev: 1, ino }
+        LayerId::new(1, ino)
     }
 
     fn key(name: &str) -> ImageKey {

@@ -379,7 +379,7 @@ mod tests {
         let layer = Layer {
             chain_id: format!("sha256:{}", "3".repeat(64)),
             dir: "/x/snapshots/1/fs".into(),
-            id: LayerId { dev: 1, ino: 2 },
+            id: LayerId::new(1, 2),
         };
         assert!(verifications.update(&key, &image(vec![layer.clone()])));
         assert!(verifications.in_flight[&key].unpacked);

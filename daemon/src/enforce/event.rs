@@ -144,13 +144,10 @@ mod tests {
         comm[..4].copy_from_slice(b"evil");
         let raw = DecisionEvent {
             boot_ns: 5_000_000_000,
-            file: DevIno {
-                dev: 7 << 20,
-                ino: 42,
-            },
+            file: DevIno::new(7 << 20, 42),
             layer: DevIno {
-                dev: 7 << 20,
-                ino: 9,
+                generation: 3,
+                ..DevIno::new(7 << 20, 9)
             },
             pid: 10,
             tgid: 11,
@@ -160,10 +157,7 @@ mod tests {
             mode: mode::ENFORCE,
             comm,
             cgroup_id: 4242,
-            container: DevIno {
-                dev: 7 << 20,
-                ino: 77,
-            },
+            container: DevIno::new(7 << 20, 77),
         };
         // SAFETY: viewing a plain repr(C) struct as bytes.
         let bytes = unsafe {
@@ -180,6 +174,7 @@ mod tests {
         assert_eq!(decision.layer.map(|l| l.ino), Some(9));
         assert_eq!(decision.cgroup_id, Some(4242));
         assert_eq!(decision.container_root.map(|c| c.ino), Some(77));
+        assert_eq!(decision.layer.map(|l| (l.ino, l.generation)), Some((9, 3)));
         assert_eq!(
             decision.time,
             SystemTime::UNIX_EPOCH + Duration::from_secs(5)

@@ -38,6 +38,7 @@ fn layer_arg(parts: &[&str]) -> Option<LayerId> {
     Some(LayerId {
         dev: parts.get(1)?.parse().ok()?,
         ino: parts.get(2)?.parse().ok()?,
+        generation: parts.get(3)?.parse().ok()?,
     })
 }
 
@@ -58,8 +59,12 @@ fn backend(config: &ChildConfig) {
         },
         ignore_marks: config.ignore_marks,
         runtime_binaries: config.runtimes.iter().map(Into::into).collect(),
-        stall: config.stall.map(|(dev, ino, ms)| Stall {
-            layer: LayerId { dev, ino },
+        stall: config.stall.map(|(dev, ino, generation, ms)| Stall {
+            layer: LayerId {
+                dev,
+                ino,
+                generation,
+            },
             duration: Duration::from_millis(ms),
         }),
     }) {
@@ -83,7 +88,7 @@ fn backend(config: &ChildConfig) {
         let parts: Vec<&str> = line.split_whitespace().collect();
         let result: Result<String, String> = match (parts.first().copied(), layer_arg(&parts)) {
             (Some("layer"), Some(layer)) => {
-                let state = if parts.get(3) == Some(&"writable") {
+                let state = if parts.get(4) == Some(&"writable") {
                     LayerState::Writable
                 } else {
                     LayerState::Verified

@@ -47,7 +47,7 @@ pub struct ChildConfig {
     pub strategy: String,
     pub ignore_marks: bool,
     /// `(dev, ino, ms)`: decisions about this layer sleep first.
-    pub stall: Option<(u64, u64, u64)>,
+    pub stall: Option<(u64, u64, u32, u64)>,
     /// Stand-ins for runc: their exec marks the overlays mounted so far (before 6.5).
     pub runtimes: Vec<String>,
 }
@@ -167,11 +167,17 @@ impl Responder {
     }
 
     pub fn set_layer(&mut self, layer: LayerId, state: &str) {
-        self.send(&format!("layer {} {} {state}", layer.dev, layer.ino));
+        self.send(&format!(
+            "layer {} {} {} {state}",
+            layer.dev, layer.ino, layer.generation
+        ));
     }
 
     pub fn remove_layer(&mut self, layer: LayerId) {
-        self.send(&format!("unlayer {} {}", layer.dev, layer.ino));
+        self.send(&format!(
+            "unlayer {} {} {}",
+            layer.dev, layer.ino, layer.generation
+        ));
     }
 
     /// Decision events since the last call.
@@ -235,6 +241,7 @@ pub fn event_layer(event: &serde_json::Value) -> Option<LayerId> {
     Some(LayerId {
         dev: layer.get("dev")?.as_u64()?,
         ino: layer.get("ino")?.as_u64()?,
+        generation: u32::try_from(layer.get("generation")?.as_u64()?).ok()?,
     })
 }
 

@@ -14,7 +14,8 @@ pub mod maps {
     /// Snapshotter `snapshots` directories whose children's `fs` directories are layers:
     /// `DevIno` → `scope_flags`.
     pub const SCOPES: &str = "IG_SCOPES";
-    /// Devices that hold a scope directory (fast path: any other device is out of scope).
+    /// Devices that hold a scope directory (fast path: any other device is out of scope) →
+    /// `scope_dev` flags.
     pub const SCOPE_DEVS: &str = "IG_SCOPE_DEVS";
     /// One `Settings` entry: mode and drift policy.
     pub const SETTINGS: &str = "IG_SETTINGS";
@@ -55,7 +56,14 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const MAX_WALK_DEPTH: u32 = 64;
 
 /// A file system object's identity: the kernel's internal device number (`MAJOR << 20 | MINOR`,
-/// not the userspace `st_dev` encoding) and inode number.
+/// not the userspace `st_dev` encoding), inode number and inode generation.
+///
+/// The generation is what keeps a key from being inherited: ext4 gives a removed directory's
+/// inode number to the next one it creates, so `(dev, ino)` alone would let a new snapshot
+/// directory match an old one's table entry (kept by pinned maps while the daemon is down, or
+/// until it handles the removal). File systems draw a new generation for each inode they create.
+/// It is zero on devices whose generation userspace cannot read (no `FS_IOC_GETVERSION` and no
+/// known file handle layout; see [`scope_dev::GENERATION`]), on both sides.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct DevIno {
@@ -63,6 +71,23 @@ pub struct DevIno {
     pub dev: u64,
     /// `inode.i_ino`.
     pub ino: u64,
+    /// `inode.i_generation` (zero where the device's generations are not used).
+    pub generation: u32,
+    /// Explicit padding: map keys are compared as bytes, so none may be left undefined.
+    pub pad: u32,
+}
+
+impl DevIno {
+    /// An identity without a generation (files, and objects on devices without one).
+    #[must_use]
+    pub const fn new(dev: u64, ino: u64) -> Self {
+        Self {
+            dev,
+            ino,
+            generation: 0,
+            pad: 0,
+        }
+    }
 }
 
 /// Converts a userspace `st_dev` (glibc's `makedev` encoding) to the kernel's internal `dev_t`.
@@ -71,6 +96,14 @@ pub const fn kernel_dev(st_dev: u64) -> u64 {
     let major = ((st_dev >> 8) & 0xfff) | ((st_dev >> 32) & !0xfff);
     let minor = (st_dev & 0xff) | ((st_dev >> 12) & !0xff);
     ((major & 0xfff) << 20) | (minor & 0xf_ffff)
+}
+
+/// Flags of a device that holds scopes (`SCOPE_DEVS` values).
+pub mod scope_dev {
+    /// At least one scope is on the device (every entry has it).
+    pub const PRESENT: u32 = 1;
+    /// Keys on this device carry inode generations (userspace can read them here).
+    pub const GENERATION: u32 = 2;
 }
 
 /// Flags of a scope (`SCOPES` values).
@@ -139,7 +172,7 @@ pub mod drift {
 /// that finds pinned programs of another version (an upgrade) attaches its own beside them,
 /// copies the tables over and detaches the old ones, instead of re-opening maps whose layout
 /// it would misread.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// The one `SETTINGS` entry.
 #[repr(C)]
@@ -251,6 +284,8 @@ pub struct KernelOffsets {
     pub inode_i_sb: u32,
     /// `inode.i_ino`.
     pub inode_i_ino: u32,
+    /// `inode.i_generation`.
+    pub inode_i_generation: u32,
     /// `inode.i_dentry` (an `hlist_head` of aliases).
     pub inode_i_dentry: u32,
     /// `dentry.d_u.d_alias` (the alias list node).
@@ -317,10 +352,10 @@ pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 /// How many overlayfs layers deep `mmap_file`/`file_mprotect` follow `private_data` to a real file.
 pub const MAX_OVERLAY_NESTING: u32 = 4;
 
-const _: () = assert!(core::mem::size_of::<DevIno>() == 16);
+const _: () = assert!(core::mem::size_of::<DevIno>() == 24);
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
-const _: () = assert!(core::mem::size_of::<DecisionEvent>() == 104);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 108);
+const _: () = assert!(core::mem::size_of::<DecisionEvent>() == 128);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
 
 /// Which process asks, as far as trust goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -33,8 +33,8 @@ mod programs {
         programs::LsmContext,
     };
     use imagegate_common::{
-        container_state, hook, layer_state, mode, offset_flags, reason, stats, verdict, Decision,
-        DecisionEvent, DevIno, KernelOffsets, Origin, Process, Settings, FMODE_EXEC_FLAG,
+        container_state, hook, layer_state, mode, offset_flags, reason, scope_dev, stats, verdict,
+        Decision, DecisionEvent, DevIno, KernelOffsets, Origin, Process, Settings, FMODE_EXEC_FLAG,
         MAX_CONTAINERS, MAX_IMAGE_LAYERS, MAX_LAYERS, MAX_OVERLAY_NESTING, MAX_SCOPES,
         MAX_WALK_DEPTH, OVERLAYFS_SUPER_MAGIC, PROT_EXEC, VM_EXEC,
     };
@@ -49,6 +49,7 @@ mod programs {
         file_private_data: 0,
         inode_i_sb: 0,
         inode_i_ino: 0,
+        inode_i_generation: 0,
         inode_i_dentry: 0,
         dentry_d_alias: 0,
         dentry_d_parent: 0,
@@ -125,22 +126,42 @@ mod programs {
         under_scope: Option<u32>,
     }
 
-    /// The identity of `dentry` (its inode number on its super block's device).
+    /// Whether keys on `dev` carry inode generations (see `scope_dev::GENERATION`).
+    #[inline(always)]
+    fn with_generation(dev: u64) -> bool {
+        unsafe { SCOPE_DEVS.get(&dev) }.is_some_and(|flags| flags & scope_dev::GENERATION != 0)
+    }
+
+    /// The identity of `inode` on `dev`: its number, and its generation where the device's keys
+    /// carry one (so a new directory never matches a removed one's entry).
+    #[inline(always)]
+    fn inode_key(inode: usize, dev: u64, generation: bool) -> Result<DevIno, ()> {
+        let ino = read::<u64>(inode, off!(inode_i_ino))?;
+        let generation = if generation {
+            read::<u32>(inode, off!(inode_i_generation))?
+        } else {
+            0
+        };
+        Ok(DevIno {
+            dev,
+            ino,
+            generation,
+            pad: 0,
+        })
+    }
+
+    /// The identity of `dentry` (its inode on its super block's device).
     #[inline(always)]
     fn dentry_id(dentry: usize) -> Result<DevIno, ()> {
         let inode = read::<usize>(dentry, off!(dentry_d_inode))?;
         let sb = read::<usize>(inode, off!(inode_i_sb))?;
-        let dev = read::<u32>(sb, off!(sb_s_dev))?;
-        let ino = read::<u64>(inode, off!(inode_i_ino))?;
-        Ok(DevIno {
-            dev: u64::from(dev),
-            ino,
-        })
+        let dev = u64::from(read::<u32>(sb, off!(sb_s_dev))?);
+        inode_key(inode, dev, with_generation(dev))
     }
 
     /// The flags of the scope `dentry` is a layer directory of (`<scope>/<id>/fs`), if any.
     #[inline(always)]
-    fn layer_scope(dentry: usize, dev: u64) -> Result<Option<u32>, ()> {
+    fn layer_scope(dentry: usize, dev: u64, generation: bool) -> Result<Option<u32>, ()> {
         let parent = read::<usize>(dentry, off!(dentry_d_parent))?;
         if parent == dentry {
             return Ok(None);
@@ -150,8 +171,8 @@ mod programs {
             return Ok(None);
         }
         let gp_inode = read::<usize>(grandparent, off!(dentry_d_inode))?;
-        let gp_ino = read::<u64>(gp_inode, off!(inode_i_ino))?;
-        Ok(unsafe { SCOPES.get(&DevIno { dev, ino: gp_ino }) }.copied())
+        let key = inode_key(gp_inode, dev, generation)?;
+        Ok(unsafe { SCOPES.get(&key) }.copied())
     }
 
     /// Finds the layer directory of `inode`: its first dentry alias and a bounded walk up
@@ -172,14 +193,12 @@ mod programs {
             return located;
         };
         let dev = u64::from(dev);
-        if unsafe { SCOPE_DEVS.get(&dev) }.is_none() {
+        let Some(dev_flags) = (unsafe { SCOPE_DEVS.get(&dev) }).copied() else {
             return located;
-        }
-        count(stats::JUDGED);
-        located.file = DevIno {
-            dev,
-            ino: read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0),
         };
+        let generation = dev_flags & scope_dev::GENERATION != 0;
+        count(stats::JUDGED);
+        located.file = DevIno::new(dev, read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0));
         located.under_scope = Some(reason::UNREADABLE);
         // `i_dentry.first` is the alias list node inside the first dentry.
         let Ok(alias) = read::<usize>(inode, off!(inode_i_dentry)) else {
@@ -190,10 +209,12 @@ mod programs {
         }
         let mut current = alias - off!(dentry_d_alias);
         for _ in 0..MAX_WALK_DEPTH {
-            match layer_scope(current, dev) {
+            match layer_scope(current, dev, generation) {
                 Err(()) => return located,
                 Ok(Some(flags)) => {
-                    let Ok(layer) = dentry_id(current) else {
+                    let Ok(layer) = read::<usize>(current, off!(dentry_d_inode))
+                        .and_then(|inode| inode_key(inode, dev, generation))
+                    else {
                         return located;
                     };
                     located.layer_dentry = current;
@@ -234,7 +255,7 @@ mod programs {
 
     const HOST: Root = Root {
         process: Process::Host,
-        key: DevIno { dev: 0, ino: 0 },
+        key: DevIno::new(0, 0),
         ofs: 0,
         upper: 0,
         bind_layer: 0,
@@ -297,7 +318,7 @@ mod programs {
                 return HOST;
             };
             // Another runtime's overlay (Docker, podman, runc's own) is not a container we judge.
-            let Ok(Some(_)) = layer_scope(top, key.dev) else {
+            let Ok(Some(_)) = layer_scope(top, key.dev, with_generation(key.dev)) else {
                 return HOST;
             };
             let state = if upper != 0 {
@@ -323,7 +344,7 @@ mod programs {
         let Ok(key) = dentry_id(mnt_root) else {
             return HOST;
         };
-        match layer_scope(mnt_root, key.dev) {
+        match layer_scope(mnt_root, key.dev, with_generation(key.dev)) {
             Ok(Some(_)) => Root {
                 process: Process::Container {
                     state: read_only_state(&key),

@@ -36,10 +36,7 @@ fn install(fixture: &Fixture, extra_layers: Option<u32>) -> Result<BpfBackend> {
     for i in 0..extra_layers {
         // Made-up layer identities on the scope's device: they fill the table like real ones.
         backend.set_layer(
-            LayerId {
-                dev: fixture.scope.dev,
-                ino: 1_000_000 + u64::from(i),
-            },
+            LayerId::new(fixture.scope.dev, 1_000_000 + u64::from(i)),
             LayerState::Verified,
         )?;
     }

@@ -93,7 +93,7 @@ impl Fixture {
         .context("mounting the snapshotter tmpfs")?;
         let snapshots = root.join("io.containerd.snapshotter.v1.overlayfs/snapshots");
         let mut fixture = Self {
-            scope: LayerId { dev: 0, ino: 0 },
+            scope: LayerId::new(0, 0),
             merged: root.join("rootfs/c1"),
             other_merged: root.join("other/merged"),
             interp_good: root.join("rootfs/interp-good"),

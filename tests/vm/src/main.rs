@@ -11,6 +11,7 @@
 
 mod bench;
 mod fixture;
+mod inode_reuse;
 mod probe;
 
 use std::{
@@ -129,6 +130,10 @@ fn suite() -> i32 {
         (
             "15_memfd_exec_in_untrusted_and_trusted_containers",
             case_memfd,
+        ),
+        (
+            "16_a_new_layer_does_not_inherit_a_removed_ones_inode_number",
+            inode_reuse::case_inode_reuse,
         ),
         ("8_layer_table_changes_take_effect", case_table_changes),
         ("9_self_test_on_scratch_overlay", case_self_test),

@@ -217,7 +217,7 @@ fn suite_guest(command: &str) -> Result<GuestSpec> {
             (preload_library()?, "/fixtures/preload.so".into()),
             (PathBuf::from("/usr/bin/true"), "/fixtures/true-dyn".into()),
         ],
-        modules: vec!["overlay".into()],
+        modules: vec!["overlay".into(), "loop".into()],
         command: command.into(),
         append: String::new(),
         pid1: false,

@@ -8,7 +8,7 @@
 pub mod offsets;
 
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::HashSet,
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -19,7 +19,7 @@ use aya::{
     Btf as AyaBtf, EbpfLoader,
 };
 use imagegate_common::{
-    drift, maps, mode, outside_image, scope_flags, stats, DevIno, Settings, ABI_VERSION,
+    drift, maps, mode, outside_image, scope_dev, scope_flags, stats, DevIno, Settings, ABI_VERSION,
     OFFSETS_GLOBAL, PROGRAMS,
 };
 
@@ -216,7 +216,10 @@ impl BpfBackend {
         let layers = copy_entries(old_dir, maps::LAYERS, &mut self.layers);
         copy_entries(old_dir, maps::CONTAINERS, &mut self.containers);
         let scopes = copy_entries(old_dir, maps::SCOPES, &mut self.scopes);
-        copy_entries(old_dir, maps::SCOPE_DEVS, &mut self.scope_devs);
+        // A device's flags say how its scopes' keys were built: worth copying only with them.
+        if scopes > 0 {
+            copy_entries(old_dir, maps::SCOPE_DEVS, &mut self.scope_devs);
+        }
         // Mode and drift lead every layout of the settings entry so far: read the old entry
         // with this build's layout, or else as the two words it began as.
         let pinned = || MapData::from_pin(old_dir.join(maps::SETTINGS)).ok();
@@ -463,10 +466,24 @@ impl BpfBackend {
     }
 
     fn add_scope_with(&mut self, snapshots_dir: &Path, flags: u32) -> Result<LayerId, BpfError> {
-        let id = LayerId::of(snapshots_dir).map_err(|source| BpfError::Io {
+        let io = |source| BpfError::Io {
             path: snapshots_dir.to_owned(),
             source,
-        })?;
+        };
+        let id = LayerId::of(snapshots_dir).map_err(io)?;
+        // The device's flags first: they tell the programs whether its keys carry generations,
+        // which the scope's own key (and every layer's on it) already does or does not.
+        let dev_flags = if crate::enforce::layer::has_generations(snapshots_dir).map_err(io)? {
+            scope_dev::PRESENT | scope_dev::GENERATION
+        } else {
+            scope_dev::PRESENT
+        };
+        self.scope_devs
+            .insert(id.dev, dev_flags, 0)
+            .map_err(|source| BpfError::Map {
+                map: maps::SCOPE_DEVS,
+                source,
+            })?;
         self.scopes
             .insert(id.key(), flags, 0)
             .map_err(|source| BpfError::Map {
@@ -504,19 +521,20 @@ impl BpfBackend {
             })
     }
 
-    /// Rebuilds the device fast-path set from the scopes: a device is present while a scope is on it.
+    /// Keeps the device fast-path set in step with the scopes: a device is present while a scope
+    /// is on it. [`Self::add_scope_with`] sets a device's flags; one found without an entry here
+    /// gets no generation flag, so its keys do not match (deny) until its scope is added again.
     fn sync_scope_devs(&mut self) -> Result<(), BpfError> {
-        let mut wanted: StdHashMap<u64, u32> = StdHashMap::new();
-        for scope in self.scopes()? {
-            *wanted.entry(scope.dev).or_default() += 1;
-        }
-        for (dev, count) in &wanted {
-            self.scope_devs
-                .insert(dev, count, 0)
-                .map_err(|source| BpfError::Map {
-                    map: maps::SCOPE_DEVS,
-                    source,
-                })?;
+        let wanted: HashSet<u64> = self.scopes()?.into_iter().map(|scope| scope.dev).collect();
+        for dev in &wanted {
+            if self.scope_devs.get(dev, 0).is_err() {
+                self.scope_devs
+                    .insert(dev, scope_dev::PRESENT, 0)
+                    .map_err(|source| BpfError::Map {
+                        map: maps::SCOPE_DEVS,
+                        source,
+                    })?;
+            }
         }
         let present: Vec<u64> =
             self.scope_devs
@@ -526,7 +544,7 @@ impl BpfBackend {
                     map: maps::SCOPE_DEVS,
                     source,
                 })?;
-        for dev in present.into_iter().filter(|dev| !wanted.contains_key(dev)) {
+        for dev in present.into_iter().filter(|dev| !wanted.contains(dev)) {
             match self.scope_devs.remove(&dev) {
                 Ok(()) => {}
                 Err(e) if is_missing(&e) => {}

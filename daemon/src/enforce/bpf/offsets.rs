@@ -72,6 +72,7 @@ pub fn from_btf(vmlinux: &Btf, overlay: Option<&Btf>) -> Result<KernelOffsets, O
         file_private_data: at("file", "private_data")?,
         inode_i_sb: at("inode", "i_sb")?,
         inode_i_ino: at("inode", "i_ino")?,
+        inode_i_generation: at("inode", "i_generation")?,
         inode_i_dentry: at("inode", "i_dentry")?,
         dentry_d_alias: d_alias,
         dentry_d_parent: at("dentry", "d_parent")?,

@@ -246,13 +246,6 @@ fn decision(
     }
 }
 
-fn file_id(st: &libc::stat) -> LayerId {
-    LayerId {
-        dev: kernel_dev(st.st_dev),
-        ino: st.st_ino,
-    }
-}
-
 /// Answers an event the backend could not decide in time, by the mode, and reports it.
 fn answer_by_mode(shared: &Shared, pending: &Pending) {
     if pending.runtime.load(Ordering::Acquire) {
@@ -270,8 +263,8 @@ fn answer_by_mode(shared: &Shared, pending: &Pending) {
     if shared.claim(pending) {
         shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
         let file = sys::fstat(pending.fd.as_fd())
-            .map(|st| file_id(&st))
-            .unwrap_or(LayerId { dev: 0, ino: 0 });
+            .map(|st| LayerId::of_stat(&st))
+            .unwrap_or(LayerId::new(0, 0));
         tracing::warn!(pid = pending.pid, %file, ?mode, "no decision within the bound; answered by the mode");
         shared.push_event(decision(mode, TIMEOUT, pending, file, None, None));
         shared.respond(pending, mode == Mode::Audit);
@@ -404,14 +397,22 @@ fn locate(
     if let Some(overlay) = policy.overlays.get(&kernel_dev(st.st_dev)) {
         let (location, real) = overlay.locate(fd, st);
         // An overlay inode changes layer on copy-up without a write: never cached.
-        return (location, false, real.unwrap_or_else(|| file_id(st)));
+        return (
+            location,
+            false,
+            real.unwrap_or_else(|| LayerId::of_stat(st)),
+        );
     }
     // Only our own overlay marks deliver overlay files: one we do not know is a mount that is
     // going away or one whose layers report another device. Fail closed.
     if shared.overlay_marks && sys::fs_magic(fd).is_ok_and(|magic| magic == OVERLAYFS_MAGIC) {
-        return (Location::Unknown { layer: None }, false, file_id(st));
+        return (
+            Location::Unknown { layer: None },
+            false,
+            LayerId::of_stat(st),
+        );
     }
-    (resolve::locate(policy, fd, st), true, file_id(st))
+    (resolve::locate(policy, fd, st), true, LayerId::of_stat(st))
 }
 
 /// The asking process's root. A root that cannot be read (a daemon outside the host's PID
@@ -445,7 +446,7 @@ fn decide(shared: &Shared, pending: &Pending) {
             shared,
             pending,
             verdict,
-            (LayerId { dev: 0, ino: 0 }, None, root.key),
+            (LayerId::new(0, 0), None, root.key),
         );
         return;
     };

@@ -233,10 +233,7 @@ impl Overlay {
             let Ok(real) = sys::fstat(found.as_fd()) else {
                 return unknown;
             };
-            let file = LayerId {
-                dev: imagegate_common::kernel_dev(real.st_dev),
-                ino: real.st_ino,
-            };
+            let file = LayerId::of_stat(&real);
             let whiteout = real.st_mode & libc::S_IFMT == libc::S_IFCHR && real.st_rdev == 0;
             // A lower file is never copied up, so overlayfs reports its inode number (layers
             // on one file system); a mismatch means the path led to another file.

@@ -180,9 +180,9 @@ mod tests {
 
     #[test]
     fn host_processes_follow_the_layer_rule_and_only_host_files_are_cached() {
-        let verified = LayerId { dev: 1, ino: 10 };
-        let writable = LayerId { dev: 1, ino: 11 };
-        let unknown = LayerId { dev: 1, ino: 12 };
+        let verified = LayerId::new(1, 10);
+        let writable = LayerId::new(1, 11);
+        let unknown = LayerId::new(1, 12);
         let mut policy = Policy::new(Mode::Enforce, Drift::Deny, OutsideImage::Allow);
         policy.layers.insert(verified, LayerState::Verified);
         policy.layers.insert(writable, LayerState::Writable);
@@ -219,8 +219,8 @@ mod tests {
 
     #[test]
     fn containers_are_judged_by_their_image() {
-        let base = LayerId { dev: 1, ino: 20 };
-        let upper = LayerId { dev: 1, ino: 21 };
+        let base = LayerId::new(1, 20);
+        let upper = LayerId::new(1, 21);
         let mut policy = Policy::new(Mode::Enforce, Drift::Deny, OutsideImage::Allow);
         policy.layers.insert(base, LayerState::Verified);
         let root = Root {

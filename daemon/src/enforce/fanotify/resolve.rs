@@ -78,13 +78,10 @@ pub fn locate(policy: &Policy, fd: BorrowedFd<'_>, st: &libc::stat) -> Location 
             continue;
         };
         let layer_dir = scope.prefix.join(layer_dir);
-        return match std::fs::symlink_metadata(&layer_dir) {
-            Ok(meta) => Location::Layer {
-                layer: LayerId {
-                    dev: kernel_dev(meta.dev()),
-                    ino: meta.ino(),
-                },
-            },
+        // Opened, not stat'ed: its generation is part of its identity, so a directory that
+        // reuses a removed layer's inode number is not that layer.
+        return match LayerId::of_dir(&layer_dir) {
+            Ok(layer) => Location::Layer { layer },
             Err(_) => Location::Unknown { layer: None },
         };
     }
