@@ -229,7 +229,7 @@ fn cri_pod_start() {
     let (mut on_all, mut off_all) = (Vec::new(), Vec::new());
     let mut run = |name: &str| {
         let started = Instant::now();
-        let pod = cri.run_pod("default", name).map_err(|(_, e)| e).unwrap();
+        let pod = cri.run_pod("default", name);
         let container = cri
             .create(&pod, "main", 0, &app_id, &bed.name("k8s/app"), &[])
             .unwrap();

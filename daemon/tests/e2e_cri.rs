@@ -282,10 +282,7 @@ fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
     // pause image RunPodSandbox pulls itself starts before its verification ends, and is
     // denied meanwhile (fail closed; kubelet then recreates the sandbox).
     pull(&mut cri, &bed, PAUSE, "trusted");
-    let pod = cri
-        .run_pod("default", "signed")
-        .map_err(|(_, e)| e)
-        .unwrap();
+    let pod = cri.run_pod("default", "signed");
     let (init_container, start) =
         run_container(&mut cri, &pod, "init", 0, &init_id, &bed.name("apps/init"));
     start.unwrap();
@@ -346,10 +343,7 @@ fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
     // b. An unsigned image: its container never runs; ContainerStatus and the container's log
     // carry the runtime's error; the event names pod, container, image and digest.
     let unsigned_id = pull(&mut cri, &bed, "apps/unsigned", "untrusted");
-    let pod = cri
-        .run_pod("default", "unsigned")
-        .map_err(|(_, e)| e)
-        .unwrap();
+    let pod = cri.run_pod("default", "unsigned");
     let (container, start) = run_container(
         &mut cri,
         &pod,
@@ -376,10 +370,7 @@ fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
     // c. An unsigned image whose entrypoint lies under a VOLUME, which the CRI plugin copies
     // outside the snapshots: denied all the same.
     let volume_id = pull(&mut cri, &bed, "apps/volume-unsigned", "untrusted");
-    let pod = cri
-        .run_pod("default", "volume")
-        .map_err(|(_, e)| e)
-        .unwrap();
+    let pod = cri.run_pod("default", "volume");
     let (container, start) = run_container(
         &mut cri,
         &pod,
@@ -427,7 +418,7 @@ fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
     cri.remove_image(&pause_id).unwrap();
     let bad_pause = pause_image(&bed, "pause-unsigned");
     let bad_digest = bed.push(PAUSE, &bad_pause, None);
-    let run = cri.run_pod("default", "bad-sandbox");
+    let (pod, run) = cri.try_run_pod("default", "bad-sandbox");
     eprintln!("RunPodSandbox of an unsigned pause: {run:?}");
     let event = daemon::wait_for_event(&events, |e| {
         e["container"]["image"] == bed.name(PAUSE).as_str()
@@ -450,14 +441,14 @@ fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
         .clone();
     assert_eq!(verdict["digest"], bad_digest.as_str(), "{verdict}");
     match run {
-        Err((pod, error)) => {
+        Err(error) => {
             assert!(
                 error.message().contains("operation not permitted"),
                 "RunPodSandbox failed otherwise: {error}"
             );
             let _ = cri.remove_pod(&pod);
         }
-        Ok(pod) => {
+        Ok(()) => {
             // Started, but its pause process was refused: the sandbox is not ready once the
             // CRI plugin has handled the task's exit.
             let started = Instant::now();
@@ -599,10 +590,7 @@ fn image_id_records_are_never_judged_and_never_let_a_rejected_pod_run() {
         ("rejected/y", &y_id, &y_digest, "y ran"),
     ] {
         let pod_name = repo.replace('/', "-");
-        let pod = cri
-            .run_pod("default", &pod_name)
-            .map_err(|(_, e)| e)
-            .unwrap();
+        let pod = cri.run_pod("default", &pod_name);
         let (container, start) = run_container(&mut cri, &pod, "main", 0, id, &bed.name(repo));
         assert_container_denied(&mut cri, &pod, "main", &container, &start, output);
         assert_cri_event(&events, &container, &pod, "main", &bed.name(repo), digest);
@@ -629,10 +617,7 @@ fn image_id_records_are_never_judged_and_never_let_a_rejected_pod_run() {
         "view snapshots left: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let pod = cri
-        .run_pod("default", "x-again")
-        .map_err(|(_, e)| e)
-        .unwrap();
+    let pod = cri.run_pod("default", "x-again");
     let (container, start) =
         run_container(&mut cri, &pod, "main", 0, &x_id, &bed.name("rejected/x"));
     assert_container_denied(&mut cri, &pod, "main", &container, &start, "x ran");

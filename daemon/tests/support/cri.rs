@@ -156,12 +156,20 @@ impl Cri {
             .map(|_| ())
     }
 
-    /// `RunPodSandbox` of a host-network pod `namespace/name`, labelled as kubelet labels it.
-    pub fn run_pod(
+    /// [`Self::try_run_pod`], asserting success.
+    pub fn run_pod(&mut self, namespace: &str, name: &str) -> Pod {
+        let (pod, result) = self.try_run_pod(namespace, name);
+        result.unwrap_or_else(|error| panic!("RunPodSandbox {namespace}/{name}: {error}"));
+        pod
+    }
+
+    /// `RunPodSandbox` of a host-network pod `namespace/name`, labelled as kubelet labels it:
+    /// the pod (its `sandbox` empty if the call failed) and the call's result.
+    pub fn try_run_pod(
         &mut self,
         namespace: &str,
         name: &str,
-    ) -> Result<Pod, (Pod, containerd_client::tonic::Status)> {
+    ) -> (Pod, Result<(), containerd_client::tonic::Status>) {
         let uid = format!("uid-{name}-{}", std::process::id());
         let labels = HashMap::from([
             (POD_NAME.to_owned(), name.to_owned()),
@@ -208,9 +216,9 @@ impl Cri {
         ) {
             Ok(response) => {
                 pod.sandbox = response.pod_sandbox_id;
-                Ok(pod)
+                (pod, Ok(()))
             }
-            Err(status) => Err((pod, status)),
+            Err(status) => (pod, Err(status)),
         }
     }
 
