@@ -7,7 +7,8 @@
 //! - restarts: five images sharing one chain of layers (the signed image, two retags of it, a
 //!   config-only variant, a signed config-only variant), each with CRI's three records (tag,
 //!   `repo@sha256:<digest>`, `sha256:<config hex>`) in `k8s.io`, through 20 daemon starts, some
-//!   ended by SIGKILL in the middle of the start: every record judged every time, leftovers of
+//!   ended by SIGKILL in the middle of the start: every record catalogued every time (each
+//!   judged, but the image-id records, which are no references and never judged), leftovers of
 //!   earlier runs swept, no view snapshot left in containerd;
 //! - garbage collection: synchronous GCs (`ctr leases rm --sync`) and snapshot removals keep
 //!   running while the daemon catalogues 100 images at each of several starts: every record
@@ -68,6 +69,29 @@ fn leases(containerd: &PrivateContainerd, namespace: &str) -> Vec<String> {
 
 /// Asserts `status` judged exactly `expected` (name → outcome) and nothing waits for a retry.
 fn assert_every_record_judged(status: &Value, expected: &[(String, &str)], context: &str) {
+    assert_every_record_catalogued(status, expected, &[], context);
+}
+
+/// [`assert_every_record_judged`] where `ids` are also records, named by an image id (CRI's
+/// `sha256:<id>`): catalogued, never judged (they are no reference), counted apart.
+fn assert_every_record_catalogued(
+    status: &Value,
+    expected: &[(String, &str)],
+    ids: &[String],
+    context: &str,
+) {
+    assert_eq!(
+        status["records"]["image_ids"].as_u64(),
+        Some(ids.len() as u64),
+        "{context}: {status}"
+    );
+    for id in ids {
+        assert_eq!(
+            daemon::outcome(status, id),
+            None,
+            "{context}: image id {id} judged: {status}"
+        );
+    }
     for (name, want) in expected {
         assert_eq!(
             daemon::outcome(status, name).as_deref(),
@@ -124,6 +148,7 @@ fn restarts_judge_every_record_sharing_a_chain_and_leave_no_view() {
     bed.write_policy("records");
 
     let mut expected: Vec<(String, &str)> = Vec::new();
+    let mut ids = Vec::new();
     for (repo, image, digest, outcome) in [
         ("records/app", &app, &app_digest, "trusted"),
         ("records/variant", &variant, &variant_digest, "untrusted"),
@@ -142,8 +167,8 @@ fn restarts_judge_every_record_sharing_a_chain_and_leave_no_view() {
         ctr_ok(&bed.containerd, ns, &["images", "tag", &name, &id]);
         expected.push((name, outcome));
         expected.push((by_digest, outcome));
-        // An id is no reference the policy's scopes match: the default rule (reject) judges it.
-        expected.push((id, "untrusted"));
+        // An id is no reference: never judged (issue 13), but catalogued all the same.
+        ids.push(id);
     }
     for retag in ["retag-1", "retag-2"] {
         let name = format!("{}/records/app:{retag}", bed.addr);
@@ -155,7 +180,11 @@ fn restarts_judge_every_record_sharing_a_chain_and_leave_no_view() {
         expected.push((name, "trusted"));
     }
     let listed = ctr_ok(&bed.containerd, ns, &["images", "ls", "-q"]);
-    assert_eq!(listed.lines().count(), expected.len(), "{listed}");
+    assert_eq!(
+        listed.lines().count(),
+        expected.len() + ids.len(),
+        "{listed}"
+    );
     let top_chain = imagegate::catalog::oci::chain_ids(&app.diff_ids)[1].clone();
     assert!(
         ctr_ok(&bed.containerd, ns, &["snapshots", "ls"]).contains(&top_chain),
@@ -212,7 +241,7 @@ fn restarts_judge_every_record_sharing_a_chain_and_leave_no_view() {
         starts.push(started.elapsed());
         // The status socket answers once the first reconciliation is done.
         let status = daemon::status(&dir).unwrap();
-        assert_every_record_judged(&status, &expected, &context);
+        assert_every_record_catalogued(&status, &expected, &ids, &context);
         if daemon.log_text().contains("an earlier run left") {
             swept += 1;
         }

@@ -11,7 +11,9 @@
 //! - `scale_500`: 500 signed images of 10 layers each (5,000 layers): the daemon's resident
 //!   memory once it tracks them all, startup reconciliation verifying them all against the
 //!   registry, and startup reconciliation with the registry down (every verdict from the
-//!   persisted cache).
+//!   persisted cache);
+//! - `cri_pod_start`: a CRI pod start (sandbox and one container, as kubelet drives containerd's
+//!   CRI plugin) with the daemon in enforce mode versus no daemon, as a ratio of medians.
 //!
 //! Each prints `bench NAME VALUE UNIT` lines.
 #![allow(clippy::unwrap_used)] // benchmarks: a panic is a failure with its message
@@ -189,6 +191,80 @@ fn container_start() {
     );
     println!(
         "bench container_start_ratio_median {:.3} (rounds {:.3}..{:.3})",
+        quantile(ratios.clone(), 0.5),
+        quantile(ratios.clone(), 0.0),
+        quantile(ratios, 1.0)
+    );
+}
+
+/// A CRI pod start as kubelet does it (`RunPodSandbox`, then `CreateContainer` from the image
+/// id and `StartContainer`; images pulled beforehand, host network) with the daemon in enforce
+/// mode versus no daemon, interleaved round by round, as a ratio of medians. Target: <= 1.10.
+#[test]
+#[ignore = "benchmark: cargo xtask bench"]
+fn cri_pod_start() {
+    let Some(bed) = SignedBed::start_cri("bench-cri", "k8s/pause") else {
+        return;
+    };
+    let dir = bed.dir.clone();
+    let pause = image::image(
+        vec![bed.busybox_layer(Some("pause"))],
+        &["/bin/busybox", "sleep", "2147483647"],
+    );
+    bed.push("k8s/pause", &pause, Some(&bed.trusted));
+    let app = image::image(
+        vec![bed.busybox_layer(Some("app"))],
+        &["/bin/busybox", "sleep", "600"],
+    );
+    bed.push("k8s/app", &app, Some(&bed.trusted));
+    bed.write_policy("k8s");
+    let mut cri = support::cri::Cri::connect(&bed.containerd.socket, &dir.join("logs"));
+    cri.pull(&bed.name("k8s/pause")).unwrap();
+    let app_id = cri.pull(&bed.name("k8s/app")).unwrap();
+    let settings = settings(&bed, "cri");
+    let config = settings.write(&dir, &bed.containerd);
+    const ROUNDS: usize = 6;
+    const RUNS: usize = 5;
+    let mut ratios = Vec::new();
+    let (mut on_all, mut off_all) = (Vec::new(), Vec::new());
+    let mut run = |name: &str| {
+        let started = Instant::now();
+        let pod = cri.run_pod("default", name);
+        let container = cri
+            .create(&pod, "main", 0, &app_id, &bed.name("k8s/app"), &[])
+            .unwrap();
+        cri.start(&container).unwrap();
+        let took = started.elapsed().as_secs_f64() * 1e3;
+        // Running, not refused: a denied start would be fast and wrong.
+        assert_eq!(
+            cri.status(&container).state,
+            1,
+            "the pod's container is not running"
+        );
+        cri.remove_pod(&pod).unwrap();
+        took
+    };
+    for round in 0..ROUNDS {
+        let off: Vec<f64> = (0..RUNS)
+            .map(|i| run(&format!("off-{round}-{i}")))
+            .collect();
+        let daemon = DaemonProcess::start(&dir, &config, "cri");
+        let on: Vec<f64> = (0..RUNS).map(|i| run(&format!("on-{round}-{i}"))).collect();
+        daemon.stop();
+        ratios.push(quantile(on.clone(), 0.5) / quantile(off.clone(), 0.5));
+        on_all.extend(on);
+        off_all.extend(off);
+    }
+    println!(
+        "bench cri_pod_start_no_daemon_median {:.1} ms",
+        quantile(off_all, 0.5)
+    );
+    println!(
+        "bench cri_pod_start_enforce_median {:.1} ms",
+        quantile(on_all, 0.5)
+    );
+    println!(
+        "bench cri_pod_start_ratio_median {:.3} (rounds {:.3}..{:.3}; target <= 1.10)",
         quantile(ratios.clone(), 0.5),
         quantile(ratios.clone(), 0.0),
         quantile(ratios, 1.0)

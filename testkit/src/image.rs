@@ -103,11 +103,17 @@ pub fn image(layers: Vec<Vec<u8>>, entrypoint: &[&str]) -> Image {
 
 /// [`image`] with default arguments (`Cmd`) after the entrypoint.
 pub fn image_with_args(layers: Vec<Vec<u8>>, entrypoint: &[&str], args: &[&str]) -> Image {
-    let diff_ids: Vec<String> = layers.iter().map(|l| digest(l)).collect();
     let mut container = serde_json::json!({"Entrypoint": entrypoint});
     if !args.is_empty() {
         container["Cmd"] = serde_json::json!(args);
     }
+    image_with_config(layers, container)
+}
+
+/// [`image`] whose config's `config` object (the runtime settings: `Entrypoint`, `Cmd`,
+/// `Volumes`, ...) is `container`.
+pub fn image_with_config(layers: Vec<Vec<u8>>, container: serde_json::Value) -> Image {
+    let diff_ids: Vec<String> = layers.iter().map(|l| digest(l)).collect();
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",

@@ -24,5 +24,10 @@ pub fn run() -> Result<()> {
         "scale_500",
         "daemon: 500 images / 5,000 layers",
     );
-    pull.and(start).and(scale)
+    let cri = run_bench_test(
+        "daemon_bench",
+        "cri_pod_start",
+        "daemon: CRI pod start (sandbox and one container) in enforce mode vs no daemon",
+    );
+    pull.and(start).and(scale).and(cri)
 }

@@ -637,6 +637,31 @@ pub struct ContainerRecord {
     pub image: String,
     /// Its writable snapshot's key (usually the id).
     pub snapshot_key: String,
+    /// For a container kubelet made through the CRI plugin: its pod's and its own names.
+    pub kubernetes: Option<KubernetesNames>,
+}
+
+/// The names kubelet labels a CRI container (and a pod's sandbox) with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesNames {
+    /// `io.kubernetes.pod.name`.
+    pub pod: String,
+    /// `io.kubernetes.pod.namespace`.
+    pub namespace: String,
+    /// `io.kubernetes.container.name`; none for a pod's sandbox.
+    pub container: Option<String>,
+}
+
+impl KubernetesNames {
+    /// From a container record's labels; `None` without kubelet's pod labels.
+    #[must_use]
+    pub fn from_labels(labels: &std::collections::HashMap<String, String>) -> Option<Self> {
+        Some(Self {
+            pod: labels.get("io.kubernetes.pod.name")?.clone(),
+            namespace: labels.get("io.kubernetes.pod.namespace")?.clone(),
+            container: labels.get("io.kubernetes.container.name").cloned(),
+        })
+    }
 }
 
 impl ContainerRecord {
@@ -646,6 +671,7 @@ impl ContainerRecord {
             id: container.id,
             image: container.image,
             snapshot_key: container.snapshot_key,
+            kubernetes: KubernetesNames::from_labels(&container.labels),
         }
     }
 }

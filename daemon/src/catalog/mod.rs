@@ -10,7 +10,8 @@ pub mod oci;
 use std::path::PathBuf;
 
 pub use containerd::{
-    ContainerRecord, Containerd, ContainerdError, ImageRecord, ResolvedImage, ViewLease,
+    ContainerRecord, Containerd, ContainerdError, ImageRecord, KubernetesNames, ResolvedImage,
+    ViewLease,
 };
 
 use crate::enforce::LayerId;

@@ -302,6 +302,7 @@ mod tests {
             id: id.into(),
             image: image.into(),
             snapshot_key: id.into(),
+            kubernetes: None,
         }
     }
 

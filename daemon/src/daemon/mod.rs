@@ -6,6 +6,7 @@
 //! verification ends is denied (enforce) or reported (audit), never silently allowed.
 
 pub mod describe;
+pub mod image_ids;
 pub mod prefetch;
 pub mod serve;
 pub mod table;
@@ -161,6 +162,8 @@ pub struct Daemon<B: Backend> {
     pub settings: Option<(crate::enforce::Mode, crate::enforce::Drift)>,
     /// Records that could not be catalogued, retried with back-off.
     pub uncatalogued: HashMap<ImageKey, Uncatalogued>,
+    /// Records named by an image id (CRI's `sha256:<id>`): never judged ([`image_ids`]).
+    pub image_ids: image_ids::ImageIds,
     /// The most recent errors (newest last), for `status`.
     errors: std::collections::VecDeque<(std::time::SystemTime, String)>,
     /// Directory of every layer the table or the writable set knows, for event paths.
@@ -183,7 +186,13 @@ pub struct Daemon<B: Backend> {
     /// Layers the backend had no room for (its table is full), with the state they should
     /// have: unverified (denied) until a deletion makes room.
     refused: HashMap<LayerId, LayerState>,
+    /// Decisions held back until their container is known ([`Self::ready_decisions`]).
+    held: Vec<(Decision, std::time::Instant)>,
 }
+
+/// How long a decision from a container the daemon does not know yet waits for it before it
+/// is described anyway.
+pub const EVENT_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A reconciliation's catalogue: every record containerd has, catalogued (or not), waiting for
 /// its verdicts ([`Daemon::verify_rebuild`]).
@@ -191,6 +200,8 @@ pub struct Rebuild {
     namespaces: Vec<String>,
     total: usize,
     images: Vec<CatalogImage>,
+    /// Image-id records (never judged) and the manifest each resolves to.
+    image_ids: HashMap<ImageKey, Option<String>>,
     failed: Vec<(ImageKey, catalog::CatalogError)>,
     started: std::time::Instant,
     catalogued: std::time::Duration,
@@ -239,6 +250,7 @@ impl<B: Backend> Daemon<B> {
             reconciling: false,
             settings: None,
             uncatalogued: HashMap::new(),
+            image_ids: image_ids::ImageIds::default(),
             errors: std::collections::VecDeque::new(),
             layer_dirs: HashMap::new(),
             paths: describe::PathFinder::default(),
@@ -250,6 +262,7 @@ impl<B: Backend> Daemon<B> {
             rebuild_dirty: None,
             built: false,
             refused: HashMap::new(),
+            held: Vec::new(),
         }
     }
 
@@ -658,15 +671,17 @@ impl<B: Backend> Daemon<B> {
                     namespace: record.namespace.clone(),
                     name: record.image.clone(),
                 };
-                let trust = match self.table.get(&image) {
-                    Some(entry) if entry.trusted => ContainerTrust::Trusted,
-                    Some(entry) if entry.audit => ContainerTrust::Audit,
-                    _ => ContainerTrust::Untrusted,
-                };
-                // The image's policy scope may say what its containers run from outside it.
-                let outside_image = ImageRef::parse(&record.image)
-                    .ok()
-                    .and_then(|reference| self.verifier.policy.rule_for(&reference).outside_image);
+                let images = self.image_ids.images_of(&self.table, &image);
+                let trust = image_ids::container_trust(&images);
+                // The image's policy scope may say what its containers run from outside it
+                // (of several names of one image, a scope that denies wins).
+                let outside_image = images
+                    .iter()
+                    .filter_map(|(key, _)| {
+                        let reference = ImageRef::parse(&key.name).ok()?;
+                        self.verifier.policy.rule_for(&reference).outside_image
+                    })
+                    .max_by_key(|outside| matches!(outside, crate::enforce::OutsideImage::Deny));
                 let state = ContainerState {
                     trust,
                     outside_image,
@@ -718,6 +733,9 @@ impl<B: Backend> Daemon<B> {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         };
+        if image_ids::is_image_id(name) {
+            return self.refresh_image_id(key).await;
+        }
         let record = match self.containerd.image(namespace, name).await {
             Ok(Some(record)) => record,
             Ok(None) => {
@@ -739,6 +757,32 @@ impl<B: Backend> Daemon<B> {
             }
             Err(error) => self.not_catalogued(key, &error),
         }
+    }
+
+    /// Re-reads an image-id record ([`image_ids`]): never judged, only the manifest it resolves
+    /// to is noted, for the containers made from it. One that cannot be read is retried like
+    /// any record; meanwhile its containers are untrusted.
+    async fn refresh_image_id(&mut self, key: ImageKey) -> Result<(), DaemonError> {
+        let resolved = match self.containerd.image(&key.namespace, &key.name).await {
+            Ok(Some(record)) => self.containerd.resolve(&record).await.map(Some),
+            Ok(None) => Ok(None),
+            Err(error) => Err(error),
+        };
+        match resolved {
+            Ok(Some(resolved)) => {
+                self.catalogued(&key);
+                self.image_ids.insert(key, Some(resolved.manifest_digest));
+            }
+            Ok(None) => {
+                self.uncatalogued.remove(&key);
+                self.image_ids.remove(&key);
+            }
+            Err(error) => {
+                self.image_ids.insert(key.clone(), None);
+                self.note_uncatalogued(key, &error.into());
+            }
+        }
+        self.sync_containers()
     }
 
     /// A record could not be catalogued: it vouches for nothing from now on (its layers leave
@@ -954,17 +998,26 @@ impl<B: Backend> Daemon<B> {
         self.rebuild_dirty = Some(HashSet::new());
         let total = listed.len();
         let mut images = Vec::new();
+        let mut ids = HashMap::new();
         let mut failed = Vec::new();
         for (record, result) in listed {
+            let key = ImageKey {
+                namespace: record.namespace,
+                name: record.name,
+            };
+            if image_ids::is_image_id(&key.name) {
+                ids.insert(
+                    key.clone(),
+                    result
+                        .as_ref()
+                        .ok()
+                        .map(|image| image.resolved.manifest_digest.clone()),
+                );
+            }
             match result {
+                Ok(image) if image_ids::is_image_id(&key.name) => drop(image),
                 Ok(image) => images.push(image),
-                Err(error) => failed.push((
-                    ImageKey {
-                        namespace: record.namespace,
-                        name: record.name,
-                    },
-                    error,
-                )),
+                Err(error) => failed.push((key, error)),
             }
         }
         if let Err(error) = self.purge_unlisted_layers(&images) {
@@ -975,6 +1028,7 @@ impl<B: Backend> Daemon<B> {
             namespaces,
             total,
             images,
+            image_ids: ids,
             failed,
             started,
             catalogued: started.elapsed(),
@@ -1161,6 +1215,7 @@ impl<B: Backend> Daemon<B> {
         self.verdicts = verdicts;
         self.layer_dirs = layer_dirs;
         self.writable = writable;
+        self.image_ids.replace(rebuild.image_ids);
         self.built = true;
         let mut earlier = std::mem::take(&mut self.uncatalogued);
         for (key, error) in rebuild.failed {
@@ -1384,9 +1439,16 @@ impl<B: Backend> Daemon<B> {
                     namespace: record.namespace.clone(),
                     name: record.image.clone(),
                 };
-                if let Some(entry) = self.table.get(&image) {
+                let images = self.image_ids.images_of(&self.table, &image);
+                if let Some((_, entry)) = images.first() {
                     value["digest"] = serde_json::Value::String(entry.manifest_digest.clone());
-                    value["trusted"] = serde_json::Value::Bool(entry.trusted);
+                    value["trusted"] = serde_json::Value::Bool(
+                        image_ids::container_trust(&images) == ContainerTrust::Trusted,
+                    );
+                }
+                if image_ids::is_image_id(&record.image) {
+                    // Made from an image id: the names it was judged by.
+                    value["image_names"] = images.iter().map(|(key, _)| key.name.clone()).collect();
                 }
                 value
             })
@@ -1418,6 +1480,30 @@ impl<B: Backend> Daemon<B> {
         value["images"] = serde_json::to_value(&owners).unwrap_or_default();
         value["container"] = by_root.or(container).unwrap_or(serde_json::Value::Null);
         value
+    }
+
+    /// The decisions to describe now, in order: `new` ones and those held earlier. A decision
+    /// from a container the daemon does not know yet is held up to [`EVENT_HOLD`]: its process
+    /// can run before containerd's event for the container reaches the daemon (a CRI sandbox's
+    /// pause process starts within milliseconds of its record, while the daemon may still be
+    /// judging the image just pulled), and its event should name the container and pod.
+    /// `flush` describes everything (the daemon is stopping).
+    pub fn ready_decisions(&mut self, new: Vec<Decision>, flush: bool) -> Vec<Decision> {
+        let now = std::time::Instant::now();
+        self.held
+            .extend(new.into_iter().map(|decision| (decision, now)));
+        let (ready, held): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|(decision, since)| {
+                    flush
+                        || since.elapsed() >= EVENT_HOLD
+                        || decision
+                            .container_root
+                            .is_none_or(|root| self.root_names.contains_key(&root))
+                });
+        self.held = held;
+        ready.into_iter().map(|(decision, _)| decision).collect()
     }
 
     /// Remembers an error for `status` (the last [`LAST_ERRORS`]).
@@ -1463,6 +1549,8 @@ impl<B: Backend> Daemon<B> {
             "records": {
                 "judged": judged,
                 "total": total,
+                // CRI's `sha256:<id>` records: never judged, not counted above.
+                "image_ids": self.image_ids.len(),
                 "uncatalogued": uncatalogued.iter().take(STATUS_UNCATALOGUED).map(|(key, u)| serde_json::json!({
                     "namespace": key.namespace, "image": key.name, "attempts": u.attempts,
                     "error": u.error,
@@ -1517,7 +1605,15 @@ fn entry_of(image: &CatalogImage, verdict: &Verdict) -> ImageEntry {
 }
 
 fn container_json(record: &catalog::ContainerRecord) -> serde_json::Value {
-    serde_json::json!({"namespace": record.namespace, "id": record.id, "image": record.image})
+    let mut value =
+        serde_json::json!({"namespace": record.namespace, "id": record.id, "image": record.image});
+    // A CRI container: the pod and container names kubelet gave it.
+    if let Some(kubernetes) = &record.kubernetes {
+        value["pod"] = serde_json::json!(kubernetes.pod);
+        value["pod_namespace"] = serde_json::json!(kubernetes.namespace);
+        value["name"] = serde_json::json!(kubernetes.container);
+    }
+    value
 }
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ pub async fn serve<B: Backend>(
                 () = tokio::time::sleep_until(reload_at), if rebuilding.is_none() && reload_retry.is_some() => {
                     rebuilding = start_rebuild(&mut daemon, &mut reload_retry).await;
                 }
-                _ = drain.tick() => write_events(&mut daemon, &mut outputs),
+                _ = drain.tick() => write_events(&mut daemon, &mut outputs, false),
                 () = watchdog.tick() => watchdog.ping(),
                 // Answered once the first table is in (clients wait in the backlog until then):
                 // a status answer means reconciled, as `imagegate status` users rely on.
@@ -257,7 +257,7 @@ fn observe<B: Backend>(daemon: &Daemon<B>) {
 fn stop<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs) -> Result<(), DaemonError> {
     crate::metrics::global().stopping();
     crate::systemd::notify("STOPPING=1");
-    write_events(daemon, outputs);
+    write_events(daemon, outputs, true);
     let _ = std::fs::remove_file(&outputs.status_socket);
     if !daemon.backend.enforces_after_exit() {
         tracing::info!(
@@ -273,8 +273,11 @@ fn stop<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs) -> Result<(),
     Ok(())
 }
 
-fn write_events<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs) {
-    let decisions = daemon.backend.drain_events();
+/// Writes out the decisions ready to be described ([`Daemon::ready_decisions`]); `flush`
+/// writes every one.
+fn write_events<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs, flush: bool) {
+    let drained = daemon.backend.drain_events();
+    let decisions = daemon.ready_decisions(drained, flush);
     if decisions.is_empty() {
         return;
     }

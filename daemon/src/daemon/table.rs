@@ -216,6 +216,12 @@ impl LayerTable {
         self.images.get(key)
     }
 
+    /// One image's key and entry.
+    #[must_use]
+    pub fn get_key_value(&self, key: &ImageKey) -> Option<(&ImageKey, &ImageEntry)> {
+        self.images.get_key_value(key)
+    }
+
     /// Every image key.
     pub fn images(&self) -> impl Iterator<Item = (&ImageKey, &ImageEntry)> {
         self.images.iter()

@@ -37,13 +37,38 @@ impl PrivateContainerd {
     }
 
     fn start_with_data(dir: &Path, data: &Path) -> Self {
+        Self::start_with_config(
+            dir,
+            data,
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+        )
+    }
+
+    /// Starts containerd with its CRI plugin configured by `cri` (a config section written by
+    /// `support::cri`), root and state on a fresh tmpfs under `dir` as [`Self::start_on_tmpfs`].
+    pub fn start_cri_on_tmpfs(dir: &Path, cri: &str) -> Self {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &data,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0711"),
+        )
+        .expect("mount tmpfs for containerd");
+        Self::start_with_config(dir, &data, cri)
+    }
+
+    /// Starts containerd with `version = 2`, root, state and sockets under `dir`/`data`, and
+    /// `extra` appended (plugin sections; top-level keys must come first in it).
+    fn start_with_config(dir: &Path, data: &Path, extra: &str) -> Self {
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{extra}\
                  [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
                 root = data.join("root").display(),
                 state = data.join("state").display(),
@@ -158,8 +183,53 @@ impl PrivateContainerd {
     }
 }
 
+/// Pids of the shims serving the containerd at `socket` (their `-address` argument).
+fn shims_of(socket: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                args.first()
+                    .is_some_and(|arg0| arg0.ends_with(b"containerd-shim-runc-v2"))
+                    && args.windows(2).any(|w| {
+                        w[0] == b"-address" && w[1] == socket.as_os_str().as_encoded_bytes()
+                    })
+            })
+        })
+        .collect()
+}
+
+/// Kills (SIGKILL, by pid) the shims of the containerd at `socket` and their direct children
+/// (the containers' first processes): what a test that failed midway left running, since
+/// shims outlive containerd by design.
+fn kill_shims(socket: &Path) {
+    for shim in shims_of(socket) {
+        let children = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children"))
+            .unwrap_or_default();
+        for child in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 impl Drop for PrivateContainerd {
     fn drop(&mut self) {
+        kill_shims(&self.socket);
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let started = Instant::now();

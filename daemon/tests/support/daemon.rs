@@ -139,12 +139,19 @@ impl DaemonProcess {
     /// Starts `imagegate daemon --config CONFIG`, logging to `dir/daemon-TAG.log`, and waits until
     /// its status socket at `dir/status.sock` answers.
     pub fn start(dir: &Path, config: &Path, tag: &str) -> Self {
+        Self::start_with_env(dir, config, tag, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables (e.g. a proxy that catches any
+    /// request to a registry the test did not expect).
+    pub fn start_with_env(dir: &Path, config: &Path, tag: &str, env: &[(&str, &str)]) -> Self {
         let log = dir.join(format!("daemon-{tag}.log"));
         let _ = std::fs::remove_file(dir.join("status.sock"));
         let child = Command::new(imagegate_bin())
             .args(["daemon", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(log.with_extension("stdout")).expect("daemon stdout"))
             .stderr(std::fs::File::create(&log).expect("daemon log"))
             .spawn()

@@ -2,6 +2,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod image;
 pub mod recording;

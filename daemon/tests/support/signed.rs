@@ -32,6 +32,31 @@ impl SignedBed {
     /// printed) when this machine cannot run it: not root, or no docker-registry unless
     /// `IMAGEGATE_REQUIRE_REGISTRY` demands it.
     pub fn start(name: &str) -> Option<Self> {
+        Self::start_with(name, |dir, _| PrivateContainerd::start_on_tmpfs(dir))
+    }
+
+    /// [`Self::start`] with containerd's CRI plugin enabled ([`super::cri::config`]): its
+    /// sandbox image is `ADDR/SANDBOX_REPO:v1` in the bed's registry (pulled over plain HTTP),
+    /// which the test pushes before its first pod.
+    pub fn start_cri(name: &str, sandbox_repo: &str) -> Option<Self> {
+        Self::start_with(name, |dir, addr| {
+            let hosts = dir.join("certs.d");
+            super::cri::plain_http_host(&hosts, addr);
+            let cni = dir.join("cni");
+            std::fs::create_dir_all(cni.join("conf")).expect("cni conf dir");
+            std::fs::create_dir_all(cni.join("bin")).expect("cni bin dir");
+            PrivateContainerd::start_cri_on_tmpfs(
+                dir,
+                &super::cri::config(&format!("{addr}/{sandbox_repo}:v1"), &hosts, &cni),
+            )
+        })
+    }
+
+    /// Starts the registry, then containerd by `containerd(dir, registry address)`.
+    fn start_with(
+        name: &str,
+        containerd: impl FnOnce(&Path, &str) -> PrivateContainerd,
+    ) -> Option<Self> {
         if !super::is_root() {
             eprintln!("SKIPPED: containerd, runc and fanotify need root");
             return None;
@@ -46,9 +71,9 @@ impl SignedBed {
             return None;
         }
         let dir = super::scratch_dir(name);
-        let containerd = PrivateContainerd::start_on_tmpfs(&dir);
         let registry = LocalRegistry::start(&dir.join("registry")).expect("start docker-registry");
         let addr = registry.addr.clone();
+        let containerd = containerd(&dir, &addr);
         let client = Client::new(&addr).expect("registry client");
         Some(Self {
             containerd,
