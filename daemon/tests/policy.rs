@@ -61,6 +61,60 @@ fn example_policy_selects_the_most_specific_scope() {
     assert!(matches!(r.requirement, Requirement::Reject));
 }
 
+/// docs/kubernetes.md's policy: registry.k8s.io (pause included) needs the Kubernetes release
+/// process's keyless signature, with the identity and issuer the Kubernetes documentation gives;
+/// what nothing covers is reported (audit) while rolling out.
+#[test]
+fn the_kubernetes_policy_trusts_the_release_process_for_registry_k8s_io() {
+    let p = Policy::load(&fixtures().join("kubernetes.toml")).unwrap();
+    for image in [
+        "registry.k8s.io/pause:3.10",
+        "registry.k8s.io/kube-apiserver:v1.34.0",
+        "registry.k8s.io/coredns/coredns:v1.12.0",
+    ] {
+        let r = rule_of(&p, image);
+        assert_eq!(
+            (r.scope.as_str(), r.mode),
+            ("registry.k8s.io", Mode::Enforce),
+            "{image}"
+        );
+        let Requirement::Signatures {
+            authorities,
+            threshold,
+        } = &r.requirement
+        else {
+            panic!("{image}: {:?}", r.requirement);
+        };
+        assert_eq!((authorities.len(), *threshold), (1, 1));
+        assert!(
+            authorities[0].require_tlog,
+            "keyless needs the transparency log"
+        );
+        let Signer::Certificate {
+            identities,
+            require_sct,
+        } = &authorities[0].signer
+        else {
+            panic!("{image}: not keyless");
+        };
+        assert!(*require_sct);
+        let identity = &identities[0];
+        assert!(identity
+            .subject
+            .matches("krel-trust@k8s-releng-prod.iam.gserviceaccount.com"));
+        assert!(!identity
+            .subject
+            .matches("krel-staging@k8s-releng-prod.iam.gserviceaccount.com"));
+        let issuer = identity.issuer.as_ref().expect("an issuer");
+        assert!(issuer.matches("https://accounts.google.com"));
+        assert!(!issuer.matches("https://token.actions.githubusercontent.com"));
+    }
+    // A look-alike registry is not the Kubernetes project's.
+    let r = rule_of(&p, "registry.k8s.io.evil.example/pause:3.10");
+    assert_eq!((r.scope.as_str(), r.mode), ("default", Mode::Audit));
+    assert!(matches!(r.requirement, Requirement::Reject));
+}
+
 /// Write `body` as a policy next to the fixtures (so relative key paths resolve) and load it.
 fn load_text(name: &str, body: &str) -> Result<Policy, PolicyError> {
     let dir = tempfile::tempdir().unwrap();
