@@ -117,7 +117,7 @@ impl Verifier {
                     &self.policy,
                     None,
                     &record.name,
-                    &crate::discover::Platform::host(),
+                    &crate::oci::host_platform(),
                 )
                 .await;
             }
