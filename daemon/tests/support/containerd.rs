@@ -86,8 +86,8 @@ impl PrivateContainerd {
 
     /// The overlayfs snapshotter's `snapshots` directory.
     pub fn snapshots_dir(&self) -> PathBuf {
-        self.dir
-            .join("root/io.containerd.snapshotter.v1.overlayfs/snapshots")
+        self.root_dir()
+            .join("io.containerd.snapshotter.v1.overlayfs/snapshots")
     }
 
     /// Runs `ctr` against this containerd in namespace `default`.
