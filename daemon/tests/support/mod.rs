@@ -5,6 +5,7 @@ pub mod containerd;
 pub mod daemon;
 pub mod image;
 pub mod recording;
+pub mod responder;
 pub mod signed;
 
 /// Whether the test runs as root; privileged tests print why they skip otherwise.
