@@ -70,6 +70,10 @@ pub enum OciError {
 
 /// What a manifest or index document turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one short-lived document at a time, matched on at once"
+)]
 pub enum Document {
     /// An image index (or Docker manifest list).
     Index(ImageIndex),

@@ -310,12 +310,9 @@ impl Containerd {
                     let bytes = self
                         .read_blob(&record.namespace, &chosen_digest, limit)
                         .await?;
-                    let manifest = oci::parse_manifest(
-                        &chosen_digest,
-                        &chosen.media_type().to_string(),
-                        &bytes,
-                    )
-                    .map_err(doc_error)?;
+                    let manifest =
+                        oci::parse_manifest(&chosen_digest, chosen.media_type().as_ref(), &bytes)
+                            .map_err(doc_error)?;
                     (Some(record.digest.clone()), chosen_digest, manifest)
                 }
                 Document::Manifest(manifest) => (None, record.digest.clone(), manifest),

@@ -34,9 +34,14 @@ pub struct Responder {
 
 impl Responder {
     pub fn start(behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a responder");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = listener
+            .local_addr()
+            .expect("responder address")
+            .to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
