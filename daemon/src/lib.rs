@@ -2,9 +2,10 @@
 //!
 //! Modules: `verify` (cosign signatures), `policy` (what must be signed by whom), `verdict`
 //! (results, persisted), `discover` (finding signatures in registries), `catalog` (what
-//! containerd has), `enforce` (kernel backends, their self-test), `btf` (kernel type information
-//! for the programs' struct offsets), `doctor` (capability report), `telemetry` (logging set-up),
-//! `metrics` (Prometheus metrics and health endpoints), `systemd` (readiness and watchdog).
+//! containerd has), `oci` (the OCI documents both read, with imagegate's checks), `enforce`
+//! (kernel backends, their self-test), `btf` (kernel type information for the programs' struct
+//! offsets), `doctor` (capability report), `telemetry` (logging set-up), `metrics` (Prometheus
+//! metrics and health endpoints), `systemd` (readiness and watchdog).
 
 pub mod btf;
 pub mod catalog;
@@ -14,6 +15,7 @@ pub mod discover;
 pub mod doctor;
 pub mod enforce;
 pub mod metrics;
+pub mod oci;
 pub mod policy;
 pub mod systemd;
 pub mod telemetry;

@@ -527,7 +527,7 @@ fn verify(
     docker_config: Option<&Path>,
     json: bool,
 ) -> Result<i32> {
-    use imagegate::discover::{Credentials, DiscoveryConfig, Platform, RegistryClient};
+    use imagegate::discover::{Credentials, DiscoveryConfig, RegistryClient};
     let policy = imagegate::policy::Policy::load(policy_path).context("loading the policy")?;
     let credentials = match docker_config {
         Some(path) => Credentials::from_docker_config(path)
@@ -549,7 +549,7 @@ fn verify(
         &policy,
         None,
         image,
-        &Platform::host(),
+        &imagegate::oci::host_platform(),
     ));
     if json {
         println!("{}", serde_json::to_string_pretty(&verdict)?);

@@ -255,9 +255,7 @@ impl Metrics {
             DiscoverError::RequestBudget { .. } => "request_budget",
             DiscoverError::DigestMismatch { .. } => "digest_mismatch",
             DiscoverError::Auth { .. } => "auth",
-            DiscoverError::Malformed { .. }
-            | DiscoverError::Reference { .. }
-            | DiscoverError::NoPlatform { .. } => "malformed",
+            DiscoverError::Document { .. } | DiscoverError::Reference { .. } => "malformed",
         };
         if let Some(index) = REGISTRY_ERROR_KINDS.iter().position(|k| *k == kind) {
             self.registry_errors[index].fetch_add(1, Ordering::Relaxed);

@@ -22,7 +22,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use imagegate::discover::{verify_digest, verify_image, DiscoveryConfig, Platform, RegistryClient};
+use imagegate::discover::{verify_digest, verify_image, DiscoveryConfig, RegistryClient};
+use imagegate::oci::host_platform;
 use imagegate::policy::{Policy, Requirement};
 use imagegate::verdict::{Outcome, VerdictCache, VerdictKey, VerdictStore};
 use imagegate::verify::{
@@ -271,7 +272,7 @@ fn cold(
             policy,
             None,
             reference,
-            &Platform::host(),
+            &host_platform(),
         ));
         assert_eq!(verdict.outcome, Outcome::Trusted, "{reference}: {verdict}");
     }
@@ -421,7 +422,7 @@ fn verification_costs() {
         for reference in setup.many.clone() {
             let (client, policy) = (Arc::clone(&client), Arc::clone(&setup.policy));
             set.spawn(async move {
-                verify_image(&client, &policy, None, &reference, &Platform::host()).await
+                verify_image(&client, &policy, None, &reference, &host_platform()).await
             });
         }
         let mut outcomes = Vec::new();

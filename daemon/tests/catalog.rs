@@ -64,7 +64,7 @@ async fn reconcile_finds_images_layers_and_snapshot_directories() {
     assert_eq!(app_found.resolved.index_digest, None);
     assert_eq!(
         app_found.resolved.chain_ids,
-        imagegate::catalog::oci::chain_ids(&app.diff_ids)
+        imagegate::oci::chain_ids(&app.diff_ids)
     );
     assert_eq!(app_found.layers.len(), 2);
     let snapshots = containerd.snapshots_dir();

@@ -185,7 +185,7 @@ fn restarts_judge_every_record_sharing_a_chain_and_leave_no_view() {
         expected.len() + ids.len(),
         "{listed}"
     );
-    let top_chain = imagegate::catalog::oci::chain_ids(&app.diff_ids)[1].clone();
+    let top_chain = imagegate::oci::chain_ids(&app.diff_ids)[1].clone();
     assert!(
         ctr_ok(&bed.containerd, ns, &["snapshots", "ls"]).contains(&top_chain),
         "the images share the unpacked chain {top_chain}"
@@ -681,7 +681,7 @@ fn an_uncatalogued_record_vouches_for_nothing_is_counted_and_retried_until_judge
     // The image's config goes missing from the content store, so the record cannot be
     // catalogued; its unpacked layers stay (a gc.root label), as they would for a record
     // whose content is being re-fetched.
-    let chain = imagegate::catalog::oci::chain_ids(&app.diff_ids);
+    let chain = imagegate::oci::chain_ids(&app.diff_ids);
     ctr_ok(
         &bed.containerd,
         "default",

@@ -5,7 +5,9 @@
 //!   verdict is recorded; past the verification deadline it gets an `error` verdict and a retry;
 //! - a reload to a policy that rejects an image revokes its layer in the swap; a reload whose
 //!   rebuild fails (here: a policy replaced again meanwhile, and containerd gone) keeps the old
-//!   table whole.
+//!   table whole;
+//! - a reload that drops a key revokes the images signed only with it at once, before the new
+//!   table is computed (real signatures, Debian's docker-registry on 127.0.0.1).
 
 mod support;
 
@@ -31,6 +33,7 @@ use support::{
     containerd::PrivateContainerd,
     image::{self, File},
     recording::{id_of_dir_with, RecordingBackend},
+    signed::SignedBed,
 };
 
 /// A registry that accepts connections and never answers, until dropped.
@@ -403,6 +406,143 @@ async fn a_reload_revokes_what_the_new_policy_rejects() {
         );
         assert_eq!(daemon.table.images().count(), 2);
     }
+}
+
+/// Before, a reload that dropped a key left the images signed only with it verified until the
+/// whole re-verification was swapped in (registry round trips, up to one deadline). Now they
+/// stop vouching as the policy is replaced, before any rebuild: pending (`error`) until the
+/// rebuild judges them untrusted. Images signed with a key the new policy keeps stay verified
+/// throughout.
+#[test]
+fn a_reload_that_drops_a_key_revokes_its_images_before_the_rebuild() {
+    let Some(bed) = SignedBed::start("daemon-drop-key") else {
+        return;
+    };
+    let base = bed.busybox_layer(None);
+    let kept = bed.name("drop/kept");
+    let dropped = bed.name("drop/dropped");
+    bed.push(
+        "drop/kept",
+        &bed.image_on(&base, "kept-marker"),
+        Some(&bed.trusted),
+    );
+    bed.push(
+        "drop/dropped",
+        &bed.image_on(&base, "dropped-marker"),
+        Some(&bed.other),
+    );
+    bed.pull(&kept);
+    bed.pull(&dropped);
+    let kept_layer = id_of_dir_with(&bed.containerd, "etc/kept-marker");
+    let dropped_layer = id_of_dir_with(&bed.containerd, "etc/dropped-marker");
+    let base_layer = id_of_dir_with(&bed.containerd, "bin/busybox");
+    let write_key = |name: &str, key: &imagegate_testkit::sign::Key| {
+        let path = bed.dir.join(format!("{name}.pub"));
+        std::fs::write(&path, key.public_pem().expect("pem")).expect("key file");
+        path
+    };
+    let (trusted, other) = (
+        write_key("trusted", &bed.trusted),
+        write_key("other", &bed.other),
+    );
+    let policy = |name: &str, keys: &[&Path]| {
+        let mut text = format!(
+            "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"{}/drop/**\"\nrequire = \"signatures\"\n",
+            bed.addr
+        );
+        for key in keys {
+            text.push_str(&format!("[[scope.keys]]\npath = \"{}\"\n", key.display()));
+        }
+        let path = bed.dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("policy");
+        Arc::new(imagegate::policy::Policy::load(&path).expect("policy"))
+    };
+    // The test bed's registry client blocks: the bed is set up before the runtime starts.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = RegistryClient::new(DiscoveryConfig {
+            insecure_registries: vec![bed.addr.clone()],
+            ..DiscoveryConfig::default()
+        })
+        .expect("client");
+        let mut daemon = Daemon::new(
+            RecordingBackend::default(),
+            Verifier {
+                policy: policy("both", &[&trusted, &other]),
+                client: Arc::new(client),
+                cache: Arc::new(VerdictCache::new(None)),
+            },
+            Containerd::connect(&bed.containerd.socket)
+                .await
+                .expect("connect"),
+        );
+        daemon.reconcile().await.expect("reconcile");
+        for layer in [&kept_layer, &dropped_layer, &base_layer] {
+            assert_eq!(
+                daemon.backend.layers.get(layer),
+                Some(&LayerState::Verified)
+            );
+        }
+        let outcome = |daemon: &Daemon<RecordingBackend>, name: &str| {
+            daemon.verdicts[&ImageKey {
+                namespace: "default".into(),
+                name: name.into(),
+            }]
+                .outcome
+        };
+
+        // The key `other` is dropped: its image stops vouching now, before any rebuild.
+        daemon
+            .replace_policy(policy("trusted-only", &[&trusted]))
+            .await;
+        assert_eq!(
+            daemon.backend.layers.get(&dropped_layer),
+            None,
+            "revoked as the policy is replaced"
+        );
+        assert_eq!(
+            outcome(&daemon, &dropped),
+            Outcome::Error,
+            "pending until judged"
+        );
+        assert_eq!(
+            daemon.backend.layers.get(&kept_layer),
+            Some(&LayerState::Verified)
+        );
+        assert_eq!(
+            daemon.backend.layers.get(&base_layer),
+            Some(&LayerState::Verified),
+            "still vouched for by the image signed with the kept key"
+        );
+
+        // The rebuild judges it: signed, but by a key the policy does not trust.
+        daemon.reconcile().await.expect("reconcile");
+        assert_eq!(outcome(&daemon, &dropped), Outcome::Untrusted);
+        assert_eq!(outcome(&daemon, &kept), Outcome::Trusted);
+        assert_eq!(daemon.backend.layers.get(&dropped_layer), None);
+        assert_eq!(
+            daemon.backend.layers.get(&kept_layer),
+            Some(&LayerState::Verified)
+        );
+
+        // Adding a key back revokes nothing; the rebuild trusts the image again.
+        daemon
+            .replace_policy(policy("both-again", &[&trusted, &other]))
+            .await;
+        assert_eq!(
+            daemon.backend.layers.get(&kept_layer),
+            Some(&LayerState::Verified)
+        );
+        daemon.reconcile().await.expect("reconcile");
+        assert_eq!(
+            daemon.backend.layers.get(&dropped_layer),
+            Some(&LayerState::Verified)
+        );
+    });
 }
 
 /// Before issue 12 a full backend table (BPF LSM's 131,072 layers) failed every reconcile: the

@@ -236,7 +236,7 @@ async fn a_record_that_cannot_be_catalogued_vouches_for_nothing_until_a_retry_su
     let archive = dir.join("retry.tar");
     image::write_archive(&archive, name, &image, false);
     containerd.import("default", &archive);
-    let chain = imagegate::catalog::oci::chain_ids(&image.diff_ids);
+    let chain = imagegate::oci::chain_ids(&image.diff_ids);
     // Its unpacked layer stays while the config is gone (as for content being re-fetched).
     let out = containerd.ctr(&["snapshots", "label", &chain[0], "containerd.io/gc.root=t"]);
     assert!(out.status.success(), "{out:?}");

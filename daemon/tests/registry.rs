@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use imagegate::discover::{verify_digest, verify_image, DiscoveryConfig, Platform, RegistryClient};
+use imagegate::discover::{verify_digest, verify_image, DiscoveryConfig, RegistryClient};
+use imagegate::oci::{platform, Platform};
 use imagegate::policy::{file, Policy};
 use imagegate::verdict::{Outcome, Verdict, VerdictCache, VerdictStore};
 use imagegate::verify::{FailureKind, ImageRef};
@@ -199,11 +200,7 @@ fn images() -> Value {
 }
 
 fn amd64() -> Platform {
-    Platform {
-        os: "linux".into(),
-        architecture: "amd64".into(),
-        variant: None,
-    }
+    platform("linux", "amd64", None)
 }
 
 fn show(v: &Verdict) -> String {
@@ -285,16 +282,10 @@ async fn registry_discovery_end_to_end() {
     let strict = client(&addr, |c| c.accept_index_signatures = false);
     let v = verify_image(&strict, &p, None, &r("multi"), &amd64()).await;
     assert_eq!(v.outcome, Outcome::Untrusted, "{}", show(&v));
-    let arm = Platform {
-        architecture: "arm64".into(),
-        ..amd64()
-    };
+    let arm = platform("linux", "arm64", None);
     let v = verify_image(&c, &p, None, &r("multi"), &arm).await;
     assert_eq!(v.digest, im["multi"]["arm64_digest"].as_str().unwrap());
-    let riscv = Platform {
-        architecture: "riscv64".into(),
-        ..amd64()
-    };
+    let riscv = platform("linux", "riscv64", None);
     let v = verify_image(&c, &p, None, &r("multi"), &riscv).await;
     assert_eq!(v.outcome, Outcome::Error, "{}", show(&v));
 

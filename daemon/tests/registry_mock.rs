@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use imagegate::discover::{verify_image, Credentials, DiscoveryConfig, Platform, RegistryClient};
+use imagegate::discover::{verify_image, Credentials, DiscoveryConfig, RegistryClient};
 use imagegate::policy::file;
 use imagegate::verdict::Outcome;
 use serde_json::Value;
@@ -154,11 +154,7 @@ async fn referrers_api_behind_token_auth() {
     let images: Value =
         serde_json::from_slice(&std::fs::read(g.join("registry/images.json")).unwrap()).unwrap();
     let reference = format!("{addr}/app/bundle:v1");
-    let platform = Platform {
-        os: "linux".into(),
-        architecture: "amd64".into(),
-        variant: None,
-    };
+    let platform = imagegate::oci::platform("linux", "amd64", None);
     let mut creds = Credentials::default();
     creds.insert(&addr, "user", "pass");
     let cfg = DiscoveryConfig {

@@ -265,7 +265,7 @@ fn mutated_keys_payloads_policies_and_manifests_never_panic() {
             &fixtures.join("m.json"),
             &String::from_utf8_lossy(&mutate(&mut rng, &json_pol)),
         );
-        let _ = imagegate::discover::find::Manifest::parse(&mutate(&mut rng, manifest), "m");
+        let _ = imagegate::oci::parse_document("m", "", &mutate(&mut rng, manifest));
         let m = LegacySignature {
             media_type: SIMPLE_SIGNING_MEDIA_TYPE.into(),
             payload: mutate(&mut rng, &payload),

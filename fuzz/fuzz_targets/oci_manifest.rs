@@ -1,4 +1,4 @@
-//! Fuzz target: OCI/Docker manifests, indexes and configs (discover::find::Manifest, catalog::oci). The check and its invariant live in `imagegate_fuzz::documents`.
+//! Fuzz target: OCI/Docker manifests, indexes and configs (imagegate::oci: the oci-spec types with imagegate's checks). The check and its invariant live in `imagegate_fuzz::documents`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(

@@ -1,5 +1,5 @@
 //! Registry and containerd documents: OCI/Docker manifests and indexes as discovery reads them
-//! (`discover::find::Manifest`) and as the catalog reads them (`catalog::oci`), image configs,
+//! and the catalog read them (`oci`: the `oci-spec` types with imagegate's checks), image configs,
 //! and sigstore's `trusted_root.json`.
 //!
 //! Invariants: every digest an accepted document carries is `sha256:<64 lowercase hex>`; the
@@ -7,28 +7,20 @@
 //! the diffIDs one to one; a trusted root keeps every key and certificate it lists (nothing is
 //! dropped silently; an unusable log key is listed with its reason).
 
-use imagegate::catalog::oci::{self, media_type, Document};
-use imagegate::discover::find::Manifest;
+use imagegate::oci::{self, media_type, Descriptor, Document};
 use imagegate::verify::TrustMaterial;
 use serde_json::Value;
 
 use super::{dirs_in, files_in, fixtures, is_sha256_digest, sha256};
 
-pub fn check_oci(data: &[u8]) {
-    if let Ok(manifest) = Manifest::parse(data, "fuzz") {
-        for d in manifest
-            .layers
-            .iter()
-            .chain(&manifest.manifests)
-            .chain(manifest.subject.iter())
-        {
-            assert!(
-                is_sha256_digest(&d.digest),
-                "accepted digest {:?}",
-                d.digest
-            );
-        }
+fn assert_sha256<'a>(descriptors: impl IntoIterator<Item = &'a Descriptor>) {
+    for d in descriptors {
+        let digest = d.digest().to_string();
+        assert!(is_sha256_digest(&digest), "accepted digest {digest:?}");
     }
+}
+
+pub fn check_oci(data: &[u8]) {
     let index_digest = format!("sha256:{}", hex::encode(sha256(data)));
     for declared in [
         media_type::OCI_INDEX,
@@ -38,21 +30,31 @@ pub fn check_oci(data: &[u8]) {
         "",
     ] {
         match oci::parse_document("fuzz", declared, data) {
-            Ok(Document::Index(entries)) => {
+            Ok(Document::Index(index)) => {
+                assert_eq!(index.schema_version(), 2);
+                assert_sha256(index.manifests().iter().chain(index.subject()));
                 let host = oci::host_platform();
-                if let Ok(chosen) = oci::select_platform(&index_digest, &entries, &host) {
-                    assert!(entries.iter().any(|e| std::ptr::eq(e, chosen)));
+                if let Ok(chosen) = oci::select_platform(&index_digest, &index, &host) {
+                    assert!(index.manifests().iter().any(|e| std::ptr::eq(e, chosen)));
                     let platform = chosen
-                        .platform
+                        .platform()
                         .as_ref()
                         .expect("chosen entry has a platform");
                     assert_eq!(
-                        (&platform.os, &platform.architecture),
-                        (&host.os, &host.architecture)
+                        (platform.os(), platform.architecture()),
+                        (host.os(), host.architecture())
                     );
                 }
             }
-            Ok(Document::Manifest { .. }) | Err(_) => {}
+            Ok(Document::Manifest(manifest)) => {
+                assert_eq!(manifest.schema_version(), 2);
+                assert_sha256(
+                    std::iter::once(manifest.config())
+                        .chain(manifest.layers())
+                        .chain(manifest.subject()),
+                );
+            }
+            Err(_) => {}
         }
     }
     if let Ok(diff_ids) = oci::parse_config_diff_ids("fuzz", data) {

@@ -18,7 +18,7 @@ use containerd_client::{
     Client,
 };
 
-use super::oci::{self, Document, OciError};
+use crate::oci::{self, Document, OciError};
 
 /// The snapshotter whose directories imagegate judges.
 pub const SNAPSHOTTER: &str = "overlayfs";
@@ -302,33 +302,31 @@ impl Containerd {
             match oci::parse_document(&record.digest, &record.media_type, &top)
                 .map_err(doc_error)?
             {
-                Document::Index(entries) => {
+                Document::Index(index) => {
                     let chosen =
-                        oci::select_platform(&record.digest, &entries, &oci::host_platform())
+                        oci::select_platform(&record.digest, &index, &oci::host_platform())
                             .map_err(doc_error)?;
+                    let chosen_digest = chosen.digest().to_string();
                     let bytes = self
-                        .read_blob(&record.namespace, &chosen.digest, limit)
+                        .read_blob(&record.namespace, &chosen_digest, limit)
                         .await?;
-                    let manifest = oci::parse_document(&chosen.digest, &chosen.media_type, &bytes)
-                        .map_err(doc_error)?;
-                    (Some(record.digest.clone()), chosen.digest.clone(), manifest)
+                    let manifest =
+                        oci::parse_manifest(&chosen_digest, chosen.media_type().as_ref(), &bytes)
+                            .map_err(doc_error)?;
+                    (Some(record.digest.clone()), chosen_digest, manifest)
                 }
-                manifest @ Document::Manifest { .. } => (None, record.digest.clone(), manifest),
+                Document::Manifest(manifest) => (None, record.digest.clone(), manifest),
             };
-        let Document::Manifest { config, layers } = manifest else {
-            return Err(doc_error(OciError::UnsupportedMediaType {
-                what: manifest_digest,
-                media_type: "nested index".to_owned(),
-            }));
-        };
+        let config_digest = manifest.config().digest().to_string();
         let config_bytes = self
-            .read_blob(&record.namespace, &config.digest, limit)
+            .read_blob(&record.namespace, &config_digest, limit)
             .await?;
         let diff_ids =
-            oci::parse_config_diff_ids(&config.digest, &config_bytes).map_err(doc_error)?;
-        if diff_ids.len() != layers.len() {
+            oci::parse_config_diff_ids(&config_digest, &config_bytes).map_err(doc_error)?;
+        let layers = manifest.layers().len();
+        if diff_ids.len() != layers {
             return Err(doc_error(OciError::LayerCountMismatch {
-                layers: layers.len(),
+                layers,
                 diff_ids: diff_ids.len(),
             }));
         }
@@ -336,7 +334,7 @@ impl Containerd {
             record: record.clone(),
             index_digest,
             manifest_digest,
-            config_digest: config.digest,
+            config_digest,
             chain_ids: oci::chain_ids(&diff_ids),
         })
     }

@@ -5,7 +5,6 @@
 
 pub mod containerd;
 pub mod content_watch;
-pub mod oci;
 
 use std::path::PathBuf;
 

@@ -118,7 +118,7 @@ impl Verifier {
                     &self.policy,
                     None,
                     &record.name,
-                    &crate::discover::Platform::host(),
+                    &crate::oci::host_platform(),
                 )
                 .await;
             }
@@ -293,32 +293,48 @@ impl<B: Backend> Daemon<B> {
         let removed = self.verifier.cache.keep_only_policy(&policy.hash).await;
         tracing::info!(removed, "verdicts of the previous policy forgotten");
         self.verifier.policy = policy;
-        if let Err(error) = self.revoke_rejected() {
-            self.note_error("revoking what the new policy rejects", &error);
-            tracing::warn!(error = %crate::doctor::error_chain(&error), "revoking what the new policy rejects failed; the rebuild's swap will");
+        if let Err(error) = self.revoke_first() {
+            self.note_error("revoking what the new policy no longer vouches for", &error);
+            tracing::warn!(error = %crate::doctor::error_chain(&error), "revoking what the new policy no longer vouches for failed; the rebuild's swap will");
         }
     }
 
-    /// Revokes first: an image the new policy rejects outright (its scope says `reject`) needs
-    /// no registry to be judged, so it stops vouching at once, before the new table is computed
-    /// (which takes registry round trips). Everything else waits for the swap.
-    fn revoke_rejected(&mut self) -> Result<(), DaemonError> {
+    /// Revokes first: what the new policy can be seen not to vouch for without a registry stops
+    /// vouching at once, before the new table is computed (which takes registry round trips):
+    /// an image its scope now rejects outright, and a trusted image whose accepted signatures
+    /// were all made with keys the new policy dropped ([`Verdict::may_still_satisfy`]). The
+    /// latter is pending (`error`) until the rebuild judges it. Everything else waits for the
+    /// swap.
+    fn revoke_first(&mut self) -> Result<(), DaemonError> {
         let policy = Arc::clone(&self.verifier.policy);
-        let rejected: Vec<(ImageKey, Verdict)> = self
+        let revoked: Vec<(ImageKey, Verdict)> = self
             .table
             .images()
             .filter(|(_, entry)| entry.trusted || entry.audit)
             .filter_map(|(key, entry)| {
                 let reference = ImageRef::parse(&key.name).ok()?;
                 let rule = policy.rule_for(&reference);
-                matches!(rule.requirement, crate::policy::Requirement::Reject).then(|| {
+                if matches!(rule.requirement, crate::policy::Requirement::Reject) {
                     let verdict =
                         crate::verdict::evaluate(&policy, &reference, &entry.manifest_digest, &[]);
+                    return Some((key.clone(), verdict));
+                }
+                let old = self.verdicts.get(key)?;
+                (entry.trusted && !old.may_still_satisfy(rule)).then(|| {
+                    let verdict = Verdict::error(
+                        &key.name,
+                        &entry.manifest_digest,
+                        &rule.scope,
+                        rule.mode,
+                        &policy.hash,
+                        Some(crate::verify::FailureKind::Signature),
+                        "signed only with keys the new policy no longer trusts; judged again by the reload".to_owned(),
+                    );
                     (key.clone(), verdict)
                 })
             })
             .collect();
-        for (key, verdict) in rejected {
+        for (key, verdict) in revoked {
             let Some(entry) = self.table.get(&key) else {
                 continue;
             };
@@ -328,7 +344,7 @@ impl<B: Backend> Daemon<B> {
                 audit: verdict.mode == crate::policy::Mode::Audit,
                 layers: entry.layers.clone(),
             };
-            tracing::info!(image = %key.name, namespace = %key.namespace, "revoked at once: the new policy rejects it");
+            tracing::info!(image = %key.name, namespace = %key.namespace, outcome = ?verdict.outcome, "revoked at once: the new policy does not vouch for it");
             let changes = self.table.upsert(key.clone(), entry);
             self.verdicts.insert(key, verdict);
             self.apply(&changes)?;

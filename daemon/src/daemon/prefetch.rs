@@ -19,8 +19,9 @@ use std::{
 };
 
 use crate::{
-    catalog::{oci, Containerd},
+    catalog::Containerd,
     discover::RegistryClient,
+    oci,
     policy::Policy,
     verdict::{Outcome, VerdictCache},
     verify::reference::ImageRef,
@@ -122,16 +123,16 @@ impl Prefetcher {
             return;
         }
         match oci::parse_document(&digest, "", &bytes) {
-            Ok(oci::Document::Index(entries)) => {
+            Ok(oci::Document::Index(index)) => {
                 let mut parents = self.parents.lock().unwrap_or_else(PoisonError::into_inner);
-                if parents.len() + entries.len() > MAX_PARENTS {
+                if parents.len() + index.manifests().len() > MAX_PARENTS {
                     parents.clear();
                 }
-                for entry in entries {
-                    parents.insert(entry.digest, digest.clone());
+                for entry in index.manifests() {
+                    parents.insert(entry.digest().to_string(), digest.clone());
                 }
             }
-            Ok(oci::Document::Manifest { .. }) => self.verify(&digest).await,
+            Ok(oci::Document::Manifest(_)) => self.verify(&digest).await,
             // Configs, layers, or documents without a media type: nothing to verify early.
             Err(_) => {}
         }

@@ -2,78 +2,47 @@
 //! type of the layer inside the manifest, not by the index entry's `artifactType` (GHCR and the
 //! referrers-tag fallback type cosign v3 bundles as `application/vnd.oci.empty.v1+json`).
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
 use tracing::debug;
 
 use super::client::{Session, MANIFEST_ACCEPT};
 use super::DiscoverError;
+use crate::oci::{self, media_type::OCI_INDEX, Descriptor, ImageManifest};
 use crate::verdict::{Candidate, SignatureSource};
 use crate::verify::legacy::{
     ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE, ANNOTATION_CHAIN, ANNOTATION_RFC3161,
     ANNOTATION_SIGNATURE,
 };
 use crate::verify::payload::{MAX_PAYLOAD_BYTES, SIMPLE_SIGNING_MEDIA_TYPE};
-use crate::verify::reference::is_valid_digest;
 use crate::verify::{LegacySignature, VerifyError};
 
-const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 const BUNDLE_MEDIA_PREFIX: &str = "application/vnd.dev.sigstore.bundle";
 
-/// An OCI descriptor (only the fields we use).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    pub media_type: String,
-    pub digest: String,
-    #[serde(default)]
-    pub size: u64,
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default)]
-    pub platform: Option<PlatformDesc>,
+/// The entries of a referrers list (the referrers API's answer or the `sha256-<hex>` tag's
+/// index), parsed with the same checks as every other OCI document.
+fn referrers_list(
+    url: &str,
+    declared: &str,
+    bytes: &[u8],
+) -> Result<Vec<Descriptor>, DiscoverError> {
+    oci::parse_index(url, declared, bytes)
+        .map(|index| index.manifests().clone())
+        .map_err(|source| DiscoverError::Document {
+            url: url.to_owned(),
+            source,
+        })
 }
 
-/// `platform` of an index entry.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PlatformDesc {
-    pub os: String,
-    pub architecture: String,
-    #[serde(default)]
-    pub variant: Option<String>,
-}
-
-/// An OCI/Docker image manifest or index (only the fields we use).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Manifest {
-    #[serde(rename = "mediaType", default)]
-    pub media_type: Option<String>,
-    #[serde(default)]
-    pub layers: Vec<Descriptor>,
-    #[serde(default)]
-    pub manifests: Vec<Descriptor>,
-    #[serde(default)]
-    pub subject: Option<Descriptor>,
-}
-
-impl Manifest {
-    /// Parse, refusing descriptors whose digest is not `sha256:<hex>`.
-    pub fn parse(bytes: &[u8], url: &str) -> Result<Self, DiscoverError> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| DiscoverError::Malformed {
-            url: url.to_string(),
-            detail: e.to_string(),
-        })?;
-        for d in m.layers.iter().chain(&m.manifests).chain(m.subject.iter()) {
-            if !is_valid_digest(&d.digest) {
-                return Err(DiscoverError::Malformed {
-                    url: url.to_string(),
-                    detail: format!("unsupported digest {:?}", d.digest),
-                });
-            }
-        }
-        Ok(m)
-    }
+/// A signature artifact's manifest (a referrer, or the legacy `.sig` tag's); `declared` is the
+/// registry's `Content-Type`, for a manifest that does not name its media type.
+fn artifact_manifest(
+    url: &str,
+    declared: &str,
+    bytes: &[u8],
+) -> Result<ImageManifest, DiscoverError> {
+    oci::parse_manifest(url, declared, bytes).map_err(|source| DiscoverError::Document {
+        url: url.to_owned(),
+        source,
+    })
 }
 
 /// Signatures found for one digest, and the discovery errors met on the way (which turn a
@@ -119,7 +88,7 @@ pub async fn find_signatures(
             registry,
             repo,
             &format!("referrers/{digest}"),
-            INDEX_MEDIA_TYPE,
+            OCI_INDEX,
             cfg.max_manifest_bytes,
         )
         .await
@@ -127,10 +96,11 @@ pub async fn find_signatures(
         Ok(Some(f))
             if f.content_type
                 .as_deref()
-                .is_none_or(|c| c == INDEX_MEDIA_TYPE || c == "application/json") =>
+                .is_none_or(|c| c == OCI_INDEX || c == "application/json") =>
         {
-            match Manifest::parse(&f.body, "referrers") {
-                Ok(m) => referrers = Some(m.manifests),
+            // The API answers an index by definition, whether or not it names its media type.
+            match referrers_list("referrers", OCI_INDEX, &f.body) {
+                Ok(list) => referrers = Some(list),
                 Err(e) => found.errors.push(e),
             }
         }
@@ -153,8 +123,12 @@ pub async fn find_signatures(
             )
             .await
         {
-            Ok(Some(f)) => match Manifest::parse(&f.body, "referrers tag") {
-                Ok(m) => referrers = Some(m.manifests),
+            Ok(Some(f)) => match referrers_list(
+                "referrers tag",
+                f.content_type.as_deref().unwrap_or_default(),
+                &f.body,
+            ) {
+                Ok(list) => referrers = Some(list),
                 Err(e) => found.errors.push(e),
             },
             Ok(None) => {}
@@ -165,13 +139,14 @@ pub async fn find_signatures(
         if found.sources.len() >= cfg.max_signatures {
             break;
         }
-        let label = format!("referrer:{}", d.digest);
-        if d.size as usize > cfg.max_manifest_bytes {
+        let referrer = d.digest().to_string();
+        let label = format!("referrer:{referrer}");
+        if d.size() > cfg.max_manifest_bytes as u64 {
             found.sources.push(unusable(
                 label,
                 digest,
-                &d.digest,
-                format!("manifest size {} over limit", d.size),
+                &referrer,
+                format!("manifest size {} over limit", d.size()),
             ));
             continue;
         }
@@ -180,16 +155,20 @@ pub async fn find_signatures(
                 registry,
                 repo,
                 "manifests",
-                &d.digest,
+                &referrer,
                 MANIFEST_ACCEPT,
                 cfg.max_manifest_bytes,
             )
             .await
         {
-            Ok(Some(f)) => match Manifest::parse(&f.body, &label) {
+            Ok(Some(f)) => match artifact_manifest(
+                &label,
+                f.content_type.as_deref().unwrap_or_default(),
+                &f.body,
+            ) {
                 Ok(m) => m,
                 Err(e) => {
-                    found.sources.push(unusable(label, digest, &d.digest, e));
+                    found.sources.push(unusable(label, digest, &referrer, e));
                     continue;
                 }
             },
@@ -199,29 +178,34 @@ pub async fn find_signatures(
                 break;
             }
             Err(e) => {
-                found.sources.push(unusable(label, digest, &d.digest, e));
+                found.sources.push(unusable(label, digest, &referrer, e));
                 continue;
             }
         };
-        if m.subject.as_ref().is_some_and(|sub| sub.digest != digest) {
+        if m.subject()
+            .as_ref()
+            .is_some_and(|sub| sub.digest().as_ref() != digest)
+        {
             found.sources.push(unusable(
                 label,
                 digest,
-                &d.digest,
+                &referrer,
                 "manifest subject is another image",
             ));
             continue;
         }
-        let Some(layer) = m.layers.first().filter(|_| m.layers.len() == 1) else {
+        let layers = m.layers();
+        let Some(layer) = layers.first().filter(|_| layers.len() == 1) else {
             found.sources.push(unusable(
                 label,
                 digest,
-                &d.digest,
-                format!("{} layers, a signature artifact has one", m.layers.len()),
+                &referrer,
+                format!("{} layers, a signature artifact has one", layers.len()),
             ));
             continue;
         };
-        if layer.media_type.starts_with(BUNDLE_MEDIA_PREFIX) {
+        let layer_type = layer.media_type().to_string();
+        if layer_type.starts_with(BUNDLE_MEDIA_PREFIX) {
             match blob(s, registry, repo, layer, cfg.max_blob_bytes).await {
                 Ok(b) => found.sources.push(SignatureSource {
                     label,
@@ -230,16 +214,16 @@ pub async fn find_signatures(
                 }),
                 Err(e) => found
                     .sources
-                    .push(unusable(label, digest, &layer.digest, e)),
+                    .push(unusable(label, digest, layer.digest().as_ref(), e)),
             }
         } else {
             // SBOMs, attestations in other formats, ...: not signatures.
-            debug!(media_type = %layer.media_type, "referrer is not a signature");
+            debug!(media_type = %layer_type, "referrer is not a signature");
             found.sources.push(SignatureSource {
                 label,
                 signed_digest: digest.to_string(),
                 candidate: Candidate::Unusable(VerifyError::MediaType {
-                    found: layer.media_type.clone(),
+                    found: layer_type,
                     expected: "application/vnd.dev.sigstore.bundle.v0.3+json",
                 }),
             });
@@ -257,19 +241,24 @@ pub async fn find_signatures(
         )
         .await
     {
-        Ok(Some(f)) => match Manifest::parse(&f.body, "legacy .sig manifest") {
+        Ok(Some(f)) => match artifact_manifest(
+            "legacy .sig manifest",
+            f.content_type.as_deref().unwrap_or_default(),
+            &f.body,
+        ) {
             Ok(m) => {
-                for (i, layer) in m.layers.iter().enumerate() {
+                for (i, layer) in m.layers().iter().enumerate() {
                     if found.sources.len() >= cfg.max_signatures {
                         break;
                     }
                     let label = format!("legacy:sha256-{}.sig#{i}", &hex[..hex.len().min(12)]);
-                    if layer.media_type != SIMPLE_SIGNING_MEDIA_TYPE {
+                    let layer_type = layer.media_type().to_string();
+                    if layer_type != SIMPLE_SIGNING_MEDIA_TYPE {
                         found.sources.push(SignatureSource {
                             label,
                             signed_digest: digest.to_string(),
                             candidate: Candidate::Unusable(VerifyError::MediaType {
-                                found: layer.media_type.clone(),
+                                found: layer_type,
                                 expected: SIMPLE_SIGNING_MEDIA_TYPE,
                             }),
                         });
@@ -277,30 +266,22 @@ pub async fn find_signatures(
                     }
                     match blob(s, registry, repo, layer, MAX_PAYLOAD_BYTES).await {
                         Ok(payload) => {
-                            let a = &layer.annotations;
+                            let annotation = |key: &str| {
+                                layer
+                                    .annotations()
+                                    .as_ref()
+                                    .and_then(|a| a.get(key))
+                                    .filter(|value| !value.is_empty())
+                                    .cloned()
+                            };
                             let sig = LegacySignature {
-                                media_type: layer.media_type.clone(),
+                                media_type: layer_type,
                                 payload,
-                                signature_b64: a
-                                    .get(ANNOTATION_SIGNATURE)
-                                    .cloned()
-                                    .unwrap_or_default(),
-                                certificate_pem: a
-                                    .get(ANNOTATION_CERTIFICATE)
-                                    .cloned()
-                                    .filter(|c| !c.is_empty()),
-                                chain_pem: a
-                                    .get(ANNOTATION_CHAIN)
-                                    .cloned()
-                                    .filter(|c| !c.is_empty()),
-                                bundle_json: a
-                                    .get(ANNOTATION_BUNDLE)
-                                    .cloned()
-                                    .filter(|c| !c.is_empty()),
-                                rfc3161_json: a
-                                    .get(ANNOTATION_RFC3161)
-                                    .cloned()
-                                    .filter(|c| !c.is_empty()),
+                                signature_b64: annotation(ANNOTATION_SIGNATURE).unwrap_or_default(),
+                                certificate_pem: annotation(ANNOTATION_CERTIFICATE),
+                                chain_pem: annotation(ANNOTATION_CHAIN),
+                                bundle_json: annotation(ANNOTATION_BUNDLE),
+                                rfc3161_json: annotation(ANNOTATION_RFC3161),
                             };
                             found.sources.push(SignatureSource {
                                 label,
@@ -308,9 +289,11 @@ pub async fn find_signatures(
                                 candidate: Candidate::Legacy(sig),
                             });
                         }
-                        Err(e) => found
-                            .sources
-                            .push(unusable(label, digest, &layer.digest, e)),
+                        Err(e) => {
+                            found
+                                .sources
+                                .push(unusable(label, digest, layer.digest().as_ref(), e))
+                        }
                     }
                 }
             }
@@ -331,19 +314,20 @@ async fn blob(
     d: &Descriptor,
     limit: usize,
 ) -> Result<Vec<u8>, DiscoverError> {
-    if d.size as usize > limit {
+    let digest = d.digest().as_ref();
+    if d.size() > limit as u64 {
         return Err(DiscoverError::TooLarge {
-            url: d.digest.clone(),
+            url: digest.to_owned(),
             limit,
         });
     }
     match s
-        .get_by_digest(registry, repo, "blobs", &d.digest, "*/*", limit)
+        .get_by_digest(registry, repo, "blobs", digest, "*/*", limit)
         .await?
     {
         Some(f) => Ok(f.body),
         None => Err(DiscoverError::Status {
-            url: format!("{registry}/{repo}/blobs/{}", d.digest),
+            url: format!("{registry}/{repo}/blobs/{digest}"),
             status: 404,
         }),
     }

@@ -4,47 +4,12 @@
 use tracing::warn;
 
 use super::client::{RegistryClient, Session, MANIFEST_ACCEPT};
-use super::find::{find_signatures, Manifest};
+use super::find::find_signatures;
 use super::DiscoverError;
+use crate::oci::{self, Document, Platform};
 use crate::policy::{Policy, Requirement, SignedManifest};
 use crate::verdict::{evaluate, Outcome, Reason, Verdict, VerdictCache, VerdictKey};
 use crate::verify::{FailureKind, ImageRef};
-
-/// The platform whose manifest is chosen from an index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// This machine's platform in OCI terms.
-    pub fn host() -> Self {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            other => other,
-        };
-        Platform {
-            os: "linux".into(),
-            architecture: architecture.into(),
-            variant: None,
-        }
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
 
 fn error_verdict(
     policy: &Policy,
@@ -160,25 +125,19 @@ async fn resolve(
         url: url.clone(),
         status: 404,
     })?;
-    let m = Manifest::parse(&f.body, &url)?;
-    if m.manifests.is_empty() {
-        return Ok((f.digest, None));
+    let document_error = |source| DiscoverError::Document {
+        url: url.clone(),
+        source,
+    };
+    let declared = f.content_type.as_deref().unwrap_or_default();
+    match oci::parse_document(&url, declared, &f.body).map_err(document_error)? {
+        Document::Manifest(_) => Ok((f.digest, None)),
+        Document::Index(index) => {
+            let chosen =
+                oci::select_platform(&f.digest, &index, platform).map_err(document_error)?;
+            Ok((chosen.digest().to_string(), Some(f.digest)))
+        }
     }
-    let chosen = m
-        .manifests
-        .iter()
-        .find(|d| {
-            d.platform.as_ref().is_some_and(|p| {
-                p.os == platform.os
-                    && p.architecture == platform.architecture
-                    && (platform.variant.is_none() || p.variant == platform.variant)
-            })
-        })
-        .ok_or_else(|| DiscoverError::NoPlatform {
-            digest: f.digest.clone(),
-            platform: platform.to_string(),
-        })?;
-    Ok((chosen.digest.clone(), Some(f.digest)))
 }
 
 /// Whether the index `index` (fetched by digest, so verified) lists manifest `digest`.
@@ -204,10 +163,16 @@ async fn index_lists(
             url: url.clone(),
             status: 404,
         })?;
-    Ok(Manifest::parse(&f.body, &url)?
-        .manifests
+    let declared = f.content_type.as_deref().unwrap_or_default();
+    let index =
+        oci::parse_index(&url, declared, &f.body).map_err(|source| DiscoverError::Document {
+            url: url.clone(),
+            source,
+        })?;
+    Ok(index
+        .manifests()
         .iter()
-        .any(|m| m.digest == digest))
+        .any(|m| m.digest().as_ref() == digest))
 }
 
 /// Verify a digest the caller already knows (the daemon learns name, platform manifest digest

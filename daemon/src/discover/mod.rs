@@ -13,7 +13,7 @@ use std::time::Duration;
 pub use auth::Credentials;
 pub use client::RegistryClient;
 pub use find::find_signatures;
-pub use image::{verdict_key, verify_digest, verify_image, Platform};
+pub use image::{verdict_key, verify_digest, verify_image};
 
 /// Limits and switches for registry access.
 #[derive(Debug, Clone)]
@@ -68,8 +68,12 @@ pub enum DiscoverError {
     TooLarge { url: String, limit: usize },
     #[error("more than {limit} registry requests needed for one image")]
     RequestBudget { limit: usize },
-    #[error("{url}: malformed document: {detail}")]
-    Malformed { url: String, detail: String },
+    #[error("{url}: {source}")]
+    Document {
+        url: String,
+        #[source]
+        source: crate::oci::OciError,
+    },
     #[error("{url}: content digest {actual} is not the requested {expected}")]
     DigestMismatch {
         url: String,
@@ -80,6 +84,4 @@ pub enum DiscoverError {
     Auth { url: String, detail: String },
     #[error("image reference {reference:?} is invalid: {detail}")]
     Reference { reference: String, detail: String },
-    #[error("index {digest} has no manifest for platform {platform}")]
-    NoPlatform { digest: String, platform: String },
 }

@@ -80,6 +80,47 @@ impl Verdict {
         }
     }
 
+    /// Whether the signatures this trusted verdict accepted may still satisfy `rule`, judged
+    /// without a registry (a reload's revoke-first pass): a signature made with a key counts only
+    /// while its key is among the rule's keys; a certificate-based one is left to the reload's
+    /// full verification (identities and roots are judged there), as is a verdict trusted
+    /// without signatures. `false`: it rests on keys the rule no longer trusts (or the rule
+    /// rejects every image), so it must stop vouching before the new table is computed.
+    #[must_use]
+    pub fn may_still_satisfy(&self, rule: &crate::policy::Rule) -> bool {
+        use crate::policy::Requirement;
+        use crate::verify::Signer;
+        let signers: Vec<&SignerInfo> = self
+            .reasons
+            .iter()
+            .filter(|reason| reason.accepted)
+            .filter_map(|reason| reason.signer.as_ref())
+            .collect();
+        match &rule.requirement {
+            Requirement::Reject => false,
+            Requirement::Accept => true,
+            Requirement::Signatures { .. } if signers.is_empty() => true,
+            Requirement::Signatures {
+                authorities,
+                threshold,
+            } => {
+                let still = authorities
+                    .iter()
+                    .filter(|authority| match &authority.signer {
+                        Signer::Keys(keys) => signers.iter().any(|signer| {
+                            matches!(signer, SignerInfo::Key { fingerprint }
+                                if keys.iter().any(|k| k.key.fingerprint() == *fingerprint))
+                        }),
+                        Signer::Certificate { .. } => signers
+                            .iter()
+                            .any(|signer| matches!(signer, SignerInfo::Certificate { .. })),
+                    })
+                    .count();
+                still >= *threshold
+            }
+        }
+    }
+
     /// A verdict for a failure before any signature could be judged (fail closed).
     pub fn error(
         image: &str,
@@ -161,5 +202,90 @@ impl std::fmt::Display for Verdict {
             writeln!(f, "  {mark} {}{auth}: {kind}{}", r.signature, r.detail)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::verify::ImageRef;
+
+    fn rule_with_keys(
+        dir: &std::path::Path,
+        keys: &[&str],
+        threshold: usize,
+    ) -> crate::policy::Rule {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/generated/legacy-keys");
+        let mut text = format!(
+            "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"r.test/**\"\n\
+             require = \"signatures\"\nthreshold = {threshold}\n"
+        );
+        for key in keys {
+            text.push_str(&format!(
+                "[[scope.keys]]\npath = \"{}\"\n",
+                fixtures.join(format!("{key}.pub")).display()
+            ));
+        }
+        let policy = crate::policy::file::parse(&dir.join("p.toml"), &text).unwrap();
+        policy
+            .rule_for(&ImageRef::parse("r.test/app:1").unwrap())
+            .clone()
+    }
+
+    fn signed_by(fingerprints: &[String]) -> Verdict {
+        let mut verdict = Verdict::error(
+            "r.test/app:1",
+            "sha256:x",
+            "r.test/**",
+            Mode::Enforce,
+            "h",
+            None,
+            String::new(),
+        );
+        verdict.outcome = Outcome::Trusted;
+        verdict.reasons = fingerprints
+            .iter()
+            .map(|fingerprint| Reason {
+                signature: "legacy:…".into(),
+                authority: Some("k".into()),
+                accepted: true,
+                kind: None,
+                detail: String::new(),
+                signer: Some(SignerInfo::Key {
+                    fingerprint: fingerprint.clone(),
+                }),
+            })
+            .collect();
+        verdict
+    }
+
+    fn fingerprint(key: &str) -> String {
+        let pem = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("../tests/fixtures/generated/legacy-keys/{key}.pub")),
+        )
+        .unwrap();
+        crate::verify::PublicKey::from_pem(&pem)
+            .unwrap()
+            .fingerprint()
+    }
+
+    /// A reload that drops the key an image was signed with revokes it before any registry
+    /// round trip; one that keeps the key (or adds others) leaves it to the rebuild.
+    #[test]
+    fn a_verdict_resting_on_a_dropped_key_may_not_satisfy_the_new_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let by_p256 = signed_by(&[fingerprint("p256")]);
+        assert!(by_p256.may_still_satisfy(&rule_with_keys(dir.path(), &["p256", "p384"], 1)));
+        assert!(!by_p256.may_still_satisfy(&rule_with_keys(dir.path(), &["p384"], 1)));
+        // Two authorities required, the image signed by one of them.
+        assert!(!by_p256.may_still_satisfy(&rule_with_keys(dir.path(), &["p256", "p384"], 2)));
+        let by_both = signed_by(&[fingerprint("p256"), fingerprint("p384")]);
+        assert!(by_both.may_still_satisfy(&rule_with_keys(dir.path(), &["p256", "p384"], 2)));
+        assert!(by_both.may_still_satisfy(&rule_with_keys(dir.path(), &["p384", "rsa2048"], 1)));
+        // Trusted without signatures (an `accept` scope before): judged by the rebuild.
+        assert!(signed_by(&[]).may_still_satisfy(&rule_with_keys(dir.path(), &["p384"], 1)));
     }
 }

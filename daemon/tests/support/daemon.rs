@@ -185,6 +185,12 @@ impl DaemonProcess {
         assert_outcomes(dir, expected, 3 * wait_limit(), &self.log_text())
     }
 
+    /// SIGHUP: reload the policy.
+    pub fn hangup(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP the daemon");
+    }
+
     /// SIGTERM, waiting up to 5 s for it to exit (then SIGKILL on drop).
     pub fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);

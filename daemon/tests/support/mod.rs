@@ -6,6 +6,7 @@ pub mod cri;
 pub mod daemon;
 pub mod image;
 pub mod recording;
+pub mod responder;
 pub mod signed;
 
 /// Whether the test runs as root; privileged tests print why they skip otherwise.
