@@ -165,36 +165,12 @@ fn generation(fd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
     if unsafe { fs.assume_init() }.f_type != TMPFS_MAGIC {
         return Ok(None);
     }
-    #[repr(C)]
-    struct Handle {
-        bytes: libc::c_uint,
-        kind: libc::c_int,
-        data: [u32; 32],
-    }
-    let mut handle = Handle {
-        bytes: 128,
-        kind: 0,
-        data: [0; 32],
-    };
-    let mut mount_id: libc::c_int = 0;
-    // SAFETY: handle has room for the 128 bytes its header says; "" is a valid path.
-    let result = unsafe {
-        libc::name_to_handle_at(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            (&raw mut handle).cast(),
-            &raw mut mount_id,
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    if result != 0 {
-        return Err(io::Error::last_os_error());
-    }
     // Type 1 with three words: generation, inode number low and high halves.
+    let handle = super::file_handle::FileHandle::of(fd)?;
     if handle.kind != 1 || handle.bytes != 12 {
         return Ok(None);
     }
-    Ok(Some(handle.data[0]))
+    Ok(handle.word(0))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod event;
 pub mod fanotify;
+pub mod file_handle;
 pub mod layer;
 pub mod selftest;
 

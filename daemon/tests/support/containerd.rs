@@ -15,21 +15,27 @@ pub struct PrivateContainerd {
     pub data: PathBuf,
 }
 
+/// `dir/data` on a fresh tmpfs: containerd's root and state, which an enforcing fanotify backend
+/// may mark as a whole file system.
+fn private_tmpfs(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &data,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0711"),
+    )
+    .expect("mount tmpfs for containerd");
+    data
+}
+
 impl PrivateContainerd {
     /// Starts containerd with root and state on a fresh tmpfs under `dir`, so that fanotify
     /// filesystem marks on the snapshotter root cover only that tmpfs, never the host's disk.
     pub fn start_on_tmpfs(dir: &Path) -> Self {
-        let data = dir.join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
-        nix::mount::mount(
-            Some("tmpfs"),
-            &data,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("mode=0711"),
-        )
-        .expect("mount tmpfs for containerd");
-        Self::start_with_data(dir, &data)
+        Self::start_with_data(dir, &private_tmpfs(dir))
     }
 
     pub fn start(dir: &Path) -> Self {
@@ -47,17 +53,7 @@ impl PrivateContainerd {
     /// Starts containerd with its CRI plugin configured by `cri` (a config section written by
     /// `support::cri`), root and state on a fresh tmpfs under `dir` as [`Self::start_on_tmpfs`].
     pub fn start_cri_on_tmpfs(dir: &Path, cri: &str) -> Self {
-        let data = dir.join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
-        nix::mount::mount(
-            Some("tmpfs"),
-            &data,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("mode=0711"),
-        )
-        .expect("mount tmpfs for containerd");
-        Self::start_with_config(dir, &data, cri)
+        Self::start_with_config(dir, &private_tmpfs(dir), cri)
     }
 
     /// Starts containerd with `version = 2`, root, state and sockets under `dir`/`data`, and

@@ -266,34 +266,11 @@ pub fn fd_path(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-/// A file handle as `name_to_handle_at` returns it.
-#[repr(C)]
-struct Handle {
-    bytes: libc::c_uint,
-    kind: libc::c_int,
-    data: [u8; libc::MAX_HANDLE_SZ as usize],
-}
-
 /// Reopens the file behind `fd` through the mount of `mount_fd` (same file system), `O_PATH`.
 /// The result's `/proc/self/fd` link is the file's path as seen through that mount: the way to
 /// get a host path for a backing file whose own path is relative to a private layer mount.
 pub fn reopen_via_mount(fd: BorrowedFd<'_>, mount_fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let mut handle = Handle {
-        bytes: libc::MAX_HANDLE_SZ as libc::c_uint,
-        kind: 0,
-        data: [0; libc::MAX_HANDLE_SZ as usize],
-    };
-    let mut mount_id: libc::c_int = 0;
-    // SAFETY: handle has room for MAX_HANDLE_SZ bytes, as its header says; "" is a valid path.
-    check(unsafe {
-        libc::name_to_handle_at(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            (&raw mut handle).cast(),
-            &raw mut mount_id,
-            libc::AT_EMPTY_PATH,
-        )
-    })?;
+    let mut handle = crate::enforce::file_handle::FileHandle::of(fd)?;
     // SAFETY: handle was filled by name_to_handle_at.
     let opened = check(unsafe {
         libc::open_by_handle_at(
