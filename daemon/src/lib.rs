@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod enforce;
 pub mod metrics;
 pub mod policy;
+pub mod pullgate;
 pub mod systemd;
 pub mod telemetry;
 pub mod verdict;

@@ -72,7 +72,10 @@ fn seed_leased_views(socket: &Path, namespace: &str, lease: &str, keys: &[&str],
     runtime.block_on(async {
         let client = containerd_client::Client::from_path(socket).await.unwrap();
         let expires = std::time::SystemTime::now() + Duration::from_secs(600);
-        let expires = expires.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let expires = expires
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         client
             .leases()
             .create(with_headers(

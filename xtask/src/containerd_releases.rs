@@ -143,8 +143,15 @@ fn fetch(suite: &str, apt: &Path, unpacked: &Path) -> Result<()> {
     )?;
     std::fs::write(apt.join("status"), "")?;
     let options = apt_options(apt);
-    println!("xtask: fetching containerd from Debian {suite} (private apt configuration in {})", apt.display());
-    run_command(Command::new("apt-get").args(&options).args(["-q", "update"]))?;
+    println!(
+        "xtask: fetching containerd from Debian {suite} (private apt configuration in {})",
+        apt.display()
+    );
+    run_command(
+        Command::new("apt-get")
+            .args(&options)
+            .args(["-q", "update"]),
+    )?;
     let debs = apt.join("debs");
     for old in std::fs::read_dir(&debs)? {
         std::fs::remove_file(old?.path())?;
@@ -159,7 +166,12 @@ fn fetch(suite: &str, apt: &Path, unpacked: &Path) -> Result<()> {
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
         .context("apt-get download left no .deb")?;
-    let version = output(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Version"))?;
+    let version = output(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&deb)
+            .arg("Version"),
+    )?;
     let partial = unpacked.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
     run_command(Command::new("dpkg").arg("-x").arg(&deb).arg(&partial))?;

@@ -160,6 +160,9 @@ enum BenchPart {
     Verify,
     /// The daemon end to end: pull to verified, container start, 500 images (this machine).
     Daemon,
+    /// The pull-time verifier (containerd 2.x's image verifier hook): its answer time for a
+    /// known image and its cost over the daemon's verification for a new one.
+    Pull,
 }
 
 fn bench(only: Option<BenchPart>) -> Result<()> {
@@ -177,6 +180,14 @@ fn bench(only: Option<BenchPart>) -> Result<()> {
     }
     if wanted(BenchPart::Daemon) {
         results.push(daemon_bench::run());
+    }
+    if wanted(BenchPart::Pull) {
+        std::env::set_var("IMAGEGATE_REQUIRE_REGISTRY", "1");
+        results.push(bench_verify::run_bench_test(
+            "containerd_verifier",
+            "pull_verifier_answer_time",
+            "pull-time verifier: answer for a known image, and over the daemon's verification of a new one",
+        ));
     }
     results.into_iter().collect()
 }

@@ -21,8 +21,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "docker-registry",
-    "systemd",     // systemd-analyze verify (the unit's test)
-    "libcap2-bin", // capsh (the unit's capability names)
+    "systemd",                // systemd-analyze verify (the unit's test)
+    "libcap2-bin",            // capsh (the unit's capability names)
     "debian-archive-keyring", // the other suites' containerd (xtask/src/containerd_releases.rs)
 ];
 

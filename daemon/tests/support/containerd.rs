@@ -172,10 +172,8 @@ pub fn containerd_command() -> Command {
     let mut command = Command::new(program("containerd"));
     if let Some(dir) = bin_dir() {
         let path = std::env::var_os("PATH").unwrap_or_default();
-        let joined = std::env::join_paths(
-            std::iter::once(dir).chain(std::env::split_paths(&path)),
-        )
-        .expect("PATH");
+        let joined = std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&path)))
+            .expect("PATH");
         command.env("PATH", joined);
     }
     command
