@@ -479,3 +479,87 @@ fn pull_verifier_answer_time() {
     );
     daemon.stop();
 }
+
+/// The tutorial's flow (issue 13, item 6): its containerd configuration, exactly its shape
+/// (`[plugins."io.containerd.grpc.v1.cri".containerd.policy.v1]`, which no containerd reads),
+/// given to imagegate as `policy`; with the verifier in containerd 2.1's `bin_dir`,
+/// `ctr images pull` of the unsigned image fails with imagegate's reason and of the signed one
+/// succeeds; and the kernel enforces both: the signed image runs, the unsigned one pulled
+/// with `--local` (not gated) cannot execute.
+#[test]
+fn the_tutorials_containerd_policy_works_with_the_verifier() {
+    if containerd::major_version() < 2 {
+        eprintln!("SKIPPED: containerd 1.x has no image verifier hook");
+        return;
+    }
+    let Some(bed) = SignedBed::start("verifier-tutorial") else {
+        return;
+    };
+    let dir = bed.dir.clone();
+    let hello = ["/bin/busybox", "echo", "hello"];
+    let signed = image::image(vec![bed.busybox_layer(None)], &hello);
+    let unsigned = image::image(vec![bed.busybox_layer(Some("unsigned"))], &hello);
+    bed.push("example/alpine-signed", &signed, Some(&bed.trusted));
+    let unsigned_digest = bed.push("example/alpine-unsigned", &unsigned, None);
+    let pem = bed.trusted.public_pem().unwrap();
+    std::fs::write(
+        dir.join("policy.toml"),
+        format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.policy.v1]\n\
+             [[plugins.\"io.containerd.grpc.v1.cri\".containerd.policy.v1.signature_policy]]\n\
+             all = true\n\
+             required = [\"cosign\"]\n\
+             [[plugins.\"io.containerd.grpc.v1.cri\".containerd.policy.v1.signature_policy.identity]]\n\
+             dockerpolicy = \"{}/example/alpine-signed\"   # image name prefix\n\
+             public_key = \"{}\"    # cosign public key, PEM\n",
+            bed.addr,
+            pem.trim_end().replace('\n', "\\n")
+        ),
+    )
+    .unwrap();
+    let settings = Settings {
+        mode: "enforce",
+        backend: "fanotify",
+        insecure: vec![bed.addr.clone()],
+        tag: "tutorial",
+    };
+    let config = settings.write(&dir, &bed.containerd);
+    install_verifier(&bed, &config);
+    let daemon = DaemonProcess::start(&dir, &config, "tutorial");
+
+    let signed_name = bed.name("example/alpine-signed");
+    let out = pull(&bed, &[], &signed_name);
+    assert!(
+        out.status.success(),
+        "signed pull refused: {out:?}\n{}",
+        daemon.log_text()
+    );
+    let unsigned_name = bed.name("example/alpine-unsigned");
+    let text = assert_refused(
+        &pull(&bed, &[], &unsigned_name),
+        "unsigned",
+        &unsigned_digest,
+    );
+    assert!(
+        text.contains("UNTRUSTED") && text.contains("\"default\""),
+        "{text}"
+    );
+
+    let out = pull(&bed, &["--local"], &unsigned_name);
+    assert!(out.status.success(), "local pull failed: {out:?}");
+    daemon.wait_for_verdicts(
+        &dir,
+        &[
+            (signed_name.clone(), "trusted"),
+            (unsigned_name.clone(), "untrusted"),
+        ],
+    );
+    let out = bed.containerd.run(&signed_name, "c-tutorial-signed", &[]);
+    assert!(out.status.success(), "signed image failed: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+    let out = bed
+        .containerd
+        .run(&unsigned_name, "c-tutorial-unsigned", &[]);
+    assert_denied(&out, "the tutorial's unsigned image");
+    daemon.stop();
+}
