@@ -314,7 +314,7 @@ pub const SETTINGS: &[Setting] = &[
         key: "policy",
         kind: "path",
         default: "\"/etc/imagegate/policy.toml\"",
-        doc: "The policy: TOML (docs/policy.md), or a containers-policy.json by its `.json` extension. Reloaded on SIGHUP (`systemctl reload imagegate`); a policy that does not load is refused and the old one kept.",
+        doc: "The policy: TOML (docs/policy.md), a containers-policy.json by its `.json` extension, or a containerd configuration holding the CRI `policy.v1` section a widely shared tutorial shows (only that section is read; docs/policy.md). Reloaded on SIGHUP (`systemctl reload imagegate`); a policy that does not load is refused and the old one kept.",
     },
     Setting {
         key: "state_dir",
