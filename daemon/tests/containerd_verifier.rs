@@ -410,6 +410,8 @@ fn containerd_2_refuses_untrusted_pulls_with_imagegates_reason() {
 #[test]
 #[ignore = "benchmark: cargo xtask bench --only pull"]
 fn pull_verifier_answer_time() {
+    // libtest's `test NAME ... ` has no newline: the bench lines start lines of their own.
+    println!();
     let Some(bed) = SignedBed::start("verifier-bench") else {
         return;
     };
