@@ -569,7 +569,7 @@ pub fn run_verifier(args: &[String]) -> i32 {
         &mut request,
         remaining(Duration::from_millis(300)),
     ) {
-        Asked::Answer(answer) => answer,
+        Asked::Answer(answer) => *answer,
         Asked::NoDaemon => {
             match in_process(&config, &request, remaining(Duration::from_millis(100))) {
                 Ok(answer) => answer,
@@ -599,7 +599,7 @@ pub fn run_verifier(args: &[String]) -> i32 {
 }
 
 enum Asked {
-    Answer(Answer),
+    Answer(Box<Answer>),
     /// Nothing listens on the socket: verify in process.
     NoDaemon,
     /// The daemon took the request and did not answer in time (or answered garbage).
@@ -635,7 +635,7 @@ fn ask_daemon(socket: &Path, request: &mut Request, budget: Duration) -> Asked {
         serde_json::from_str(&answer).map_err(std::io::Error::other)
     };
     match exchange() {
-        Ok(answer) => Asked::Answer(answer),
+        Ok(answer) => Asked::Answer(Box::new(answer)),
         Err(error) => Asked::NoAnswer(format!(
             "the daemon at {} gave no verdict within {} ms: {error}",
             socket.display(),

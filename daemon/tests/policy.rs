@@ -508,8 +508,7 @@ fn the_tutorials_containerd_policy_v1_section_is_read_with_its_semantics() {
         "config.toml",
         "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  x = 1\n",
     )
-    .err()
-    .expect("accepted without the section")
+    .expect_err("accepted without the section")
     .to_string();
     assert!(
         error.contains("policy.v1") && error.contains("no such section"),
