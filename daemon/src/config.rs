@@ -79,6 +79,8 @@ pub struct Config {
     pub event_log: Option<PathBuf>,
     /// Unix socket that `imagegate status` reads.
     pub status_socket: PathBuf,
+    /// Root-only unix socket where `imagegate containerd-verifier` asks for pull verdicts.
+    pub verify_socket: PathBuf,
     /// BPF pin directory.
     pub pin_dir: PathBuf,
     /// Where metrics and health are served: a unix socket path, `host:port`, or `off`.
@@ -134,6 +136,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/imagegate"),
             event_log: None,
             status_socket: PathBuf::from("/run/imagegate/status.sock"),
+            verify_socket: PathBuf::from("/run/imagegate/verify.sock"),
             pin_dir: PathBuf::from(imagegate_common::PIN_DIR),
             metrics_listen: "/run/imagegate/metrics.sock".to_owned(),
             health_listen: "off".to_owned(),
@@ -311,7 +314,7 @@ pub const SETTINGS: &[Setting] = &[
         key: "policy",
         kind: "path",
         default: "\"/etc/imagegate/policy.toml\"",
-        doc: "The policy: TOML (docs/policy.md), or a containers-policy.json by its `.json` extension. Reloaded on SIGHUP (`systemctl reload imagegate`); a policy that does not load is refused and the old one kept.",
+        doc: "The policy: TOML (docs/policy.md), a containers-policy.json by its `.json` extension, or a containerd configuration holding the CRI `policy.v1` section a widely shared tutorial shows (only that section is read; docs/policy.md). Reloaded on SIGHUP (`systemctl reload imagegate`); a policy that does not load is refused and the old one kept.",
     },
     Setting {
         key: "state_dir",
@@ -330,6 +333,12 @@ pub const SETTINGS: &[Setting] = &[
         kind: "path",
         default: "\"/run/imagegate/status.sock\"",
         doc: "The unix socket `imagegate status` reads.",
+    },
+    Setting {
+        key: "verify_socket",
+        kind: "path",
+        default: "\"/run/imagegate/verify.sock\"",
+        doc: "A unix socket (mode 0600, answering root only) where `imagegate containerd-verifier`, called by containerd 2.x's image verifier hook before a pull, asks the daemon for its verdict on the image (docs/containerd.md). When nothing listens there the verifier judges in process with this file's settings and policy.",
     },
     Setting {
         key: "pin_dir",

@@ -34,6 +34,24 @@ fn check(capability: &'static str, result: Result<String, String>) -> Check {
     }
 }
 
+/// Whether containerd's pulls reach imagegate's verifier (containerd 2.x's image verifier hook,
+/// [`crate::pullgate::hook_report`]): containerd's version from `containerd --version`, its
+/// configuration from `config`.
+#[must_use]
+pub fn pull_verifier(containerd: &Path, config: &Path) -> Check {
+    let text = std::fs::read_to_string(config).ok();
+    let report = crate::pullgate::hook_report(
+        crate::pullgate::containerd_version(containerd),
+        text.as_deref(),
+        &crate::pullgate::runs_imagegate,
+    );
+    Check {
+        capability: "pull_verifier",
+        ok: report.ok,
+        detail: report.detail,
+    }
+}
+
 /// Runs every check.
 #[must_use]
 pub fn run(pin_dir: &Path) -> Vec<Check> {

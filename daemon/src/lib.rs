@@ -17,6 +17,7 @@ pub mod enforce;
 pub mod metrics;
 pub mod oci;
 pub mod policy;
+pub mod pullgate;
 pub mod systemd;
 pub mod telemetry;
 pub mod verdict;

@@ -37,6 +37,12 @@ enum Command {
         /// Where the BPF backend pins its programs and maps.
         #[arg(long, default_value = bpf::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// containerd's configuration, read to tell whether pulls reach imagegate's verifier.
+        #[arg(long, default_value = "/etc/containerd/config.toml")]
+        containerd_config: PathBuf,
+        /// The containerd binary whose version is checked (2.x has the verifier hook).
+        #[arg(long, default_value = "containerd")]
+        containerd: PathBuf,
     },
     /// Manage the BPF LSM enforcement backend directly (the daemon does this for you).
     #[command(subcommand)]
@@ -77,6 +83,20 @@ enum Command {
     /// Check a configuration file, or print the configuration reference.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// containerd 2.x's image verifier (its `bindir` plugin runs it before each pull): answers
+    /// with the daemon's verdict on `-name REF -digest DIGEST` (the OCI descriptor on stdin),
+    /// asking the running daemon on its `verify_socket`, or judging in process when none
+    /// listens. Exit 0 admits; otherwise stdout's one line is the reason containerd reports.
+    /// Also `--config FILE` (default: `IMAGEGATE_CONFIG`, else /etc/imagegate/imagegate.toml)
+    /// and `--timeout-seconds N` (default 8, under containerd's 10 s). The `imagegate` binary
+    /// itself, called with `-name` first (a symlink in containerd's verifier `bin_dir`), runs
+    /// this. See docs/containerd.md.
+    #[command(disable_help_flag = true)]
+    ContainerdVerifier {
+        /// `-name REF -digest DIGEST -stdin-media-type TYPE [--config FILE] [--timeout-seconds N]`
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
     /// Verify a detached cosign signature offline (cosign's flag names). Exit 0/1/2.
     VerifySignature(offline_verify::SignatureArgs),
     /// Verify a sigstore bundle offline (cosign's flag names). Exit 0/1/2.
@@ -198,6 +218,11 @@ enum LayerStateArg {
 }
 
 fn main() {
+    // containerd's image verifier hook runs the binary itself with `-name REF ...`.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if imagegate::pullgate::is_containerd_call(&args) {
+        std::process::exit(imagegate::pullgate::run_verifier(&args));
+    }
     let cli = Cli::parse();
     match &cli.command {
         // The configuration chooses the daemon's log format and filter; one that does not load
@@ -206,6 +231,8 @@ fn main() {
             Ok(config) => telemetry::init_with(config.log_format, &config.log_level),
             Err(_) => telemetry::init(),
         },
+        // The verifier's stdout is its answer to containerd; it logs nothing.
+        Command::ContainerdVerifier { .. } => {}
         _ => telemetry::init(),
     }
     if let Err(error) = run(cli) {
@@ -216,8 +243,14 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Doctor { json, pin_dir } => {
-            let checks = doctor::run(&pin_dir);
+        Command::Doctor {
+            json,
+            pin_dir,
+            containerd_config,
+            containerd,
+        } => {
+            let mut checks = doctor::run(&pin_dir);
+            checks.push(doctor::pull_verifier(&containerd, &containerd_config));
             if json {
                 println!("{}", serde_json::to_string_pretty(&checks)?);
             } else {
@@ -273,6 +306,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Config(ConfigCommand::Reference) => {
             print!("{}", imagegate::config::reference_markdown());
             Ok(())
+        }
+        Command::ContainerdVerifier { args } => {
+            std::process::exit(imagegate::pullgate::run_verifier(&args))
         }
         Command::VerifySignature(args) => exit_with(offline_verify::signature(&args)),
         Command::VerifyBundle(args) => exit_with(offline_verify::bundle(&args)),
@@ -511,6 +547,7 @@ fn serve_with<B: imagegate::enforce::Backend>(
             serve::Outputs {
                 event_log,
                 status_socket: config.status_socket.clone(),
+                verify_socket: config.verify_socket.clone(),
                 policy_path: config.policy.clone(),
             },
         )

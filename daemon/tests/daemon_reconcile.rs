@@ -292,7 +292,7 @@ async fn a_record_that_cannot_be_catalogued_vouches_for_nothing_until_a_retry_su
     // still lies (until its garbage collection), and `ctr` then seeks its input.
     let config_file = dir.join("config.json");
     std::fs::write(&config_file, &image.config).expect("write config");
-    let out = std::process::Command::new("ctr")
+    let out = support::containerd::ctr_command()
         .arg("--address")
         .arg(&containerd.socket)
         .args(["content", "ingest", "--expected-digest", &config, "config"])

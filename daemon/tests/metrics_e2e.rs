@@ -170,12 +170,14 @@ fn metrics_and_health_follow_a_running_daemon() {
         format!(
             "mode = \"enforce\"\nbackend = \"fanotify\"\npolicy = \"{policy}\"\n\
              state_dir = \"{state}\"\nstatus_socket = \"{status}\"\nmetrics_listen = \"{metrics}\"\n\
+             verify_socket = \"{verify}\"\n\
              log_format = \"json\"\n\
              [containerd]\nsocket = \"{socket}\"\nroot = \"{root}\"\n\
              [registry]\ninsecure = [\"127.0.0.1:1\"]\ntimeout_seconds = 2\n",
             policy = dir.join("policy.toml").display(),
             state = dir.join("state").display(),
             status = dir.join("run/status.sock").display(),
+            verify = dir.join("run/verify.sock").display(),
             metrics = metrics_socket.display(),
             socket = containerd.socket.display(),
             root = containerd.data.join("root").display(),

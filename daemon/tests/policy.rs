@@ -471,3 +471,170 @@ fn a_scope_sets_what_its_containers_run_from_outside_their_image() {
         "allow or deny",
     );
 }
+
+/// The tutorial's containerd configuration (issue 13, item 6), exactly its shape, with a real
+/// key where it has `...`; the rest of containerd's configuration around it.
+fn tutorial(prefix: &str, pem: &str) -> String {
+    format!(
+        "[plugins.\"io.containerd.grpc.v1.cri\".containerd.policy.v1]\n\
+         [[plugins.\"io.containerd.grpc.v1.cri\".containerd.policy.v1.signature_policy]]\n\
+         all = true\n\
+         required = [\"cosign\"]\n\
+         [[plugins.\"io.containerd.grpc.v1.cri\".containerd.policy.v1.signature_policy.identity]]\n\
+         dockerpolicy = \"{prefix}\"   # image name prefix\n\
+         public_key = \"{}\"    # cosign public key, PEM\n",
+        pem.trim_end().replace('\n', "\\n")
+    )
+}
+
+fn tutorial_pem() -> String {
+    imagegate_testkit::sign::Key::generate()
+        .unwrap()
+        .public_pem()
+        .unwrap()
+}
+
+#[test]
+fn the_tutorials_containerd_policy_v1_section_is_read_with_its_semantics() {
+    let pem = tutorial_pem();
+    let section = tutorial("ghcr.io/example/alpine-signed", &pem);
+    // Alone, and inside the rest of a containerd configuration (ignored, whatever it says).
+    let whole = format!(
+        "version = 2\nroot = \"/var/lib/containerd\"\n[grpc]\n  address = \"/run/containerd/containerd.sock\"\n\
+         [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:3.10\"\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"overlayfs\"\n\
+         {section}\
+         [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  endpoint = [\"https://m.test\"]\n\
+         [plugins.\"io.containerd.something.else\"]\n  whatever = 1\n"
+    );
+    for text in [&section, &whole] {
+        let p = load_text("config.toml", text).unwrap();
+        // Covered: the prefix itself and what lies under it, on path-segment boundaries.
+        for image in [
+            "ghcr.io/example/alpine-signed:latest",
+            "ghcr.io/example/alpine-signed/sub:1",
+        ] {
+            let r = rule_of(&p, image);
+            assert_eq!(r.scope, "ghcr.io/example/alpine-signed/**", "{image}");
+            assert_eq!(r.mode, Mode::Enforce);
+            match &r.requirement {
+                Requirement::Signatures {
+                    authorities,
+                    threshold,
+                } => {
+                    assert_eq!((authorities.len(), *threshold), (1, 1));
+                    assert!(matches!(authorities[0].signer, Signer::Keys(_)));
+                    assert_eq!(
+                        authorities[0].signed_identity,
+                        SignedIdentity::MatchRepository
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Not covered: rejected.
+        for image in [
+            "ghcr.io/example/alpine-signed-2:latest",
+            "ghcr.io/example/alpine:latest",
+            "docker.io/library/alpine:latest",
+        ] {
+            let r = rule_of(&p, image);
+            assert_eq!((r.scope.as_str(), r.mode), ("default", Mode::Enforce));
+            assert!(matches!(r.requirement, Requirement::Reject), "{image}");
+        }
+    }
+    // Nested prefixes: an image under both is trusted by either key.
+    let nested = format!(
+        "{}[[plugins.\"io.containerd.grpc.v1.cri\".containerd.policy.v1.signature_policy.identity]]\n\
+         dockerpolicy = \"ghcr.io/example\"\npublic_key = \"{}\"\n",
+        tutorial("ghcr.io/example/alpine-signed", &pem),
+        tutorial_pem().trim_end().replace('\n', "\\n")
+    );
+    let p = load_text("config.toml", &nested).unwrap();
+    let count = |image| match &rule_of(&p, image).requirement {
+        Requirement::Signatures { authorities, .. } => authorities.len(),
+        _ => 0,
+    };
+    assert_eq!(count("ghcr.io/example/alpine-signed:1"), 2);
+    assert_eq!(count("ghcr.io/example/other:1"), 1);
+    // A containerd configuration without the section is refused, not read as "nothing".
+    let error = load_text(
+        "config.toml",
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  x = 1\n",
+    )
+    .expect_err("accepted without the section")
+    .to_string();
+    assert!(
+        error.contains("policy.v1") && error.contains("no such section"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_tutorials_section_refuses_what_it_does_not_understand_naming_the_line() {
+    let pem = tutorial_pem();
+    let good = tutorial("ghcr.io/example/alpine-signed", &pem);
+    let sp = "plugins.\"io.containerd.grpc.v1.cri\".containerd.policy.v1.signature_policy[0]";
+    // (edit, line, field, message part)
+    let cases: Vec<(String, usize, String, &str)> = vec![
+        (
+            good.replace("all = true", "all = false"),
+            3,
+            format!("{sp}.all"),
+            "all = true",
+        ),
+        (
+            good.replace("[\"cosign\"]", "[\"cosign\", \"notation\"]"),
+            4,
+            format!("{sp}.required"),
+            "\"notation\" is not supported",
+        ),
+        (
+            good.replace("[\"cosign\"]", "[]"),
+            4,
+            format!("{sp}.required"),
+            "empty",
+        ),
+        (
+            good.replace("all = true\n", "all = true\nany = 1\n"),
+            4,
+            "any".to_owned(),
+            "unknown field",
+        ),
+        (
+            good.replace("dockerpolicy =", "docker_policy ="),
+            6,
+            "docker_policy".to_owned(),
+            "unknown field",
+        ),
+        (
+            good.replace(&pem.trim_end().replace('\n', "\\n"), "not a key"),
+            7,
+            format!("{sp}.identity[0].public_key"),
+            "",
+        ),
+        (
+            good.replace(
+                "ghcr.io/example/alpine-signed",
+                "ghcr.io/example/alpine-signed:1",
+            ),
+            6,
+            format!("{sp}.identity[0].dockerpolicy"),
+            "tag or digest",
+        ),
+        (
+            good.replace(
+                "[plugins.\"io.containerd.grpc.v1.cri\".containerd.policy.v1]\n",
+                "[plugins.\"io.containerd.grpc.v1.cri\".containerd.policy.v1]\nversion = 1\n",
+            ),
+            2,
+            "version".to_owned(),
+            "unknown field",
+        ),
+    ];
+    for (body, line, field, part) in cases {
+        let text = format!("version = 2\n{body}");
+        // One line down for the `version = 2` above the section.
+        expect_error(&text, line + 1, &field, part);
+    }
+}

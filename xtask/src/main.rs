@@ -8,6 +8,7 @@
 //! product end to end.
 
 mod bench_verify;
+mod containerd_releases;
 mod daemon_bench;
 mod demo;
 mod fuzz;
@@ -29,8 +30,14 @@ struct Cli {
 enum Command {
     /// Install build and test prerequisites (idempotent).
     Setup,
-    /// Run every test this machine can run: unit, integration and the VM suites.
-    Test,
+    /// Run every test this machine can run: unit, integration and the VM suites, and the
+    /// containerd suites again against containerd 2.1 (Debian sid's, fetched under target/).
+    Test {
+        /// Run only the suites that drive a real containerd, against this release (1.6: the
+        /// system's; 1.7: Debian trixie's; 2.1: Debian sid's).
+        #[arg(long, value_enum)]
+        containerd: Option<containerd_releases::Release>,
+    },
     /// Boot a Debian kernel in QEMU and run a suite inside it (default: kernel enforcement).
     VmTest {
         /// Kernel series: 6.1 or 6.12.
@@ -86,7 +93,17 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Setup => setup::run(),
-        Command::Test => test(),
+        Command::Test { containerd: None } => test(),
+        Command::Test {
+            containerd: Some(release),
+        } => setup::run().and_then(|()| {
+            let (passed, failed) = containerd_releases::test(release)?;
+            println!("total: {passed} passed, {failed} failed");
+            match failed {
+                0 => Ok(()),
+                _ => anyhow::bail!("{failed} tests failed against containerd {release}"),
+            }
+        }),
         Command::VmTest { kernel, suite } => {
             setup::run().and_then(|()| vm::run_suite(kernel, suite).map(drop))
         }
@@ -143,6 +160,9 @@ enum BenchPart {
     Verify,
     /// The daemon end to end: pull to verified, container start, 500 images (this machine).
     Daemon,
+    /// The pull-time verifier (containerd 2.x's image verifier hook): its answer time for a
+    /// known image and its cost over the daemon's verification for a new one.
+    Pull,
 }
 
 fn bench(only: Option<BenchPart>) -> Result<()> {
@@ -160,6 +180,14 @@ fn bench(only: Option<BenchPart>) -> Result<()> {
     }
     if wanted(BenchPart::Daemon) {
         results.push(daemon_bench::run());
+    }
+    if wanted(BenchPart::Pull) {
+        std::env::set_var("IMAGEGATE_REQUIRE_REGISTRY", "1");
+        results.push(bench_verify::run_bench_test(
+            "containerd_verifier",
+            "pull_verifier_answer_time",
+            "pull-time verifier: answer for a known image, and over the daemon's verification of a new one",
+        ));
     }
     results.into_iter().collect()
 }
@@ -185,6 +213,20 @@ fn test() -> Result<()> {
         Err(error) => {
             eprintln!("xtask: package test: {error:#}");
             failed.push("package".to_owned());
+        }
+    }
+    // The suites that drive a real containerd, again against containerd 2.1 (the run above
+    // used the system's 1.6): config version 3, transfer-service pulls, the image verifier hook.
+    match containerd_releases::test(containerd_releases::Release::V2_1) {
+        Ok((p, f)) => {
+            (passed, failed_count) = (passed + p, failed_count + f);
+            if f > 0 {
+                failed.push("containerd 2.1".to_owned());
+            }
+        }
+        Err(error) => {
+            eprintln!("xtask: containerd 2.1: {error:#}");
+            failed.push("containerd 2.1".to_owned());
         }
     }
     // The fuzz targets, briefly: each is one test.

@@ -21,6 +21,8 @@ const CONFIG: &str = "/etc/imagegate/imagegate.toml";
 const POLICY: &str = "/etc/imagegate/policy.toml";
 const BINARY: &str = "/usr/bin/imagegate";
 const STATE: &str = "/var/lib/imagegate";
+/// The pull-time verifier for containerd 2.x's `bin_dir` (docs/containerd.md).
+const VERIFIER: &str = "/usr/lib/imagegate/image-verifier/imagegate";
 
 /// Builds the .deb (release profile) and returns its path.
 pub fn build() -> Result<PathBuf> {
@@ -144,6 +146,7 @@ pub fn test() -> Result<(u64, u64)> {
         results.push(("installed_files_and_unit_not_enabled", installed_files()));
         results.push(("installed_unit_verifies", unit_verifies()));
         results.push(("installed_doctor_runs", doctor()));
+        results.push(("installed_pull_verifier_answers", pull_verifier(&scratch)));
         results.push((
             "installed_config_check_accepts_the_defaults",
             config_check_ok(),
@@ -190,7 +193,9 @@ fn contents(deb: &Path) -> Result<()> {
         UNIT,
         CONFIG,
         POLICY,
+        VERIFIER,
         "/usr/share/doc/imagegate/config.md",
+        "/usr/share/doc/imagegate/containerd.md",
     ] {
         check(listing.contains(&format!(".{path}")), || {
             format!("{path} not in the package:\n{listing}")
@@ -219,7 +224,7 @@ fn tempfile_dir(name: &str) -> Result<PathBuf> {
 }
 
 fn installed_files() -> Result<()> {
-    for path in [BINARY, UNIT, CONFIG, POLICY] {
+    for path in [BINARY, UNIT, CONFIG, POLICY, VERIFIER] {
         check(Path::new(path).is_file(), || {
             format!("{path} not installed")
         })?;
@@ -254,6 +259,61 @@ fn doctor() -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// The installed verifier, called as containerd 2.x calls it, with no daemon running: it judges
+/// in process with the installed configuration and example policy (`[default]` in audit,
+/// `reject`): admitted, and reported as the audit verdict; with a policy that rejects in
+/// enforce mode (through `IMAGEGATE_CONFIG`), refused with the verdict's reason. `doctor` says
+/// whether containerd's pulls reach it.
+fn pull_verifier(scratch: &Path) -> Result<()> {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let call = |config: Option<&Path>| {
+        let mut command = Command::new(VERIFIER);
+        command
+            .args(["-name", "registry.example/app:1", "-digest", &digest])
+            .args([
+                "-stdin-media-type",
+                "application/vnd.oci.descriptor.v1+json",
+            ])
+            .stdin(std::process::Stdio::null());
+        if let Some(config) = config {
+            command.env("IMAGEGATE_CONFIG", config);
+        }
+        run_out(&mut command)
+    };
+    let out = call(None)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success()
+            && stdout.contains("imagegate admitted the pull")
+            && stdout.contains("audit"),
+        || format!("{VERIFIER} with the installed configuration: {out:?}"),
+    )?;
+    let policy = scratch.join("enforce-policy.toml");
+    std::fs::write(&policy, "version = 1\n[default]\nrequire = \"reject\"\n")?;
+    let config = scratch.join("enforce.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "policy = \"{}\"\nverify_socket = \"{}\"\n",
+            policy.display(),
+            scratch.join("none.sock").display()
+        ),
+    )?;
+    let out = call(Some(&config))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.code() == Some(1)
+            && stdout.starts_with("imagegate refused the pull: UNTRUSTED registry.example/app:1"),
+        || format!("{VERIFIER} under a rejecting policy: {out:?}"),
+    )?;
+    let out = run_out(Command::new(BINARY).arg("doctor"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        stdout.lines().any(|line| line.starts_with("pull_verifier")),
+        || format!("imagegate doctor does not report pull_verifier:\n{stdout}"),
+    )
 }
 
 fn config_check_ok() -> Result<()> {

@@ -21,8 +21,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "docker-registry",
-    "systemd",     // systemd-analyze verify (the unit's test)
-    "libcap2-bin", // capsh (the unit's capability names)
+    "systemd",                // systemd-analyze verify (the unit's test)
+    "libcap2-bin",            // capsh (the unit's capability names)
+    "debian-archive-keyring", // the other suites' containerd (xtask/src/containerd_releases.rs)
 ];
 
 /// The cargo-fuzz release `cargo xtask fuzz`/`test` drive (fuzz/).
@@ -197,9 +198,15 @@ fn bpf_linker() -> Result<()> {
 /// Runs `cargo test ARGS` in the workspace root, echoing its output, and returns the summed
 /// `N passed; M failed` of every test binary it ran.
 pub fn cargo_test(args: &[&str]) -> Result<(u64, u64)> {
+    cargo_test_with_env(args, &[])
+}
+
+/// [`cargo_test`] with environment variables set for the tests.
+pub fn cargo_test_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<(u64, u64)> {
     use std::io::BufRead as _;
     let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .stdout(std::process::Stdio::piped())
         .spawn()

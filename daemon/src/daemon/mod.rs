@@ -368,10 +368,12 @@ impl<B: Backend> Daemon<B> {
             return;
         }
         if !blob_dir.is_dir() {
-            // containerd makes the directory at its first pull; making it first (as containerd
-            // would, 0755) lets that pull be seen too. A read-only root just waits.
-            let content_root = blob_dir.parent().and_then(Path::parent);
-            if !content_root.is_some_and(Path::is_dir)
+            // containerd makes the directory at its first pull (2.x even makes the content
+            // plugin's own directory only then); making it first (as containerd would, 0755)
+            // lets that pull be seen too. Only inside containerd's root as it exists (not a
+            // mistyped one); a read-only root just waits.
+            let containerd_root = blob_dir.ancestors().nth(3);
+            if !containerd_root.is_some_and(Path::is_dir)
                 || std::fs::create_dir_all(&blob_dir).is_err()
             {
                 return;

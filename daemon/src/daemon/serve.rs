@@ -18,6 +18,8 @@ pub struct Outputs {
     pub event_log: Option<std::fs::File>,
     /// The status socket path.
     pub status_socket: PathBuf,
+    /// The pull-verdict socket (`imagegate containerd-verifier` asks there), root only.
+    pub verify_socket: PathBuf,
     /// The policy file, re-read on SIGHUP.
     pub policy_path: PathBuf,
 }
@@ -48,6 +50,12 @@ pub async fn serve<B: Backend>(
     }
     let _ = std::fs::remove_file(&outputs.status_socket);
     let status = UnixListener::bind(&outputs.status_socket).map_err(io)?;
+    let verify = bind_private(&outputs.verify_socket).map_err(|source| DaemonError::Io {
+        what: "the verify socket",
+        source,
+    })?;
+    let pull_permits = Arc::new(tokio::sync::Semaphore::new(crate::pullgate::CONCURRENCY));
+    let platforms = Arc::new(crate::pullgate::PlatformChoices::default());
     let mut drain = tokio::time::interval(EVENT_DRAIN_INTERVAL);
     let mut watchdog = crate::systemd::Watchdog::from_env();
     let metrics = crate::metrics::global();
@@ -187,6 +195,25 @@ pub async fn serve<B: Backend>(
                         });
                     }
                 }
+                // Pull verdicts for containerd's image verifier hook: answered at once (they
+                // need no table), each in a task of its own, a bounded number at a time.
+                accepted = verify.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        let judge = crate::pullgate::Judge {
+                            policy: Arc::clone(&daemon.verifier.policy),
+                            client: Arc::clone(&daemon.verifier.client),
+                            cache: Some(Arc::clone(&daemon.verifier.cache)),
+                            mode: daemon.settings.map_or(crate::enforce::Mode::Enforce, |(mode, _)| mode),
+                            answered_by: "daemon",
+                            platforms: Arc::clone(&platforms),
+                        };
+                        let permits = Arc::clone(&pull_permits);
+                        tokio::spawn(async move {
+                            let Ok(_permit) = permits.acquire_owned().await else { return };
+                            crate::pullgate::serve_connection(stream, judge).await;
+                        });
+                    }
+                }
                 _ = hangup.recv() => match crate::policy::Policy::load(&outputs.policy_path) {
                     Ok(policy) => {
                         tracing::info!(policy = %outputs.policy_path.display(), "policy reloaded; re-judging every image aside, swapped in once done");
@@ -246,6 +273,19 @@ async fn start_rebuild<B: Backend>(
     }
 }
 
+/// A unix socket at `path` that only root (the daemon's user) may connect to: mode 0600 (and
+/// [`crate::pullgate::serve_connection`] checks the peer's user too).
+fn bind_private(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 /// The table's and the image records' gauges.
 fn observe<B: Backend>(daemon: &Daemon<B>) {
     let metrics = crate::metrics::global();
@@ -259,6 +299,7 @@ fn stop<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs) -> Result<(),
     crate::systemd::notify("STOPPING=1");
     write_events(daemon, outputs, true);
     let _ = std::fs::remove_file(&outputs.status_socket);
+    let _ = std::fs::remove_file(&outputs.verify_socket);
     if !daemon.backend.enforces_after_exit() {
         tracing::info!(
             backend = daemon.backend.name(),

@@ -2,6 +2,7 @@
 //! TOML format ([`file`]) or imported from containers-policy.json ([`containers`]); either way
 //! it is compiled into a [`Policy`] whose every part was understood, or refused with an error.
 
+pub mod containerd_cri;
 pub mod containers;
 pub mod error;
 pub mod file;
@@ -85,12 +86,18 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Load a policy file: `.json` is containers-policy.json, anything else imagegate TOML.
+    /// Load a policy file: `.json` is containers-policy.json; a containerd configuration (a
+    /// TOML file with a `plugins` table) is read for its CRI `policy.v1` section only
+    /// ([`containerd_cri`]); anything else is imagegate TOML.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         if path.extension().is_some_and(|e| e == "json") {
-            containers::load(path)
+            return containers::load(path);
+        }
+        let text = Self::read(path)?;
+        if containerd_cri::is_containerd_config(&text) {
+            containerd_cri::parse(path, &text)
         } else {
-            file::load(path)
+            file::parse(path, &text)
         }
     }
 

@@ -162,7 +162,14 @@ impl std::fmt::Display for Verdict {
             Outcome::Untrusted => "UNTRUSTED",
             Outcome::Error => "ERROR",
         };
-        writeln!(f, "{outcome}: {}@{}", self.image, self.digest)?;
+        // The image as named, and the digest decided on unless the name already says it (a
+        // `REPO@DIGEST` reference would otherwise print its digest twice).
+        match self.image.rsplit_once('@') {
+            Some((_, named)) if named == self.digest => writeln!(f, "{outcome}: {}", self.image)?,
+            Some(_) => writeln!(f, "{outcome}: {} (manifest {})", self.image, self.digest)?,
+            None if self.digest.is_empty() => writeln!(f, "{outcome}: {}", self.image)?,
+            None => writeln!(f, "{outcome}: {}@{}", self.image, self.digest)?,
+        }
         let mode = match self.mode {
             Mode::Audit => "audit (allowed whatever the outcome)",
             Mode::Enforce => "enforce",
@@ -287,5 +294,40 @@ mod tests {
         assert!(by_both.may_still_satisfy(&rule_with_keys(dir.path(), &["p384", "rsa2048"], 1)));
         // Trusted without signatures (an `accept` scope before): judged by the rebuild.
         assert!(signed_by(&[]).may_still_satisfy(&rule_with_keys(dir.path(), &["p384"], 1)));
+mod display_tests {
+    use super::*;
+
+    fn verdict(image: &str, digest: &str) -> Verdict {
+        Verdict::error(
+            image,
+            digest,
+            "default",
+            Mode::Enforce,
+            "h",
+            None,
+            "x".into(),
+        )
+    }
+
+    /// `imagegate verify REPO@DIGEST` printed `REPO@DIGEST@DIGEST` (issue 13).
+    #[test]
+    fn the_first_line_names_the_digest_once() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let first = |v: Verdict| v.to_string().lines().next().unwrap_or_default().to_owned();
+        assert_eq!(
+            first(verdict(&format!("r.test/app@{digest}"), &digest)),
+            format!("ERROR: r.test/app@{digest}")
+        );
+        assert_eq!(
+            first(verdict("r.test/app:1", &digest)),
+            format!("ERROR: r.test/app:1@{digest}")
+        );
+        // Named by an index digest, decided on its platform manifest: both, each once.
+        let index = format!("sha256:{}", "b".repeat(64));
+        assert_eq!(
+            first(verdict(&format!("r.test/app@{index}"), &digest)),
+            format!("ERROR: r.test/app@{index} (manifest {digest})")
+        );
+        assert_eq!(first(verdict("r.test/app:1", "")), "ERROR: r.test/app:1");
     }
 }

@@ -1,5 +1,11 @@
 //! A private containerd: its own root, state and socket under `target/`, never the system's.
 //! Started and stopped by pid; its mounts are cleaned up on drop.
+//!
+//! Which containerd: the system's (`containerd`, `ctr` and `containerd-shim-runc-v2` from `PATH`,
+//! Debian 12's 1.6), or the release unpacked under `target/containerd/` (`cargo xtask test
+//! --containerd 1.7|2.1`) when `IMAGEGATE_CONTAINERD_BIN_DIR` names its `usr/bin`: containerd and
+//! `ctr` are run from there, and that directory comes first in containerd's `PATH` so that its
+//! shim is the release's own (runc stays the system's). containerd 2.x gets a version 3 config.
 
 use std::{
     path::{Path, PathBuf},
@@ -43,37 +49,35 @@ impl PrivateContainerd {
     }
 
     fn start_with_data(dir: &Path, data: &Path) -> Self {
-        Self::start_with_config(
-            dir,
-            data,
-            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
-        )
+        Self::start_with_config(dir, data, None)
     }
 
     /// Starts containerd with its CRI plugin configured by `cri` (a config section written by
     /// `support::cri`), root and state on a fresh tmpfs under `dir` as [`Self::start_on_tmpfs`].
     pub fn start_cri_on_tmpfs(dir: &Path, cri: &str) -> Self {
-        Self::start_with_config(dir, &private_tmpfs(dir), cri)
+        Self::start_with_config(dir, &private_tmpfs(dir), Some(cri))
     }
 
-    /// Starts containerd with `version = 2`, root, state and sockets under `dir`/`data`, and
-    /// `extra` appended (plugin sections; top-level keys must come first in it).
-    fn start_with_config(dir: &Path, data: &Path, extra: &str) -> Self {
+    /// Starts containerd with root, state and sockets under `dir`/`data`: the release's own
+    /// configuration ([`config_toml`], CRI disabled), or with `cri`, a version 2 configuration
+    /// with that CRI section (plugin sections; top-level keys must come first in it).
+    fn start_with_config(dir: &Path, data: &Path, cri: Option<&str>) -> Self {
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
+        let text = match cri {
+            None => config_toml(dir, data, &socket),
+            // The CRI suite's config (containerd 1.6/1.7's version 2 layout).
+            Some(extra) => format!(
                 "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{extra}\
                  [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
                 root = data.join("root").display(),
                 state = data.join("state").display(),
                 socket = socket.display(),
             ),
-        )
-        .expect("write containerd config");
+        };
+        std::fs::write(&config, text).expect("write containerd config");
         let log = std::fs::File::create(dir.join("containerd.log")).expect("containerd log");
-        let child = Command::new("containerd")
+        let child = containerd_command()
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
@@ -117,7 +121,7 @@ impl PrivateContainerd {
     }
 
     pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Output {
-        Command::new("ctr")
+        ctr_command()
             .arg("--address")
             .arg(&self.socket)
             .args(["--namespace", namespace])
@@ -220,6 +224,85 @@ fn kill_shims(socket: &Path) {
             nix::unistd::Pid::from_raw(shim),
             nix::sys::signal::Signal::SIGKILL,
         );
+/// The directory holding the containerd release under test (`IMAGEGATE_CONTAINERD_BIN_DIR`),
+/// `None` for the system's containerd on `PATH`.
+pub fn bin_dir() -> Option<PathBuf> {
+    std::env::var_os("IMAGEGATE_CONTAINERD_BIN_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `name` from the release under test, else from `PATH`.
+fn program(name: &str) -> PathBuf {
+    bin_dir().map_or_else(|| PathBuf::from(name), |dir| dir.join(name))
+}
+
+/// A command running `containerd` of the release under test, with that release's directory
+/// first in its `PATH` (containerd finds `containerd-shim-runc-v2` there).
+pub fn containerd_command() -> Command {
+    let mut command = Command::new(program("containerd"));
+    if let Some(dir) = bin_dir() {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let joined = std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&path)))
+            .expect("PATH");
+        command.env("PATH", joined);
+    }
+    command
+}
+
+/// A command running `ctr` of the release under test (callers add `--address`).
+pub fn ctr_command() -> Command {
+    Command::new(program("ctr"))
+}
+
+/// The major version of the containerd under test, from `containerd --version`
+/// (`containerd github.com/containerd/containerd/v2 2.1.9+unknown ...`).
+pub fn major_version() -> u32 {
+    static MAJOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let out = containerd_command()
+            .arg("--version")
+            .output()
+            .expect("containerd --version (apt-get install containerd)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .nth(2)
+            .and_then(|version| version.split('.').next())
+            .and_then(|major| major.trim_start_matches('v').parse().ok())
+            .unwrap_or_else(|| panic!("unreadable containerd version: {text}"))
+    })
+}
+
+/// The configuration of a private containerd: root and state under `data`, its sockets in
+/// `dir`, CRI disabled. containerd 2.x reads version 3 (its CRI plugin is three:
+/// `io.containerd.grpc.v1.cri` and `io.containerd.cri.v1.{images,runtime}`), and gets its NRI
+/// plugin disabled (it would listen on `/var/run/nri/nri.sock`, shared by every instance) and
+/// its image verifier directory inside `dir` (`image-verifiers/`, empty unless a test puts a
+/// verifier there: the system's `/opt/containerd/image-verifier/bin` never applies).
+pub fn config_toml(dir: &Path, data: &Path, socket: &Path) -> String {
+    let common = format!(
+        "root = \"{root}\"\nstate = \"{state}\"\n",
+        root = data.join("root").display(),
+        state = data.join("state").display(),
+    );
+    let sockets = format!(
+        "[grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
+        socket = socket.display(),
+    );
+    if major_version() >= 2 {
+        format!(
+            "version = 3\n{common}\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \
+             \"io.containerd.cri.v1.runtime\", \"io.containerd.nri.v1.nri\"]\n{sockets}\
+             [plugins.\"io.containerd.image-verifier.v1.bindir\"]\n  bin_dir = \"{verifiers}\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+            verifiers = dir.join("image-verifiers").display(),
+            opt = data.join("opt").display(),
+        )
+    } else {
+        format!(
+            "version = 2\n{common}disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n{sockets}"
+        )
     }
 }
 

@@ -108,6 +108,7 @@ impl Settings<'_> {
             format!(
                 "mode = \"{mode}\"\ndrift = \"deny\"\nbackend = \"{backend}\"\npolicy = \"{policy}\"\n\
                  state_dir = \"{state}\"\nevent_log = \"{events}\"\nstatus_socket = \"{status}\"\n\
+                 verify_socket = \"{verify}\"\n\
                  [containerd]\nsocket = \"{socket}\"\nroot = \"{root}\"\n\
                  [registry]\ninsecure = [{insecure}]\ntimeout_seconds = 5\n",
                 mode = self.mode,
@@ -117,6 +118,7 @@ impl Settings<'_> {
                 state = dir.join("state").display(),
                 events = self.events(dir).display(),
                 status = dir.join("status.sock").display(),
+                verify = dir.join("verify.sock").display(),
                 socket = containerd.socket.display(),
                 root = containerd.data.join("root").display(),
                 insecure = insecure.join(", "),

@@ -149,7 +149,7 @@ impl SignedBed {
             let pulls: Vec<_> = chunk
                 .iter()
                 .map(|name| {
-                    let child = std::process::Command::new("ctr")
+                    let child = super::containerd::ctr_command()
                         .arg("--address")
                         .arg(&self.containerd.socket)
                         .args([
