@@ -32,9 +32,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    catalog::oci,
     discover::RegistryClient,
     enforce::Mode as DaemonMode,
+    oci,
     policy::{Mode, Policy, Requirement},
     verdict::{Verdict, VerdictCache},
     verify::{FailureKind, ImageRef},
@@ -229,7 +229,7 @@ impl Judge {
                     policy,
                     None,
                     &request.name,
-                    &crate::discover::Platform::host(),
+                    &oci::host_platform(),
                 )
                 .await,
                 None,
@@ -331,10 +331,10 @@ impl Judge {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{}: {digest} not found", image.name()))?;
         match oci::parse_document(digest, "", &fetched.body).map_err(|e| e.to_string())? {
-            oci::Document::Manifest { .. } => Ok(None),
-            oci::Document::Index(entries) => {
-                oci::select_platform(digest, &entries, &oci::host_platform())
-                    .map(|chosen| Some(chosen.digest.clone()))
+            oci::Document::Manifest(_) => Ok(None),
+            oci::Document::Index(index) => {
+                oci::select_platform(digest, &index, &oci::host_platform())
+                    .map(|chosen| Some(chosen.digest().to_string()))
                     .map_err(|e| e.to_string())
             }
         }

@@ -294,6 +294,10 @@ mod tests {
         assert!(by_both.may_still_satisfy(&rule_with_keys(dir.path(), &["p384", "rsa2048"], 1)));
         // Trusted without signatures (an `accept` scope before): judged by the rebuild.
         assert!(signed_by(&[]).may_still_satisfy(&rule_with_keys(dir.path(), &["p384"], 1)));
+    }
+}
+
+#[cfg(test)]
 mod display_tests {
     use super::*;
 

@@ -1,11 +1,11 @@
 //! A private containerd: its own root, state and socket under `target/`, never the system's.
-//! Started and stopped by pid; its mounts are cleaned up on drop.
 //!
 //! Which containerd: the system's (`containerd`, `ctr` and `containerd-shim-runc-v2` from `PATH`,
 //! Debian 12's 1.6), or the release unpacked under `target/containerd/` (`cargo xtask test
 //! --containerd 1.7|2.1`) when `IMAGEGATE_CONTAINERD_BIN_DIR` names its `usr/bin`: containerd and
 //! `ctr` are run from there, and that directory comes first in containerd's `PATH` so that its
 //! shim is the release's own (runc stays the system's). containerd 2.x gets a version 3 config.
+//! Started and stopped by pid; its mounts are cleaned up on drop.
 
 use std::{
     path::{Path, PathBuf},
@@ -224,6 +224,42 @@ fn kill_shims(socket: &Path) {
             nix::unistd::Pid::from_raw(shim),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        kill_shims(&self.socket);
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Anything containerd left mounted under our directory.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let ours: Vec<&str> = mounts
+                .lines()
+                .filter_map(|line| line.split_whitespace().nth(1))
+                .filter(|target| target.starts_with(self.dir.to_str().unwrap_or("//")))
+                .collect();
+            for target in ours.into_iter().rev() {
+                let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+            }
+            let _ = nix::mount::umount2(&self.data, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if !std::thread::panicking() {
+            // Keep the directory (and containerd.log) of a failed test for a post-mortem.
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// The directory holding the containerd release under test (`IMAGEGATE_CONTAINERD_BIN_DIR`),
 /// `None` for the system's containerd on `PATH`.
 pub fn bin_dir() -> Option<PathBuf> {
@@ -303,38 +339,5 @@ pub fn config_toml(dir: &Path, data: &Path, socket: &Path) -> String {
         format!(
             "version = 2\n{common}disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n{sockets}"
         )
-    }
-}
-
-impl Drop for PrivateContainerd {
-    fn drop(&mut self) {
-        kill_shims(&self.socket);
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let started = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none() {
-            if started.elapsed() > Duration::from_secs(10) {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Anything containerd left mounted under our directory.
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            let ours: Vec<&str> = mounts
-                .lines()
-                .filter_map(|line| line.split_whitespace().nth(1))
-                .filter(|target| target.starts_with(self.dir.to_str().unwrap_or("//")))
-                .collect();
-            for target in ours.into_iter().rev() {
-                let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
-            }
-            let _ = nix::mount::umount2(&self.data, nix::mount::MntFlags::MNT_DETACH);
-        }
-        if !std::thread::panicking() {
-            // Keep the directory (and containerd.log) of a failed test for a post-mortem.
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
