@@ -59,6 +59,28 @@ enum Command {
         #[arg(long, default_value = "/run/imagegate/status.sock")]
         socket: PathBuf,
     },
+    /// Why is my pod not running? Ask the running daemon about a container (any containerd
+    /// namespace it follows; a CRI container id or a unique prefix of one) or an image: its image
+    /// and manifest digest, the policy scope and mode, the verdict with every signature found
+    /// (where, which authority accepted or rejected it, why) and the container's last denials.
+    /// Exit 0 explained, 1 unknown, 2 the daemon did not answer (an image reference is then
+    /// verified in process, and the output says so).
+    Explain {
+        /// A container id (or unique prefix), an image reference, image id or manifest digest.
+        target: String,
+        /// Only this containerd namespace (e.g. `k8s.io`, `default`).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The daemon's status socket.
+        #[arg(long, default_value = "/run/imagegate/status.sock")]
+        socket: PathBuf,
+        /// The daemon's configuration: policy and registries when verifying in process.
+        #[arg(long, default_value = imagegate::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// `text` or `json`.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Check an image against the policy without the daemon: resolve it in its registry, find
     /// its signatures and verify them. Exit code 0 trusted, 1 untrusted, 2 error.
     Verify {
@@ -275,6 +297,10 @@ fn run(cli: Cli) -> Result<()> {
                         socket.display()
                     )
                 })?;
+            // Nothing to ask: the status document is what a client that sends nothing gets.
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .context("talking to the daemon")?;
             let mut body = String::new();
             std::io::Read::read_to_string(&mut stream, &mut body)?;
             println!("{body}");
@@ -301,6 +327,31 @@ fn run(cli: Cli) -> Result<()> {
                 docker_config.as_deref(),
                 matches!(output, Output::Json),
             ))
+        }
+        Command::Explain {
+            target,
+            namespace,
+            socket,
+            config,
+            output,
+        } => {
+            let options = imagegate::explain::Options {
+                target,
+                namespace,
+                socket,
+                config,
+                json: matches!(output, Output::Json),
+            };
+            // Exit 2 when the daemon did not answer and no in-process verification could run.
+            exit_with(
+                imagegate::explain::run(&options)
+                    .with_context(|| format!("explaining {}", options.target))
+                    .and_then(|(text, code)| {
+                        print!("{text}");
+                        std::io::stdout().flush()?;
+                        Ok(code)
+                    }),
+            )
         }
         Command::Config(ConfigCommand::Check { file }) => exit_with(config_check(&file)),
         Command::Config(ConfigCommand::Reference) => {
@@ -564,30 +615,9 @@ fn verify(
     docker_config: Option<&Path>,
     json: bool,
 ) -> Result<i32> {
-    use imagegate::discover::{Credentials, DiscoveryConfig, RegistryClient};
     let policy = imagegate::policy::Policy::load(policy_path).context("loading the policy")?;
-    let credentials = match docker_config {
-        Some(path) => Credentials::from_docker_config(path)
-            .with_context(|| format!("reading credentials from {}", path.display()))?,
-        None => Credentials::default(),
-    };
-    let client = RegistryClient::new(DiscoveryConfig {
-        credentials,
-        insecure_registries,
-        ..DiscoveryConfig::default()
-    })
-    .context("setting up the registry client")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let verdict = runtime.block_on(imagegate::discover::verify_image(
-        &client,
-        &policy,
-        None,
-        image,
-        &imagegate::oci::host_platform(),
-    ));
+    let verdict =
+        imagegate::explain::verify_in_process(image, &policy, insecure_registries, docker_config)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&verdict)?);
     } else {

@@ -42,6 +42,8 @@ use support::{
 /// The daemon's status straight from its socket (no `imagegate status` process per poll).
 fn status(dir: &Path) -> Option<Value> {
     let mut stream = std::os::unix::net::UnixStream::connect(dir.join("status.sock")).ok()?;
+    // Nothing to ask (a silent client gets the status only after the daemon's request wait).
+    stream.shutdown(std::net::Shutdown::Write).ok()?;
     let mut body = Vec::new();
     stream.read_to_end(&mut body).ok()?;
     serde_json::from_slice(&body).ok()

@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 use support::{
     cri::{Cri, Pod},
     daemon::{self, DaemonProcess, Settings},
+    explain,
     signed::SignedBed,
 };
 
@@ -462,6 +463,95 @@ fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
             cri.remove_pod(&pod).unwrap();
         }
     }
+    daemon.stop();
+}
+
+/// Why is my pod not running? `imagegate explain` on CRI containers created from image ids, as
+/// kubelet creates them: the unsigned image's denied container names its pod, image, digest,
+/// scope, verdict and the denial; crictl's short id finds it; the signed pod's running
+/// container names the key that accepted its image; the image id explains the named images it
+/// resolves to.
+#[test]
+fn explain_tells_why_a_pod_is_not_running() {
+    let Some(bed) = SignedBed::start_cri("e2e-cri-explain", PAUSE) else {
+        return;
+    };
+    let dir = bed.dir.clone();
+    bed.push(PAUSE, &pause_image(&bed, "pause"), Some(&bed.trusted));
+    let app = app_image(&bed, "app", &["/bin/busybox", "sleep", "600"]);
+    let app_digest = bed.push("apps/app", &app, Some(&bed.trusted));
+    let unsigned = app_image(&bed, "unsigned", &["/bin/busybox", "echo", "unsigned ran"]);
+    let unsigned_digest = bed.push("apps/unsigned", &unsigned, None);
+    write_signed_policy(&bed);
+    let settings = Settings {
+        insecure: vec![bed.addr.clone()],
+        ..settings()
+    };
+    let config = settings.write(&dir, &bed.containerd);
+    let daemon = DaemonProcess::start(&dir, &config, "cri");
+    let events = settings.events(&dir);
+    let mut cri = Cri::connect(&bed.containerd.socket, &dir.join("logs"));
+    pull(&mut cri, &bed, PAUSE, "trusted");
+    let app_id = pull(&mut cri, &bed, "apps/app", "trusted");
+    let unsigned_id = pull(&mut cri, &bed, "apps/unsigned", "untrusted");
+
+    // The pod that does not run.
+    let pod = cri.run_pod("default", "web");
+    let (container, start) = run_container(
+        &mut cri,
+        &pod,
+        "main",
+        0,
+        &unsigned_id,
+        &bed.name("apps/unsigned"),
+    );
+    assert_container_denied(&mut cri, &pod, "main", &container, &start, "unsigned ran");
+    daemon::wait_for_event(&events, |e| e["container"]["id"] == container.as_str());
+    let json = explain::assert_unsigned_denied(
+        &dir,
+        &container,
+        &bed.name("apps/unsigned"),
+        &unsigned_digest,
+        &format!("{}/apps/**", bed.addr),
+        "/bin/busybox",
+    );
+    assert_eq!(json["container"]["namespace"], "k8s.io", "{json}");
+    assert_eq!(json["container"]["pod"], "web", "{json}");
+    assert_eq!(json["container"]["pod_namespace"], "default", "{json}");
+    assert_eq!(json["container"]["name"], "main", "{json}");
+    let text = explain::text(&dir, &container);
+    assert!(
+        text.contains("  pod default/web, container main\n"),
+        "{text}"
+    );
+    // crictl's short id, in kubelet's namespace.
+    let json = explain::json(&dir, &container[..13], &["--namespace", "k8s.io"]);
+    assert_eq!(json["container"]["id"], container.as_str(), "{json}");
+    cri.remove_pod(&pod).unwrap();
+
+    // A signed pod's running container, created from the image id.
+    let pod = cri.run_pod("default", "signed");
+    let (main, start) = run_container(&mut cri, &pod, "main", 0, &app_id, &bed.name("apps/app"));
+    start.unwrap();
+    explain::assert_signed(&dir, &main, &bed.name("apps/app"), &app_digest, "trusted");
+    let json = explain::json(&dir, &main, &[]);
+    assert_eq!(json["container"]["enforced_trust"], "trusted", "{json}");
+    // The image id: the named images it resolves to (tag and digest names), each trusted.
+    let json = explain::json(&dir, &app_id, &[]);
+    let images = json["images"].as_array().unwrap();
+    assert!(
+        images
+            .iter()
+            .any(|i| i["reference"] == bed.name("apps/app").as_str()),
+        "{json}"
+    );
+    assert!(
+        images
+            .iter()
+            .all(|i| i["manifest_digest"] == app_digest.as_str() && i["verdict"] == "trusted"),
+        "{json}"
+    );
+    cri.remove_pod(&pod).unwrap();
     daemon.stop();
 }
 

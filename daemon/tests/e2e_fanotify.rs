@@ -9,6 +9,10 @@
 //!
 //! Trust here comes from the policy's `accept`/`reject` scopes so that this test needs no
 //! registry; signature verification has its own tests (registry.rs, testvectors.rs).
+//!
+//! `imagegate explain` (why a container may not run) has its own test here, on signed and
+//! unsigned images in Debian's docker-registry: `ctr` containers denied and allowed, explained
+//! by the daemon, and an image explained in process once the daemon is gone.
 
 mod support;
 
@@ -20,7 +24,9 @@ use std::{
 use support::{
     containerd::PrivateContainerd,
     daemon::{self, DaemonProcess, Settings},
+    explain,
     image::{self, File},
+    signed::SignedBed,
 };
 
 const POLICY: &str = r#"version = 1
@@ -374,6 +380,142 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     assert_eq!(event["container"]["id"], "c-audit", "{event}");
     assert_eq!(event["path"], "/bin/busybox", "{event}");
     daemon.stop();
+}
+
+/// `imagegate explain` on `ctr` containers: an unsigned image's denied container (removed by
+/// `ctr run --rm`, still explained), a signed one's, an image signed by a key the policy does
+/// not trust; an unknown id; the daemon gone (a container cannot be explained, an image is
+/// verified in process).
+#[test]
+fn explain_says_why_a_container_was_denied_and_who_signed_the_allowed_one() {
+    let Some(bed) = SignedBed::start("e2e-explain") else {
+        return;
+    };
+    let dir = bed.dir.clone();
+    let signed = bed.image_on(&bed.busybox_layer(None), "signed");
+    let signed_digest = bed.push("apps/signed", &signed, Some(&bed.trusted));
+    let unsigned = bed.image_on(&bed.busybox_layer(Some("unsigned")), "unsigned");
+    let unsigned_digest = bed.push("apps/unsigned", &unsigned, None);
+    let other = bed.image_on(&bed.busybox_layer(Some("other")), "other");
+    let other_digest = bed.push("apps/other-key", &other, Some(&bed.other));
+    bed.write_policy("apps");
+    let names = ["apps/signed", "apps/unsigned", "apps/other-key"].map(|repo| bed.name(repo));
+    bed.pull_all(&names, 3);
+    let settings = Settings {
+        insecure: vec![bed.addr.clone()],
+        ..settings("enforce")
+    };
+    let config = settings.write(&dir, &bed.containerd);
+    let daemon = DaemonProcess::start(&dir, &config, "explain");
+    daemon.wait_for_verdicts(
+        &dir,
+        &[
+            (names[0].clone(), "trusted"),
+            (names[1].clone(), "untrusted"),
+            (names[2].clone(), "untrusted"),
+        ],
+    );
+    let events = settings.events(&dir);
+    let scope = format!("{}/apps/**", bed.addr);
+
+    // The unsigned image's container: denied, removed (`ctr run --rm`), explained.
+    let out = bed
+        .containerd
+        .run(&names[1], "c-unsigned", &["/bin/busybox", "echo", "hello"]);
+    daemon::assert_denied(&out, "the unsigned image's container");
+    daemon::wait_for_event(&events, |e| e["container"]["id"] == "c-unsigned");
+    let json = explain::assert_unsigned_denied(
+        &dir,
+        "c-unsigned",
+        &names[1],
+        &unsigned_digest,
+        &scope,
+        "/bin/busybox",
+    );
+    assert_eq!(json["container"]["namespace"], "default", "{json}");
+    assert_eq!(json["container"]["removed"], true, "{json}");
+
+    // The signed image's container runs; its explanation names the key that accepted it and
+    // where the signature was found; by a unique prefix of its id, in its namespace.
+    let out = bed.containerd.ctr(&[
+        "run",
+        "--detach",
+        &names[0],
+        "c-signed",
+        "/bin/busybox",
+        "sleep",
+        "60",
+    ]);
+    assert!(out.status.success(), "the signed container: {out:?}");
+    explain::assert_signed(&dir, "c-signed", &names[0], &signed_digest, "trusted");
+    let json = explain::json(&dir, "c-sig", &["--namespace", "default"]);
+    assert_eq!(json["container"]["id"], "c-signed", "{json}");
+    assert_eq!(json["container"]["enforced_trust"], "trusted", "{json}");
+    assert_eq!(json["denials"], serde_json::json!([]), "{json}");
+
+    // An image by reference: signed, but by a key the policy does not trust; rejected, why.
+    let json = explain::json(&dir, &names[2], &[]);
+    assert!(json["container"].is_null(), "{json}");
+    let judged = &json["images"][0];
+    assert_eq!(judged["namespace"], "default", "{json}");
+    assert_eq!(judged["manifest_digest"], other_digest.as_str(), "{json}");
+    assert_eq!(judged["verdict"], "untrusted", "{json}");
+    let rejected = &judged["signatures"][0];
+    assert_eq!(rejected["accepted"], false, "{json}");
+    assert_eq!(rejected["found_in"], "legacy_sig_tag", "{json}");
+    assert_eq!(rejected["authority"], "trusted", "{json}");
+    assert_eq!(rejected["failure"], "signature", "{json}");
+    let text = explain::text(&dir, &names[2]);
+    assert!(
+        text.contains("rejected: the signature does not verify with this authority's key"),
+        "{text}"
+    );
+    assert!(
+        text.contains("verdict: UNTRUSTED: 1 signature found, none accepted enough: 0 of 1 required authorities satisfied"),
+        "{text}"
+    );
+
+    // Unknown: exit 1, said so.
+    let unknown = explain::run(&dir, "no-such-container", &[]);
+    assert_eq!(unknown.code, 1, "{} {}", unknown.stdout, unknown.stderr);
+    assert!(
+        unknown
+            .stdout
+            .contains("no container or image no-such-container known to the daemon"),
+        "{}",
+        unknown.stdout
+    );
+    let _ = bed
+        .containerd
+        .ctr(&["tasks", "kill", "-s", "KILL", "c-signed"]);
+    daemon.stop();
+
+    // No daemon: a container cannot be explained (exit 2); an image is verified in process.
+    let gone = explain::run(&dir, "c-unsigned", &[]);
+    assert_eq!(gone.code, 2, "{} {}", gone.stdout, gone.stderr);
+    assert!(gone.stdout.contains("does not answer"), "{}", gone.stdout);
+    let config_arg = config.display().to_string();
+    let fallback = explain::run(
+        &dir,
+        &names[0],
+        &["--config", &config_arg, "--output", "json"],
+    );
+    assert_eq!(fallback.code, 0, "{} {}", fallback.stdout, fallback.stderr);
+    let json = fallback.json();
+    assert_eq!(json["answered_by"], "in_process", "{json}");
+    assert_eq!(json["images"][0]["verdict"], "trusted", "{json}");
+    assert_eq!(json["images"][0]["manifest_digest"], signed_digest.as_str());
+    let fallback = explain::run(&dir, &names[0], &["--config", &config_arg]);
+    assert!(
+        fallback
+            .stdout
+            .contains("the daemon did not answer (the daemon does not answer on"),
+        "{}",
+        fallback.stdout
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = bed.containerd.ctr(&["tasks", "rm", "-f", "c-signed"]);
+    let _ = bed.containerd.ctr(&["containers", "rm", "c-signed"]);
 }
 
 /// Case 7: a host process executing the mixed image's files through an overlay of its layers.

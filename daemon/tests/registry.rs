@@ -246,7 +246,7 @@ async fn registry_discovery_end_to_end() {
     assert!(v
         .reasons
         .iter()
-        .any(|x| x.accepted && x.signature.starts_with("referrer:")));
+        .any(|x| x.accepted && x.signature.starts_with("referrers-tag:")));
     // The SBOM next to it is reported, not mistaken for a signature.
     assert!(v
         .reasons

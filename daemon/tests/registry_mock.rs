@@ -173,6 +173,14 @@ async fn referrers_api_behind_token_auth() {
         serde_json::to_string_pretty(&v).unwrap()
     );
     assert_eq!(v.digest, images["bundle"]["digest"].as_str().unwrap());
+    // Labelled as found through the API (`imagegate explain` says where each signature was).
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r.accepted && r.signature.starts_with("referrer:sha256:")),
+        "{}",
+        serde_json::to_string_pretty(&v).unwrap()
+    );
     let seen = log.lock().unwrap().clone();
     assert!(
         seen.iter().any(

@@ -42,6 +42,9 @@ pub struct Containers {
     /// and dropped with the container's record; `None` for a cgroup seen holding several
     /// containers, which then names none of them.
     by_cgroup: HashMap<u64, Option<(String, String)>>,
+    /// Each container's last decision events, for `imagegate explain`: at most
+    /// [`crate::explain::MAX_DENIALS`] each, dropped with the container's record.
+    denials: HashMap<(String, String), std::collections::VecDeque<crate::explain::Denial>>,
 }
 
 impl Containers {
@@ -79,6 +82,57 @@ impl Containers {
         let by_key = &self.by_key;
         self.by_cgroup
             .retain(|_, key| key.as_ref().is_none_or(|key| by_key.contains_key(key)));
+        self.denials.retain(|key, _| by_key.contains_key(key));
+    }
+
+    /// Remembers a decision event of a known container (the newest
+    /// [`crate::explain::MAX_DENIALS`]); one of a container without a record is not kept.
+    pub fn note_denial(&mut self, namespace: &str, id: &str, denial: crate::explain::Denial) {
+        let key = (namespace.to_owned(), id.to_owned());
+        if !self.by_key.contains_key(&key) {
+            return;
+        }
+        let kept = self.denials.entry(key).or_default();
+        if kept.len() >= crate::explain::MAX_DENIALS {
+            kept.pop_front();
+        }
+        kept.push_back(denial);
+    }
+
+    /// A container's remembered decision events, oldest first.
+    #[must_use]
+    pub fn denials(&self, namespace: &str, id: &str) -> Vec<crate::explain::Denial> {
+        self.denials
+            .get(&(namespace.to_owned(), id.to_owned()))
+            .map(|kept| kept.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The containers `target` names, in `namespace` or any: the one whose id it is, else those
+    /// whose id starts with it (a short id, as `crictl ps` prints); each with whether containerd
+    /// removed it. Live ones first.
+    #[must_use]
+    pub fn find(&self, target: &str, namespace: Option<&str>) -> Vec<(&ContainerRecord, bool)> {
+        let in_namespace =
+            |record: &&ContainerRecord| namespace.is_none_or(|n| record.namespace == n);
+        let mut found: Vec<(&ContainerRecord, bool)> = self
+            .by_key
+            .values()
+            .filter(|(record, _)| record.id == target)
+            .filter(|(record, _)| in_namespace(&record))
+            .map(|(record, gone)| (record, gone.is_some()))
+            .collect();
+        if found.is_empty() && !target.is_empty() {
+            found = self
+                .by_key
+                .values()
+                .filter(|(record, _)| record.id.starts_with(target))
+                .filter(|(record, _)| in_namespace(&record))
+                .map(|(record, gone)| (record, gone.is_some()))
+                .collect();
+        }
+        found.sort_by(|a, b| (a.1, &a.0.namespace, &a.0.id).cmp(&(b.1, &b.0.namespace, &b.0.id)));
+        found
     }
 
     /// Notes that a task of container `id` runs in cgroup `cgroup` (a container's processes all
@@ -396,6 +450,62 @@ mod tests {
         assert_eq!(pick_container(&found, u32::MAX), None);
         containers.replace_live(vec![record("default", "b", "other:1")]);
         assert_eq!(containers.live(), 1);
+    }
+
+    fn denial(path: &str) -> crate::explain::Denial {
+        crate::explain::Denial {
+            time: 1.0,
+            verdict: "denied".into(),
+            reason: "untrusted_image".into(),
+            hook: "exec".into(),
+            command: "sh".into(),
+            pid: 1,
+            path: Some(path.into()),
+        }
+    }
+
+    /// `explain`'s memory of a container's denials is bounded and goes with its record.
+    #[test]
+    fn denials_are_kept_per_container_bounded_and_dropped_with_it() {
+        let mut containers = Containers::default();
+        containers.insert(record("default", "c1", "img:1"));
+        containers.insert(record("k8s.io", "c10", "img:1"));
+        for n in 0..40 {
+            containers.note_denial("default", "c1", denial(&format!("/f{n}")));
+        }
+        containers.note_denial("default", "unknown", denial("/x"));
+        let kept = containers.denials("default", "c1");
+        assert_eq!(kept.len(), crate::explain::MAX_DENIALS);
+        assert_eq!(kept[0].path.as_deref(), Some("/f24"), "the oldest dropped");
+        assert_eq!(kept[15].path.as_deref(), Some("/f39"));
+        assert!(containers.denials("default", "unknown").is_empty());
+        // Found by id, by a unique prefix, in a namespace.
+        let ids = |found: Vec<(&ContainerRecord, bool)>| {
+            found
+                .iter()
+                .map(|(r, gone)| (r.id.clone(), *gone))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(containers.find("c1", None)), [("c1".to_owned(), false)]);
+        assert_eq!(ids(containers.find("c", None)).len(), 2);
+        assert_eq!(
+            ids(containers.find("c", Some("k8s.io"))),
+            [("c10".to_owned(), false)]
+        );
+        assert!(containers.find("nope", None).is_empty());
+        containers.delete("default", "c1");
+        assert_eq!(ids(containers.find("c1", None)), [("c1".to_owned(), true)]);
+        assert_eq!(
+            containers.denials("default", "c1").len(),
+            16,
+            "kept while named"
+        );
+        containers.by_key.retain(|(_, id), _| id != "c1");
+        containers.prune();
+        assert!(
+            containers.denials("default", "c1").is_empty(),
+            "dropped with the record"
+        );
     }
 
     #[test]

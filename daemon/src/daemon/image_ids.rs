@@ -51,6 +51,17 @@ impl ImageIds {
         self.records = records;
     }
 
+    /// Whether `key` is an image-id record containerd has.
+    #[must_use]
+    pub fn contains(&self, key: &ImageKey) -> bool {
+        self.records.contains_key(key)
+    }
+
+    /// The image-id records.
+    pub fn keys(&self) -> impl Iterator<Item = &ImageKey> {
+        self.records.keys()
+    }
+
     /// How many image-id records containerd has.
     #[must_use]
     pub fn len(&self) -> usize {

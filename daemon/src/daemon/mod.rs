@@ -6,6 +6,7 @@
 //! verification ends is denied (enforce) or reported (audit), never silently allowed.
 
 pub mod describe;
+pub mod explain;
 pub mod image_ids;
 pub mod prefetch;
 pub mod serve;

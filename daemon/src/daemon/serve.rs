@@ -56,6 +56,7 @@ pub async fn serve<B: Backend>(
     })?;
     let pull_permits = Arc::new(tokio::sync::Semaphore::new(crate::pullgate::CONCURRENCY));
     let platforms = Arc::new(crate::pullgate::PlatformChoices::default());
+    let (asks, mut questions) = tokio::sync::mpsc::channel::<Ask>(EXPLAIN_QUEUE);
     let mut drain = tokio::time::interval(EVENT_DRAIN_INTERVAL);
     let mut watchdog = crate::systemd::Watchdog::from_env();
     let metrics = crate::metrics::global();
@@ -186,14 +187,17 @@ pub async fn serve<B: Backend>(
                 // Answered once the first table is in (clients wait in the backlog until then):
                 // a status answer means reconciled, as `imagegate status` users rely on.
                 accepted = status.accept(), if ready => {
-                    if let Ok((mut stream, _)) = accepted {
+                    if let Ok((stream, _)) = accepted {
                         let body = serde_json::to_vec_pretty(&daemon.status()).unwrap_or_default();
-                        // Written by a task of its own: a client that does not read cannot
-                        // hold the loop.
-                        tokio::spawn(async move {
-                            let _ = tokio::time::timeout(STATUS_WRITE_TIMEOUT, stream.write_all(&body)).await;
-                        });
+                        // Read and written by a task of its own: a client that does not send or
+                        // read cannot hold the loop. An `explain` request comes back here.
+                        tokio::spawn(status_client(stream, body, asks.clone()));
                     }
+                }
+                Some(ask) = questions.recv() => {
+                    let answer = daemon.explain(&ask.target, ask.namespace.as_deref());
+                    tracing::info!(target = %ask.target, namespace = ?ask.namespace, answer = answer_kind(&answer), "explain answered");
+                    let _ = ask.reply.send(answer);
                 }
                 // Pull verdicts for containerd's image verifier hook: answered at once (they
                 // need no table), each in a task of its own, a bounded number at a time.
@@ -241,6 +245,82 @@ pub async fn serve<B: Backend>(
         }
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
+}
+
+/// `explain` requests waiting for the event loop; more are answered "busy".
+const EXPLAIN_QUEUE: usize = 16;
+
+/// An `explain` request for the event loop, and where its answer goes.
+struct Ask {
+    target: String,
+    namespace: Option<String>,
+    reply: tokio::sync::oneshot::Sender<crate::explain::Answer>,
+}
+
+fn answer_kind(answer: &crate::explain::Answer) -> &'static str {
+    use crate::explain::Answer;
+    match answer {
+        Answer::Explained(_) => "explained",
+        Answer::Unknown { .. } => "unknown",
+        Answer::Ambiguous { .. } => "ambiguous",
+        Answer::Error { .. } => "error",
+    }
+}
+
+/// One status-socket client: the status document `status` unless it sends a request line
+/// ([`crate::explain::Request`]) within [`crate::explain::REQUEST_WAIT`]; an `explain` request
+/// is answered by the event loop (through `asks`).
+async fn status_client(
+    mut stream: tokio::net::UnixStream,
+    status: Vec<u8>,
+    asks: tokio::sync::mpsc::Sender<Ask>,
+) {
+    use crate::explain::{Answer, Request, MAX_REQUEST_BYTES, REQUEST_WAIT};
+    let mut line = Vec::new();
+    // A silent client (an older `imagegate status`, `socat`) gets the status after the wait.
+    let _ = tokio::time::timeout(REQUEST_WAIT, async {
+        let mut chunk = [0u8; 1024];
+        while line.len() <= MAX_REQUEST_BYTES && !line.contains(&b'\n') {
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => line.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let body = match Request::parse(&line) {
+        _ if line.len() > MAX_REQUEST_BYTES => answer_bytes(&Answer::Error {
+            message: format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+        }),
+        Ok(Request::Status) => status,
+        Ok(Request::Explain { target, namespace }) => {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let ask = Ask {
+                target,
+                namespace,
+                reply,
+            };
+            match asks.try_send(ask) {
+                Ok(()) => match tokio::time::timeout(STATUS_WRITE_TIMEOUT, answer).await {
+                    Ok(Ok(answer)) => answer_bytes(&answer),
+                    _ => answer_bytes(&Answer::Error {
+                        message: "the daemon did not get to the request in time".to_owned(),
+                    }),
+                },
+                Err(_) => answer_bytes(&Answer::Error {
+                    message: "busy: too many explain requests at once".to_owned(),
+                }),
+            }
+        }
+        Err(error) => answer_bytes(&Answer::Error {
+            message: error.to_string(),
+        }),
+    };
+    let _ = tokio::time::timeout(STATUS_WRITE_TIMEOUT, stream.write_all(&body)).await;
+}
+
+fn answer_bytes(answer: &crate::explain::Answer) -> Vec<u8> {
+    serde_json::to_vec_pretty(answer).unwrap_or_default()
 }
 
 /// A table being rebuilt aside: its verification task.
@@ -326,7 +406,16 @@ fn write_events<B: Backend>(daemon: &mut Daemon<B>, outputs: &mut Outputs, flush
     let mut stdout = std::io::stdout().lock();
     for decision in &decisions {
         crate::metrics::global().decision(daemon.backend.name(), decision.verdict, decision.hook);
-        let line = daemon.describe(decision).to_string();
+        let event = daemon.describe(decision);
+        // Kept for `imagegate explain`, per container.
+        if let (Some(namespace), Some(id), Some(denial)) = (
+            event["container"]["namespace"].as_str(),
+            event["container"]["id"].as_str(),
+            crate::explain::Denial::from_event(&event),
+        ) {
+            daemon.containers.note_denial(namespace, id, denial);
+        }
+        let line = event.to_string();
         let _ = writeln!(stdout, "{line}");
         if let Some(file) = outputs.event_log.as_mut() {
             let _ = writeln!(file, "{line}");

@@ -83,6 +83,8 @@ pub async fn find_signatures(
 
     // 1. Referrers API, else 2. the referrers tag.
     let mut referrers: Option<Vec<Descriptor>> = None;
+    // Whether the list came from the `sha256-<hex>` tag rather than the API (for the labels).
+    let mut from_tag = false;
     match s
         .get(
             registry,
@@ -128,7 +130,10 @@ pub async fn find_signatures(
                 f.content_type.as_deref().unwrap_or_default(),
                 &f.body,
             ) {
-                Ok(list) => referrers = Some(list),
+                Ok(list) => {
+                    referrers = Some(list);
+                    from_tag = true;
+                }
                 Err(e) => found.errors.push(e),
             },
             Ok(None) => {}
@@ -140,7 +145,12 @@ pub async fn find_signatures(
             break;
         }
         let referrer = d.digest().to_string();
-        let label = format!("referrer:{referrer}");
+        // Where it was found: `referrer:` (the API) or `referrers-tag:` (the fallback tag).
+        let label = if from_tag {
+            format!("referrers-tag:{referrer}")
+        } else {
+            format!("referrer:{referrer}")
+        };
         if d.size() > cfg.max_manifest_bytes as u64 {
             found.sources.push(unusable(
                 label,

@@ -10,7 +10,7 @@ pub mod image;
 
 use std::time::Duration;
 
-pub use auth::Credentials;
+pub use auth::{Credentials, CredentialsError};
 pub use client::RegistryClient;
 pub use find::find_signatures;
 pub use image::{verdict_key, verify_digest, verify_image};

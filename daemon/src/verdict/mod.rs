@@ -29,7 +29,8 @@ pub enum Outcome {
 /// What happened to one signature under one authority.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reason {
-    /// Which signature: where it was found (`legacy:sha256-….sig#0`, `referrer:sha256:…`).
+    /// Which signature: where it was found (`legacy:sha256-….sig#0`, `referrer:sha256:…` from the
+    /// referrers API, `referrers-tag:sha256:…` from the `sha256-<hex>` tag).
     pub signature: String,
     /// The authority it was checked against, when one applies.
     pub authority: Option<String>,

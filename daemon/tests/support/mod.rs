@@ -4,6 +4,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
+pub mod explain;
 pub mod image;
 pub mod recording;
 pub mod responder;

@@ -1,0 +1,152 @@
+//! `imagegate explain` against a test daemon (its status socket at `dir/status.sock`): the
+//! text, the JSON document and the exit code, and the checks the end-to-end suites share.
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+/// What one `imagegate explain` printed, and its exit code.
+pub struct Explained {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Explained {
+    /// The JSON document it printed (`--output json`).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("explain's JSON does not parse ({e}): {}", self.stdout))
+    }
+}
+
+/// `imagegate explain --socket DIR/status.sock [EXTRA...] TARGET`.
+pub fn run(dir: &Path, target: &str, extra: &[&str]) -> Explained {
+    let out = Command::new(super::daemon::imagegate_bin())
+        .args(["explain", "--socket"])
+        .arg(dir.join("status.sock"))
+        .args(extra)
+        .arg(target)
+        .output()
+        .expect("run imagegate explain");
+    Explained {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The text explanation of `target`, asserted answered (exit 0).
+pub fn text(dir: &Path, target: &str) -> String {
+    let explained = run(dir, target, &[]);
+    eprintln!("imagegate explain {target}:\n{}", explained.stdout);
+    assert_eq!(
+        explained.code, 0,
+        "explain {target}: {} {}",
+        explained.stdout, explained.stderr
+    );
+    explained.stdout
+}
+
+/// The JSON explanation of `target`, asserted answered (exit 0) by the daemon.
+pub fn json(dir: &Path, target: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["--output", "json"];
+    args.extend_from_slice(extra);
+    let explained = run(dir, target, &args);
+    assert_eq!(
+        explained.code, 0,
+        "explain {target}: {} {}",
+        explained.stdout, explained.stderr
+    );
+    let json = explained.json();
+    assert_eq!(json["answered_by"], "daemon", "{json}");
+    json
+}
+
+/// A denied container of an unsigned image, explained: its image and manifest digest, the
+/// scope and its mode, the verdict untrusted for want of a signature, and the denial of
+/// `path` (reason `untrusted_image`), in the text and in the JSON document alike.
+pub fn assert_unsigned_denied(
+    dir: &Path,
+    container: &str,
+    image: &str,
+    digest: &str,
+    scope: &str,
+    path: &str,
+) -> Value {
+    let text = text(dir, container);
+    for expected in [
+        format!("container {container} "),
+        format!("created from: {image}"),
+        format!("image {image} "),
+        format!("manifest digest: {digest}"),
+        format!("policy scope: {scope} (mode enforce)"),
+        "verdict: UNTRUSTED: no signatures found (looked in the OCI 1.1 referrers API".to_owned(),
+        "effect: denied".to_owned(),
+        "signatures: none found".to_owned(),
+        format!("denied exec of {path} "),
+        "untrusted_image (the container's image is not trusted".to_owned(),
+        "answered by the running daemon".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "no {expected:?} in:\n{text}");
+    }
+    let json = json(dir, container, &[]);
+    assert_eq!(json["container"]["id"], container, "{json}");
+    assert_eq!(json["container"]["image"], image, "{json}");
+    let judged = &json["images"][0];
+    assert_eq!(judged["reference"], image, "{json}");
+    assert_eq!(judged["manifest_digest"], digest, "{json}");
+    assert_eq!(judged["scope"], scope, "{json}");
+    assert_eq!(judged["mode"], "enforce", "{json}");
+    assert_eq!(judged["verdict"], "untrusted", "{json}");
+    assert_eq!(judged["signatures"], Value::Array(Vec::new()), "{json}");
+    assert!(
+        judged["notes"]
+            .as_array()
+            .is_some_and(|notes| notes.iter().any(|n| n == "no signatures found")),
+        "{json}"
+    );
+    let denials = json["denials"].as_array().expect("denials");
+    assert!(
+        denials.iter().any(|d| d["reason"] == "untrusted_image"
+            && d["verdict"] == "denied"
+            && d["path"] == path
+            && d["time"].as_f64().is_some_and(|t| t > 0.0)),
+        "{json}"
+    );
+    json
+}
+
+/// A trusted container (or image) explained: signed by the policy's key authority `authority`,
+/// the signature found in the legacy `.sig` tag and accepted, in text and JSON.
+pub fn assert_signed(dir: &Path, target: &str, image: &str, digest: &str, authority: &str) {
+    let text = text(dir, target);
+    for expected in [
+        format!("manifest digest: {digest}"),
+        format!("verdict: TRUSTED: signature accepted by {authority}"),
+        format!("in the legacy .sig tag, authority {authority} (policy key sha256:"),
+        format!("accepted by {authority}: signed with key"),
+    ] {
+        assert!(text.contains(&expected), "no {expected:?} in:\n{text}");
+    }
+    let json = json(dir, target, &[]);
+    let judged = json["images"]
+        .as_array()
+        .and_then(|images| images.iter().find(|i| i["reference"] == image))
+        .unwrap_or_else(|| panic!("{image} not explained: {json}"));
+    assert_eq!(judged["verdict"], "trusted", "{json}");
+    assert_eq!(judged["manifest_digest"], digest, "{json}");
+    let accepted = judged["signatures"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["accepted"] == true))
+        .unwrap_or_else(|| panic!("no accepted signature: {json}"));
+    assert_eq!(accepted["authority"], authority, "{json}");
+    assert_eq!(accepted["found_in"], "legacy_sig_tag", "{json}");
+    assert!(
+        accepted["authority_kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("policy key sha256:")),
+        "{json}"
+    );
+    assert_eq!(accepted["signer"]["kind"], "key", "{json}");
+}
