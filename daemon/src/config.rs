@@ -77,7 +77,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Decision events are also appended here as JSON lines (stdout always gets them).
     pub event_log: Option<PathBuf>,
-    /// Unix socket that `imagegate status` reads.
+    /// Unix socket that `imagegate status` and `imagegate explain` ask.
     pub status_socket: PathBuf,
     /// Root-only unix socket where `imagegate containerd-verifier` asks for pull verdicts.
     pub verify_socket: PathBuf,
@@ -332,7 +332,7 @@ pub const SETTINGS: &[Setting] = &[
         key: "status_socket",
         kind: "path",
         default: "\"/run/imagegate/status.sock\"",
-        doc: "The unix socket `imagegate status` reads.",
+        doc: "The unix socket `imagegate status` and `imagegate explain` ask.",
     },
     Setting {
         key: "verify_socket",

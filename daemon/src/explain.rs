@@ -140,13 +140,13 @@ pub fn run(options: &Options) -> Result<(String, i32), ExplainError> {
     };
     tracing::warn!(socket = %options.socket.display(), error = %crate::doctor::error_chain(&error), "the daemon did not answer");
     if !looks_like_reference(&options.target) {
-        return Ok((
-            format!(
-                "{}: {error}; a container can only be explained by the running daemon\n",
+        let answer = Answer::Error {
+            message: format!(
+                "{}: {error}; a container can only be explained by the running daemon",
                 options.target
             ),
-            2,
-        ));
+        };
+        return Ok(render(&answer, options.json));
     }
     let config = crate::config::Config::load(&options.config)?;
     let policy = Policy::load(&config.policy)?;
@@ -939,7 +939,7 @@ pub fn render(answer: &Answer, json: bool) -> (String, i32) {
                 .collect::<Vec<_>>()
                 .join("\n")
         ),
-        Answer::Error { message } => format!("the daemon could not answer: {message}\n"),
+        Answer::Error { message } => format!("{message}\n"),
     };
     (text, code)
 }
