@@ -139,10 +139,10 @@ pub fn run(options: &Options) -> Result<(String, i32), ExplainError> {
         Err(error) => error,
     };
     tracing::warn!(socket = %options.socket.display(), error = %crate::doctor::error_chain(&error), "the daemon did not answer");
-    if !looks_like_reference(&options.target) {
+    if !verifiable_in_process(&options.target) {
         let answer = Answer::Error {
             message: format!(
-                "{}: {error}; a container can only be explained by the running daemon",
+                "{}: {error}; a container, image id or digest can only be explained by the running daemon",
                 options.target
             ),
         };
@@ -691,6 +691,16 @@ pub fn looks_like_reference(target: &str) -> bool {
     target.contains(['/', ':', '@'])
 }
 
+/// Whether `target` is a reference `imagegate verify` could verify without the daemon: not a
+/// container id, and not an image id or digest (`sha256:...` read as a reference would send the
+/// verifier to `docker.io/library/sha256`).
+#[must_use]
+pub fn verifiable_in_process(target: &str) -> bool {
+    looks_like_reference(target)
+        && !target.starts_with("sha256:")
+        && ImageRef::parse(target).is_ok()
+}
+
 /// Whether image record name `name` is what `target` names: the same text, or the same
 /// reference once both are normalised (`busybox` is `docker.io/library/busybox:latest`).
 #[must_use]
@@ -795,7 +805,7 @@ impl std::fmt::Display for Explanation {
             AnsweredBy::Daemon => writeln!(f, "answered by the running daemon"),
             AnsweredBy::InProcess => writeln!(
                 f,
-                "the daemon did not answer ({}): verified in this process, as `imagegate verify` does",
+                "the daemon did not answer: {}; verified in this process, as `imagegate verify` does",
                 self.daemon_error.as_deref().unwrap_or("no answer")
             ),
         }
@@ -1031,6 +1041,15 @@ mod tests {
         assert!(looks_like_reference(&format!("sha256:{}", "a".repeat(64))));
         assert!(!looks_like_reference("c-untrusted"));
         assert!(!looks_like_reference(&"a".repeat(64)));
+        assert!(verifiable_in_process("r.test/app:1"));
+        assert!(verifiable_in_process("busybox:1"));
+        assert!(!verifiable_in_process("c-untrusted"));
+        assert!(!verifiable_in_process(&format!(
+            "sha256:{}",
+            "a".repeat(64)
+        )));
+        assert!(!verifiable_in_process("sha256:abc"));
+        assert!(!verifiable_in_process("UPPER/case:1"));
         assert!(names_image("busybox", "docker.io/library/busybox:latest"));
         assert!(names_image("r.test/app:1", "r.test/app:1"));
         assert!(!names_image("r.test/app:1", "r.test/app:2"));

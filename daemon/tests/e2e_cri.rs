@@ -107,6 +107,19 @@ fn write_signed_policy(bed: &SignedBed) {
     .unwrap();
 }
 
+/// Starts the daemon (enforce, fanotify, the bed's registry over plain HTTP) and connects a
+/// CRI client: the daemon, its event log and the client.
+fn start_signed(bed: &SignedBed) -> (DaemonProcess, std::path::PathBuf, Cri) {
+    let settings = Settings {
+        insecure: vec![bed.addr.clone()],
+        ..settings()
+    };
+    let config = settings.write(&bed.dir, &bed.containerd);
+    let daemon = DaemonProcess::start(&bed.dir, &config, "cri");
+    let cri = Cri::connect(&bed.containerd.socket, &bed.dir.join("logs"));
+    (daemon, settings.events(&bed.dir), cri)
+}
+
 /// Names of containerd's image records in `k8s.io`.
 fn records(bed: &SignedBed) -> BTreeSet<String> {
     let out = bed.containerd.ctr_in("k8s.io", &["images", "ls", "-q"]);
@@ -265,15 +278,7 @@ fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
     let volume_unsigned = volume_image("volume-unsigned");
     let volume_unsigned_digest = bed.push("apps/volume-unsigned", &volume_unsigned, None);
     write_signed_policy(&bed);
-
-    let settings = Settings {
-        insecure: vec![bed.addr.clone()],
-        ..settings()
-    };
-    let config = settings.write(&dir, &bed.containerd);
-    let daemon = DaemonProcess::start(&dir, &config, "cri");
-    let events = settings.events(&dir);
-    let mut cri = Cri::connect(&bed.containerd.socket, &dir.join("logs"));
+    let (daemon, events, mut cri) = start_signed(&bed);
 
     // a. A signed pod: its sandbox (pulled by RunPodSandbox), an init container, the app;
     // a probe (ExecSync) of a base binary; a restart.
@@ -483,14 +488,7 @@ fn explain_tells_why_a_pod_is_not_running() {
     let unsigned = app_image(&bed, "unsigned", &["/bin/busybox", "echo", "unsigned ran"]);
     let unsigned_digest = bed.push("apps/unsigned", &unsigned, None);
     write_signed_policy(&bed);
-    let settings = Settings {
-        insecure: vec![bed.addr.clone()],
-        ..settings()
-    };
-    let config = settings.write(&dir, &bed.containerd);
-    let daemon = DaemonProcess::start(&dir, &config, "cri");
-    let events = settings.events(&dir);
-    let mut cri = Cri::connect(&bed.containerd.socket, &dir.join("logs"));
+    let (daemon, events, mut cri) = start_signed(&bed);
     pull(&mut cri, &bed, PAUSE, "trusted");
     let app_id = pull(&mut cri, &bed, "apps/app", "trusted");
     let unsigned_id = pull(&mut cri, &bed, "apps/unsigned", "untrusted");

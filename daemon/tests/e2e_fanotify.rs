@@ -485,6 +485,7 @@ fn explain_says_why_a_container_was_denied_and_who_signed_the_allowed_one() {
         "{}",
         unknown.stdout
     );
+    explain::assert_socket_protocol(&dir);
     let _ = bed
         .containerd
         .ctr(&["tasks", "kill", "-s", "KILL", "c-signed"]);
@@ -509,7 +510,7 @@ fn explain_says_why_a_container_was_denied_and_who_signed_the_allowed_one() {
     assert!(
         fallback
             .stdout
-            .contains("the daemon did not answer (the daemon does not answer on"),
+            .contains("the daemon did not answer: the daemon does not answer on"),
         "{}",
         fallback.stdout
     );

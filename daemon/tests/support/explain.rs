@@ -150,3 +150,30 @@ pub fn assert_signed(dir: &Path, target: &str, image: &str, digest: &str, author
     );
     assert_eq!(accepted["signer"]["kind"], "key", "{json}");
 }
+
+/// The status socket's protocol: a client that sends nothing (and keeps its sending side open)
+/// still gets the status document once the daemon's request wait is over; a request line the
+/// daemon does not understand gets an error answer.
+pub fn assert_socket_protocol(dir: &Path) {
+    use std::io::{Read as _, Write as _};
+    let socket = dir.join("status.sock");
+    let mut silent = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut body = String::new();
+    silent.read_to_string(&mut body).expect("read status");
+    let status: Value = serde_json::from_str(&body).expect("status JSON");
+    assert!(status["backend"].is_string(), "{status}");
+    let mut asking = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    asking
+        .write_all(b"{\"request\":\"reboot\"}\n")
+        .expect("write");
+    asking
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let mut body = String::new();
+    asking.read_to_string(&mut body).expect("read answer");
+    let answer: Value = serde_json::from_str(&body).expect("answer JSON");
+    assert_eq!(answer["answer"], "error", "{answer}");
+}
