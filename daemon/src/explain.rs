@@ -464,7 +464,15 @@ pub fn failure_words(kind: FailureKind) -> &'static str {
 fn matcher_words(matcher: &StringMatcher) -> String {
     match matcher {
         StringMatcher::Exact(text) => text.clone(),
-        StringMatcher::Regex(regex) => format!("/{}/", regex.as_str()),
+        // The pattern as the policy gave it, without the anchors added when it was compiled.
+        StringMatcher::Regex(regex) => {
+            let text = regex.as_str();
+            let given = text
+                .strip_prefix("^(?:")
+                .and_then(|t| t.strip_suffix(")$"))
+                .unwrap_or(text);
+            format!("matching /{given}/")
+        }
     }
 }
 
@@ -1140,6 +1148,53 @@ mod tests {
         assert!(image
             .to_string()
             .contains("in the sha256-<hex> referrers tag, authority release: rejected"));
+    }
+
+    /// Which authority judged a signature, in words: a policy key by its fingerprint, a keyless
+    /// identity by subject and issuer.
+    #[test]
+    fn authorities_say_whether_they_are_keys_or_keyless_identities() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/generated");
+        let text = format!(
+            "version = 1\n[trust.test]\ntrusted_root = \"{root}\"\n[default]\nrequire = \"reject\"\n\
+             [[scope]]\nmatch = \"r.test/**\"\nrequire = \"signatures\"\nthreshold = 1\n\
+             [[scope.keys]]\nname = \"release\"\npath = \"{key}\"\n\
+             [[scope.keyless]]\nname = \"ci\"\ntrust = \"test\"\n\
+             issuer = \"https://issuer.imagegate.test\"\nsubject_regex = \"^ci@.*$\"\n",
+            root = fixtures.join("trust/trusted_root.json").display(),
+            key = fixtures.join("legacy-keys/p256.pub").display(),
+        );
+        let policy =
+            crate::policy::file::parse(std::path::Path::new("/t/policy.toml"), &text).unwrap();
+        // The scope as verdicts name it (the pattern as the policy prints it).
+        let scope = policy.scopes[0].1.scope.clone();
+        let key = authority_words(&policy, &scope, "release").unwrap();
+        assert!(key.starts_with("policy key sha256:"), "{key}");
+        assert_eq!(
+            authority_words(&policy, &scope, "ci").as_deref(),
+            Some("keyless identity matching /^ci@.*$/ (issuer https://issuer.imagegate.test)")
+        );
+        assert_eq!(authority_words(&policy, &scope, "nobody"), None);
+        assert_eq!(authority_words(&policy, "default", "release"), None);
+        // Through a verdict: the rejected signature names the keyless authority's identity.
+        let mut v = verdict(Outcome::Untrusted, Vec::new());
+        v.scope.clone_from(&scope);
+        v.reasons = vec![Reason {
+            authority: Some("ci".into()),
+            ..reason("referrer:sha256:cc", false, Some(FailureKind::Identity))
+        }];
+        let image = ImageExplanation::from_verdict(None, "r.test/app:1", &v, Some(&policy));
+        assert!(
+            image.signatures[0]
+                .authority_kind
+                .as_deref()
+                .is_some_and(|k| k.starts_with("keyless identity")),
+            "{image:?}"
+        );
+        assert!(image.signatures[0]
+            .why
+            .starts_with("rejected: the signer's identity is not one this authority allows"));
     }
 
     #[test]
