@@ -47,7 +47,7 @@ pub struct SignerArgs {
     certificate_oidc_issuer_regexp: Option<String>,
     /// Print the result as JSON.
     #[arg(long, value_enum, default_value = "text")]
-    output: crate::Output,
+    output: super::Output,
 }
 
 /// `verify-signature` inputs.
@@ -245,7 +245,7 @@ impl SignerArgs {
 /// Prints the outcome and returns the exit code.
 fn report(
     result: Result<imagegate::verify::Verified, imagegate::verify::VerifyError>,
-    output: crate::Output,
+    output: super::Output,
 ) -> Result<i32> {
     let (code, value) = match &result {
         Ok(verified) => (
@@ -260,8 +260,8 @@ fn report(
         ),
     };
     match output {
-        crate::Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-        crate::Output::Text => match &result {
+        super::Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        super::Output::Text => match &result {
             Ok(verified) => println!(
                 "verified: signature over {} by {}",
                 verified.digest, verified.authority
