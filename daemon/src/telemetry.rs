@@ -49,3 +49,15 @@ mod tests {
         assert!(!json_lines(LogFormat::Human, false));
     }
 }
+
+/// `error: cause: cause` in one line: how the daemon's logs and commands print an error chain.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
