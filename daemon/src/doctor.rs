@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::{
     btf::Btf,
     enforce::bpf::{self, offsets},
+    telemetry::error_chain,
 };
 
 /// The result of one check.
@@ -72,13 +73,13 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
             .map_err(|e| format!("{e}")),
     ));
     if let Ok(vmlinux) = &vmlinux {
-        let overlay = vmlinux.module("overlay").ok().flatten();
+        let modules = offsets::module_btf(vmlinux).unwrap_or_default();
         checks.push(check(
             "btf_offsets",
-            offsets::from_btf(vmlinux, overlay.as_ref())
+            offsets::from_btf(vmlinux, &modules)
                 .map(|o| {
                     format!(
-                        "all found (file.f_inode={}, dentry.d_parent={}, ovl_fs.layers={}, sizeof(ovl_layer)={}, private_data={})",
+                        "all found (file.f_inode={}, dentry.d_parent={}, ovl_fs.layers={}, sizeof(ovl_layer)={}, private_data={}, btrfs={})",
                         o.file_f_inode,
                         o.dentry_d_parent,
                         o.ovl_fs_layers,
@@ -87,6 +88,11 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
                             "struct ovl_file"
                         } else {
                             "real file"
+                        },
+                        if o.flags & imagegate_common::offset_flags::BTRFS != 0 {
+                            "subvolume devices"
+                        } else {
+                            "no btrfs types (btrfs scopes refused)"
                         }
                     )
                 })
@@ -170,18 +176,6 @@ fn backend_choice(checks: &[Check]) -> Check {
         ok,
         detail,
     }
-}
-
-/// `error: cause: cause` in one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 fn overlay_report() -> Result<String, String> {

@@ -138,7 +138,7 @@ pub fn run(options: &Options) -> Result<(String, i32), ExplainError> {
         Ok(answer) => return Ok(render(&answer, options.json)),
         Err(error) => error,
     };
-    tracing::warn!(socket = %options.socket.display(), error = %crate::doctor::error_chain(&error), "the daemon did not answer");
+    tracing::warn!(socket = %options.socket.display(), error = %crate::telemetry::error_chain(&error), "the daemon did not answer");
     if !verifiable_in_process(&options.target) {
         let answer = Answer::Error {
             message: format!(

@@ -653,7 +653,7 @@ fn in_process(
     let policy = crate::policy::Policy::load(&config.policy).map_err(|e| {
         format!(
             "the policy does not load: {}",
-            crate::doctor::error_chain(&e)
+            crate::telemetry::error_chain(&e)
         )
     })?;
     let client = registry_client(config)?;

@@ -37,6 +37,18 @@ pub fn init_with(format: LogFormat, level: &str) {
     };
 }
 
+/// `error: cause: cause` in one line: how the daemon's logs and commands print an error chain.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

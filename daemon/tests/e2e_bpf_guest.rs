@@ -17,6 +17,10 @@
 //!    loads the base's copy of the same library;
 //! 5. drift: a binary written into the container's writable layer cannot execute.
 //!
+//! A second test puts containerd's root and the daemon's state on btrfs (a loop device): the
+//! programs key files by the subvolume's device that `stat` reports, and the daemon's self-test
+//! runs on that file system before it claims enforcement.
+//!
 //! Environment (set by the guest's command): `IMAGEGATE_BIN` (the daemon), `IMAGEGATE_E2E_FIXTURES`
 //! (a directory holding `preload.so`, a library whose constructor prints `PRELOADED`, and
 //! `true-dyn`, a dynamically linked program), `IMAGEGATE_E2E_WAIT_SECS` (waits under emulation).
@@ -402,4 +406,26 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
         .output()
         .expect("imagegate kernel uninstall");
     assert!(out.status.success(), "uninstall: {out:?}");
+}
+
+#[test]
+#[ignore = "needs a kernel that runs BPF LSM programs: cargo xtask vm-test --kernel 6.12 --suite e2e"]
+fn bpf_lsm_daemon_enforces_with_containerd_root_on_btrfs_in_guest() {
+    assert!(
+        support::is_root(),
+        "containerd, runc, loop devices and BPF need root"
+    );
+    let dir = support::scratch_dir("e2e-bpf-btrfs");
+    let log = support::btrfs::enforce_with_root_on_btrfs(&dir, "auto");
+    let enforcing = log
+        .lines()
+        .find(|line| line.contains("BPF LSM backend enforcing"))
+        .unwrap_or_else(|| panic!("the daemon did not enforce with BPF LSM: {log}"));
+    // The self-test ran on the btrfs file system (the daemon's state directory is on it).
+    let on_btrfs = dir.join("btrfs/state/selftest");
+    assert!(
+        enforcing.contains(on_btrfs.to_str().unwrap()),
+        "self-test not on btrfs ({}): {enforcing}",
+        on_btrfs.display()
+    );
 }

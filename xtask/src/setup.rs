@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",                // systemd-analyze verify (the unit's test)
     "libcap2-bin",            // capsh (the unit's capability names)
     "debian-archive-keyring", // the other suites' containerd (xtask/src/containerd_releases.rs)
+    "btrfs-progs",            // containerd roots on btrfs (mkfs.btrfs; the guests get it too)
 ];
 
 /// The cargo-fuzz release `cargo xtask fuzz`/`test` drive (fuzz/).

@@ -375,7 +375,7 @@ impl Containerd {
     /// A failure is only logged: the lease expires, and the next sweep deletes it.
     pub async fn release(&self, lease: &ViewLease) {
         if let Err(error) = self.delete_lease(&lease.namespace, &lease.id).await {
-            tracing::warn!(lease = %lease.id, namespace = %lease.namespace, error = %crate::doctor::error_chain(&error), "could not delete a view lease");
+            tracing::warn!(lease = %lease.id, namespace = %lease.namespace, error = %crate::telemetry::error_chain(&error), "could not delete a view lease");
         }
     }
 
@@ -415,7 +415,7 @@ impl Containerd {
         let view = self.client.snapshots().view(view_request).await;
         // Removed whatever the view's outcome: a failed view may still have been recorded.
         if let Err(error) = self.remove_view(namespace, &key).await {
-            tracing::warn!(%key, chain_id, namespace, error = %crate::doctor::error_chain(&error), "could not remove a temporary view snapshot");
+            tracing::warn!(%key, chain_id, namespace, error = %crate::telemetry::error_chain(&error), "could not remove a temporary view snapshot");
         }
         let view = match view {
             Ok(view) => view.into_inner(),
@@ -804,7 +804,7 @@ impl Containerd {
             let mut stream = match me.subscribe().await {
                 Ok(stream) => stream,
                 Err(error) => {
-                    tracing::warn!(error = %crate::doctor::error_chain(&error), "subscribing to containerd events failed");
+                    tracing::warn!(error = %crate::telemetry::error_chain(&error), "subscribing to containerd events failed");
                     return;
                 }
             };

@@ -1,6 +1,9 @@
 //! `imagegate daemon`: load and check everything, choose and prove the backend, then serve.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use imagegate::enforce::{bpf::BpfBackend, selftest};
@@ -77,11 +80,22 @@ pub fn run_daemon(config_path: &Path) -> Result<()> {
         imagegate::enforce::BackendKind::BpfLsm => {
             let mut backend =
                 BpfBackend::install(&config.pin_dir).context("installing the BPF LSM backend")?;
-            let report = selftest::run(&mut backend, Path::new("/run/imagegate/selftest"))
+            // On the scope's own file system where the daemon may write (its state directory
+            // usually is on it), else the runtime directory (docs/enforcement.md).
+            let scratch = selftest::scratch_for(
+                &snapshots,
+                &[
+                    config.state_dir.join("selftest"),
+                    PathBuf::from("/run/imagegate/selftest"),
+                ],
+            )
+            .context("self-test impossible: refusing to claim enforcement")?;
+            let report = selftest::run(&mut backend, &scratch)
                 .context("self-test failed: refusing to claim enforcement")?;
             tracing::info!(
                 self_test_event = %serde_json::to_string(&report.deny_event).unwrap_or_default(),
                 startup = ?backend.startup(),
+                self_test_dir = %scratch.display(),
                 "BPF LSM backend enforcing; self-test denied an exec from an unverified layer"
             );
             serve_with(backend, context)
@@ -174,7 +188,7 @@ fn serve_with<B: imagegate::enforce::Backend>(
             match imagegate::catalog::Containerd::connect(&config.containerd.socket).await {
                 Ok(containerd) => break containerd,
                 Err(error) => {
-                    tracing::warn!(error = %imagegate::doctor::error_chain(&error), "waiting for containerd");
+                    tracing::warn!(error = %imagegate::telemetry::error_chain(&error), "waiting for containerd");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

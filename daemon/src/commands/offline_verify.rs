@@ -256,7 +256,7 @@ fn report(
         Err(error) => (
             1,
             serde_json::json!({"verified": false, "error_kind": error.kind(),
-                "error": imagegate::doctor::error_chain(error)}),
+                "error": imagegate::telemetry::error_chain(error)}),
         ),
     };
     match output {
@@ -269,7 +269,7 @@ fn report(
             Err(error) => println!(
                 "NOT verified ({}): {}",
                 serde_json::to_value(error.kind())?.as_str().unwrap_or("?"),
-                imagegate::doctor::error_chain(error)
+                imagegate::telemetry::error_chain(error)
             ),
         },
     }

@@ -296,7 +296,7 @@ impl<B: Backend> Daemon<B> {
         self.verifier.policy = policy;
         if let Err(error) = self.revoke_first() {
             self.note_error("revoking what the new policy no longer vouches for", &error);
-            tracing::warn!(error = %crate::doctor::error_chain(&error), "revoking what the new policy no longer vouches for failed; the rebuild's swap will");
+            tracing::warn!(error = %crate::telemetry::error_chain(&error), "revoking what the new policy no longer vouches for failed; the rebuild's swap will");
         }
     }
 
@@ -383,7 +383,7 @@ impl<B: Backend> Daemon<B> {
         let mut watch = match catalog::content_watch::ContentWatch::new(&blob_dir) {
             Ok(watch) => watch,
             Err(error) => {
-                tracing::warn!(dir = %blob_dir.display(), error = %crate::doctor::error_chain(&error), "content store not watched; images are verified at their image event");
+                tracing::warn!(dir = %blob_dir.display(), error = %crate::telemetry::error_chain(&error), "content store not watched; images are verified at their image event");
                 self.blob_dir = None;
                 return;
             }
@@ -821,7 +821,7 @@ impl<B: Backend> Daemon<B> {
 
     /// Counts, logs and schedules the retry of a record that could not be catalogued.
     fn note_uncatalogued(&mut self, key: ImageKey, error: &catalog::CatalogError) {
-        let message = crate::doctor::error_chain(error);
+        let message = crate::telemetry::error_chain(error);
         let attempts = self.uncatalogued.get(&key).map_or(0, |u| u.attempts) + 1;
         let delay = retry_delay(attempts);
         tracing::warn!(
@@ -1041,7 +1041,7 @@ impl<B: Backend> Daemon<B> {
         }
         if let Err(error) = self.purge_unlisted_layers(&images) {
             // The swap removes them too; until then they keep what the pins said.
-            tracing::warn!(error = %crate::doctor::error_chain(&error), "removing unlisted layers before the reconciliation failed");
+            tracing::warn!(error = %crate::telemetry::error_chain(&error), "removing unlisted layers before the reconciliation failed");
         }
         Ok(Rebuild {
             namespaces,
@@ -1143,7 +1143,7 @@ impl<B: Backend> Daemon<B> {
                     &format!("judging {} again after the swap", key.name),
                     &error,
                 );
-                tracing::warn!(image = %key.name, namespace = %key.namespace, error = %crate::doctor::error_chain(&error), "judging an image again after the swap failed");
+                tracing::warn!(image = %key.name, namespace = %key.namespace, error = %crate::telemetry::error_chain(&error), "judging an image again after the swap failed");
             }
         }
         Ok(())
@@ -1266,7 +1266,7 @@ impl<B: Backend> Daemon<B> {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(namespace = %namespace, error = %crate::doctor::error_chain(&error), "listing tasks failed");
+                    tracing::warn!(namespace = %namespace, error = %crate::telemetry::error_chain(&error), "listing tasks failed");
                 }
             }
         }
@@ -1297,7 +1297,7 @@ impl<B: Backend> Daemon<B> {
                 );
             }
             Err(error) => {
-                tracing::warn!(namespace, error = %crate::doctor::error_chain(&error), "could not remove leftover view snapshots");
+                tracing::warn!(namespace, error = %crate::telemetry::error_chain(&error), "could not remove leftover view snapshots");
             }
         }
     }
@@ -1532,7 +1532,7 @@ impl<B: Backend> Daemon<B> {
         }
         self.errors.push_back((
             std::time::SystemTime::now(),
-            format!("{what}: {}", crate::doctor::error_chain(error)),
+            format!("{what}: {}", crate::telemetry::error_chain(error)),
         ));
     }
 

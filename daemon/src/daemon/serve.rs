@@ -92,7 +92,7 @@ pub async fn serve<B: Backend>(
                 metrics.reconciled(false);
                 observe(&daemon);
                 daemon.note_error("reconciliation", &error);
-                tracing::warn!(error = %crate::doctor::error_chain(&error), "reconciliation failed; retrying");
+                tracing::warn!(error = %crate::telemetry::error_chain(&error), "reconciliation failed; retrying");
                 tokio::time::sleep(RECONNECT_DELAY).await;
                 continue;
             }
@@ -141,13 +141,13 @@ pub async fn serve<B: Backend>(
                             let attempts = reload_retry.map_or(0, |(n, _)| n) + 1;
                             let delay = super::retry_delay(attempts);
                             metrics.reload_failure();
-                            tracing::warn!(error = %crate::doctor::error_chain(&error), attempts, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "the new table could not be built; the old one stays");
+                            tracing::warn!(error = %crate::telemetry::error_chain(&error), attempts, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "the new table could not be built; the old one stays");
                             reload_retry = Some((attempts, tokio::time::Instant::now() + delay));
                         }
                         Err(error) => {
                             metrics.reconciled(false);
                             daemon.note_error("reconciliation", &error);
-                            tracing::warn!(error = %crate::doctor::error_chain(&error), "reconciliation failed; retrying");
+                            tracing::warn!(error = %crate::telemetry::error_chain(&error), "reconciliation failed; retrying");
                             break;
                         }
                     }
@@ -155,7 +155,7 @@ pub async fn serve<B: Backend>(
                 done = daemon.next_verified() => {
                     if let Err(error) = daemon.complete(done) {
                         daemon.note_error("recording a verdict", &error);
-                        tracing::warn!(error = %crate::doctor::error_chain(&error), "recording a verdict failed");
+                        tracing::warn!(error = %crate::telemetry::error_chain(&error), "recording a verdict failed");
                     }
                     observe(&daemon);
                 }
@@ -163,7 +163,7 @@ pub async fn serve<B: Backend>(
                     Some(envelope) => {
                         if let Err(error) = daemon.handle_event(&envelope).await {
                             daemon.note_error(&envelope.topic, &error);
-                            tracing::warn!(topic = %envelope.topic, error = %crate::doctor::error_chain(&error), "event handling failed");
+                            tracing::warn!(topic = %envelope.topic, error = %crate::telemetry::error_chain(&error), "event handling failed");
                         }
                         observe(&daemon);
                     }
@@ -175,7 +175,7 @@ pub async fn serve<B: Backend>(
                 () = tokio::time::sleep_until(retry_at) => {
                     if let Err(error) = daemon.retry_uncatalogued().await {
                         daemon.note_error("retrying uncatalogued images", &error);
-                        tracing::warn!(error = %crate::doctor::error_chain(&error), "retrying uncatalogued images failed");
+                        tracing::warn!(error = %crate::telemetry::error_chain(&error), "retrying uncatalogued images failed");
                     }
                     observe(&daemon);
                 }
@@ -233,7 +233,7 @@ pub async fn serve<B: Backend>(
                     Err(error) => {
                         daemon.note_error("policy reload rejected", &error);
                         metrics.reload_failure();
-                        tracing::error!(error = %crate::doctor::error_chain(&error), "new policy rejected; keeping the old one");
+                        tracing::error!(error = %crate::telemetry::error_chain(&error), "new policy rejected; keeping the old one");
                     }
                 },
                 _ = terminate.recv() => return stop(&mut daemon, &mut outputs),
@@ -346,7 +346,7 @@ async fn start_rebuild<B: Backend>(
             crate::metrics::global().reload_failure();
             let attempts = retry.map_or(0, |(n, _)| n) + 1;
             let delay = super::retry_delay(attempts);
-            tracing::warn!(error = %crate::doctor::error_chain(&error), attempts, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "the new table could not be built; the old one stays");
+            tracing::warn!(error = %crate::telemetry::error_chain(&error), attempts, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "the new table could not be built; the old one stays");
             *retry = Some((attempts, tokio::time::Instant::now() + delay));
             None
         }

@@ -19,8 +19,9 @@ use std::{
 
 use imagegate_common::{kernel_dev, DevIno};
 
-/// A directory's `(dev, ino, generation)`, with `dev` in the kernel's internal encoding, which
-/// is what the programs compare with `super_block.s_dev`.
+/// A directory's `(dev, ino, generation)`, with `dev` as `stat` reports it in the kernel's
+/// internal encoding: what the programs compute for a file (its super block's `s_dev`, or on
+/// btrfs its subvolume's device, see [`DeviceNumbering`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct LayerId {
     /// Kernel `dev_t` (`MAJOR << 20 | MINOR`).
@@ -36,6 +37,46 @@ pub struct LayerId {
 const FS_IOC_GETVERSION: libc::c_ulong = 0x8008_7601;
 /// `statfs.f_type` of tmpfs.
 const TMPFS_MAGIC: libc::c_long = 0x0102_1994;
+/// `statfs.f_type` of ext2, ext3 and ext4.
+const EXT4_MAGIC: libc::c_long = 0xef53;
+/// `statfs.f_type` of xfs.
+const XFS_MAGIC: libc::c_long = 0x5846_5342;
+/// `statfs.f_type` of btrfs.
+const BTRFS_MAGIC: libc::c_long = 0x9123_683e;
+
+/// How a file system numbers the devices its files report: what the BPF programs must match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceNumbering {
+    /// `st_dev` is the super block's `s_dev` (ext4, xfs, tmpfs: `generic_fillattr`).
+    SuperBlock,
+    /// btrfs: each subvolume has its own device number (`anon_dev`), never the super block's.
+    BtrfsSubvolume,
+    /// Any other file system (its `statfs` type): unproven until the self-test runs on it.
+    Other(libc::c_long),
+}
+
+impl DeviceNumbering {
+    /// The numbering of the file system `path` is on.
+    pub fn of(path: &Path) -> io::Result<Self> {
+        let fd = open(path, 0)?;
+        Ok(match fs_type(fd.as_fd())? {
+            EXT4_MAGIC | XFS_MAGIC | TMPFS_MAGIC => Self::SuperBlock,
+            BTRFS_MAGIC => Self::BtrfsSubvolume,
+            other => Self::Other(other),
+        })
+    }
+}
+
+/// `statfs(2)`'s `f_type` of the file system `fd` is on.
+fn fs_type(fd: BorrowedFd<'_>) -> io::Result<libc::c_long> {
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs fills the buffer on success.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), fs.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: initialised by the successful fstatfs.
+    Ok(unsafe { fs.assume_init() }.f_type)
+}
 
 impl LayerId {
     /// An identity without a generation: a file's, or one built from a kernel record.
@@ -156,13 +197,7 @@ fn generation(fd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
         return Err(error);
     }
     // tmpfs has no such ioctl; its file handle starts with the generation (`shmem_encode_fh`).
-    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: fstatfs fills the buffer on success.
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), fs.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: initialised by the successful fstatfs.
-    if unsafe { fs.assume_init() }.f_type != TMPFS_MAGIC {
+    if fs_type(fd)? != TMPFS_MAGIC {
         return Ok(None);
     }
     // Type 1 with three words: generation, inode number low and high halves.

@@ -2,8 +2,13 @@
 //! like containerd's (`snapshots/<id>/fs`), one exec from a verified layer must run and one from
 //! an unverified layer must be denied with `EPERM` and reported. Attach can succeed and never
 //! fire (a kernel without `bpf` in its LSM list, a hook that moved), so only a real exec proves it.
+//!
+//! It runs on the scope's own file system where it can ([`scratch_for`]): the programs key files
+//! by the device `stat` reports, which btrfs numbers per subvolume, not per super block, so a
+//! test passed on a tmpfs proves nothing for a btrfs scope.
 
 use std::{
+    os::unix::fs::MetadataExt as _,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -13,6 +18,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::{
     bpf::{BpfBackend, BpfError},
+    layer::DeviceNumbering,
     Decision, LayerId, LayerState,
 };
 
@@ -39,6 +45,55 @@ pub enum SelfTestError {
     UnverifiedAllowed { detail: String },
     #[error("the denied exec produced no decision event")]
     NoEvent,
+    #[error(
+        "no writable self-test directory is on the file system of {scope} ({numbering:?}, which \
+         numbers its devices unlike its super block): give the daemon a state_dir on it"
+    )]
+    NoScratchOnScope {
+        scope: PathBuf,
+        numbering: DeviceNumbering,
+    },
+}
+
+/// Where the self-test for `scope` runs: the first of `candidates` (scratch directories the
+/// daemon may create and remove) on the scope's own device, else the first on a file system of
+/// the same type. With neither, the last candidate serves a scope whose files report their super
+/// block's device (ext4, xfs, tmpfs: the programs read nothing file-system specific there); any
+/// other scope (btrfs, or a type not known to number that way) refuses, so a backend that would
+/// key its files wrongly never claims enforcement.
+pub fn scratch_for(scope: &Path, candidates: &[PathBuf]) -> Result<PathBuf, SelfTestError> {
+    let setup = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SelfTestError::Setup { path, source }
+    };
+    let scope_dev = std::fs::metadata(scope).map_err(setup(scope))?.dev();
+    let numbering = DeviceNumbering::of(scope).map_err(setup(scope))?;
+    let mut same_type = None;
+    for candidate in candidates {
+        let Some(parent) = candidate.parent() else {
+            continue;
+        };
+        if std::fs::create_dir_all(parent).is_err() {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(parent) else {
+            continue;
+        };
+        if meta.dev() == scope_dev {
+            return Ok(candidate.clone());
+        }
+        if same_type.is_none() && DeviceNumbering::of(parent).is_ok_and(|n| n == numbering) {
+            same_type = Some(candidate.clone());
+        }
+    }
+    match (same_type, numbering, candidates.last()) {
+        (Some(found), _, _) => Ok(found),
+        (None, DeviceNumbering::SuperBlock, Some(last)) => Ok(last.clone()),
+        _ => Err(SelfTestError::NoScratchOnScope {
+            scope: scope.to_owned(),
+            numbering,
+        }),
+    }
 }
 
 /// What the self-test saw.
@@ -60,12 +115,15 @@ fn probe_binary() -> PathBuf {
 }
 
 /// Runs the self-test under `scratch` (a directory on a file system overlayfs can use as a lower
-/// layer, e.g. tmpfs under `/run`). Cleans up after itself.
+/// layer: the scope's, see [`scratch_for`]). Cleans up after itself.
 pub fn run(backend: &mut BpfBackend, scratch: &Path) -> Result<SelfTestReport, SelfTestError> {
     let setup = |source| SelfTestError::Setup {
         path: scratch.to_owned(),
         source,
     };
+    // Left by a run that died half-way (its mount, in a namespace that outlived it).
+    let _ = umount2(&scratch.join("merged"), MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir_all(scratch);
     let snapshots = scratch.join("snapshots");
     let verified = snapshots.join("1/fs");
     let unverified = snapshots.join("2/fs");

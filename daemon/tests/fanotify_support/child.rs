@@ -70,12 +70,18 @@ fn backend(config: &ChildConfig) {
     }) {
         Ok(backend) => backend,
         Err(error) => {
-            reply(&format!("error {}", imagegate::doctor::error_chain(&error)));
+            reply(&format!(
+                "error {}",
+                imagegate::telemetry::error_chain(&error)
+            ));
             return;
         }
     };
     if let Err(error) = backend.add_scope(Path::new(&config.scope)) {
-        reply(&format!("error {}", imagegate::doctor::error_chain(&error)));
+        reply(&format!(
+            "error {}",
+            imagegate::telemetry::error_chain(&error)
+        ));
         return;
     }
     reply(&format!(

@@ -1,6 +1,7 @@
 //! Test support shared by the integration tests: a private containerd and an OCI image builder.
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+pub mod btrfs;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;

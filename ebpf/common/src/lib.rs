@@ -172,7 +172,7 @@ pub mod drift {
 /// that finds pinned programs of another version (an upgrade) attaches its own beside them,
 /// copies the tables over and detaches the old ones, instead of re-opening maps whose layout
 /// it would misread.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// The one `SETTINGS` entry.
 #[repr(C)]
@@ -328,6 +328,12 @@ pub struct KernelOffsets {
     pub ovl_layer_mnt: u32,
     /// `sizeof(struct ovl_layer)`.
     pub ovl_layer_size: u32,
+    /// `btrfs_inode.vfs_inode` (the VFS inode embedded in btrfs's own), when `BTRFS` is set.
+    pub btrfs_inode_vfs_inode: u32,
+    /// `btrfs_inode.root` (the inode's subvolume), when `BTRFS` is set.
+    pub btrfs_inode_root: u32,
+    /// `btrfs_root.anon_dev`: the subvolume's device number, which `stat` reports as `st_dev`.
+    pub btrfs_root_anon_dev: u32,
     /// `offset_flags` bits.
     pub flags: u32,
 }
@@ -339,6 +345,9 @@ pub mod offset_flags {
     /// Set by the daemon once every offset came from BTF. The daemon never loads the programs
     /// without it; the programs check it so a mis-built object cannot read at offset zero.
     pub const VALID: u32 = 2;
+    /// The `btrfs_*` offsets are set: a btrfs inode's device is its subvolume's `anon_dev`
+    /// (what `stat` reports and the daemon keys by), not its super block's `s_dev`.
+    pub const BTRFS: u32 = 4;
 }
 
 /// `__FMODE_EXEC` in `file.f_flags`: the file was opened by `open_exec` (exec, interpreter).
@@ -349,13 +358,15 @@ pub const PROT_EXEC: u64 = 0x4;
 pub const VM_EXEC: u64 = 0x4;
 /// `OVERLAYFS_SUPER_MAGIC`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
+/// `BTRFS_SUPER_MAGIC`.
+pub const BTRFS_SUPER_MAGIC: u64 = 0x9123_683e;
 /// How many overlayfs layers deep `mmap_file`/`file_mprotect` follow `private_data` to a real file.
 pub const MAX_OVERLAY_NESTING: u32 = 4;
 
 const _: () = assert!(core::mem::size_of::<DevIno>() == 24);
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 const _: () = assert!(core::mem::size_of::<DecisionEvent>() == 128);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 124);
 
 /// Which process asks, as far as trust goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

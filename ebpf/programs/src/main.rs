@@ -15,6 +15,9 @@
 //! Struct offsets come from the running kernel's BTF through the `OFFSETS` global (Rust eBPF has
 //! no CO-RE relocations); the daemon refuses to load the programs without them.
 //!
+//! Devices are compared as `stat` reports them (`st_dev`), which the daemon keys by: the super
+//! block's `s_dev`, except on btrfs, whose subvolumes each have their own (`anon_dev`).
+//!
 //! Failure policy, per hook: a file on a scope's device whose layer cannot be determined (the
 //! walk hits its bound, a kernel read fails, the inode has no dentry) is treated as unverified:
 //! denied in enforce mode. A file on any other device is out of scope and allowed.
@@ -34,9 +37,9 @@ mod programs {
     };
     use imagegate_common::{
         container_state, hook, layer_state, mode, offset_flags, reason, scope_dev, stats, verdict,
-        Decision, DecisionEvent, DevIno, KernelOffsets, Origin, Process, Settings, FMODE_EXEC_FLAG,
-        MAX_CONTAINERS, MAX_IMAGE_LAYERS, MAX_LAYERS, MAX_OVERLAY_NESTING, MAX_SCOPES,
-        MAX_WALK_DEPTH, OVERLAYFS_SUPER_MAGIC, PROT_EXEC, VM_EXEC,
+        Decision, DecisionEvent, DevIno, KernelOffsets, Origin, Process, Settings,
+        BTRFS_SUPER_MAGIC, FMODE_EXEC_FLAG, MAX_CONTAINERS, MAX_IMAGE_LAYERS, MAX_LAYERS,
+        MAX_OVERLAY_NESTING, MAX_SCOPES, MAX_WALK_DEPTH, OVERLAYFS_SUPER_MAGIC, PROT_EXEC, VM_EXEC,
     };
 
     const EPERM: i32 = 1;
@@ -71,6 +74,9 @@ mod programs {
         ovl_fs_layers: 0,
         ovl_layer_mnt: 0,
         ovl_layer_size: 0,
+        btrfs_inode_vfs_inode: 0,
+        btrfs_inode_root: 0,
+        btrfs_root_anon_dev: 0,
         flags: 0,
     };
 
@@ -132,6 +138,23 @@ mod programs {
         unsafe { SCOPE_DEVS.get(&dev) }.is_some_and(|flags| flags & scope_dev::GENERATION != 0)
     }
 
+    /// The device `inode` lives on, as `stat` reports it (the daemon keys by `st_dev`): its
+    /// super block's `s_dev`, except on btrfs, where each subvolume has a device number of its
+    /// own (`btrfs_getattr` reports `BTRFS_I(inode)->root->anon_dev`).
+    #[inline(always)]
+    fn inode_dev(inode: usize) -> Result<u64, ()> {
+        let sb = read::<usize>(inode, off!(inode_i_sb))?;
+        if off!(flags) as u32 & offset_flags::BTRFS != 0
+            && read::<u64>(sb, off!(sb_s_magic))? & 0xffff_ffff == BTRFS_SUPER_MAGIC
+        {
+            // `inode` is the `vfs_inode` member of a `struct btrfs_inode`.
+            let btrfs_inode = inode.wrapping_sub(off!(btrfs_inode_vfs_inode));
+            let root = read::<usize>(btrfs_inode, off!(btrfs_inode_root))?;
+            return Ok(u64::from(read::<u32>(root, off!(btrfs_root_anon_dev))?));
+        }
+        Ok(u64::from(read::<u32>(sb, off!(sb_s_dev))?))
+    }
+
     /// The identity of `inode` on `dev`: its number, and its generation where the device's keys
     /// carry one (so a new directory never matches a removed one's entry).
     #[inline(always)]
@@ -154,8 +177,7 @@ mod programs {
     #[inline(always)]
     fn dentry_id(dentry: usize) -> Result<DevIno, ()> {
         let inode = read::<usize>(dentry, off!(dentry_d_inode))?;
-        let sb = read::<usize>(inode, off!(inode_i_sb))?;
-        let dev = u64::from(read::<u32>(sb, off!(sb_s_dev))?);
+        let dev = inode_dev(inode)?;
         inode_key(inode, dev, with_generation(dev))
     }
 
@@ -186,13 +208,9 @@ mod programs {
             scope: 0,
             under_scope: None,
         };
-        let Ok(sb) = read::<usize>(inode, off!(inode_i_sb)) else {
+        let Ok(dev) = inode_dev(inode) else {
             return located;
         };
-        let Ok(dev) = read::<u32>(sb, off!(sb_s_dev)) else {
-            return located;
-        };
-        let dev = u64::from(dev);
         let Some(dev_flags) = (unsafe { SCOPE_DEVS.get(&dev) }).copied() else {
             return located;
         };

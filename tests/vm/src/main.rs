@@ -10,6 +10,7 @@
 //! `imagegate-vm-suite bench ...` measures exec latency (see `bench.rs`).
 
 mod bench;
+mod btrfs;
 mod fixture;
 mod inode_reuse;
 mod probe;
@@ -134,6 +135,10 @@ fn suite() -> i32 {
         (
             "16_a_new_layer_does_not_inherit_a_removed_ones_inode_number",
             inode_reuse::case_inode_reuse,
+        ),
+        (
+            "17_btrfs_scope_keyed_by_subvolume_device_self_test_there",
+            btrfs::case_btrfs,
         ),
         ("8_layer_table_changes_take_effect", case_table_changes),
         ("9_self_test_on_scratch_overlay", case_self_test),

@@ -216,8 +216,13 @@ fn suite_guest(command: &str) -> Result<GuestSpec> {
             ),
             (preload_library()?, "/fixtures/preload.so".into()),
             (PathBuf::from("/usr/bin/true"), "/fixtures/true-dyn".into()),
+            // Case 17's btrfs (btrfs-progs, installed by `cargo xtask setup`).
+            (
+                PathBuf::from("/usr/sbin/mkfs.btrfs"),
+                "/usr/sbin/mkfs.btrfs".into(),
+            ),
         ],
-        modules: vec!["overlay".into(), "loop".into()],
+        modules: vec!["overlay".into(), "loop".into(), "btrfs".into()],
         command: command.into(),
         append: String::new(),
         pid1: false,

@@ -24,7 +24,8 @@ use imagegate_common::{
 };
 
 use super::{
-    event::boot_time, ContainerState, Decision, Drift, LayerId, LayerState, Mode, OutsideImage,
+    event::boot_time, layer::DeviceNumbering, ContainerState, Decision, Drift, LayerId, LayerState,
+    Mode, OutsideImage,
 };
 use crate::btf::{Btf, BtfError};
 
@@ -88,6 +89,11 @@ pub enum BpfError {
     },
     #[error("map {map} is full ({capacity} entries)")]
     TableFull { map: &'static str, capacity: u32 },
+    #[error(
+        "{path} is on btrfs, whose files report their subvolume's device, and this kernel's BTF \
+         has no btrfs types to read it with (is the btrfs module's BTF in /sys/kernel/btf?)"
+    )]
+    BtrfsWithoutBtf { path: PathBuf },
 }
 
 /// How the backend came up.
@@ -471,6 +477,13 @@ impl BpfBackend {
             source,
         };
         let id = LayerId::of(snapshots_dir).map_err(io)?;
+        if DeviceNumbering::of(snapshots_dir).map_err(io)? == DeviceNumbering::BtrfsSubvolume
+            && !offsets::btrfs_types_present()
+        {
+            return Err(BpfError::BtrfsWithoutBtf {
+                path: snapshots_dir.to_owned(),
+            });
+        }
         // The device's flags first: they tell the programs whether its keys carry generations,
         // which the scope's own key (and every layer's on it) already does or does not.
         let dev_flags = if crate::enforce::layer::has_generations(snapshots_dir).map_err(io)? {
@@ -805,8 +818,7 @@ fn load_programs(
     }
     ensure_overlay_loaded();
     let vmlinux = Btf::vmlinux()?;
-    let overlay = vmlinux.module("overlay")?;
-    let kernel_offsets = offsets::from_btf(&vmlinux, overlay.as_ref())?;
+    let kernel_offsets = offsets::from_btf(&vmlinux, &offsets::module_btf(&vmlinux)?)?;
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &kernel_offsets, true)
         .default_map_pin_directory(pin_dir)

@@ -25,11 +25,14 @@ pub enum OffsetsError {
     },
 }
 
-/// Reads every offset from `vmlinux` and, for overlayfs's private file struct, from `overlay`
-/// (module BTF, when overlayfs is a module). On kernels whose overlayfs keeps a
-/// `struct ovl_file { realfile, upperfile }` in `file.private_data` (6.13 and later) the
-/// programs follow `realfile`; before that `private_data` is the real file itself.
-pub fn from_btf(vmlinux: &Btf, overlay: Option<&Btf>) -> Result<KernelOffsets, OffsetsError> {
+/// Reads every offset from `vmlinux` and, for the file systems' own structs, from their module
+/// BTF (`modules`: overlayfs's, and btrfs's when it is loaded; a built-in file system's types are
+/// in vmlinux). On kernels whose overlayfs keeps a `struct ovl_file { realfile, upperfile }` in
+/// `file.private_data` (6.13 and later) the programs follow `realfile`; before that
+/// `private_data` is the real file itself. Without btrfs's types the programs key btrfs files by
+/// the super block's device, which no btrfs scope uses: the daemon refuses such scopes
+/// ([`btrfs_types_present`]) and the self-test on the scope's own file system fails.
+pub fn from_btf(vmlinux: &Btf, modules: &[Btf]) -> Result<KernelOffsets, OffsetsError> {
     for (function, expected) in HOOK_PARAMS {
         let found = vmlinux.function_params(function)?;
         if found
@@ -47,11 +50,9 @@ pub fn from_btf(vmlinux: &Btf, overlay: Option<&Btf>) -> Result<KernelOffsets, O
     let at = |structure: &str, member: &str| vmlinux.member_offset(structure, member);
     // `dentry.d_alias` lived in the `d_u` union for years; newer kernels may move it out.
     let d_alias = at("dentry", "d_u.d_alias").or_else(|_| at("dentry", "d_alias"))?;
-    // overlayfs's own structs are in vmlinux when it is built in, in its module BTF otherwise.
     let holding = |name: &str| {
-        [Some(vmlinux), overlay]
-            .into_iter()
-            .flatten()
+        std::iter::once(vmlinux)
+            .chain(modules)
             .find(|btf| btf.has_struct(name))
     };
     let ovl = holding("ovl_file");
@@ -65,6 +66,17 @@ pub fn from_btf(vmlinux: &Btf, overlay: Option<&Btf>) -> Result<KernelOffsets, O
             offset_flags::OVL_FILE,
         ),
         None => (0, 0),
+    };
+    let (btrfs, btrfs_flag) = match holding("btrfs_inode") {
+        Some(btf) => (
+            [
+                btf.member_offset("btrfs_inode", "vfs_inode")?,
+                btf.member_offset("btrfs_inode", "root")?,
+                btf.member_offset("btrfs_root", "anon_dev")?,
+            ],
+            offset_flags::BTRFS,
+        ),
+        None => ([0; 3], 0),
     };
     Ok(KernelOffsets {
         file_f_flags: at("file", "f_flags")?,
@@ -94,7 +106,33 @@ pub fn from_btf(vmlinux: &Btf, overlay: Option<&Btf>) -> Result<KernelOffsets, O
         ovl_fs_layers: ovl_fs.member_offset("ovl_fs", "layers")?,
         ovl_layer_mnt: ovl_fs.member_offset("ovl_layer", "mnt")?,
         ovl_layer_size: ovl_fs.struct_size("ovl_layer")?,
-        flags: offset_flags::VALID | ovl_flag,
+        btrfs_inode_vfs_inode: btrfs[0],
+        btrfs_inode_root: btrfs[1],
+        btrfs_root_anon_dev: btrfs[2],
+        flags: offset_flags::VALID | ovl_flag | btrfs_flag,
+    })
+}
+
+/// The module BTF the offsets may come from: overlayfs's and btrfs's, for those loaded as
+/// modules (built-in ones are in vmlinux; a module not loaded has no BTF and no files).
+pub fn module_btf(vmlinux: &Btf) -> Result<Vec<Btf>, BtfError> {
+    let mut modules = Vec::new();
+    for name in ["overlay", "btrfs"] {
+        modules.extend(vmlinux.module(name)?);
+    }
+    Ok(modules)
+}
+
+/// Whether this kernel's BTF has btrfs's inode and subvolume types, which the programs need to
+/// key btrfs files by the device `stat` reports.
+pub fn btrfs_types_present() -> bool {
+    Btf::vmlinux().is_ok_and(|vmlinux| {
+        vmlinux.has_struct("btrfs_inode")
+            || vmlinux
+                .module("btrfs")
+                .ok()
+                .flatten()
+                .is_some_and(|btrfs| btrfs.has_struct("btrfs_inode"))
     })
 }
 
@@ -111,7 +149,11 @@ mod tests {
         let overlay = vmlinux
             .module("overlay")
             .expect("overlay module BTF parses");
-        let offsets = from_btf(&vmlinux, overlay.as_ref()).expect("offsets");
+        let offsets = from_btf(&vmlinux, overlay.as_slice()).expect("offsets");
+        assert_eq!(
+            offsets.flags & offset_flags::BTRFS != 0,
+            btrfs_types_present()
+        );
         assert_ne!(offsets.flags & offset_flags::VALID, 0);
         // Distinct members of one struct cannot share an offset.
         assert_ne!(offsets.file_f_flags, offsets.file_f_inode);
@@ -120,6 +162,12 @@ mod tests {
         // overlayfs is built in, as it is here.
         if vmlinux.has_struct("ovl_file") {
             assert_ne!(offsets.flags & offset_flags::OVL_FILE, 0);
+        }
+        // btrfs is built in here too: its inode embeds the VFS inode after its own fields.
+        if vmlinux.has_struct("btrfs_inode") {
+            assert_ne!(offsets.flags & offset_flags::BTRFS, 0);
+            assert_ne!(offsets.btrfs_inode_vfs_inode, offsets.btrfs_inode_root);
+            assert_ne!(offsets.btrfs_root_anon_dev, 0);
         }
     }
 }

@@ -45,7 +45,7 @@ pub struct NoBackend {
 pub fn choose() -> Result<Choice, NoBackend> {
     let bpf = bpf::lsm_active()
         .and_then(|()| bpf::probe_load())
-        .map_err(|error| crate::doctor::error_chain(&error));
+        .map_err(|error| crate::telemetry::error_chain(&error));
     let bpf_unavailable = match bpf {
         Ok(_) => {
             return Ok(Choice {

@@ -278,7 +278,7 @@ pub fn choose_strategy() -> StrategyChoice {
                 strategy,
                 how: format!(
                     "kernel version {major}.{minor} (probe could not run: {})",
-                    crate::doctor::error_chain(&error)
+                    crate::telemetry::error_chain(&error)
                 ),
             }
         }
