@@ -634,3 +634,148 @@ fn image_id_records_are_never_judged_and_never_let_a_rejected_pod_run() {
         "the daemon asked a registry no pod named"
     );
 }
+
+/// containerd 2.x's CRI plugin pulls through the transfer service, whose image verifier hook
+/// asks imagegate first (issue 13, item 3, through CRI): with the verifier in the private
+/// containerd's `bin_dir` (the packaged script's shape), kubelet's `PullImage` of an unsigned
+/// image fails with imagegate's reason in the gRPC status message (what kubelet reports as
+/// `ErrImagePull`) and leaves no image record; `RunPodSandbox`, whose unsigned sandbox image is
+/// not on the node, fails the same way at its pull; signed images are pulled, and their pod
+/// and container run. An unsigned image imported with `ctr images import` (no verifier on that
+/// path) is still denied by the kernel when kubelet creates a container from it. On 1.x, which
+/// has no verifier hook, it skips.
+#[test]
+fn containerd_2_refuses_untrusted_cri_pulls_with_imagegates_reason() {
+    if support::containerd::major_version() < 2 {
+        eprintln!(
+            "SKIPPED: containerd {} has no image verifier hook (cargo xtask test --containerd 2.1)",
+            support::containerd::major_version()
+        );
+        return;
+    }
+    let Some(bed) = SignedBed::start_cri("e2e-cri-verifier", PAUSE) else {
+        return;
+    };
+    let dir = bed.dir.clone();
+    // The registry's pause image is unsigned at first, and the node does not have it.
+    let bad_pause = pause_image(&bed, "pause-unsigned");
+    let bad_pause_digest = bed.push(PAUSE, &bad_pause, None);
+    let app = app_image(&bed, "app", &["/bin/busybox", "sleep", "600"]);
+    bed.push("apps/app", &app, Some(&bed.trusted));
+    let unsigned = app_image(&bed, "unsigned", &["/bin/busybox", "echo", "unsigned ran"]);
+    let unsigned_digest = bed.push("apps/unsigned", &unsigned, None);
+    // Never in the registry: only imported.
+    let imported = app_image(&bed, "imported", &["/bin/busybox", "echo", "imported ran"]);
+    write_signed_policy(&bed);
+    let settings = Settings {
+        insecure: vec![bed.addr.clone()],
+        ..settings()
+    };
+    let config = settings.write(&dir, &bed.containerd);
+    bed.install_verifier(&config);
+    let daemon = DaemonProcess::start(&dir, &config, "cri");
+    let events = settings.events(&dir);
+    let mut cri = Cri::connect(&bed.containerd.socket, &dir.join("logs"));
+
+    // PullImage of an unsigned image: refused before anything is fetched, with the verdict.
+    let unsigned_name = bed.name("apps/unsigned");
+    let error = cri
+        .pull(&unsigned_name)
+        .expect_err("the unsigned image was pulled");
+    eprintln!("PullImage of an unsigned image: {error:?}");
+    let message = error.message();
+    assert!(
+        message.starts_with(&format!(
+            "failed to pull and unpack image \"{unsigned_name}\": "
+        )),
+        "{message}"
+    );
+    support::signed::assert_pull_refused(message, &unsigned_name, &unsigned_digest);
+    assert!(
+        message.contains(&format!(
+            "UNTRUSTED {unsigned_name} under scope \"{}/apps/**\" (enforce)",
+            bed.addr
+        )),
+        "{message}"
+    );
+    assert!(cri.image_id(&unsigned_name).is_none());
+    assert!(!records(&bed).iter().any(|r| r.contains("apps/unsigned")));
+
+    // RunPodSandbox must pull the (unsigned) sandbox image: refused at that pull, no sandbox.
+    let pause_name = bed.name(PAUSE);
+    let (pod, run) = cri.try_run_pod("default", "refused-sandbox");
+    let error = run.expect_err("a sandbox of an unsigned pause image was created");
+    eprintln!("RunPodSandbox with an unsigned sandbox image to pull: {error:?}");
+    let message = error.message();
+    assert!(
+        message.contains(&format!("failed to pull image \"{pause_name}\": ")),
+        "{message}"
+    );
+    support::signed::assert_pull_refused(message, &pause_name, &bad_pause_digest);
+    assert!(pod.sandbox.is_empty());
+    assert!(cri.image_id(&pause_name).is_none());
+
+    // Signed: pulled, and the pod and its container run.
+    let pause = pause_image(&bed, "pause");
+    bed.push(PAUSE, &pause, Some(&bed.trusted));
+    let app_id = pull(&mut cri, &bed, "apps/app", "trusted");
+    pull(&mut cri, &bed, PAUSE, "trusted");
+    let pod = cri.run_pod("default", "signed");
+    let (main, start) = run_container(&mut cri, &pod, "main", 0, &app_id, &bed.name("apps/app"));
+    start.unwrap();
+    let probe = cri
+        .exec_sync(&main, &["/bin/busybox", "echo", "probe ok"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "probe ok");
+
+    // Imported (`ctr images import`: no verifier on that path) into CRI's namespace: the CRI
+    // plugin knows it, and the kernel denies the container kubelet creates from it.
+    let imported_name = bed.name("apps/imported");
+    let archive = dir.join("imported.tar");
+    support::image::write_archive(&archive, &imported_name, &imported, false);
+    bed.containerd.import("k8s.io", &archive);
+    daemon.wait_for_verdicts(&dir, &[(imported_name.clone(), "untrusted")]);
+    let imported_id = cri
+        .image_id(&imported_name)
+        .expect("the CRI plugin knows the imported image");
+    let (container, start) =
+        run_container(&mut cri, &pod, "imported", 0, &imported_id, &imported_name);
+    assert_container_denied(
+        &mut cri,
+        &pod,
+        "imported",
+        &container,
+        &start,
+        "imported ran",
+    );
+    assert_cri_event(
+        &events,
+        &container,
+        &pod,
+        "imported",
+        &imported_name,
+        &imported.manifest_digest(),
+    );
+    cri.remove_pod(&pod).unwrap();
+
+    // Every gated pull was the daemon's answer; the import never reached the verifier.
+    let log = daemon.log_text();
+    for (message, name) in [
+        ("pull refused", &unsigned_name),
+        ("pull refused", &pause_name),
+        ("pull admitted", &bed.name("apps/app")),
+        ("pull admitted", &pause_name),
+    ] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains(message) && line.contains(name.as_str())),
+            "no {message:?} for {name} in the daemon's log:\n{log}"
+        );
+    }
+    assert!(
+        !log.lines()
+            .any(|line| line.contains("pull") && line.contains("apps/imported")),
+        "the import reached the verifier:\n{log}"
+    );
+    daemon.stop();
+}

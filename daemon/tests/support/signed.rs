@@ -2,7 +2,10 @@
 //! 127.0.0.1, a trusted and an untrusted ECDSA P-256 key, and a push-and-sign helper writing
 //! cosign's legacy `.sig` format (imagegate-testkit's signer, independent of the verifier).
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
 
 use imagegate_testkit::{
     image::{self, File, Image},
@@ -174,6 +177,28 @@ impl SignedBed {
         }
     }
 
+    /// Puts a verifier into the private containerd 2.x's image verifier `bin_dir`
+    /// (`image-verifiers/`, [`super::containerd::config_toml`]): a script named `imagegate`, the
+    /// packaged verifier's shape (packaging/containerd/imagegate), running `imagegate
+    /// containerd-verifier --config CONFIG` with containerd's arguments. Returns its path.
+    pub fn install_verifier(&self, config: &Path) -> PathBuf {
+        let bin_dir = self.dir.join("image-verifiers");
+        std::fs::create_dir_all(&bin_dir).expect("verifier bin_dir");
+        let script = bin_dir.join("imagegate");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nexec {} containerd-verifier --config {} \"$@\"\n",
+                super::daemon::imagegate_bin().display(),
+                config.display()
+            ),
+        )
+        .expect("write the verifier");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the verifier");
+        script
+    }
+
     /// `ctr images pull --plain-http NAME`, asserting success.
     pub fn pull(&self, name: &str) {
         let out = self
@@ -181,4 +206,17 @@ impl SignedBed {
             .ctr(&["images", "pull", "--plain-http", name]);
         assert!(out.status.success(), "pull {name}: {out:?}");
     }
+}
+
+/// Asserts that `error` (`ctr`'s stderr, or a CRI call's gRPC status message) is containerd 2.x's
+/// refusal of the pull of `name` (manifest or index `digest`) at its verifier hook, with
+/// imagegate's reason.
+pub fn assert_pull_refused(error: &str, name: &str, digest: &str) {
+    assert!(
+        error.contains(&format!(
+            "image verifier bindir blocked pull of {name} with digest {digest} for reason: \
+             verifier imagegate rejected image (exit code 1): imagegate refused the pull: "
+        )),
+        "{name} failed otherwise: {error}"
+    );
 }
