@@ -28,7 +28,7 @@ mod support;
 
 use std::{
     io::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -299,21 +299,7 @@ fn containerd_2_refuses_untrusted_pulls_with_imagegates_reason() {
     );
 
     // `imagegate doctor` reads this containerd's configuration: pulls reach the verifier.
-    let out = Command::new(daemon::imagegate_bin())
-        .args(["doctor", "--containerd"])
-        .arg(
-            containerd::bin_dir()
-                .map_or_else(|| PathBuf::from("containerd"), |d| d.join("containerd")),
-        )
-        .arg("--containerd-config")
-        .arg(dir.join("config.toml"))
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    let line = report
-        .lines()
-        .find(|line| line.starts_with("pull_verifier"))
-        .unwrap_or_else(|| panic!("{report}"));
+    let line = bed.doctor_pull_verifier();
     assert!(
         line.contains(" yes ") && line.contains("asks the imagegate verifier"),
         "{line}"

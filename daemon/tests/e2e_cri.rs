@@ -1,5 +1,6 @@
 //! Kubernetes' path end to end on this machine: containerd's CRI plugin (a private containerd,
-//! its root on its own tmpfs) driven through the CRI API as kubelet drives it, in namespace
+//! its root on its own tmpfs; the system's 1.6, or 2.1 under `cargo xtask test`, each with its
+//! own configuration layout) driven through the CRI API as kubelet drives it, in namespace
 //! `k8s.io`, with `imagegate daemon` enforcing on the fanotify backend. Images are pushed to
 //! Debian's docker-registry on 127.0.0.1 and signed there (cosign's `.sig` format, a fresh
 //! ECDSA key the policy trusts); the pod sandbox (`pause`) image is one of them, signed and
@@ -9,6 +10,12 @@
 //! `CreateContainer` from the image id and `StartContainer` for an init container and an app
 //! container, `ExecSync` (a probe), a restart (a new container, attempt 1), `RemoveContainer`,
 //! `StopPodSandbox` / `RemovePodSandbox`, and `RemoveImage` (image garbage collection).
+//!
+//! On containerd 2.x, CRI pulls go through the transfer service and its image verifier hook: with
+//! imagegate's verifier installed, `PullImage` and `RunPodSandbox`'s pull of the sandbox image
+//! fail with imagegate's reason, unless the CRI plugin pulls in the client
+//! (`use_local_image_pull`, or a setting the transfer service lacks), where the kernel still
+//! denies. Those tests skip on 1.x.
 //!
 //! The CRI plugin names every image it pulls three times: `REPO:TAG`, `REPO@DIGEST` and the
 //! image id `sha256:<config digest>`. The last is not a reference and must never be judged as
@@ -245,6 +252,34 @@ fn assert_cri_event(
     assert_eq!(event["container"]["trusted"], false, "{event}");
 }
 
+/// An untrusted image as kubelet refers to it.
+struct Untrusted<'a> {
+    /// The image id `PullImage` returned: containers are created from it.
+    id: &'a str,
+    /// Its name (`ADDR/REPO:v1`).
+    name: &'a str,
+    /// Its manifest digest.
+    digest: &'a str,
+}
+
+/// Creates and starts container `name` (attempt 0) of `pod` from `image` as kubelet does, and
+/// asserts it runs nothing ([`assert_container_denied`]) and that its decision event names the
+/// pod, the container, the image and its digest ([`assert_cri_event`]). Returns the container
+/// id and its status.
+fn assert_runs_nothing(
+    cri: &mut Cri,
+    events: &Path,
+    pod: &Pod,
+    name: &str,
+    image: &Untrusted,
+    output: &str,
+) -> (String, k8s_cri::v1::ContainerStatus) {
+    let (container, start) = run_container(cri, pod, name, 0, image.id, image.name);
+    let status = assert_container_denied(cri, pod, name, &container, &start, output);
+    assert_cri_event(events, &container, pod, name, image.name, image.digest);
+    (container, status)
+}
+
 #[test]
 fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
     let Some(bed) = SignedBed::start_cri("e2e-cri", PAUSE) else {
@@ -344,26 +379,15 @@ fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
     // carry the runtime's error; the event names pod, container, image and digest.
     let unsigned_id = pull(&mut cri, &bed, "apps/unsigned", "untrusted");
     let pod = cri.run_pod("default", "unsigned");
-    let (container, start) = run_container(
-        &mut cri,
-        &pod,
-        "main",
-        0,
-        &unsigned_id,
-        &bed.name("apps/unsigned"),
-    );
-    let status =
-        assert_container_denied(&mut cri, &pod, "main", &container, &start, "unsigned ran");
+    let unsigned_name = bed.name("apps/unsigned");
+    let image = Untrusted {
+        id: &unsigned_id,
+        name: &unsigned_name,
+        digest: &unsigned_digest,
+    };
+    let (_, status) = assert_runs_nothing(&mut cri, &events, &pod, "main", &image, "unsigned ran");
     assert_eq!(status.state, CONTAINER_EXITED, "{status:?}");
     assert_eq!(status.reason, "Error", "{status:?}");
-    assert_cri_event(
-        &events,
-        &container,
-        &pod,
-        "main",
-        &bed.name("apps/unsigned"),
-        &unsigned_digest,
-    );
     // A probe into it runs nothing either.
     cri.remove_pod(&pod).unwrap();
 
@@ -371,23 +395,13 @@ fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
     // outside the snapshots: denied all the same.
     let volume_id = pull(&mut cri, &bed, "apps/volume-unsigned", "untrusted");
     let pod = cri.run_pod("default", "volume");
-    let (container, start) = run_container(
-        &mut cri,
-        &pod,
-        "main",
-        0,
-        &volume_id,
-        &bed.name("apps/volume-unsigned"),
-    );
-    assert_container_denied(&mut cri, &pod, "main", &container, &start, "volume ran");
-    assert_cri_event(
-        &events,
-        &container,
-        &pod,
-        "main",
-        &bed.name("apps/volume-unsigned"),
-        &volume_unsigned_digest,
-    );
+    let volume_name = bed.name("apps/volume-unsigned");
+    let image = Untrusted {
+        id: &volume_id,
+        name: &volume_name,
+        digest: &volume_unsigned_digest,
+    };
+    let (container, _) = assert_runs_nothing(&mut cri, &events, &pod, "main", &image, "volume ran");
     let event = daemon::wait_for_event(&events, |e| e["container"]["id"] == container.as_str());
     assert!(event["layer"].is_null(), "the file is in no layer: {event}");
     cri.remove_pod(&pod).unwrap();
@@ -591,9 +605,13 @@ fn image_id_records_are_never_judged_and_never_let_a_rejected_pod_run() {
     ] {
         let pod_name = repo.replace('/', "-");
         let pod = cri.run_pod("default", &pod_name);
-        let (container, start) = run_container(&mut cri, &pod, "main", 0, id, &bed.name(repo));
-        assert_container_denied(&mut cri, &pod, "main", &container, &start, output);
-        assert_cri_event(&events, &container, &pod, "main", &bed.name(repo), digest);
+        let name = bed.name(repo);
+        let image = Untrusted {
+            id,
+            name: &name,
+            digest,
+        };
+        assert_runs_nothing(&mut cri, &events, &pod, "main", &image, output);
         cri.remove_pod(&pod).unwrap();
     }
     // The image id never made X's layer audit-only: a host process cannot run it either.
@@ -635,6 +653,36 @@ fn image_id_records_are_never_judged_and_never_let_a_rejected_pod_run() {
     );
 }
 
+/// imagegate on a CRI bed of containerd 2.x with its verifier hook.
+struct Gated {
+    daemon: DaemonProcess,
+    /// The daemon's event log.
+    events: std::path::PathBuf,
+    cri: Cri,
+    /// `imagegate doctor`'s `pull_verifier` line, read before the daemon started.
+    doctor: String,
+}
+
+/// Writes the signed policy, puts the verifier into containerd's `bin_dir` (the packaged
+/// script's shape, `imagegate containerd-verifier --config ...`), asks `imagegate doctor`
+/// whether pulls reach it, starts the daemon (enforce, fanotify) and connects a CRI client.
+fn start_gated(bed: &SignedBed) -> Gated {
+    write_signed_policy(bed);
+    let settings = Settings {
+        insecure: vec![bed.addr.clone()],
+        ..settings()
+    };
+    let config = settings.write(&bed.dir, &bed.containerd);
+    bed.install_verifier(&config);
+    let doctor = bed.doctor_pull_verifier();
+    Gated {
+        daemon: DaemonProcess::start(&bed.dir, &config, "cri"),
+        events: settings.events(&bed.dir),
+        cri: Cri::connect(&bed.containerd.socket, &bed.dir.join("logs")),
+        doctor,
+    }
+}
+
 /// containerd 2.x's CRI plugin pulls through the transfer service, whose image verifier hook
 /// asks imagegate first (issue 13, item 3, through CRI): with the verifier in the private
 /// containerd's `bin_dir` (the packaged script's shape), kubelet's `PullImage` of an unsigned
@@ -666,16 +714,16 @@ fn containerd_2_refuses_untrusted_cri_pulls_with_imagegates_reason() {
     let unsigned_digest = bed.push("apps/unsigned", &unsigned, None);
     // Never in the registry: only imported.
     let imported = app_image(&bed, "imported", &["/bin/busybox", "echo", "imported ran"]);
-    write_signed_policy(&bed);
-    let settings = Settings {
-        insecure: vec![bed.addr.clone()],
-        ..settings()
-    };
-    let config = settings.write(&dir, &bed.containerd);
-    bed.install_verifier(&config);
-    let daemon = DaemonProcess::start(&dir, &config, "cri");
-    let events = settings.events(&dir);
-    let mut cri = Cri::connect(&bed.containerd.socket, &dir.join("logs"));
+    let Gated {
+        daemon,
+        events,
+        mut cri,
+        doctor,
+    } = start_gated(&bed);
+    assert!(
+        doctor.contains(" yes ") && doctor.contains("CRI PullImage and sandbox images"),
+        "{doctor}"
+    );
 
     // PullImage of an unsigned image: refused before anything is fetched, with the verdict.
     let unsigned_name = bed.name("apps/unsigned");
@@ -738,24 +786,12 @@ fn containerd_2_refuses_untrusted_cri_pulls_with_imagegates_reason() {
     let imported_id = cri
         .image_id(&imported_name)
         .expect("the CRI plugin knows the imported image");
-    let (container, start) =
-        run_container(&mut cri, &pod, "imported", 0, &imported_id, &imported_name);
-    assert_container_denied(
-        &mut cri,
-        &pod,
-        "imported",
-        &container,
-        &start,
-        "imported ran",
-    );
-    assert_cri_event(
-        &events,
-        &container,
-        &pod,
-        "imported",
-        &imported_name,
-        &imported.manifest_digest(),
-    );
+    let image = Untrusted {
+        id: &imported_id,
+        name: &imported_name,
+        digest: &imported.manifest_digest(),
+    };
+    assert_runs_nothing(&mut cri, &events, &pod, "imported", &image, "imported ran");
     cri.remove_pod(&pod).unwrap();
 
     // Every gated pull was the daemon's answer; the import never reached the verifier.
@@ -778,4 +814,64 @@ fn containerd_2_refuses_untrusted_cri_pulls_with_imagegates_reason() {
         "the import reached the verifier:\n{log}"
     );
     daemon.stop();
+}
+
+/// containerd 2.x's CRI plugin pulls in the client, without the image verifier hook, when told
+/// to (`use_local_image_pull = true`) and when an image setting the transfer service lacks is
+/// set (here `max_concurrent_downloads` other than 3; containerd logs that it falls back). With
+/// the verifier installed all the same: `imagegate doctor` says CRI pulls are not gated,
+/// `PullImage` of an unsigned image succeeds without asking the verifier, and the kernel denies
+/// the container kubelet creates from it.
+#[test]
+fn containerd_2_cri_local_pulls_skip_the_verifier_and_the_kernel_still_denies() {
+    if support::containerd::major_version() < 2 {
+        eprintln!("SKIPPED: containerd 1.x has no image verifier hook");
+        return;
+    }
+    for (setting, fallback) in [
+        ("use_local_image_pull = true\n", false),
+        ("max_concurrent_downloads = 10\n", true),
+    ] {
+        let Some(bed) = SignedBed::start_cri_with("e2e-cri-local-pull", PAUSE, setting) else {
+            return;
+        };
+        let dir = bed.dir.clone();
+        let pause = pause_image(&bed, "pause");
+        bed.push(PAUSE, &pause, Some(&bed.trusted));
+        let unsigned = app_image(&bed, "unsigned", &["/bin/busybox", "echo", "unsigned ran"]);
+        let unsigned_digest = bed.push("apps/unsigned", &unsigned, None);
+        let Gated {
+            daemon,
+            events,
+            mut cri,
+            doctor,
+        } = start_gated(&bed);
+        assert!(
+            doctor.contains(" no ") && doctor.contains("but CRI pulls (kubelet) do not"),
+            "{setting}: {doctor}"
+        );
+        let unsigned_id = pull(&mut cri, &bed, "apps/unsigned", "untrusted");
+        pull(&mut cri, &bed, PAUSE, "trusted");
+        let log = std::fs::read_to_string(dir.join("containerd.log")).unwrap();
+        assert_eq!(
+            log.contains("Falling back to local image pull mode"),
+            fallback,
+            "{setting}: {log}"
+        );
+        let pod = cri.run_pod("default", "local-pull");
+        let unsigned_name = bed.name("apps/unsigned");
+        let image = Untrusted {
+            id: &unsigned_id,
+            name: &unsigned_name,
+            digest: &unsigned_digest,
+        };
+        assert_runs_nothing(&mut cri, &events, &pod, "main", &image, "unsigned ran");
+        cri.remove_pod(&pod).unwrap();
+        let log = daemon.log_text();
+        assert!(
+            !log.contains("pull refused") && !log.contains("pull admitted"),
+            "{setting}: a CRI pull reached the verifier:\n{log}"
+        );
+        daemon.stop();
+    }
 }

@@ -27,18 +27,31 @@ use k8s_cri::v1::{
 /// registries listed in `hosts_dir` (`certs.d` layout), runc v2 on overlayfs, the streaming
 /// server on a free 127.0.0.1 port, and `restrict_oom_score_adj` (the test process lacks
 /// `CAP_SYS_RESOURCE` in some sandboxes, where runc could not lower the score).
-pub fn config(sandbox_image: &str, hosts_dir: &Path, cni_dir: &Path) -> String {
+/// `image_settings` are more keys (TOML lines, each ending in a newline) of the plugin holding the image settings:
+/// `io.containerd.grpc.v1.cri` on 1.x, `io.containerd.cri.v1.images` on 2.x (e.g.
+/// `use_local_image_pull = true`).
+pub fn config(
+    sandbox_image: &str,
+    hosts_dir: &Path,
+    cni_dir: &Path,
+    image_settings: &str,
+) -> String {
     if super::containerd::major_version() >= 2 {
-        config_v3(sandbox_image, hosts_dir, cni_dir)
+        config_v3(sandbox_image, hosts_dir, cni_dir, image_settings)
     } else {
-        config_v2(sandbox_image, hosts_dir, cni_dir)
+        config_v2(sandbox_image, hosts_dir, cni_dir, image_settings)
     }
 }
 
 /// containerd 1.6 / 1.7 (`version = 2`): one plugin, `io.containerd.grpc.v1.cri`.
-fn config_v2(sandbox_image: &str, hosts_dir: &Path, cni_dir: &Path) -> String {
+fn config_v2(
+    sandbox_image: &str,
+    hosts_dir: &Path,
+    cni_dir: &Path,
+    image_settings: &str,
+) -> String {
     format!(
-        "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n{image_settings}\
          \x20 sandbox_image = \"{sandbox_image}\"\n\
          \x20 restrict_oom_score_adj = true\n\
          \x20 stream_server_address = \"127.0.0.1\"\n\
@@ -62,12 +75,17 @@ fn config_v2(sandbox_image: &str, hosts_dir: &Path, cni_dir: &Path) -> String {
 /// `containerd config default` of 2.1 names them). `io.containerd.cri.v1.images`: the snapshotter,
 /// the sandbox image (`pinned_images.sandbox`, once `sandbox_image`) and the registries'
 /// `config_path`, which the transfer service's pulls read too (`registry.WithHostDir`); nothing
-/// there that makes CRI fall back to pulling in the client, so `PullImage` goes through the
-/// transfer service and its image verifiers. `io.containerd.cri.v1.runtime`: the runtime,
+/// there that makes CRI fall back to pulling in the client (unless `image_settings` says so), so
+/// `PullImage` goes through the transfer service and its image verifiers. `io.containerd.cri.v1.runtime`: the runtime,
 /// `restrict_oom_score_adj` and CNI. `io.containerd.grpc.v1.cri`: the streaming server.
-fn config_v3(sandbox_image: &str, hosts_dir: &Path, cni_dir: &Path) -> String {
+fn config_v3(
+    sandbox_image: &str,
+    hosts_dir: &Path,
+    cni_dir: &Path,
+    image_settings: &str,
+) -> String {
     format!(
-        "[plugins.\"io.containerd.cri.v1.images\"]\n\
+        "[plugins.\"io.containerd.cri.v1.images\"]\n{image_settings}\
          \x20 snapshotter = \"overlayfs\"\n\
          \x20 [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n\
          \x20   sandbox = \"{sandbox_image}\"\n\

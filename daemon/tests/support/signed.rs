@@ -42,6 +42,12 @@ impl SignedBed {
     /// sandbox image is `ADDR/SANDBOX_REPO:v1` in the bed's registry (pulled over plain HTTP),
     /// which the test pushes before its first pod.
     pub fn start_cri(name: &str, sandbox_repo: &str) -> Option<Self> {
+        Self::start_cri_with(name, sandbox_repo, "")
+    }
+
+    /// [`Self::start_cri`] with `image_settings`, more keys of the CRI plugin's image settings
+    /// ([`super::cri::config`]).
+    pub fn start_cri_with(name: &str, sandbox_repo: &str, image_settings: &str) -> Option<Self> {
         Self::start_with(name, |dir, addr| {
             let hosts = dir.join("certs.d");
             super::cri::plain_http_host(&hosts, addr);
@@ -50,7 +56,12 @@ impl SignedBed {
             std::fs::create_dir_all(cni.join("bin")).expect("cni bin dir");
             PrivateContainerd::start_cri_on_tmpfs(
                 dir,
-                &super::cri::config(&format!("{addr}/{sandbox_repo}:v1"), &hosts, &cni),
+                &super::cri::config(
+                    &format!("{addr}/{sandbox_repo}:v1"),
+                    &hosts,
+                    &cni,
+                    image_settings,
+                ),
             )
         })
     }
@@ -197,6 +208,27 @@ impl SignedBed {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
             .expect("chmod the verifier");
         script
+    }
+
+    /// `imagegate doctor`'s `pull_verifier` line for this bed's containerd (the release under
+    /// test, its configuration `dir/config.toml`): whether its pulls reach the verifier.
+    pub fn doctor_pull_verifier(&self) -> String {
+        let out = std::process::Command::new(super::daemon::imagegate_bin())
+            .args(["doctor", "--containerd"])
+            .arg(
+                super::containerd::bin_dir()
+                    .map_or_else(|| PathBuf::from("containerd"), |dir| dir.join("containerd")),
+            )
+            .arg("--containerd-config")
+            .arg(self.dir.join("config.toml"))
+            .output()
+            .expect("run imagegate doctor");
+        let report = String::from_utf8_lossy(&out.stdout);
+        report
+            .lines()
+            .find(|line| line.starts_with("pull_verifier"))
+            .unwrap_or_else(|| panic!("no pull_verifier line: {report}"))
+            .to_owned()
     }
 
     /// `ctr images pull --plain-http NAME`, asserting success.
