@@ -27,9 +27,9 @@ use k8s_cri::v1::{
 /// registries listed in `hosts_dir` (`certs.d` layout), runc v2 on overlayfs, the streaming
 /// server on a free 127.0.0.1 port, and `restrict_oom_score_adj` (the test process lacks
 /// `CAP_SYS_RESOURCE` in some sandboxes, where runc could not lower the score).
-/// `image_settings` are more keys (TOML lines, each ending in a newline) of the plugin holding the image settings:
-/// `io.containerd.grpc.v1.cri` on 1.x, `io.containerd.cri.v1.images` on 2.x (e.g.
-/// `use_local_image_pull = true`).
+/// `image_settings` are more keys (TOML lines, each ending in a newline) of the plugin holding
+/// the image settings: `io.containerd.grpc.v1.cri` on 1.x, `io.containerd.cri.v1.images` on 2.x
+/// (e.g. `use_local_image_pull = true`).
 pub fn config(
     sandbox_image: &str,
     hosts_dir: &Path,
@@ -72,12 +72,13 @@ fn config_v2(
 }
 
 /// containerd 2.x (`version = 3`): the same settings split over its three CRI plugins (keys as
-/// `containerd config default` of 2.1 names them). `io.containerd.cri.v1.images`: the snapshotter,
-/// the sandbox image (`pinned_images.sandbox`, once `sandbox_image`) and the registries'
-/// `config_path`, which the transfer service's pulls read too (`registry.WithHostDir`); nothing
-/// there that makes CRI fall back to pulling in the client (unless `image_settings` says so), so
-/// `PullImage` goes through the transfer service and its image verifiers. `io.containerd.cri.v1.runtime`: the runtime,
-/// `restrict_oom_score_adj` and CNI. `io.containerd.grpc.v1.cri`: the streaming server.
+/// `containerd config default` of 2.1 names them). `io.containerd.cri.v1.images`: the
+/// snapshotter, the sandbox image (`pinned_images.sandbox`, once `sandbox_image`) and the
+/// registries' `config_path`, which the transfer service's pulls read too
+/// (`registry.WithHostDir`); nothing there makes CRI fall back to pulling in the client (unless
+/// `image_settings` says so), so `PullImage` goes through the transfer service and its image
+/// verifiers. `io.containerd.cri.v1.runtime`: the runtime, `restrict_oom_score_adj` and CNI.
+/// `io.containerd.grpc.v1.cri`: the streaming server.
 fn config_v3(
     sandbox_image: &str,
     hosts_dir: &Path,
