@@ -28,8 +28,7 @@ mod support;
 
 use std::{
     io::Write as _,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -38,29 +37,10 @@ use imagegate_testkit::image::{self, Image};
 use support::{
     containerd,
     daemon::{self, assert_denied, DaemonProcess, Settings},
-    signed::SignedBed,
+    signed::{self, SignedBed},
 };
 
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-
-/// Puts a verifier into the private containerd's `bin_dir`: a script named `imagegate` that
-/// runs `imagegate containerd-verifier --config CONFIG` with containerd's arguments.
-fn install_verifier(bed: &SignedBed, config: &Path) -> PathBuf {
-    let bin_dir = bed.dir.join("image-verifiers");
-    std::fs::create_dir_all(&bin_dir).unwrap();
-    let script = bin_dir.join("imagegate");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec {} containerd-verifier --config {} \"$@\"\n",
-            daemon::imagegate_bin().display(),
-            config.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
-}
 
 /// `ctr images pull --plain-http [EXTRA...] NAME` (the transfer service unless `--local`).
 fn pull(bed: &SignedBed, extra: &[&str], name: &str) -> Output {
@@ -74,17 +54,13 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Asserts the pull failed at containerd's verifier hook, with imagegate's reason.
-fn assert_refused(out: &Output, name: &str, digest: &str) -> String {
-    let text = stderr(out);
+/// `ctr images pull` of `name` (digest `digest`), asserting it failed at containerd's verifier
+/// hook with imagegate's reason; returns `ctr`'s error.
+fn assert_refused(bed: &SignedBed, name: &str, digest: &str) -> String {
+    let out = pull(bed, &[], name);
+    let text = stderr(&out);
     assert!(!out.status.success(), "{name} was pulled: {out:?}");
-    assert!(
-        text.contains("image verifier bindir blocked pull")
-            && text.contains(&format!("with digest {digest}"))
-            && text.contains("verifier imagegate rejected image")
-            && text.contains("imagegate refused the pull"),
-        "{name} failed otherwise: {text}"
-    );
+    signed::assert_pull_refused(&text, name, digest);
     text
 }
 
@@ -210,7 +186,7 @@ fn containerd_2_refuses_untrusted_pulls_with_imagegates_reason() {
         tag: "verifier",
     };
     let config = settings.write(&dir, &bed.containerd);
-    install_verifier(&bed, &config);
+    bed.install_verifier(&config);
     let daemon = DaemonProcess::start(&dir, &config, "verifier");
 
     // Signed by the trusted key: admitted, and it runs.
@@ -227,20 +203,12 @@ fn containerd_2_refuses_untrusted_pulls_with_imagegates_reason() {
 
     // Unsigned, and signed by a key the policy does not trust: refused before any content is
     // fetched, with the verdict's reason.
-    let text = assert_refused(
-        &pull(&bed, &[], &bed.name("gate/unsigned")),
-        "unsigned",
-        &unsigned_digest,
-    );
+    let text = assert_refused(&bed, &bed.name("gate/unsigned"), &unsigned_digest);
     assert!(
         text.contains("UNTRUSTED") && text.contains("/gate/**"),
         "{text}"
     );
-    let text = assert_refused(
-        &pull(&bed, &[], &bed.name("gate/untrusted-key")),
-        "untrusted-key",
-        &untrusted_digest,
-    );
+    let text = assert_refused(&bed, &bed.name("gate/untrusted-key"), &untrusted_digest);
     assert!(text.contains("UNTRUSTED"), "{text}");
     let listed = bed.containerd.ctr(&["images", "ls", "-q"]);
     let listed = String::from_utf8_lossy(&listed.stdout);
@@ -255,11 +223,7 @@ fn containerd_2_refuses_untrusted_pulls_with_imagegates_reason() {
         out.status.success(),
         "signed multi-arch pull refused: {out:?}"
     );
-    let text = assert_refused(
-        &pull(&bed, &[], &bed.name("gate/multi-unsigned")),
-        "unsigned multi-arch",
-        &bare_index,
-    );
+    let text = assert_refused(&bed, &bed.name("gate/multi-unsigned"), &bare_index);
     assert!(
         text.contains(&format!(
             "platform manifest {bare_manifest} of index {bare_index}"
@@ -335,21 +299,7 @@ fn containerd_2_refuses_untrusted_pulls_with_imagegates_reason() {
     );
 
     // `imagegate doctor` reads this containerd's configuration: pulls reach the verifier.
-    let out = Command::new(daemon::imagegate_bin())
-        .args(["doctor", "--containerd"])
-        .arg(
-            containerd::bin_dir()
-                .map_or_else(|| PathBuf::from("containerd"), |d| d.join("containerd")),
-        )
-        .arg("--containerd-config")
-        .arg(dir.join("config.toml"))
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    let line = report
-        .lines()
-        .find(|line| line.starts_with("pull_verifier"))
-        .unwrap_or_else(|| panic!("{report}"));
+    let line = bed.doctor_pull_verifier();
     assert!(
         line.contains(" yes ") && line.contains("asks the imagegate verifier"),
         "{line}"
@@ -357,11 +307,7 @@ fn containerd_2_refuses_untrusted_pulls_with_imagegates_reason() {
 
     // The daemon stopped: the verifier judges in process, with the same verdicts.
     daemon.stop();
-    let text = assert_refused(
-        &pull(&bed, &[], &bed.name("gate/late")),
-        "unsigned, daemon stopped",
-        &late_digest,
-    );
+    let text = assert_refused(&bed, &bed.name("gate/late"), &late_digest);
     assert!(text.contains("UNTRUSTED"), "{text}");
     for (name, digest, media_type, admit) in [
         (
@@ -526,7 +472,7 @@ fn the_tutorials_containerd_policy_works_with_the_verifier() {
         tag: "tutorial",
     };
     let config = settings.write(&dir, &bed.containerd);
-    install_verifier(&bed, &config);
+    bed.install_verifier(&config);
     let daemon = DaemonProcess::start(&dir, &config, "tutorial");
 
     let signed_name = bed.name("example/alpine-signed");
@@ -537,11 +483,7 @@ fn the_tutorials_containerd_policy_works_with_the_verifier() {
         daemon.log_text()
     );
     let unsigned_name = bed.name("example/alpine-unsigned");
-    let text = assert_refused(
-        &pull(&bed, &[], &unsigned_name),
-        "unsigned",
-        &unsigned_digest,
-    );
+    let text = assert_refused(&bed, &unsigned_name, &unsigned_digest);
     assert!(
         text.contains("UNTRUSTED") && text.contains("\"default\""),
         "{text}"

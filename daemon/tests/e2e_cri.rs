@@ -1,5 +1,6 @@
 //! Kubernetes' path end to end on this machine: containerd's CRI plugin (a private containerd,
-//! its root on its own tmpfs) driven through the CRI API as kubelet drives it, in namespace
+//! its root on its own tmpfs; the system's 1.6, or 2.1 under `cargo xtask test`, each with its
+//! own configuration layout) driven through the CRI API as kubelet drives it, in namespace
 //! `k8s.io`, with `imagegate daemon` enforcing on the fanotify backend. Images are pushed to
 //! Debian's docker-registry on 127.0.0.1 and signed there (cosign's `.sig` format, a fresh
 //! ECDSA key the policy trusts); the pod sandbox (`pause`) image is one of them, signed and
@@ -9,6 +10,12 @@
 //! `CreateContainer` from the image id and `StartContainer` for an init container and an app
 //! container, `ExecSync` (a probe), a restart (a new container, attempt 1), `RemoveContainer`,
 //! `StopPodSandbox` / `RemovePodSandbox`, and `RemoveImage` (image garbage collection).
+//!
+//! On containerd 2.x, CRI pulls go through the transfer service and its image verifier hook: with
+//! imagegate's verifier installed, `PullImage` and `RunPodSandbox`'s pull of the sandbox image
+//! fail with imagegate's reason, unless the CRI plugin pulls in the client
+//! (`use_local_image_pull`, or a setting the transfer service lacks), where the kernel still
+//! denies. Those tests skip on 1.x.
 //!
 //! The CRI plugin names every image it pulls three times: `REPO:TAG`, `REPO@DIGEST` and the
 //! image id `sha256:<config digest>`. The last is not a reference and must never be judged as
@@ -259,6 +266,34 @@ fn assert_cri_event(
     assert_eq!(event["container"]["trusted"], false, "{event}");
 }
 
+/// An untrusted image as kubelet refers to it.
+struct Untrusted<'a> {
+    /// The image id `PullImage` returned: containers are created from it.
+    id: &'a str,
+    /// Its name (`ADDR/REPO:v1`).
+    name: &'a str,
+    /// Its manifest digest.
+    digest: &'a str,
+}
+
+/// Creates and starts container `name` (attempt 0) of `pod` from `image` as kubelet does, and
+/// asserts it runs nothing ([`assert_container_denied`]) and that its decision event names the
+/// pod, the container, the image and its digest ([`assert_cri_event`]). Returns the container
+/// id and its status.
+fn assert_runs_nothing(
+    cri: &mut Cri,
+    events: &Path,
+    pod: &Pod,
+    name: &str,
+    image: &Untrusted,
+    output: &str,
+) -> (String, k8s_cri::v1::ContainerStatus) {
+    let (container, start) = run_container(cri, pod, name, 0, image.id, image.name);
+    let status = assert_container_denied(cri, pod, name, &container, &start, output);
+    assert_cri_event(events, &container, pod, name, image.name, image.digest);
+    (container, status)
+}
+
 #[test]
 fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
     let Some(bed) = SignedBed::start_cri("e2e-cri", PAUSE) else {
@@ -350,26 +385,15 @@ fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
     // carry the runtime's error; the event names pod, container, image and digest.
     let unsigned_id = pull(&mut cri, &bed, "apps/unsigned", "untrusted");
     let pod = cri.run_pod("default", "unsigned");
-    let (container, start) = run_container(
-        &mut cri,
-        &pod,
-        "main",
-        0,
-        &unsigned_id,
-        &bed.name("apps/unsigned"),
-    );
-    let status =
-        assert_container_denied(&mut cri, &pod, "main", &container, &start, "unsigned ran");
+    let unsigned_name = bed.name("apps/unsigned");
+    let image = Untrusted {
+        id: &unsigned_id,
+        name: &unsigned_name,
+        digest: &unsigned_digest,
+    };
+    let (_, status) = assert_runs_nothing(&mut cri, &events, &pod, "main", &image, "unsigned ran");
     assert_eq!(status.state, CONTAINER_EXITED, "{status:?}");
     assert_eq!(status.reason, "Error", "{status:?}");
-    assert_cri_event(
-        &events,
-        &container,
-        &pod,
-        "main",
-        &bed.name("apps/unsigned"),
-        &unsigned_digest,
-    );
     // A probe into it runs nothing either.
     cri.remove_pod(&pod).unwrap();
 
@@ -377,23 +401,13 @@ fn kubelet_runs_signed_pods_and_no_unsigned_container_runs() {
     // outside the snapshots: denied all the same.
     let volume_id = pull(&mut cri, &bed, "apps/volume-unsigned", "untrusted");
     let pod = cri.run_pod("default", "volume");
-    let (container, start) = run_container(
-        &mut cri,
-        &pod,
-        "main",
-        0,
-        &volume_id,
-        &bed.name("apps/volume-unsigned"),
-    );
-    assert_container_denied(&mut cri, &pod, "main", &container, &start, "volume ran");
-    assert_cri_event(
-        &events,
-        &container,
-        &pod,
-        "main",
-        &bed.name("apps/volume-unsigned"),
-        &volume_unsigned_digest,
-    );
+    let volume_name = bed.name("apps/volume-unsigned");
+    let image = Untrusted {
+        id: &volume_id,
+        name: &volume_name,
+        digest: &volume_unsigned_digest,
+    };
+    let (container, _) = assert_runs_nothing(&mut cri, &events, &pod, "main", &image, "volume ran");
     let event = daemon::wait_for_event(&events, |e| e["container"]["id"] == container.as_str());
     assert!(event["layer"].is_null(), "the file is in no layer: {event}");
     cri.remove_pod(&pod).unwrap();
@@ -679,9 +693,13 @@ fn image_id_records_are_never_judged_and_never_let_a_rejected_pod_run() {
     ] {
         let pod_name = repo.replace('/', "-");
         let pod = cri.run_pod("default", &pod_name);
-        let (container, start) = run_container(&mut cri, &pod, "main", 0, id, &bed.name(repo));
-        assert_container_denied(&mut cri, &pod, "main", &container, &start, output);
-        assert_cri_event(&events, &container, &pod, "main", &bed.name(repo), digest);
+        let name = bed.name(repo);
+        let image = Untrusted {
+            id,
+            name: &name,
+            digest,
+        };
+        assert_runs_nothing(&mut cri, &events, &pod, "main", &image, output);
         cri.remove_pod(&pod).unwrap();
     }
     // The image id never made X's layer audit-only: a host process cannot run it either.
@@ -721,4 +739,227 @@ fn image_id_records_are_never_judged_and_never_let_a_rejected_pod_run() {
         Vec::<String>::new(),
         "the daemon asked a registry no pod named"
     );
+}
+
+/// imagegate on a CRI bed of containerd 2.x with its verifier hook.
+struct Gated {
+    daemon: DaemonProcess,
+    /// The daemon's event log.
+    events: std::path::PathBuf,
+    cri: Cri,
+    /// `imagegate doctor`'s `pull_verifier` line, read before the daemon started.
+    doctor: String,
+}
+
+/// Writes the signed policy, puts the verifier into containerd's `bin_dir` (the packaged
+/// script's shape, `imagegate containerd-verifier --config ...`), asks `imagegate doctor`
+/// whether pulls reach it, starts the daemon (enforce, fanotify) and connects a CRI client.
+fn start_gated(bed: &SignedBed) -> Gated {
+    write_signed_policy(bed);
+    let settings = Settings {
+        insecure: vec![bed.addr.clone()],
+        ..settings()
+    };
+    let config = settings.write(&bed.dir, &bed.containerd);
+    bed.install_verifier(&config);
+    let doctor = bed.doctor_pull_verifier();
+    Gated {
+        daemon: DaemonProcess::start(&bed.dir, &config, "cri"),
+        events: settings.events(&bed.dir),
+        cri: Cri::connect(&bed.containerd.socket, &bed.dir.join("logs")),
+        doctor,
+    }
+}
+
+/// containerd 2.x's CRI plugin pulls through the transfer service, whose image verifier hook
+/// asks imagegate first (issue 13, item 3, through CRI): with the verifier in the private
+/// containerd's `bin_dir` (the packaged script's shape), kubelet's `PullImage` of an unsigned
+/// image fails with imagegate's reason in the gRPC status message (what kubelet reports as
+/// `ErrImagePull`) and leaves no image record; `RunPodSandbox`, whose unsigned sandbox image is
+/// not on the node, fails the same way at its pull; signed images are pulled, and their pod
+/// and container run. An unsigned image imported with `ctr images import` (no verifier on that
+/// path) is still denied by the kernel when kubelet creates a container from it. On 1.x, which
+/// has no verifier hook, it skips.
+#[test]
+fn containerd_2_refuses_untrusted_cri_pulls_with_imagegates_reason() {
+    if support::containerd::major_version() < 2 {
+        eprintln!(
+            "SKIPPED: containerd {} has no image verifier hook (cargo xtask test --containerd 2.1)",
+            support::containerd::major_version()
+        );
+        return;
+    }
+    let Some(bed) = SignedBed::start_cri("e2e-cri-verifier", PAUSE) else {
+        return;
+    };
+    let dir = bed.dir.clone();
+    // The registry's pause image is unsigned at first, and the node does not have it.
+    let bad_pause = pause_image(&bed, "pause-unsigned");
+    let bad_pause_digest = bed.push(PAUSE, &bad_pause, None);
+    let app = app_image(&bed, "app", &["/bin/busybox", "sleep", "600"]);
+    bed.push("apps/app", &app, Some(&bed.trusted));
+    let unsigned = app_image(&bed, "unsigned", &["/bin/busybox", "echo", "unsigned ran"]);
+    let unsigned_digest = bed.push("apps/unsigned", &unsigned, None);
+    // Never in the registry: only imported.
+    let imported = app_image(&bed, "imported", &["/bin/busybox", "echo", "imported ran"]);
+    let Gated {
+        daemon,
+        events,
+        mut cri,
+        doctor,
+    } = start_gated(&bed);
+    assert!(
+        doctor.contains(" yes ") && doctor.contains("CRI PullImage and sandbox images"),
+        "{doctor}"
+    );
+
+    // PullImage of an unsigned image: refused before anything is fetched, with the verdict.
+    let unsigned_name = bed.name("apps/unsigned");
+    let error = cri
+        .pull(&unsigned_name)
+        .expect_err("the unsigned image was pulled");
+    eprintln!("PullImage of an unsigned image: {error:?}");
+    let message = error.message();
+    assert!(
+        message.starts_with(&format!(
+            "failed to pull and unpack image \"{unsigned_name}\": "
+        )),
+        "{message}"
+    );
+    support::signed::assert_pull_refused(message, &unsigned_name, &unsigned_digest);
+    assert!(
+        message.contains(&format!(
+            "UNTRUSTED {unsigned_name} under scope \"{}/apps/**\" (enforce)",
+            bed.addr
+        )),
+        "{message}"
+    );
+    assert!(cri.image_id(&unsigned_name).is_none());
+    assert!(!records(&bed).iter().any(|r| r.contains("apps/unsigned")));
+
+    // RunPodSandbox must pull the (unsigned) sandbox image: refused at that pull, no sandbox.
+    let pause_name = bed.name(PAUSE);
+    let (pod, run) = cri.try_run_pod("default", "refused-sandbox");
+    let error = run.expect_err("a sandbox of an unsigned pause image was created");
+    eprintln!("RunPodSandbox with an unsigned sandbox image to pull: {error:?}");
+    let message = error.message();
+    assert!(
+        message.contains(&format!("failed to pull image \"{pause_name}\": ")),
+        "{message}"
+    );
+    support::signed::assert_pull_refused(message, &pause_name, &bad_pause_digest);
+    assert!(pod.sandbox.is_empty());
+    assert!(cri.image_id(&pause_name).is_none());
+
+    // Signed: pulled, and the pod and its container run.
+    let pause = pause_image(&bed, "pause");
+    bed.push(PAUSE, &pause, Some(&bed.trusted));
+    let app_id = pull(&mut cri, &bed, "apps/app", "trusted");
+    pull(&mut cri, &bed, PAUSE, "trusted");
+    let pod = cri.run_pod("default", "signed");
+    let (main, start) = run_container(&mut cri, &pod, "main", 0, &app_id, &bed.name("apps/app"));
+    start.unwrap();
+    let probe = cri
+        .exec_sync(&main, &["/bin/busybox", "echo", "probe ok"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "probe ok");
+
+    // Imported (`ctr images import`: no verifier on that path) into CRI's namespace: the CRI
+    // plugin knows it, and the kernel denies the container kubelet creates from it.
+    let imported_name = bed.name("apps/imported");
+    let archive = dir.join("imported.tar");
+    support::image::write_archive(&archive, &imported_name, &imported, false);
+    bed.containerd.import("k8s.io", &archive);
+    daemon.wait_for_verdicts(&dir, &[(imported_name.clone(), "untrusted")]);
+    let imported_id = cri
+        .image_id(&imported_name)
+        .expect("the CRI plugin knows the imported image");
+    let image = Untrusted {
+        id: &imported_id,
+        name: &imported_name,
+        digest: &imported.manifest_digest(),
+    };
+    assert_runs_nothing(&mut cri, &events, &pod, "imported", &image, "imported ran");
+    cri.remove_pod(&pod).unwrap();
+
+    // Every gated pull was the daemon's answer; the import never reached the verifier.
+    let log = daemon.log_text();
+    for (message, name) in [
+        ("pull refused", &unsigned_name),
+        ("pull refused", &pause_name),
+        ("pull admitted", &bed.name("apps/app")),
+        ("pull admitted", &pause_name),
+    ] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains(message) && line.contains(name.as_str())),
+            "no {message:?} for {name} in the daemon's log:\n{log}"
+        );
+    }
+    assert!(
+        !log.lines()
+            .any(|line| line.contains("pull") && line.contains("apps/imported")),
+        "the import reached the verifier:\n{log}"
+    );
+    daemon.stop();
+}
+
+/// containerd 2.x's CRI plugin pulls in the client, without the image verifier hook, when told
+/// to (`use_local_image_pull = true`) and when an image setting the transfer service lacks is
+/// set (here `max_concurrent_downloads` other than 3; containerd logs that it falls back). With
+/// the verifier installed all the same: `imagegate doctor` says CRI pulls are not gated,
+/// `PullImage` of an unsigned image succeeds without asking the verifier, and the kernel denies
+/// the container kubelet creates from it.
+#[test]
+fn containerd_2_cri_local_pulls_skip_the_verifier_and_the_kernel_still_denies() {
+    if support::containerd::major_version() < 2 {
+        eprintln!("SKIPPED: containerd 1.x has no image verifier hook");
+        return;
+    }
+    for (setting, fallback) in [
+        ("use_local_image_pull = true\n", false),
+        ("max_concurrent_downloads = 10\n", true),
+    ] {
+        let Some(bed) = SignedBed::start_cri_with("e2e-cri-local-pull", PAUSE, setting) else {
+            return;
+        };
+        let dir = bed.dir.clone();
+        let pause = pause_image(&bed, "pause");
+        bed.push(PAUSE, &pause, Some(&bed.trusted));
+        let unsigned = app_image(&bed, "unsigned", &["/bin/busybox", "echo", "unsigned ran"]);
+        let unsigned_digest = bed.push("apps/unsigned", &unsigned, None);
+        let Gated {
+            daemon,
+            events,
+            mut cri,
+            doctor,
+        } = start_gated(&bed);
+        assert!(
+            doctor.contains(" no ") && doctor.contains("but CRI pulls (kubelet) do not"),
+            "{setting}: {doctor}"
+        );
+        let unsigned_id = pull(&mut cri, &bed, "apps/unsigned", "untrusted");
+        pull(&mut cri, &bed, PAUSE, "trusted");
+        let log = std::fs::read_to_string(dir.join("containerd.log")).unwrap();
+        assert_eq!(
+            log.contains("Falling back to local image pull mode"),
+            fallback,
+            "{setting}: {log}"
+        );
+        let pod = cri.run_pod("default", "local-pull");
+        let unsigned_name = bed.name("apps/unsigned");
+        let image = Untrusted {
+            id: &unsigned_id,
+            name: &unsigned_name,
+            digest: &unsigned_digest,
+        };
+        assert_runs_nothing(&mut cri, &events, &pod, "main", &image, "unsigned ran");
+        cri.remove_pod(&pod).unwrap();
+        let log = daemon.log_text();
+        assert!(
+            !log.contains("pull refused") && !log.contains("pull admitted"),
+            "{setting}: a CRI pull reached the verifier:\n{log}"
+        );
+        daemon.stop();
+    }
 }

@@ -61,10 +61,12 @@ impl Release {
 
 /// The test suites (daemon/tests/*.rs) that drive a real containerd, run again for each
 /// release beyond the system's: the end-to-end suites (real containers under the fanotify
-/// backend, signed images from a registry, restarts and load), the catalog and its image
-/// records, the daemon's bookkeeping from containerd's events, and the pull-time verifier
-/// (containerd 2.x's image verifier hook; it skips on 1.x, which has none).
+/// backend, signed images from a registry, restarts and load, Kubernetes' CRI path driven as
+/// kubelet drives it), the catalog and its image records, the daemon's bookkeeping from
+/// containerd's events, and the pull-time verifier (containerd 2.x's image verifier hook, for
+/// `ctr` pulls here and CRI pulls in `e2e_cri`; those tests skip on 1.x, which has none).
 pub const SUITES: &[&str] = &[
+    "e2e_cri",
     "e2e_fanotify",
     "e2e_signed",
     "e2e_lifecycle",

@@ -4,7 +4,8 @@
 //! Debian 12's 1.6), or the release unpacked under `target/containerd/` (`cargo xtask test
 //! --containerd 1.7|2.1`) when `IMAGEGATE_CONTAINERD_BIN_DIR` names its `usr/bin`: containerd and
 //! `ctr` are run from there, and that directory comes first in containerd's `PATH` so that its
-//! shim is the release's own (runc stays the system's). containerd 2.x gets a version 3 config.
+//! shim is the release's own (runc stays the system's). containerd 2.x gets a version 3 config,
+//! its CRI section too ([`super::cri::config`]).
 //! Started and stopped by pid; its mounts are cleaned up on drop.
 
 use std::{
@@ -58,23 +59,13 @@ impl PrivateContainerd {
         Self::start_with_config(dir, &private_tmpfs(dir), Some(cri))
     }
 
-    /// Starts containerd with root, state and sockets under `dir`/`data`: the release's own
-    /// configuration ([`config_toml`], CRI disabled), or with `cri`, a version 2 configuration
-    /// with that CRI section (plugin sections; top-level keys must come first in it).
+    /// Starts containerd with root, state and sockets under `dir`/`data` and the release's own
+    /// configuration ([`config_toml`]): CRI disabled, or with `cri`, enabled and configured by
+    /// that section (written by `support::cri` for this release).
     fn start_with_config(dir: &Path, data: &Path, cri: Option<&str>) -> Self {
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
-        let text = match cri {
-            None => config_toml(dir, data, &socket),
-            // The CRI suite's config (containerd 1.6/1.7's version 2 layout).
-            Some(extra) => format!(
-                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{extra}\
-                 [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
-                root = data.join("root").display(),
-                state = data.join("state").display(),
-                socket = socket.display(),
-            ),
-        };
+        let text = config_toml(dir, data, &socket, cri);
         std::fs::write(&config, text).expect("write containerd config");
         let log = std::fs::File::create(dir.join("containerd.log")).expect("containerd log");
         let child = containerd_command()
@@ -310,12 +301,13 @@ pub fn major_version() -> u32 {
 }
 
 /// The configuration of a private containerd: root and state under `data`, its sockets in
-/// `dir`, CRI disabled. containerd 2.x reads version 3 (its CRI plugin is three:
-/// `io.containerd.grpc.v1.cri` and `io.containerd.cri.v1.{images,runtime}`), and gets its NRI
-/// plugin disabled (it would listen on `/var/run/nri/nri.sock`, shared by every instance) and
-/// its image verifier directory inside `dir` (`image-verifiers/`, empty unless a test puts a
-/// verifier there: the system's `/opt/containerd/image-verifier/bin` never applies).
-pub fn config_toml(dir: &Path, data: &Path, socket: &Path) -> String {
+/// `dir`, and `cri`, the CRI plugin's sections (`support::cri::config`), or CRI disabled without
+/// them. containerd 2.x reads version 3 (its CRI plugin is three: `io.containerd.grpc.v1.cri`
+/// and `io.containerd.cri.v1.{images,runtime}`), and gets its NRI plugin disabled (it would
+/// listen on `/var/run/nri/nri.sock`, shared by every instance) and its image verifier directory
+/// inside `dir` (`image-verifiers/`, empty unless a test puts a verifier there: the system's
+/// `/opt/containerd/image-verifier/bin` never applies).
+pub fn config_toml(dir: &Path, data: &Path, socket: &Path, cri: Option<&str>) -> String {
     let common = format!(
         "root = \"{root}\"\nstate = \"{state}\"\n",
         root = data.join("root").display(),
@@ -325,19 +317,28 @@ pub fn config_toml(dir: &Path, data: &Path, socket: &Path) -> String {
         "[grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{socket}.ttrpc\"\n",
         socket = socket.display(),
     );
+    let cri_section = cri.unwrap_or_default();
     if major_version() >= 2 {
+        let disabled = if cri.is_some() {
+            ""
+        } else {
+            "\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \
+             \"io.containerd.cri.v1.runtime\", "
+        };
         format!(
             "version = 3\n{common}\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \
-             \"io.containerd.cri.v1.runtime\", \"io.containerd.nri.v1.nri\"]\n{sockets}\
+             disabled_plugins = [{disabled}\"io.containerd.nri.v1.nri\"]\n{sockets}\
              [plugins.\"io.containerd.image-verifier.v1.bindir\"]\n  bin_dir = \"{verifiers}\"\n\
-             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n{cri_section}",
             verifiers = dir.join("image-verifiers").display(),
             opt = data.join("opt").display(),
         )
     } else {
-        format!(
-            "version = 2\n{common}disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n{sockets}"
-        )
+        let disabled = if cri.is_some() {
+            ""
+        } else {
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+        };
+        format!("version = 2\n{common}{disabled}{sockets}{cri_section}")
     }
 }

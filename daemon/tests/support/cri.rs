@@ -5,8 +5,9 @@
 //! Pods use the host's network (no CNI): kubelet's `hostNetwork: true`, which the CRI plugin
 //! handles without a network plugin; such a pod gets no hostname, as kubelet sends none.
 //!
-//! The config is `version = 2` (containerd 1.6 and 1.7 read it; 2.x migrates it on load, its
-//! plugins being `io.containerd.cri.v1.images` / `io.containerd.cri.v1.runtime` there).
+//! The config is the release's own: `version = 2` for containerd 1.6 and 1.7 (one plugin,
+//! `io.containerd.grpc.v1.cri`), `version = 3` for 2.x (`io.containerd.cri.v1.images`,
+//! `io.containerd.cri.v1.runtime` and `io.containerd.grpc.v1.cri`).
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
@@ -21,13 +22,36 @@ use k8s_cri::v1::{
     StopContainerRequest, StopPodSandboxRequest,
 };
 
-/// The CRI plugin's section of containerd's config: `sandbox_image` as given, pulls from the
-/// plain-HTTP registries listed in `hosts_dir` (`certs.d` layout), runc v2 on overlayfs, the
-/// streaming server on a free 127.0.0.1 port, and `restrict_oom_score_adj` (the test process
-/// lacks `CAP_SYS_RESOURCE` in some sandboxes, where runc could not lower the score).
-pub fn config(sandbox_image: &str, hosts_dir: &Path, cni_dir: &Path) -> String {
+/// The CRI plugin's sections of containerd's config for the release under test
+/// ([`super::containerd::major_version`]): the sandbox image as given, pulls from the plain-HTTP
+/// registries listed in `hosts_dir` (`certs.d` layout), runc v2 on overlayfs, the streaming
+/// server on a free 127.0.0.1 port, and `restrict_oom_score_adj` (the test process lacks
+/// `CAP_SYS_RESOURCE` in some sandboxes, where runc could not lower the score).
+/// `image_settings` are more keys (TOML lines, each ending in a newline) of the plugin holding
+/// the image settings: `io.containerd.grpc.v1.cri` on 1.x, `io.containerd.cri.v1.images` on 2.x
+/// (e.g. `use_local_image_pull = true`).
+pub fn config(
+    sandbox_image: &str,
+    hosts_dir: &Path,
+    cni_dir: &Path,
+    image_settings: &str,
+) -> String {
+    if super::containerd::major_version() >= 2 {
+        config_v3(sandbox_image, hosts_dir, cni_dir, image_settings)
+    } else {
+        config_v2(sandbox_image, hosts_dir, cni_dir, image_settings)
+    }
+}
+
+/// containerd 1.6 / 1.7 (`version = 2`): one plugin, `io.containerd.grpc.v1.cri`.
+fn config_v2(
+    sandbox_image: &str,
+    hosts_dir: &Path,
+    cni_dir: &Path,
+    image_settings: &str,
+) -> String {
     format!(
-        "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n{image_settings}\
          \x20 sandbox_image = \"{sandbox_image}\"\n\
          \x20 restrict_oom_score_adj = true\n\
          \x20 stream_server_address = \"127.0.0.1\"\n\
@@ -42,6 +66,44 @@ pub fn config(sandbox_image: &str, hosts_dir: &Path, cni_dir: &Path) -> String {
          \x20   conf_dir = \"{cni}/conf\"\n\
          \x20 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n\
          \x20   config_path = \"{hosts}\"\n",
+        cni = cni_dir.display(),
+        hosts = hosts_dir.display(),
+    )
+}
+
+/// containerd 2.x (`version = 3`): the same settings split over its three CRI plugins (keys as
+/// `containerd config default` of 2.1 names them). `io.containerd.cri.v1.images`: the
+/// snapshotter, the sandbox image (`pinned_images.sandbox`, once `sandbox_image`) and the
+/// registries' `config_path`, which the transfer service's pulls read too
+/// (`registry.WithHostDir`); nothing there makes CRI fall back to pulling in the client (unless
+/// `image_settings` says so), so `PullImage` goes through the transfer service and its image
+/// verifiers. `io.containerd.cri.v1.runtime`: the runtime, `restrict_oom_score_adj` and CNI.
+/// `io.containerd.grpc.v1.cri`: the streaming server.
+fn config_v3(
+    sandbox_image: &str,
+    hosts_dir: &Path,
+    cni_dir: &Path,
+    image_settings: &str,
+) -> String {
+    format!(
+        "[plugins.\"io.containerd.cri.v1.images\"]\n{image_settings}\
+         \x20 snapshotter = \"overlayfs\"\n\
+         \x20 [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n\
+         \x20   sandbox = \"{sandbox_image}\"\n\
+         \x20 [plugins.\"io.containerd.cri.v1.images\".registry]\n\
+         \x20   config_path = \"{hosts}\"\n\
+         [plugins.\"io.containerd.cri.v1.runtime\"]\n\
+         \x20 restrict_oom_score_adj = true\n\
+         \x20 [plugins.\"io.containerd.cri.v1.runtime\".containerd]\n\
+         \x20   default_runtime_name = \"runc\"\n\
+         \x20   [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.runc]\n\
+         \x20     runtime_type = \"io.containerd.runc.v2\"\n\
+         \x20 [plugins.\"io.containerd.cri.v1.runtime\".cni]\n\
+         \x20   bin_dirs = [\"{cni}/bin\"]\n\
+         \x20   conf_dir = \"{cni}/conf\"\n\
+         [plugins.\"io.containerd.grpc.v1.cri\"]\n\
+         \x20 stream_server_address = \"127.0.0.1\"\n\
+         \x20 stream_server_port = \"0\"\n",
         cni = cni_dir.display(),
         hosts = hosts_dir.display(),
     )

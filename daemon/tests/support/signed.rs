@@ -2,7 +2,10 @@
 //! 127.0.0.1, a trusted and an untrusted ECDSA P-256 key, and a push-and-sign helper writing
 //! cosign's legacy `.sig` format (imagegate-testkit's signer, independent of the verifier).
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
 
 use imagegate_testkit::{
     image::{self, File, Image},
@@ -39,6 +42,12 @@ impl SignedBed {
     /// sandbox image is `ADDR/SANDBOX_REPO:v1` in the bed's registry (pulled over plain HTTP),
     /// which the test pushes before its first pod.
     pub fn start_cri(name: &str, sandbox_repo: &str) -> Option<Self> {
+        Self::start_cri_with(name, sandbox_repo, "")
+    }
+
+    /// [`Self::start_cri`] with `image_settings`, more keys of the CRI plugin's image settings
+    /// ([`super::cri::config`]).
+    pub fn start_cri_with(name: &str, sandbox_repo: &str, image_settings: &str) -> Option<Self> {
         Self::start_with(name, |dir, addr| {
             let hosts = dir.join("certs.d");
             super::cri::plain_http_host(&hosts, addr);
@@ -47,7 +56,12 @@ impl SignedBed {
             std::fs::create_dir_all(cni.join("bin")).expect("cni bin dir");
             PrivateContainerd::start_cri_on_tmpfs(
                 dir,
-                &super::cri::config(&format!("{addr}/{sandbox_repo}:v1"), &hosts, &cni),
+                &super::cri::config(
+                    &format!("{addr}/{sandbox_repo}:v1"),
+                    &hosts,
+                    &cni,
+                    image_settings,
+                ),
             )
         })
     }
@@ -174,6 +188,49 @@ impl SignedBed {
         }
     }
 
+    /// Puts a verifier into the private containerd 2.x's image verifier `bin_dir`
+    /// (`image-verifiers/`, [`super::containerd::config_toml`]): a script named `imagegate`, the
+    /// packaged verifier's shape (packaging/containerd/imagegate), running `imagegate
+    /// containerd-verifier --config CONFIG` with containerd's arguments. Returns its path.
+    pub fn install_verifier(&self, config: &Path) -> PathBuf {
+        let bin_dir = self.dir.join("image-verifiers");
+        std::fs::create_dir_all(&bin_dir).expect("verifier bin_dir");
+        let script = bin_dir.join("imagegate");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nexec {} containerd-verifier --config {} \"$@\"\n",
+                super::daemon::imagegate_bin().display(),
+                config.display()
+            ),
+        )
+        .expect("write the verifier");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the verifier");
+        script
+    }
+
+    /// `imagegate doctor`'s `pull_verifier` line for this bed's containerd (the release under
+    /// test, its configuration `dir/config.toml`): whether its pulls reach the verifier.
+    pub fn doctor_pull_verifier(&self) -> String {
+        let out = std::process::Command::new(super::daemon::imagegate_bin())
+            .args(["doctor", "--containerd"])
+            .arg(
+                super::containerd::bin_dir()
+                    .map_or_else(|| PathBuf::from("containerd"), |dir| dir.join("containerd")),
+            )
+            .arg("--containerd-config")
+            .arg(self.dir.join("config.toml"))
+            .output()
+            .expect("run imagegate doctor");
+        let report = String::from_utf8_lossy(&out.stdout);
+        report
+            .lines()
+            .find(|line| line.starts_with("pull_verifier"))
+            .unwrap_or_else(|| panic!("no pull_verifier line: {report}"))
+            .to_owned()
+    }
+
     /// `ctr images pull --plain-http NAME`, asserting success.
     pub fn pull(&self, name: &str) {
         let out = self
@@ -181,4 +238,17 @@ impl SignedBed {
             .ctr(&["images", "pull", "--plain-http", name]);
         assert!(out.status.success(), "pull {name}: {out:?}");
     }
+}
+
+/// Asserts that `error` (`ctr`'s stderr, or a CRI call's gRPC status message) is containerd 2.x's
+/// refusal of the pull of `name` (manifest or index `digest`) at its verifier hook, with
+/// imagegate's reason.
+pub fn assert_pull_refused(error: &str, name: &str, digest: &str) {
+    assert!(
+        error.contains(&format!(
+            "image verifier bindir blocked pull of {name} with digest {digest} for reason: \
+             verifier imagegate rejected image (exit code 1): imagegate refused the pull: "
+        )),
+        "{name} failed otherwise: {error}"
+    );
 }
