@@ -65,6 +65,8 @@ pub struct Shared {
     pub rescan: Mutex<std::collections::HashMap<u64, Vec<(std::path::PathBuf, String)>>>,
     /// Which container each asking process's root is.
     pub roots: Roots,
+    /// Which layer each judged file is in, by file handle.
+    pub files: resolve::Remembered,
     /// Whether an unreadable process root was already reported (the daemon does not see the
     /// host's PID namespace).
     warned_unreadable_root: AtomicBool,
@@ -110,6 +112,7 @@ impl Shared {
             timer_wake: Condvar::new(),
             rescan: Mutex::new(std::collections::HashMap::new()),
             roots: Roots::default(),
+            files: resolve::Remembered::default(),
             warned_unreadable_root: AtomicBool::new(false),
         }
     }
@@ -412,7 +415,11 @@ fn locate(
             LayerId::of_stat(st),
         );
     }
-    (resolve::locate(policy, fd, st), true, LayerId::of_stat(st))
+    (
+        resolve::locate(policy, fd, st, Some(&shared.files)),
+        true,
+        LayerId::of_stat(st),
+    )
 }
 
 /// The asking process's root. A root that cannot be read (a daemon outside the host's PID

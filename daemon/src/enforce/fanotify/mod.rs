@@ -306,6 +306,7 @@ impl FanotifyBackend {
             id,
             prefix,
             mount_fd: Arc::new(mount_fd),
+            generations: crate::enforce::layer::has_generations(path).map_err(io)?,
         })
     }
 }
@@ -401,8 +402,9 @@ impl super::Backend for FanotifyBackend {
             }
         }
         watcher::rescan_overlays(&self.shared, true);
-        // A root seen before its scope was judged as the host's.
+        // A root seen before its scope was judged as the host's; a file as out of scope.
         self.shared.roots.clear();
+        self.shared.files.clear();
         Ok(id)
     }
 
@@ -424,6 +426,7 @@ impl super::Backend for FanotifyBackend {
         }
         watcher::rescan_overlays(&self.shared, true);
         self.shared.roots.clear();
+        self.shared.files.clear();
         Ok(())
     }
 

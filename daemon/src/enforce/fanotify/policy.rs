@@ -21,6 +21,10 @@ pub struct Scope {
     /// A directory on a mount of the scope's file system from which paths are reported
     /// (`open_by_handle_at` needs one).
     pub mount_fd: Arc<OwnedFd>,
+    /// Its file system gives inodes generations, which their file handles carry: a handle then
+    /// names one file for good (a reused inode number gets another one), so where a file was
+    /// found may be remembered by its handle ([`super::resolve::Remembered`]).
+    pub generations: bool,
 }
 
 /// One consistent version of everything a decision depends on.

@@ -129,7 +129,7 @@ fn bind_root(pid: i32, policy: &Policy) -> Root {
     let Ok(st) = sys::fstat(root.as_fd()) else {
         return Root::host();
     };
-    match resolve::locate(policy, root.as_fd(), &st) {
+    match resolve::locate(policy, root.as_fd(), &st, None) {
         Location::Layer { layer } => Root {
             key: Some(layer),
             writable: false,

@@ -6,14 +6,25 @@
 //! system that this namespace sees gives the host path (`<scope>/<id>/fs/bin/busybox`); a `stat`
 //! of that path must lead back to the same inode, or the file is treated as unreadable (fail
 //! closed), never as a host file.
+//!
+//! That is several system calls with two walks of long paths per decision, and every container
+//! exec is decided (no ignore marks for them). Where the scope's file system puts inode
+//! generations in its file handles, a file found in a layer is remembered by its handle
+//! ([`Remembered`]): the next exec of it costs one `name_to_handle_at`. A file never changes
+//! layer under one handle: a layer's files stay in its directory (containerd renames a removed
+//! snapshot's parent, not its `fs`, whose identity is the layer's), a container writes only to
+//! its own writable layer (through its overlay, which cannot move a file across layers), and a
+//! reused inode number comes with another generation, so another handle.
 
 use std::{
+    collections::HashMap,
+    io,
     os::{
         fd::{AsFd as _, BorrowedFd, OwnedFd},
         unix::fs::MetadataExt as _,
     },
     path::{Component, Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use imagegate_common::kernel_dev;
@@ -22,12 +33,58 @@ use super::{
     policy::{Location, Policy, Scope},
     sys,
 };
-use crate::enforce::LayerId;
+use crate::enforce::{file_handle::FileHandle, LayerId};
 
-/// The host path of the file behind `fd`, as seen through `scope`'s mount.
-fn host_path(fd: BorrowedFd<'_>, scope: &Scope) -> Option<PathBuf> {
-    match sys::reopen_via_mount(fd, scope.mount_fd.as_fd()) {
-        Ok(reopened) => sys::fd_path(reopened.as_fd()).ok(),
+/// Files remembered; the memo is emptied when full (layers come and go with images).
+const MAX_FILES: usize = 16_384;
+
+/// A file's identity by handle: its device, the handle's type and bytes.
+type FileKey = (u64, i32, Vec<u8>);
+
+/// The layer of each file found in one, by file handle (see the module doc). Emptied when the
+/// scopes change.
+#[derive(Default)]
+pub struct Remembered {
+    memo: Mutex<HashMap<FileKey, LayerId>>,
+}
+
+impl Remembered {
+    fn get(&self, key: &FileKey) -> Option<LayerId> {
+        self.memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied()
+    }
+
+    fn insert(&self, key: FileKey, layer: LayerId) {
+        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        if memo.len() >= MAX_FILES {
+            memo.clear();
+        }
+        memo.insert(key, layer);
+    }
+
+    /// Forgets every remembered file (scopes changed).
+    pub fn clear(&self) {
+        self.memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+/// The host path of the file behind `fd` (whose handle is `handle`), as seen through `scope`'s
+/// mount.
+fn host_path(
+    fd: BorrowedFd<'_>,
+    handle: &io::Result<FileHandle>,
+    scope: &Scope,
+) -> Option<PathBuf> {
+    match handle {
+        Ok(handle) => sys::open_by_handle(handle, scope.mount_fd.as_fd())
+            .and_then(|reopened| sys::fd_path(reopened.as_fd()))
+            .ok(),
         // A file system without file handles: the fd's own path is the best there is; it is
         // checked like any other.
         Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => sys::fd_path(fd).ok(),
@@ -47,10 +104,32 @@ fn layer_dir_of(relative: &Path) -> Option<PathBuf> {
     }
 }
 
-/// Locates a (non-overlay) file on a judged file system. `st` is its `fstat`.
+/// Locates a (non-overlay) file on a judged file system. `st` is its `fstat`. With `remembered`,
+/// a file found in a layer before is not looked up again.
 #[must_use]
-pub fn locate(policy: &Policy, fd: BorrowedFd<'_>, st: &libc::stat) -> Location {
+pub fn locate(
+    policy: &Policy,
+    fd: BorrowedFd<'_>,
+    st: &libc::stat,
+    remembered: Option<&Remembered>,
+) -> Location {
     let dev = kernel_dev(st.st_dev);
+    if policy.scopes_on(dev).next().is_none() {
+        return Location::OutOfScope;
+    }
+    let handle = FileHandle::of(fd);
+    let key = match (&handle, remembered) {
+        (Ok(handle), Some(_)) if policy.scopes_on(dev).all(|scope| scope.generations) => {
+            let (kind, bytes) = handle.key();
+            Some((dev, kind, bytes.to_vec()))
+        }
+        _ => None,
+    };
+    if let (Some(key), Some(remembered)) = (&key, remembered) {
+        if let Some(layer) = remembered.get(key) {
+            return Location::Layer { layer };
+        }
+    }
     // Each scope's prefix is spelled through its own mount fd; scopes on one file system
     // normally share one (its root mount), so the path is usually computed once.
     let mut seen: Option<(Arc<OwnedFd>, PathBuf)> = None;
@@ -59,7 +138,7 @@ pub fn locate(policy: &Policy, fd: BorrowedFd<'_>, st: &libc::stat) -> Location 
             .as_ref()
             .is_some_and(|(via, _)| Arc::ptr_eq(via, &scope.mount_fd));
         if !reuse {
-            let Some(path) = host_path(fd, scope) else {
+            let Some(path) = host_path(fd, &handle, scope) else {
                 return Location::Unknown { layer: None };
             };
             let same_file = std::fs::symlink_metadata(&path)
@@ -81,7 +160,12 @@ pub fn locate(policy: &Policy, fd: BorrowedFd<'_>, st: &libc::stat) -> Location 
         // Opened, not stat'ed: its generation is part of its identity, so a directory that
         // reuses a removed layer's inode number is not that layer.
         return match LayerId::of_dir(&layer_dir) {
-            Ok(layer) => Location::Layer { layer },
+            Ok(layer) => {
+                if let (Some(key), Some(remembered)) = (key, remembered) {
+                    remembered.insert(key, layer);
+                }
+                Location::Layer { layer }
+            }
             Err(_) => Location::Unknown { layer: None },
         };
     }

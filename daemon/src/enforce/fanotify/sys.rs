@@ -270,7 +270,16 @@ pub fn fd_path(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
 /// The result's `/proc/self/fd` link is the file's path as seen through that mount: the way to
 /// get a host path for a backing file whose own path is relative to a private layer mount.
 pub fn reopen_via_mount(fd: BorrowedFd<'_>, mount_fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let mut handle = crate::enforce::file_handle::FileHandle::of(fd)?;
+    open_by_handle(&crate::enforce::file_handle::FileHandle::of(fd)?, mount_fd)
+}
+
+/// Opens the file `handle` names (`O_PATH`) through `mount_fd`'s mount.
+pub fn open_by_handle(
+    handle: &crate::enforce::file_handle::FileHandle,
+    mount_fd: BorrowedFd<'_>,
+) -> io::Result<OwnedFd> {
+    // The kernel only reads the handle; the call takes it mutable.
+    let mut handle = handle.clone();
     // SAFETY: handle was filled by name_to_handle_at.
     let opened = check(unsafe {
         libc::open_by_handle_at(
