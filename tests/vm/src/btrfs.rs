@@ -4,67 +4,20 @@
 //! btrfs file system on a loop device, checks that premise, and runs the self-test, the layer
 //! rule and a container root on it.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context as _, Result};
 use imagegate::enforce::{layer::DeviceNumbering, selftest, ContainerTrust, LayerId, LayerState};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::{chroot_exec, expect_eperm, expect_runs, fixture::BUSYBOX, Context};
+use crate::{chroot_exec, expect_eperm, expect_runs, fixture::BUSYBOX, loopfs::LoopFs, Context};
 
-const IMAGE: &str = "/run/imagegate-btrfs.img";
-const ROOT: &str = "/run/imagegate-btrfs";
-
-/// The btrfs file system, unmounted and removed on drop.
-struct Btrfs {
-    root: PathBuf,
-    snapshots: PathBuf,
-}
-
-impl Btrfs {
-    fn create() -> Result<Self> {
-        let file = std::fs::File::create(IMAGE).context("creating the btrfs image")?;
-        // Above mkfs.btrfs's minimum for its default profiles; sparse on the guest's tmpfs.
-        file.set_len(256 << 20).context("sizing the btrfs image")?;
-        drop(file);
-        let made = Command::new("mkfs.btrfs")
-            .args(["-q", "-f", IMAGE])
-            .output()
-            .context("running mkfs.btrfs")?;
-        ensure!(made.status.success(), "mkfs.btrfs failed: {made:?}");
-        std::fs::create_dir_all(ROOT)?;
-        let status = Command::new("mount")
-            .args(["-t", "btrfs", "-o", "loop", IMAGE, ROOT])
-            .status()
-            .context("running mount")?;
-        ensure!(
-            status.success(),
-            "mounting the btrfs image failed ({status})"
-        );
-        let root = PathBuf::from(ROOT);
-        let snapshots = root.join("io.containerd.snapshotter.v1.overlayfs/snapshots");
-        std::fs::create_dir_all(&snapshots)?;
-        Ok(Self { root, snapshots })
-    }
-
-    /// `snapshots/<id>/fs` with busybox as `bin/true`.
-    fn layer(&self, id: u32) -> Result<PathBuf> {
-        let layer = self.snapshots.join(id.to_string()).join("fs");
-        std::fs::create_dir_all(layer.join("bin"))?;
-        std::fs::copy(BUSYBOX, layer.join("bin/true")).context("copying busybox")?;
-        Ok(layer)
-    }
-}
-
-impl Drop for Btrfs {
-    fn drop(&mut self) {
-        let _ = umount2(&self.root.join("merged"), MntFlags::MNT_DETACH);
-        let _ = umount2(self.root.as_path(), MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(IMAGE);
-    }
+/// `snapshots/<id>/fs` with busybox as `bin/true`.
+fn layer(btrfs: &LoopFs, id: u32) -> Result<PathBuf> {
+    let layer = btrfs.snapshots.join(id.to_string()).join("fs");
+    std::fs::create_dir_all(layer.join("bin"))?;
+    std::fs::copy(BUSYBOX, layer.join("bin/true")).context("copying busybox")?;
+    Ok(layer)
 }
 
 /// The super block's device of the mount at `target`, from `/proc/self/mountinfo` (its third
@@ -87,7 +40,8 @@ fn super_block_dev(target: &Path) -> Result<u64> {
 /// self-test picks a scratch directory there and passes, the layer rule and a container root on
 /// it work.
 pub fn case_btrfs(cx: &mut Context) -> Result<()> {
-    let btrfs = Btrfs::create()?;
+    // Above mkfs.btrfs's minimum for its default profiles; sparse on the guest's tmpfs.
+    let btrfs = LoopFs::create("btrfs", 256 << 20, &["mkfs.btrfs", "-q", "-f"], "btrfs")?;
     // The premise: without reading the subvolume's device the programs would key wrongly.
     let st_dev = LayerId::of(&btrfs.snapshots)?.dev;
     let s_dev = super_block_dev(&btrfs.root)?;
@@ -130,9 +84,9 @@ pub fn case_btrfs(cx: &mut Context) -> Result<()> {
     Ok(())
 }
 
-fn judged(cx: &mut Context, btrfs: &Btrfs, st_dev: u64) -> Result<()> {
-    let verified = btrfs.layer(1)?;
-    let unverified = btrfs.layer(2)?;
+fn judged(cx: &mut Context, btrfs: &LoopFs, st_dev: u64) -> Result<()> {
+    let verified = layer(btrfs, 1)?;
+    let unverified = layer(btrfs, 2)?;
     let upper = btrfs.snapshots.join("3/fs");
     let work = btrfs.snapshots.join("3/work");
     std::fs::create_dir_all(&upper)?;

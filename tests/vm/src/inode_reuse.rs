@@ -4,59 +4,12 @@
 //! one. The guest's snapshotter tmpfs never reuses numbers, so this case makes its own ext4 file
 //! system on a loop device.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use imagegate::enforce::{LayerId, LayerState};
-use nix::mount::{umount2, MntFlags};
 
-use crate::{exec_true, expect_eperm, expect_runs, fixture::BUSYBOX, Context};
-
-const IMAGE: &str = "/run/imagegate-ext4.img";
-const ROOT: &str = "/run/imagegate-ext4";
-
-/// The ext4 file system, unmounted and removed on drop.
-struct Ext4 {
-    root: PathBuf,
-    snapshots: PathBuf,
-}
-
-impl Ext4 {
-    fn create() -> Result<Self> {
-        let file = std::fs::File::create(IMAGE).context("creating the ext4 image")?;
-        file.set_len(32 << 20).context("sizing the ext4 image")?;
-        drop(file);
-        // busybox mke2fs writes ext2; the kernel's ext4 driver mounts it (EXT4_USE_FOR_EXT2).
-        let made = Command::new("mke2fs")
-            .args(["-F", IMAGE])
-            .output()
-            .context("running mke2fs")?;
-        ensure!(made.status.success(), "mke2fs failed: {made:?}");
-        std::fs::create_dir_all(ROOT)?;
-        let status = Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop", IMAGE, ROOT])
-            .status()
-            .context("running mount")?;
-        ensure!(
-            status.success(),
-            "mounting the ext4 image failed ({status})"
-        );
-        let root = PathBuf::from(ROOT);
-        let snapshots = root.join("io.containerd.snapshotter.v1.overlayfs/snapshots");
-        std::fs::create_dir_all(&snapshots)?;
-        Ok(Self { root, snapshots })
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        let _ = umount2(self.root.as_path(), MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(IMAGE);
-    }
-}
+use crate::{exec_true, expect_eperm, expect_runs, fixture::BUSYBOX, loopfs::LoopFs, Context};
 
 fn layer_with_busybox(snapshots: &Path, id: u32) -> Result<PathBuf> {
     let layer = snapshots.join(id.to_string()).join("fs");
@@ -68,7 +21,8 @@ fn layer_with_busybox(snapshots: &Path, id: u32) -> Result<PathBuf> {
 /// Test case 16: a layer verified, then removed behind the table's back; the next directory
 /// that gets its inode number is not verified (its generation differs), from the first exec.
 pub fn case_inode_reuse(cx: &mut Context) -> Result<()> {
-    let ext4 = Ext4::create()?;
+    // busybox mke2fs writes ext2; the kernel's ext4 driver mounts it (EXT4_USE_FOR_EXT2).
+    let ext4 = LoopFs::create("ext4", 32 << 20, &["mke2fs", "-F"], "ext4")?;
     let scope = cx.backend().add_scope(&ext4.snapshots)?;
     let result = reuse(cx, &ext4);
     let removed = cx.backend().remove_scope(scope);
@@ -78,7 +32,7 @@ pub fn case_inode_reuse(cx: &mut Context) -> Result<()> {
     Ok(())
 }
 
-fn reuse(cx: &mut Context, ext4: &Ext4) -> Result<()> {
+fn reuse(cx: &mut Context, ext4: &LoopFs) -> Result<()> {
     let old_layer = layer_with_busybox(&ext4.snapshots, 1)?;
     let old = LayerId::of(&old_layer)?;
     ensure!(

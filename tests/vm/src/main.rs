@@ -13,6 +13,7 @@ mod bench;
 mod btrfs;
 mod fixture;
 mod inode_reuse;
+mod loopfs;
 mod probe;
 
 use std::{
