@@ -10,9 +10,20 @@ use anyhow::{bail, Result};
 /// Runs the ignored test `name` of `daemon/tests/<file>.rs` in release and prints its `bench `
 /// lines under `title`.
 pub fn run_bench_test(file: &str, name: &str, title: &str) -> Result<()> {
+    run_bench(&["--test", file], name, title)
+}
+
+/// [`run_bench_test`] for a benchmark among the library's unit tests (`name` with its module path).
+pub fn run_bench_lib(name: &str, title: &str) -> Result<()> {
+    run_bench(&["--lib"], name, title)
+}
+
+fn run_bench(target: &[&str], name: &str, title: &str) -> Result<()> {
     let output = crate::setup::output(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["test", "--release", "-p", "imagegate", "--test", file, "--"])
+            .args(["test", "--release", "-p", "imagegate"])
+            .args(target)
+            .arg("--")
             .args(["--ignored", "--exact", name, "--nocapture"])
             .args(["--test-threads", "1"])
             .env("RUST_LOG", "warn")
@@ -23,7 +34,7 @@ pub fn run_bench_test(file: &str, name: &str, title: &str) -> Result<()> {
         .filter(|line| line.starts_with("bench "))
         .collect();
     if lines.is_empty() {
-        bail!("daemon/tests/{file}.rs {name} printed no results");
+        bail!("{target:?} {name} printed no results");
     }
     println!("\n{title}:");
     for line in lines {
@@ -55,5 +66,9 @@ pub fn fanotify() -> Result<()> {
         "repeated_host_exec",
         "repeated host exec with the fanotify backend (ignore marks) vs off",
     );
-    restart.and(repeated)
+    let lookup = run_bench_lib(
+        "enforce::fanotify::resolve::tests::locate_looked_up_vs_remembered",
+        "the fanotify backend's file lookup per decision, looked up vs remembered by handle",
+    );
+    restart.and(repeated).and(lookup)
 }
