@@ -96,6 +96,31 @@ pub struct Config {
     pub containerd: ContainerdConfig,
     /// Registries.
     pub registry: RegistryConfig,
+    /// The TUF repository keeping the Sigstore public-good trusted root current.
+    pub tuf: TufConfig,
+}
+
+/// Where the Sigstore public-good trusted root (`trusted_root = "public-good"` in a policy) is
+/// refreshed from through TUF (`crate::tuf`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TufConfig {
+    /// Repository base URL (`https://`, `http://` or `file://`).
+    pub repository: String,
+    /// A local copy of the repository, used instead of `repository` when set (air-gapped).
+    pub mirror_dir: Option<PathBuf>,
+    /// Seconds between refreshes (at least 60).
+    pub refresh_interval_seconds: u64,
+}
+
+impl Default for TufConfig {
+    fn default() -> Self {
+        Self {
+            repository: crate::tuf::DEFAULT_REPOSITORY.to_owned(),
+            mirror_dir: None,
+            refresh_interval_seconds: 3600,
+        }
+    }
 }
 
 /// How to reach containerd and where its snapshots live.
@@ -144,6 +169,7 @@ impl Default for Config {
             log_level: "info".to_owned(),
             containerd: ContainerdConfig::default(),
             registry: RegistryConfig::default(),
+            tuf: TufConfig::default(),
         }
     }
 }
@@ -219,6 +245,23 @@ impl Config {
                 line_of_key(text, "health_listen"),
                 "health_listen".into(),
                 message,
+            ));
+        }
+        if !(config.tuf.repository.starts_with("https://")
+            || config.tuf.repository.starts_with("http://")
+            || config.tuf.repository.starts_with("file:///"))
+        {
+            return Err(error(
+                None,
+                "tuf.repository".into(),
+                "an https://, http:// or file:/// URL".into(),
+            ));
+        }
+        if config.tuf.refresh_interval_seconds < 60 {
+            return Err(error(
+                None,
+                "tuf.refresh_interval_seconds".into(),
+                "at least 60".into(),
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
@@ -411,6 +454,24 @@ pub const SETTINGS: &[Setting] = &[
         kind: "integer (at least 1)",
         default: "8",
         doc: "Verifications running at once against one registry (16 at most in all): a slow registry holds only its own images' verdicts. Images waiting for one of their registry's slots are pending (not trusted) meanwhile.",
+    },
+    Setting {
+        key: "tuf.repository",
+        kind: "URL (`https://`, `http://`, `file:///`)",
+        default: "\"https://tuf-repo-cdn.sigstore.dev\"",
+        doc: "The TUF repository that keeps the Sigstore public-good trusted root current, for policies whose trust entry says `trusted_root = \"public-good\"` (docs/verification.md \"Trusted roots\"): Sigstore's own, or an operator's mirror of it (metadata at the top, targets under `targets/`). The client starts from the Sigstore TUF root built into imagegate and checks signatures, thresholds, expiry and rollback as TUF says; metadata and the last good `trusted_root.json` are cached under `state_dir/tuf/`. Fetched only while the policy names `public-good`, with the registry request timeout.",
+    },
+    Setting {
+        key: "tuf.mirror_dir",
+        kind: "path (optional)",
+        default: "",
+        doc: "A local directory holding a copy of the TUF repository (same layout), used instead of `tuf.repository`: air-gapped nodes refresh from it with no network. The operator keeps it current; the same TUF checks apply.",
+    },
+    Setting {
+        key: "tuf.refresh_interval_seconds",
+        kind: "integer (at least 60)",
+        default: "3600",
+        doc: "Seconds between refreshes of the public-good trusted root (a failed refresh is retried after at most 60 s). The last good root is used until its TUF metadata expires (the earliest `expires` of root, timestamp, snapshot and targets; Sigstore's timestamp lasts days); after that images whose authorities need it get an `error` verdict (denied in enforce mode) until a refresh succeeds.",
     },
 ];
 
