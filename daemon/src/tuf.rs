@@ -183,6 +183,8 @@ pub struct PublicGood {
     wake: tokio::sync::Notify,
     /// One refresh at a time (tough's datastore is one directory).
     refreshing: tokio::sync::Mutex<()>,
+    /// Built once: a reqwest client loads the system's CA certificates when built.
+    transport: Transport,
 }
 
 impl std::fmt::Debug for PublicGood {
@@ -204,12 +206,13 @@ impl PublicGood {
     #[must_use]
     pub fn open(settings: TufSettings) -> Self {
         let this = PublicGood {
-            settings,
             current: RwLock::new(None),
             last_error: RwLock::new(None),
             wanted: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             refreshing: tokio::sync::Mutex::new(()),
+            transport: Transport::new(settings.timeout),
+            settings,
         };
         match this.load_cache() {
             Ok(Some(current)) => {
@@ -325,7 +328,7 @@ impl PublicGood {
             Ok(bytes) if self_signed_root(&bytes) => bytes,
             _ => self.settings.bootstrap_root.clone(),
         };
-        let transport = Transport::new(self.settings.timeout);
+        let transport = self.transport.clone();
         let update = |source| TufError::Update {
             repository: repository.clone(),
             source: Box::new(source),
@@ -346,11 +349,22 @@ impl PublicGood {
                 repository: repository.clone(),
             })?;
         let bytes = stream.into_vec().await.map_err(update)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        // The same target as the one in use (the usual refresh): only its expiry moves.
+        let unchanged = read(&self.current)
+            .as_ref()
+            .filter(|c| c.state.sha256 == sha256)
+            .map(|c| Arc::clone(&c.material));
         let material =
-            TrustMaterial::from_trusted_root_json(&bytes).map_err(|source| TufError::Unusable {
-                repository: repository.clone(),
-                source,
-            })?;
+            match unchanged.clone() {
+                Some(material) => material,
+                None => Arc::new(TrustMaterial::from_trusted_root_json(&bytes).map_err(
+                    |source| TufError::Unusable {
+                        repository: repository.clone(),
+                        source,
+                    },
+                )?),
+            };
         let (expires, expires_role) = [
             (repo.root().signed.expires, "root"),
             (repo.timestamp().signed.expires, "timestamp"),
@@ -361,7 +375,7 @@ impl PublicGood {
         .min_by_key(|(expires, _)| *expires)
         .unwrap_or((repo.timestamp().signed.expires, "timestamp"));
         let state = RootState {
-            sha256: hex::encode(Sha256::digest(&bytes)),
+            sha256,
             expires: expires.as_second(),
             expires_role: expires_role.to_owned(),
             fetched_at: crate::verify::time::now_unix(),
@@ -371,11 +385,13 @@ impl PublicGood {
         };
         // The target first, then the state naming its sha256: a crash between the two leaves
         // a mismatch that the next start ignores.
-        write_atomic(&dir.join(TARGET_FILE), &bytes)?;
+        if unchanged.is_none() {
+            write_atomic(&dir.join(TARGET_FILE), &bytes)?;
+        }
         let state_json = serde_json::to_vec_pretty(&state).unwrap_or_default();
         write_atomic(&dir.join(STATE_FILE), &state_json)?;
         *write(&self.current) = Some(Arc::new(Current {
-            material: Arc::new(material),
+            material,
             state: state.clone(),
         }));
         Ok(state)

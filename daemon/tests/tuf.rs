@@ -2,8 +2,9 @@
 //! here with tough's repository editor (keys generated in the test) and served on 127.0.0.1 by
 //! a small static file server, or read from a mirror directory with no network.
 //!
-//! `tuf_refresh_unchanged_cost` (ignored: a measurement) times a refresh of an unchanged
-//! repository: `cargo test --release -p imagegate --test tuf -- --ignored --nocapture`.
+//! `tuf_refresh_unchanged_cost` (ignored: a measurement, run by `cargo xtask bench --only
+//! verify`) times a refresh of an unchanged repository:
+//! `cargo test --release -p imagegate --test tuf -- --ignored --nocapture`.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
 
@@ -561,7 +562,7 @@ async fn tuf_refresh_unchanged_cost() {
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "tuf refresh of an unchanged repository over 127.0.0.1: median {:.2} ms, p90 {:.2} ms, max {:.2} ms ({rounds} rounds)",
+        "bench tuf refresh of an unchanged repository over 127.0.0.1: median {:.2} ms, p90 {:.2} ms, max {:.2} ms ({rounds} rounds)",
         times[rounds / 2],
         times[rounds * 9 / 10],
         times[rounds - 1]
