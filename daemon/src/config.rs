@@ -252,14 +252,14 @@ impl Config {
             || config.tuf.repository.starts_with("file:///"))
         {
             return Err(error(
-                None,
+                line_of_table_key(text, "tuf", "repository"),
                 "tuf.repository".into(),
                 "an https://, http:// or file:/// URL".into(),
             ));
         }
         if config.tuf.refresh_interval_seconds < 60 {
             return Err(error(
-                None,
+                line_of_table_key(text, "tuf", "refresh_interval_seconds"),
                 "tuf.refresh_interval_seconds".into(),
                 "at least 60".into(),
             ));
@@ -300,6 +300,27 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 fn unknown_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     Some(rest[..rest.find('`')?].to_owned())
+}
+
+/// The line where `key` of `[table]` is set, if it is.
+fn line_of_table_key(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') && !line.starts_with("[[") {
+            current = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned();
+        } else if current == table
+            && line
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(index + 1);
+        }
+    }
+    None
 }
 
 /// The line where top-level `key` is set, if it is.
@@ -363,7 +384,7 @@ pub const SETTINGS: &[Setting] = &[
         key: "state_dir",
         kind: "path",
         default: "\"/var/lib/imagegate\"",
-        doc: "Where verdicts persist (`verdicts.redb`), so that a registry outage does not stop images verified before.",
+        doc: "Where verdicts persist (`verdicts.redb`), so that a registry outage does not stop images verified before; also the TUF cache of the public-good trusted root (`tuf/`: verified metadata, the last good `trusted_root.json` and its `state.json`).",
     },
     Setting {
         key: "event_log",
@@ -610,6 +631,23 @@ mod tests {
             Config::parse(Path::new("c.toml"), "log_level = \"info,[\"\n").expect_err("bad filter");
         assert!(
             error.to_string().starts_with("c.toml:1: log_level: "),
+            "{error}"
+        );
+        let error = Config::parse(
+            Path::new("c.toml"),
+            "[tuf]\nmirror_dir = \"/m\"\nrepository = \"ftp://mirror.example/\"\n",
+        )
+        .expect_err("ftp repository");
+        assert!(
+            error.to_string().starts_with("c.toml:3: tuf.repository: "),
+            "{error}"
+        );
+        let error = Config::parse(Path::new("c.toml"), "[tuf]\nrefresh_interval_seconds = 5\n")
+            .expect_err("refresh every 5 s");
+        assert!(
+            error
+                .to_string()
+                .starts_with("c.toml:2: tuf.refresh_interval_seconds: at least 60"),
             "{error}"
         );
         for listen in ["off", "127.0.0.1:9464", "[::1]:9464", "/run/x/metrics.sock"] {

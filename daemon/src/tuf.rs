@@ -469,8 +469,9 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// tough's transport: `file` URLs through tough's own, `http(s)` through imagegate's reqwest
-/// (rustls, the registry client's TLS stack). No proxy, no redirects to other schemes.
+/// tough's transport: `file` URLs through tough's own, `http(s)` through reqwest set up as the
+/// registry client is (rustls with the system's CAs, at most 3 redirects, the environment's
+/// proxy settings). What it fetches is only trusted once tough has verified it.
 #[derive(Debug, Clone)]
 struct Transport {
     http: Option<reqwest::Client>,
@@ -481,7 +482,10 @@ impl Transport {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("imagegate/", env!("CARGO_PKG_VERSION")))
             .build()
+            .map_err(|e| warn!(error = %e, "no HTTP client for TUF; only file URLs work"))
             .ok();
         Transport { http }
     }

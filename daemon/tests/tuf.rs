@@ -561,6 +561,7 @@ async fn tuf_refresh_unchanged_cost() {
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
+    println!();
     println!(
         "bench tuf refresh of an unchanged repository over 127.0.0.1: median {:.2} ms, p90 {:.2} ms, max {:.2} ms ({rounds} rounds)",
         times[rounds / 2],
