@@ -545,6 +545,47 @@ async fn a_policy_naming_public_good_needs_the_tuf_root() {
         .all(|r| r.kind != Some(FailureKind::TrustRoot)));
 }
 
+/// The refresher fetches nothing while no policy names the root, at once when one starts to,
+/// and nothing more once none does.
+#[tokio::test]
+async fn the_refresher_fetches_only_while_wanted() {
+    use std::sync::atomic::Ordering;
+    let f = fixture().await;
+    let server = serve(f.repo.dir.clone()).await;
+    let client = Arc::new(PublicGood::open(settings(
+        &server.url,
+        None,
+        &f.cache,
+        &f.root1_signed,
+    )));
+    let task = tokio::spawn(Arc::clone(&client).refresh_loop(Duration::from_millis(100)));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        0,
+        "fetched unwanted"
+    );
+    assert!(client.state().is_none());
+    client.set_wanted(true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.state().is_none() {
+        assert!(Instant::now() < deadline, "no refresh once wanted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.state().unwrap().sha256, sha256(TRUSTED_ROOT_JSON));
+    client.set_wanted(false);
+    // A refresh under way when it stopped being wanted may still finish.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = server.requests.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        after,
+        "fetched unwanted"
+    );
+    task.abort();
+}
+
 /// A refresh of an unchanged repository over 127.0.0.1 (issue target: at most 50 ms).
 #[tokio::test]
 #[ignore = "a measurement: run with --ignored --nocapture (release build)"]
