@@ -286,6 +286,26 @@ impl PublicGood {
         read(&self.current).as_ref().map(|c| c.state.clone())
     }
 
+    /// For `imagegate status`: the root in use (its sha256, versions, fetch and expiry times),
+    /// whether it can be used now and why not, and whether the policy wants it.
+    pub fn status(&self) -> serde_json::Value {
+        let state = self.state();
+        let usable = self.current();
+        serde_json::json!({
+            "repository": self.settings.describe(),
+            "wanted": self.wanted.load(Ordering::SeqCst),
+            "usable": usable.is_ok(),
+            "error": usable.err().map(|e| e.to_string()),
+            "last_refresh_error": self.last_error(),
+            "sha256": state.as_ref().map(|s| s.sha256.clone()),
+            "fetched_at": state.as_ref().map(|s| rfc3339(s.fetched_at)),
+            "expires": state.as_ref().map(|s| rfc3339(s.expires)),
+            "expires_role": state.as_ref().map(|s| s.expires_role.clone()),
+            "root_version": state.as_ref().map(|s| s.root_version),
+            "timestamp_version": state.as_ref().map(|s| s.timestamp_version),
+        })
+    }
+
     /// The last refresh's error, if the last refresh failed.
     pub fn last_error(&self) -> Option<String> {
         read(&self.last_error).clone()
@@ -563,6 +583,12 @@ pub fn resolve(trust: &Arc<TrustMaterial>) -> Result<Arc<TrustMaterial>, TufErro
 pub fn start(config: &crate::config::Config, wanted: bool) -> Arc<PublicGood> {
     let client = Arc::new(PublicGood::open(TufSettings::from_config(config)));
     client.set_wanted(wanted);
+    info!(
+        repository = %client.settings.describe(),
+        wanted,
+        cached = client.state().map(|s| format!("{} expires {}", s.sha256, rfc3339(s.expires))).unwrap_or_else(|| "none".into()),
+        "public-good trusted root: TUF client started (refreshes only while the policy names it)"
+    );
     install(Arc::clone(&client));
     let interval = Duration::from_secs(config.tuf.refresh_interval_seconds.max(60));
     tokio::spawn(Arc::clone(&client).refresh_loop(interval));

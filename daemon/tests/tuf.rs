@@ -350,6 +350,10 @@ async fn initial_fetch_then_key_rotation_is_accepted() {
     ));
     assert_eq!(restarted.state().unwrap().sha256, sha256(&v2));
     assert_eq!(restarted.current().unwrap().tlogs.len(), 1);
+    let status = restarted.status();
+    assert_eq!(status["usable"], true, "{status}");
+    assert_eq!(status["root_version"], 2, "{status}");
+    assert_eq!(status["sha256"], sha256(&v2), "{status}");
     // And its next refresh starts from root v2: a repository that has dropped 1.root.json and
     // 2.root.json still verifies (root v1's keys would not sign version 3's metadata).
     f.repo.publish(2, &online2, 3, at(86_400), &v2).await;
