@@ -96,6 +96,31 @@ pub struct Config {
     pub containerd: ContainerdConfig,
     /// Registries.
     pub registry: RegistryConfig,
+    /// The TUF repository keeping the Sigstore public-good trusted root current.
+    pub tuf: TufConfig,
+}
+
+/// Where the Sigstore public-good trusted root (`trusted_root = "public-good"` in a policy) is
+/// refreshed from through TUF (`crate::tuf`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TufConfig {
+    /// Repository base URL (`https://`, `http://` or `file://`).
+    pub repository: String,
+    /// A local copy of the repository, used instead of `repository` when set (air-gapped).
+    pub mirror_dir: Option<PathBuf>,
+    /// Seconds between refreshes (at least 60).
+    pub refresh_interval_seconds: u64,
+}
+
+impl Default for TufConfig {
+    fn default() -> Self {
+        Self {
+            repository: crate::tuf::DEFAULT_REPOSITORY.to_owned(),
+            mirror_dir: None,
+            refresh_interval_seconds: 3600,
+        }
+    }
 }
 
 /// How to reach containerd and where its snapshots live.
@@ -144,6 +169,7 @@ impl Default for Config {
             log_level: "info".to_owned(),
             containerd: ContainerdConfig::default(),
             registry: RegistryConfig::default(),
+            tuf: TufConfig::default(),
         }
     }
 }
@@ -221,6 +247,23 @@ impl Config {
                 message,
             ));
         }
+        if !(config.tuf.repository.starts_with("https://")
+            || config.tuf.repository.starts_with("http://")
+            || config.tuf.repository.starts_with("file:///"))
+        {
+            return Err(error(
+                line_of_table_key(text, "tuf", "repository"),
+                "tuf.repository".into(),
+                "an https://, http:// or file:/// URL".into(),
+            ));
+        }
+        if config.tuf.refresh_interval_seconds < 60 {
+            return Err(error(
+                line_of_table_key(text, "tuf", "refresh_interval_seconds"),
+                "tuf.refresh_interval_seconds".into(),
+                "at least 60".into(),
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
             return Err(error(
                 line_of_key(text, "log_level"),
@@ -257,6 +300,27 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 fn unknown_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     Some(rest[..rest.find('`')?].to_owned())
+}
+
+/// The line where `key` of `[table]` is set, if it is.
+fn line_of_table_key(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') && !line.starts_with("[[") {
+            current = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned();
+        } else if current == table
+            && line
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(index + 1);
+        }
+    }
+    None
 }
 
 /// The line where top-level `key` is set, if it is.
@@ -320,7 +384,7 @@ pub const SETTINGS: &[Setting] = &[
         key: "state_dir",
         kind: "path",
         default: "\"/var/lib/imagegate\"",
-        doc: "Where verdicts persist (`verdicts.redb`), so that a registry outage does not stop images verified before.",
+        doc: "Where verdicts persist (`verdicts.redb`), so that a registry outage does not stop images verified before; also the TUF cache of the public-good trusted root (`tuf/`: verified metadata, the last good `trusted_root.json` and its `state.json`).",
     },
     Setting {
         key: "event_log",
@@ -411,6 +475,24 @@ pub const SETTINGS: &[Setting] = &[
         kind: "integer (at least 1)",
         default: "8",
         doc: "Verifications running at once against one registry (16 at most in all): a slow registry holds only its own images' verdicts. Images waiting for one of their registry's slots are pending (not trusted) meanwhile.",
+    },
+    Setting {
+        key: "tuf.repository",
+        kind: "URL (`https://`, `http://`, `file:///`)",
+        default: "\"https://tuf-repo-cdn.sigstore.dev\"",
+        doc: "The TUF repository that keeps the Sigstore public-good trusted root current, for policies whose trust entry says `trusted_root = \"public-good\"` (docs/verification.md \"Trusted roots\"): Sigstore's own, or an operator's mirror of it (metadata at the top, targets under `targets/`). The client starts from the Sigstore TUF root built into imagegate and checks signatures, thresholds, expiry and rollback as TUF says; metadata and the last good `trusted_root.json` are cached under `state_dir/tuf/`. Fetched only while the policy names `public-good`, with the registry request timeout.",
+    },
+    Setting {
+        key: "tuf.mirror_dir",
+        kind: "path (optional)",
+        default: "",
+        doc: "A local directory holding a copy of the TUF repository (same layout), used instead of `tuf.repository`: air-gapped nodes refresh from it with no network. The operator keeps it current; the same TUF checks apply.",
+    },
+    Setting {
+        key: "tuf.refresh_interval_seconds",
+        kind: "integer (at least 60)",
+        default: "3600",
+        doc: "Seconds between refreshes of the public-good trusted root (a failed refresh is retried after at most 60 s). The last good root is used until its TUF metadata expires (the earliest `expires` of root, timestamp, snapshot and targets; Sigstore's timestamp lasts days); after that images whose authorities need it get an `error` verdict (denied in enforce mode) until a refresh succeeds.",
     },
 ];
 
@@ -549,6 +631,23 @@ mod tests {
             Config::parse(Path::new("c.toml"), "log_level = \"info,[\"\n").expect_err("bad filter");
         assert!(
             error.to_string().starts_with("c.toml:1: log_level: "),
+            "{error}"
+        );
+        let error = Config::parse(
+            Path::new("c.toml"),
+            "[tuf]\nmirror_dir = \"/m\"\nrepository = \"ftp://mirror.example/\"\n",
+        )
+        .expect_err("ftp repository");
+        assert!(
+            error.to_string().starts_with("c.toml:3: tuf.repository: "),
+            "{error}"
+        );
+        let error = Config::parse(Path::new("c.toml"), "[tuf]\nrefresh_interval_seconds = 5\n")
+            .expect_err("refresh every 5 s");
+        assert!(
+            error
+                .to_string()
+                .starts_with("c.toml:2: tuf.refresh_interval_seconds: at least 60"),
             "{error}"
         );
         for listen in ["off", "127.0.0.1:9464", "[::1]:9464", "/run/x/metrics.sock"] {

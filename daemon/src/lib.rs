@@ -22,5 +22,6 @@ pub mod policy;
 pub mod pullgate;
 pub mod systemd;
 pub mod telemetry;
+pub mod tuf;
 pub mod verdict;
 pub mod verify;

@@ -610,6 +610,36 @@ impl Metrics {
             );
             let _ = writeln!(out, "imagegate_backend_info{{backend=\"{backend}\"}} 1");
         }
+        if let Some(tuf) = crate::tuf::installed() {
+            if let Some(state) = tuf.state() {
+                for (name, help, value) in [
+                    (
+                        "imagegate_public_good_root_fetched_timestamp_seconds",
+                        "When the public-good trusted root in use was fetched through TUF (unix seconds).",
+                        state.fetched_at,
+                    ),
+                    (
+                        "imagegate_public_good_root_expiry_timestamp_seconds",
+                        "When the TUF metadata vouching for the public-good trusted root in use expires (unix seconds); after it, images needing the root get error verdicts until a refresh succeeds.",
+                        state.expires,
+                    ),
+                ] {
+                    header(&mut out, name, "gauge", help);
+                    let _ = writeln!(out, "{name} {value}");
+                }
+            }
+            header(
+                &mut out,
+                "imagegate_public_good_root_refresh_failing",
+                "gauge",
+                "1 while the last TUF refresh of the public-good trusted root failed (the last good root stays in use until it expires).",
+            );
+            let _ = writeln!(
+                out,
+                "imagegate_public_good_root_refresh_failing {}",
+                u8::from(tuf.last_error().is_some())
+            );
+        }
         out
     }
 }

@@ -38,12 +38,17 @@ pub fn init_with(format: LogFormat, level: &str) {
 }
 
 /// `error: cause: cause` in one line: how the daemon's logs and commands print an error chain.
+/// A cause whose text the line already ends with (libraries that print their source in their
+/// own message, such as tough's) is not repeated.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = cause.source();
     }
     out

@@ -44,13 +44,20 @@ fn run_bench(target: &[&str], name: &str, title: &str) -> Result<()> {
 }
 
 /// Cold, warm and 200-concurrent verification against a local registry, as ratios to
-/// `imagegate verify` of the same image.
+/// `imagegate verify` of the same image; and a TUF refresh of the public-good root from an
+/// unchanged repository on 127.0.0.1 (`daemon/tests/tuf.rs`, issue target: at most 50 ms).
 pub fn verification() -> Result<()> {
-    run_bench_test(
+    let costs = run_bench_test(
         "bench",
         "verification_costs",
         "signature verification, local registry on this machine",
-    )
+    );
+    let tuf = run_bench_test(
+        "tuf",
+        "tuf_refresh_unchanged_cost",
+        "TUF refresh of the public-good trusted root, unchanged repository on 127.0.0.1",
+    );
+    costs.and(tuf)
 }
 
 /// The fanotify backend's start (and a replacement's after a kill) to its first answered

@@ -184,6 +184,9 @@ fn serve_with<B: imagegate::enforce::Backend>(
             None => None,
         };
         imagegate::metrics::global().backend_attached(name);
+        // The public-good trusted root through TUF: the cached one at once, refreshed in the
+        // background while the policy names it.
+        let _tuf = imagegate::tuf::start(&config, policy.uses_public_good());
         let containerd = loop {
             match imagegate::catalog::Containerd::connect(&config.containerd.socket).await {
                 Ok(containerd) => break containerd,

@@ -1565,6 +1565,8 @@ impl<B: Backend> Daemon<B> {
                 "error": message,
             })).collect::<Vec<_>>(),
             "images": {"trusted": trusted, "untrusted": untrusted},
+            // The public-good trusted root kept current through TUF, when the daemon runs the client.
+            "public_good_root": crate::tuf::installed().map(|tuf| tuf.status()),
             "records": {
                 "judged": judged,
                 "total": total,

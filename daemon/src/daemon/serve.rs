@@ -221,6 +221,9 @@ pub async fn serve<B: Backend>(
                 _ = hangup.recv() => match crate::policy::Policy::load(&outputs.policy_path) {
                     Ok(policy) => {
                         tracing::info!(policy = %outputs.policy_path.display(), "policy reloaded; re-judging every image aside, swapped in once done");
+                        if let Some(tuf) = crate::tuf::installed() {
+                            tuf.set_wanted(policy.uses_public_good());
+                        }
                         daemon.replace_policy(Arc::new(policy)).await;
                         reload_retry = None;
                         if rebuilding.is_some() {

@@ -224,6 +224,31 @@ fn trust(
     let f = |k: &str| format!("trust.{name}.{k}");
     let raw = t.get_ref();
     let mut tm = TrustMaterial::default();
+    if raw
+        .trusted_root
+        .as_ref()
+        .is_some_and(|p| p.get_ref() == crate::tuf::POLICY_NAME)
+    {
+        let others = raw.ca_roots.is_some()
+            || raw.ca_intermediates.is_some()
+            || !raw.rekor_keys.is_empty()
+            || !raw.ctlog_keys.is_empty()
+            || raw.tsa_certs.is_some();
+        if others {
+            return Err(ctx.err(
+                t.span(),
+                &f("trusted_root"),
+                "trusted_root = \"public-good\" is the whole Sigstore public-good root, kept current through TUF; it takes no other trust files (name a file `./public-good` to read one called so)",
+            ));
+        }
+        // What the policy means is "whatever TUF serves": the root itself is not hashed in.
+        ctx.hasher
+            .add(&f("trusted_root"), crate::tuf::POLICY_NAME.as_bytes());
+        return Ok(TrustMaterial {
+            public_good: true,
+            ..TrustMaterial::default()
+        });
+    }
     if let Some(p) = &raw.trusted_root {
         let text = ctx.read_ref(p, &f("trusted_root"))?;
         tm.extend(
@@ -514,7 +539,7 @@ fn key_authority(
     let trust = match (&r.trust, r.tlog) {
         (Some(t), tlog) => {
             let tm = lookup_trust(ctx, trusts, t, &format!("{field}.trust"))?;
-            if tlog && tm.tlogs.is_empty() {
+            if tlog && tm.tlogs.is_empty() && !tm.public_good {
                 return Err(ctx.err(
                     t.span(),
                     &format!("{field}.trust"),
@@ -618,7 +643,8 @@ fn keyless_authority(
         })?;
         extensions.push((parsed, StringMatcher::Exact(v.get_ref().clone())));
     }
-    if trust.cas.is_empty() || trust.tlogs.is_empty() {
+    // The public-good root's contents are only known once fetched (they have all of these).
+    if !trust.public_good && (trust.cas.is_empty() || trust.tlogs.is_empty()) {
         return Err(ctx.err(
             r.trust.span(),
             &format!("{field}.trust"),
@@ -626,7 +652,7 @@ fn keyless_authority(
         ));
     }
     let require_sct = r.require_sct.unwrap_or(true);
-    if require_sct && trust.ctlogs.is_empty() {
+    if require_sct && trust.ctlogs.is_empty() && !trust.public_good {
         return Err(ctx.err(
             r.trust.span(),
             &format!("{field}.trust"),
@@ -676,5 +702,82 @@ mod oid_tests {
         // The first two arcs are encoded as one (40 * first + second).
         let _ = super::parse_oid("2.4294967295");
         let _ = super::parse_oid("1.4294967295.7");
+    }
+}
+
+#[cfg(test)]
+mod public_good_tests {
+    use super::*;
+    use crate::verdict::{evaluate, Candidate, Outcome, SignatureSource};
+    use crate::verify::{FailureKind, ImageRef};
+
+    const KEYLESS: &str = "[default]\nrequire = \"signatures\"\n[[default.keyless]]\n\
+        trust = \"sigstore\"\nissuer = \"https://accounts.example\"\nsubject = \"me@example.com\"\n";
+
+    fn policy(trust: &str) -> Result<Policy, PolicyError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("policy.toml");
+        parse(
+            &path,
+            &format!("version = 1\n[trust.sigstore]\n{trust}\n{KEYLESS}"),
+        )
+    }
+
+    #[test]
+    fn public_good_names_the_tuf_root_and_nothing_else() {
+        let p = policy("trusted_root = \"public-good\"").expect("public-good policy");
+        assert!(p.uses_public_good());
+        let Requirement::Signatures { authorities, .. } = &p.default.requirement else {
+            panic!("not signatures");
+        };
+        assert!(authorities[0].trust.public_good);
+        assert!(authorities[0].trust.cas.is_empty() && authorities[0].trust.tlogs.is_empty());
+        // The hash names it, and is stable (no file, no fetched root in it).
+        assert_eq!(
+            p.hash,
+            policy("trusted_root = \"public-good\"")
+                .expect("again")
+                .hash
+        );
+        // Nothing else beside it.
+        let error = policy("trusted_root = \"public-good\"\nrekor_keys = [\"rekor.pub\"]")
+            .expect_err("public-good with other files");
+        let text = error.to_string();
+        assert!(
+            text.contains("trust.sigstore.trusted_root") && text.contains("no other trust files"),
+            "{text}"
+        );
+        // A file of that name is `./public-good`: read as a file (here: missing).
+        let error = policy("trusted_root = \"./public-good\"").expect_err("no such file");
+        assert!(error.to_string().contains("cannot read"), "{error}");
+        // A policy with only file-based trust does not use it.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("trust/sigstore-public-good/trusted_root.json");
+        let p = policy(&format!("trusted_root = \"{}\"", root.display())).expect("file root");
+        assert!(!p.uses_public_good());
+    }
+
+    /// With no TUF client in this process (unit tests install none), an image needing the
+    /// public-good root gets an `error` verdict with a trust-root reason, never `trusted`.
+    #[test]
+    fn no_good_root_is_an_error_verdict() {
+        let p = policy("trusted_root = \"public-good\"").expect("public-good policy");
+        let image = ImageRef::parse("registry.example/app:1").expect("reference");
+        let digest = format!("sha256:{}", "cd".repeat(32));
+        let sources = [SignatureSource {
+            label: "referrer:test".into(),
+            signed_digest: digest.clone(),
+            candidate: Candidate::Bundle(b"{}".to_vec()),
+        }];
+        let verdict = evaluate(&p, &image, &digest, &sources);
+        assert_eq!(verdict.outcome, Outcome::Error, "{verdict:?}");
+        let reason = verdict
+            .reasons
+            .iter()
+            .find(|r| r.kind == Some(FailureKind::TrustRoot))
+            .expect("a trust-root reason");
+        assert!(reason.detail.contains("no TUF client"), "{}", reason.detail);
+        // No signatures at all: still an error (the root is what is missing).
+        assert_eq!(evaluate(&p, &image, &digest, &[]).outcome, Outcome::Error);
     }
 }

@@ -109,6 +109,19 @@ impl Policy {
         })
     }
 
+    /// Whether some authority of the policy trusts the Sigstore public-good root kept current
+    /// through TUF (`trusted_root = "public-good"`): the daemon refreshes it only then.
+    pub fn uses_public_good(&self) -> bool {
+        std::iter::once(&self.default)
+            .chain(self.scopes.iter().map(|(_, rule)| rule))
+            .any(|rule| match &rule.requirement {
+                Requirement::Signatures { authorities, .. } => {
+                    authorities.iter().any(|a| a.trust.public_good)
+                }
+                _ => false,
+            })
+    }
+
     /// The rule for an image: the most specific matching scope, else the default.
     pub fn rule_for(&self, image: &ImageRef) -> &Rule {
         match scope::most_specific(self.scopes.iter().map(|(p, _)| p), image) {

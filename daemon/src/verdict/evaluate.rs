@@ -1,14 +1,15 @@
 //! Apply a policy rule to the signatures found for an image and produce a [`Verdict`].
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use tracing::info;
 
 use super::{Outcome, Reason, Verdict};
 use crate::policy::{Policy, Requirement};
 use crate::verify::{
-    verify_bundle, verify_legacy, BundleExpectation, Expectation, ImageRef, LegacySignature,
-    VerifyError,
+    verify_bundle, verify_legacy, Authority, BundleExpectation, Expectation, FailureKind, ImageRef,
+    LegacySignature, VerifyError,
 };
 
 /// A signature artifact as found in the registry.
@@ -87,11 +88,33 @@ pub fn evaluate(
         } => {
             v.threshold = *threshold;
             let mut verified = BTreeSet::new();
+            // An authority trusting the public-good root needs the TUF client's current one;
+            // none (never fetched, expired) makes the verdict `error` unless others suffice.
+            let mut root_unavailable = false;
             if sources.is_empty() {
                 v.reasons
                     .push(reason("-", None, "no signatures found".into()));
             }
             for auth in authorities {
+                let resolved;
+                let auth = match crate::tuf::resolve(&auth.trust) {
+                    Ok(trust) if Arc::ptr_eq(&trust, &auth.trust) => auth,
+                    Ok(trust) => {
+                        resolved = Authority {
+                            trust,
+                            ..auth.clone()
+                        };
+                        &resolved
+                    }
+                    Err(e) => {
+                        root_unavailable = true;
+                        v.reasons.push(Reason {
+                            kind: Some(FailureKind::TrustRoot),
+                            ..reason("-", Some(&auth.name), e.to_string())
+                        });
+                        continue;
+                    }
+                };
                 let mut ok = false;
                 for src in sources {
                     let res = match &src.candidate {
@@ -136,6 +159,8 @@ pub fn evaluate(
             }
             if v.satisfied.len() >= *threshold {
                 v.outcome = Outcome::Trusted;
+            } else if root_unavailable {
+                v.outcome = Outcome::Error;
             } else if !sources.is_empty() {
                 v.reasons.push(reason(
                     "-",

@@ -1,7 +1,8 @@
 //! The Sigstore public-good production trust root, compiled in (`daemon/trust/sigstore-public-good`,
 //! from github.com/sigstore/root-signing `targets/trusted_root.json`; its README names the commit
 //! and sha256). `verify-bundle` uses it when given no trust material, as other Sigstore clients
-//! use their built-in production root. Not refreshed through TUF.
+//! use their built-in production root. This copy is not refreshed; the daemon's TUF client
+//! (`crate::tuf`, a policy's `trusted_root = "public-good"`) keeps a current one.
 
 use super::error::VerifyError;
 use super::trust::TrustMaterial;

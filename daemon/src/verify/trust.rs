@@ -54,6 +54,10 @@ pub struct TrustMaterial {
     pub unusable_tlogs: Vec<UnusableLog>,
     /// CT logs likewise.
     pub unusable_ctlogs: Vec<UnusableLog>,
+    /// A placeholder for the Sigstore public-good root kept current through TUF (a policy's
+    /// `trusted_root = "public-good"`): empty itself, so verifying with it directly fails; the
+    /// verdict evaluation swaps in the TUF client's current root (`crate::tuf::resolve`).
+    pub public_good: bool,
 }
 
 /// A log listed in a trusted root whose key cannot be used, and why.
