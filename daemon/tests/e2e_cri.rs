@@ -1,7 +1,8 @@
 //! Kubernetes' path end to end on this machine: containerd's CRI plugin (a private containerd,
 //! its root on its own tmpfs; the system's 1.6, or 2.1 under `cargo xtask test`, each with its
 //! own configuration layout) driven through the CRI API as kubelet drives it, in namespace
-//! `k8s.io`, with `imagegate daemon` enforcing on the fanotify backend. Images are pushed to
+//! `k8s.io`, with `imagegate daemon` enforcing on the fanotify backend (and, in the 6.12 guest
+//! with `cargo xtask vm-test --kernel 6.12 --suite cri`, on BPF LSM). Images are pushed to
 //! Debian's docker-registry on 127.0.0.1 and signed there (cosign's `.sig` format, a fresh
 //! ECDSA key the policy trusts); the pod sandbox (`pause`) image is one of them, signed and
 //! trusted like the rest. Pods use the host's network (no CNI), as `hostNetwork: true` pods do.
@@ -50,10 +51,17 @@ const PAUSE: &str = "k8s/pause";
 const CONTAINER_RUNNING: i32 = 1;
 const CONTAINER_EXITED: i32 = 2;
 
+/// The fanotify backend on this machine; `IMAGEGATE_E2E_BACKEND=auto` in the 6.12 guest, where
+/// the daemon picks BPF LSM (`cargo xtask vm-test --kernel 6.12 --suite cri`).
 fn settings() -> Settings<'static> {
+    let backend = match std::env::var("IMAGEGATE_E2E_BACKEND").as_deref() {
+        Ok("auto") => "auto",
+        Ok("bpf-lsm") => "bpf-lsm",
+        _ => "fanotify",
+    };
     Settings {
         mode: "enforce",
-        backend: "fanotify",
+        backend,
         insecure: Vec::new(),
         tag: "cri",
     }

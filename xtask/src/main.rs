@@ -263,6 +263,14 @@ fn test() -> Result<()> {
             failed.push("6.12 (e2e)".into());
         }
     }
+    // Kubernetes' path (CRI, containerd 1.6) with BPF LSM: containerd's CRI plugin in the guest.
+    match vm::cri_test(vm::KernelSeries::V6_12) {
+        Ok((p, f)) => (passed, failed_count) = (passed + u64::from(p), failed_count + u64::from(f)),
+        Err(error) => {
+            eprintln!("xtask: CRI guest 6.12: {error:#}");
+            failed.push("6.12 (cri)".into());
+        }
+    }
     // The packaged unit under a real systemd (PID 1 here is not systemd).
     match vm::systemd_test(vm::KernelSeries::V6_12) {
         Ok((p, f)) => (passed, failed_count) = (passed + u64::from(p), failed_count + u64::from(f)),

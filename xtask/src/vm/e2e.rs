@@ -1,5 +1,6 @@
-//! The daemon end to end with the BPF LSM backend, in a guest: `daemon/tests/e2e_bpf_guest.rs`
-//! (the same test binary `cargo test` builds) runs inside the guest beside the release
+//! The daemon end to end with the BPF LSM backend, in a guest: `daemon/tests/e2e_bpf_guest.rs`,
+//! and `daemon/tests/e2e_cri.rs` (containerd 1.6's CRI plugin driven as kubelet drives it), each
+//! the same test binary `cargo test` builds, run inside a guest beside the release
 //! `imagegate` and Debian's containerd, containerd-shim-runc-v2, ctr, runc and docker-registry,
 //! all copied in with their shared libraries. The guest's `/init` already mounts cgroup2 and
 //! switch_roots onto a tmpfs (runc cannot pivot_root out of an initramfs); the command brings up
@@ -14,11 +15,54 @@ use super::{
     vm_dir, GuestSpec, KernelSeries,
 };
 
-/// The tests in `daemon/tests/e2e_bpf_guest.rs` (ignored on the host).
-const TEST_NAMES: [&str; 2] = [
-    "bpf_lsm_daemon_enforces_signed_images_in_guest",
-    "bpf_lsm_daemon_enforces_with_containerd_root_on_btrfs_in_guest",
-];
+/// A daemon integration test binary run in the guest, and which of its tests.
+struct GuestTests {
+    /// The guest's name (its console log is `target/vm/<series>-<label>.log`).
+    label: &'static str,
+    /// `daemon/tests/<binary>.rs`.
+    binary: &'static str,
+    tests: &'static [&'static str],
+    /// Shell commands run first.
+    setup: &'static str,
+    /// Extra arguments and environment for the run.
+    args: &'static str,
+    env: &'static str,
+    /// What the summary line says the run is.
+    what: &'static str,
+}
+
+/// `daemon/tests/e2e_bpf_guest.rs` (its tests are ignored on the host).
+const BPF_LSM: GuestTests = GuestTests {
+    label: "e2e",
+    binary: "e2e_bpf_guest",
+    tests: &[
+        "bpf_lsm_daemon_enforces_signed_images_in_guest",
+        "bpf_lsm_daemon_enforces_with_containerd_root_on_btrfs_in_guest",
+    ],
+    setup: "",
+    args: "--ignored",
+    env: "",
+    what: "BPF LSM",
+};
+
+/// `daemon/tests/e2e_cri.rs`'s containerd 1.6 cases (the 2.x ones skip there), the daemon
+/// choosing its backend: BPF LSM in this guest.
+const CRI: GuestTests = GuestTests {
+    label: "e2e-cri",
+    binary: "e2e_cri",
+    tests: &[
+        "kubelet_runs_signed_pods_and_no_unsigned_container_runs",
+        "image_id_records_are_never_judged_and_never_let_a_rejected_pod_run",
+        "explain_tells_why_a_pod_is_not_running",
+    ],
+    // The CRI plugin copies the host's /etc/hosts and /etc/resolv.conf into a host-network pod
+    // (the initramfs has neither) and names it by the host's name.
+    setup: "echo '127.0.0.1 localhost' > /etc/hosts; : > /etc/resolv.conf; \
+            hostname imagegate-guest;",
+    args: "",
+    env: "IMAGEGATE_E2E_BACKEND=auto",
+    what: "CRI, BPF LSM",
+};
 
 /// The container stack, from Debian's `containerd`, `runc` and `docker-registry` packages
 /// (`cargo xtask setup` installs them), at the same paths in the guest, and btrfs-progs's
@@ -43,11 +87,22 @@ const KEEP_STATIC_KEYS: &str = "for c in $(cat /sys/fs/cgroup/cgroup.controllers
      echo +$c > /sys/fs/cgroup/cgroup.subtree_control; done; \
      mkdir /sys/fs/cgroup/keep-static-keys || exit 1;";
 
-/// Runs the end-to-end tests in a guest booted on `series`; fails unless libtest reports each passed.
+/// Runs the end-to-end tests (`daemon/tests/e2e_bpf_guest.rs`) in a guest booted on `series`.
 pub fn e2e_test(series: KernelSeries) -> Result<(u32, u32)> {
+    guest_tests(series, &BPF_LSM)
+}
+
+/// Runs the CRI suite (`daemon/tests/e2e_cri.rs`, containerd 1.6) in a guest booted on `series`,
+/// where the daemon picks BPF LSM.
+pub fn cri_test(series: KernelSeries) -> Result<(u32, u32)> {
+    guest_tests(series, &CRI)
+}
+
+/// Runs `run`'s tests in a guest booted on `series`; fails unless libtest reports each passed.
+fn guest_tests(series: KernelSeries, run: &GuestTests) -> Result<(u32, u32)> {
     let kernel = fetch_kernel(series)?;
     let daemon = build_release()?.join("imagegate");
-    let test = stripped(&daemon_test_binary("e2e_bpf_guest")?)?;
+    let test = stripped(&daemon_test_binary(run.binary)?)?;
     let mut files = vec![
         (daemon, "/usr/bin/imagegate".to_owned()),
         (test, "/usr/bin/imagegate-e2e-tests".to_owned()),
@@ -69,16 +124,19 @@ pub fn e2e_test(series: KernelSeries) -> Result<(u32, u32)> {
         modules: vec!["overlay".into(), "loop".into(), "btrfs".into()],
         command: format!(
             "ip link set lo up || exit 1; cat /sys/kernel/security/lsm; echo; \
-             {keep_keys} \
+             {keep_keys} {setup} \
              IMAGEGATE_BIN=/usr/bin/imagegate IMAGEGATE_E2E_FIXTURES=/fixtures \
-             IMAGEGATE_E2E_WAIT_SECS=30 RUST_LOG=warn \
-             /usr/bin/imagegate-e2e-tests --ignored --exact {tests} --test-threads=1 \
+             IMAGEGATE_E2E_WAIT_SECS=30 RUST_LOG=warn {env} \
+             /usr/bin/imagegate-e2e-tests {args} --exact {tests} --test-threads=1 \
              --nocapture; status=$?; \
              if [ $status -ne 0 ]; then for log in {scratch}/*/*.log {scratch}/*/*/*.log; do \
              [ -f \"$log\" ] && echo \"==> $log\" && tail -n 40 \"$log\"; done; fi; exit $status",
             scratch = scratch.display(),
             keep_keys = KEEP_STATIC_KEYS,
-            tests = TEST_NAMES.join(" "),
+            tests = run.tests.join(" "),
+            env = run.env,
+            setup = run.setup,
+            args = run.args,
         ),
         append: String::new(),
         pid1: false,
@@ -86,14 +144,17 @@ pub fn e2e_test(series: KernelSeries) -> Result<(u32, u32)> {
         memory_mib: 3072,
         timeout: Duration::from_secs(900),
     };
-    let output = run_guest(&kernel, "e2e", &spec)?;
+    let output = run_guest(&kernel, run.label, &spec)?;
     let (passed, failed) = scan_libtest(&output)?;
     println!(
-        "vm e2e {series} ({}, BPF LSM): {passed} passed, {failed} failed",
-        kernel.release
+        "vm {} {series} ({}, {}): {passed} passed, {failed} failed",
+        run.label, kernel.release, run.what
     );
-    if failed > 0 || (passed as usize) < TEST_NAMES.len() {
-        bail!("the end-to-end test failed on {series}: {passed} passed, {failed} failed");
+    if failed > 0 || (passed as usize) < run.tests.len() {
+        bail!(
+            "{} failed on {series}: {passed} passed, {failed} failed",
+            run.label
+        );
     }
     Ok((passed, failed))
 }

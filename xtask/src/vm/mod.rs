@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 
-pub use e2e::e2e_test;
+pub use e2e::{cri_test, e2e_test};
 pub use guest::{run_guest, GuestSpec};
 pub use kernel::{fetch_kernel, Kernel};
 pub use systemd::systemd_test;
@@ -46,6 +46,8 @@ pub enum Suite {
     Fanotify,
     /// The daemon end to end with BPF LSM, containerd, runc and a registry in the guest.
     E2e,
+    /// The CRI suite (daemon/tests/e2e_cri.rs) in the guest, the daemon on BPF LSM.
+    Cri,
     /// The packaged systemd unit, run by a real systemd as the guest's PID 1.
     Systemd,
 }
@@ -56,6 +58,7 @@ pub fn run_suite(series: KernelSeries, suite: Suite) -> Result<(u32, u32)> {
         Suite::Kernel => test(series),
         Suite::Fanotify => fanotify_test(series),
         Suite::E2e => e2e_test(series),
+        Suite::Cri => cri_test(series),
         Suite::Systemd => systemd_test(series),
     }
 }
