@@ -236,29 +236,19 @@ impl Judge {
             );
         };
         let cache = self.cache.as_deref();
-        if !matches!(
+        // What is verified: the descriptor's digest itself, or for an index (or a descriptor
+        // without a media type) under a signature rule, the platform manifest this node will
+        // unpack, chosen as the catalog chooses it, with the index's digest beside it.
+        let platform_manifest = if !matches!(
             policy.rule_for(&image).requirement,
             Requirement::Signatures { .. }
         ) || is_manifest(&request.media_type)
         {
-            return (
-                crate::discover::verify_digest(
-                    &self.client,
-                    policy,
-                    cache,
-                    &image,
-                    &request.digest,
-                    None,
-                )
-                .await,
-                None,
-            );
-        }
-        // An index (or a descriptor without a media type): the platform manifest this node
-        // will unpack, chosen as the catalog chooses it.
-        let manifest = match self.platforms.get(&request.digest) {
-            Some(manifest) => Some(manifest),
-            None => match self.platform_manifest(&image, &request.digest).await {
+            None
+        } else if let Some(manifest) = self.platforms.get(&request.digest) {
+            Some(manifest)
+        } else {
+            match self.platform_manifest(&image, &request.digest).await {
                 Ok(manifest) => {
                     if let Some(manifest) = &manifest {
                         self.platforms.put(&request.digest, manifest);
@@ -280,34 +270,22 @@ impl Judge {
                         None,
                     );
                 }
-            },
+            }
         };
-        match manifest {
-            Some(manifest) => (
-                crate::discover::verify_digest(
-                    &self.client,
-                    policy,
-                    cache,
-                    &image,
-                    &manifest,
-                    Some(&request.digest),
-                )
-                .await,
-                Some(request.digest.clone()),
-            ),
-            None => (
-                crate::discover::verify_digest(
-                    &self.client,
-                    policy,
-                    cache,
-                    &image,
-                    &request.digest,
-                    None,
-                )
-                .await,
-                None,
-            ),
-        }
+        let (digest, index) = match platform_manifest {
+            Some(manifest) => (manifest, Some(request.digest.clone())),
+            None => (request.digest.clone(), None),
+        };
+        let verdict = crate::discover::verify_digest(
+            &self.client,
+            policy,
+            cache,
+            &image,
+            &digest,
+            index.as_deref(),
+        )
+        .await;
+        (verdict, index)
     }
 
     /// The platform manifest chosen from the index `digest` (fetched by digest from the image's

@@ -12,6 +12,7 @@
 
 pub mod choose;
 mod engine;
+mod memo;
 pub mod overlay;
 pub mod policy;
 pub mod probe;

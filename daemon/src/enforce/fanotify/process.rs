@@ -5,16 +5,12 @@
 //! directory, the key the daemon records containers under; its `lowerdir=`s are the image's
 //! layers. A root is looked up once per overlay and remembered by device, inode and mount id.
 
-use std::{
-    ffi::CString,
-    os::fd::AsFd as _,
-    path::Path,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::{ffi::CString, os::fd::AsFd as _, path::Path, sync::Arc};
 
 use imagegate_common::kernel_dev;
 
 use super::{
+    memo::Memo,
     overlay::{layer_dirs, parse_mountinfo, scope_layer},
     policy::{Location, Policy, Scope},
     resolve, sys,
@@ -49,22 +45,24 @@ impl Root {
 type RootId = (u64, u64, u64);
 
 /// Remembered roots.
-#[derive(Default)]
 pub struct Roots {
-    memo: Mutex<std::collections::HashMap<RootId, Arc<Root>>>,
+    memo: Memo<RootId, Arc<Root>>,
+}
+
+impl Default for Roots {
+    fn default() -> Self {
+        Self {
+            memo: Memo::new(MAX_ROOTS),
+        }
+    }
 }
 
 impl Roots {
     /// The root of process `pid`, `None` when it cannot be read (the process is gone).
     pub fn of(&self, pid: i32, policy: &Policy) -> Option<Arc<Root>> {
         let id = root_id(pid)?;
-        if let Some(root) = self
-            .memo
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-        {
-            return Some(Arc::clone(root));
+        if let Some(root) = self.memo.get(&id) {
+            return Some(root);
         }
         let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
         let root = match root_from_mountinfo(&mountinfo, id.0, &policy.scopes) {
@@ -72,20 +70,13 @@ impl Roots {
             Found::NotOverlay => bind_root(pid, policy),
         };
         let root = Arc::new(root);
-        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
-        if memo.len() >= MAX_ROOTS {
-            memo.clear();
-        }
-        memo.insert(id, Arc::clone(&root));
+        self.memo.insert(id, Arc::clone(&root));
         Some(root)
     }
 
     /// Forgets every remembered root (scopes changed).
     pub fn clear(&self) {
-        self.memo
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.memo.clear();
     }
 }
 

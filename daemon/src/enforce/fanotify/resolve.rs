@@ -17,25 +17,25 @@
 //! reused inode number comes with another generation, so another handle.
 
 use std::{
-    collections::HashMap,
     io,
     os::{
         fd::{AsFd as _, BorrowedFd, OwnedFd},
         unix::fs::MetadataExt as _,
     },
     path::{Component, Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
 };
 
 use imagegate_common::kernel_dev;
 
 use super::{
+    memo::Memo,
     policy::{Location, Policy, Scope},
     sys,
 };
 use crate::enforce::{file_handle::FileHandle, LayerId};
 
-/// Files remembered; the memo is emptied when full (layers come and go with images).
+/// Files remembered (the memo is emptied when full: layers come and go with images).
 const MAX_FILES: usize = 16_384;
 
 /// A file's identity by handle: its device, the handle's type and bytes.
@@ -43,34 +43,18 @@ type FileKey = (u64, i32, Vec<u8>);
 
 /// The layer of each file found in one, by file handle (see the module doc). Emptied when the
 /// scopes change.
-#[derive(Default)]
-pub struct Remembered {
-    memo: Mutex<HashMap<FileKey, LayerId>>,
+pub struct Remembered(Memo<FileKey, LayerId>);
+
+impl Default for Remembered {
+    fn default() -> Self {
+        Self(Memo::new(MAX_FILES))
+    }
 }
 
 impl Remembered {
-    fn get(&self, key: &FileKey) -> Option<LayerId> {
-        self.memo
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .copied()
-    }
-
-    fn insert(&self, key: FileKey, layer: LayerId) {
-        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
-        if memo.len() >= MAX_FILES {
-            memo.clear();
-        }
-        memo.insert(key, layer);
-    }
-
     /// Forgets every remembered file (scopes changed).
     pub fn clear(&self) {
-        self.memo
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.0.clear();
     }
 }
 
@@ -118,17 +102,19 @@ pub fn locate(
         return Location::OutOfScope;
     }
     let handle = FileHandle::of(fd);
-    let key = match (&handle, remembered) {
-        (Ok(handle), Some(_)) if policy.scopes_on(dev).all(|scope| scope.generations) => {
+    // Only where every scope's file system puts generations in its handles.
+    let memo = match (&handle, remembered) {
+        (Ok(handle), Some(remembered)) if policy.scopes_on(dev).all(|scope| scope.generations) => {
             let (kind, bytes) = handle.key();
-            Some((dev, kind, bytes.to_vec()))
+            Some((remembered, (dev, kind, bytes.to_vec())))
         }
         _ => None,
     };
-    if let (Some(key), Some(remembered)) = (&key, remembered) {
-        if let Some(layer) = remembered.get(key) {
-            return Location::Layer { layer };
-        }
+    if let Some(layer) = memo
+        .as_ref()
+        .and_then(|(remembered, key)| remembered.0.get(key))
+    {
+        return Location::Layer { layer };
     }
     // Each scope's prefix is spelled through its own mount fd; scopes on one file system
     // normally share one (its root mount), so the path is usually computed once.
@@ -161,8 +147,8 @@ pub fn locate(
         // reuses a removed layer's inode number is not that layer.
         return match LayerId::of_dir(&layer_dir) {
             Ok(layer) => {
-                if let (Some(key), Some(remembered)) = (key, remembered) {
-                    remembered.insert(key, layer);
+                if let Some((remembered, key)) = memo {
+                    remembered.0.insert(key, layer);
                 }
                 Location::Layer { layer }
             }
