@@ -179,12 +179,17 @@ pub struct PublicGood {
     last_error: RwLock<Option<String>>,
     /// Whether the loaded policy names the root (the daemon refreshes only then).
     wanted: AtomicBool,
-    /// Wakes the refresher when the root becomes wanted.
+    /// Wakes the refresher to refresh (the root became wanted, or a reload asks).
     wake: tokio::sync::Notify,
+    /// Tells the refresher a refresh stored another root (whose expiry it must wake for).
+    fetched: tokio::sync::Notify,
     /// One refresh at a time (tough's datastore is one directory).
     refreshing: tokio::sync::Mutex<()>,
     /// Built once: a reqwest client loads the system's CA certificates when built.
     transport: Transport,
+    /// The usable root's sha256 (`None`: none, or expired), for those who must re-judge when it
+    /// changes ([`PublicGood::watch_root`]).
+    usable: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl std::fmt::Debug for PublicGood {
@@ -210,9 +215,11 @@ impl PublicGood {
             last_error: RwLock::new(None),
             wanted: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            fetched: tokio::sync::Notify::new(),
             refreshing: tokio::sync::Mutex::new(()),
             transport: Transport::new(settings.timeout),
             settings,
+            usable: tokio::sync::watch::Sender::new(None),
         };
         match this.load_cache() {
             Ok(Some(current)) => {
@@ -224,7 +231,42 @@ impl PublicGood {
                 warn!(error = %crate::telemetry::error_chain(&error), "cached public-good trusted root unusable; ignored");
             }
         }
+        this.publish_usable();
         this
+    }
+
+    /// The sha256 of the root verification would use now; `None` when there is none (never
+    /// fetched, or expired).
+    pub fn usable_root(&self) -> Option<String> {
+        let current = read(&self.current).clone()?;
+        (crate::verify::time::now_unix() < current.state.expires)
+            .then(|| current.state.sha256.clone())
+    }
+
+    /// Follows [`PublicGood::usable_root`]: changed when a refresh brings another root, and when
+    /// the one in use expires. The daemon re-judges what names the root on each change.
+    pub fn watch_root(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.usable.subscribe()
+    }
+
+    /// Tell the watchers if the usable root changed.
+    fn publish_usable(&self) {
+        let now = self.usable_root();
+        self.usable.send_if_modified(|usable| {
+            let changed = *usable != now;
+            if changed {
+                info!(sha256 = ?now, was = ?usable, "public-good trusted root in use changed");
+                usable.clone_from(&now);
+            }
+            changed
+        });
+    }
+
+    /// Refresh now (SIGHUP: an operator who reloads wants current trust material), if wanted.
+    pub fn refresh_soon(&self) {
+        if self.wanted.load(Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
     }
 
     fn load_cache(&self) -> Result<Option<Current>, TufError> {
@@ -328,6 +370,7 @@ impl PublicGood {
                 *write(&self.last_error) = Some(text);
             }
         }
+        self.publish_usable();
         result
     }
 
@@ -414,6 +457,7 @@ impl PublicGood {
             material,
             state: state.clone(),
         }));
+        self.fetched.notify_one();
         Ok(state)
     }
 
@@ -427,22 +471,38 @@ impl PublicGood {
     }
 
     /// Refresh now and then every `interval` while wanted (a failed refresh is retried after a
-    /// minute at most). Runs until the task is dropped.
+    /// minute at most). Between refreshes it wakes when the root in use expires, to tell the
+    /// watchers. Runs until the task is dropped.
     pub async fn refresh_loop(self: Arc<Self>, interval: Duration) {
         loop {
-            let wait = if self.wanted.load(Ordering::SeqCst) {
-                match self.refresh().await {
-                    Ok(_) => interval,
-                    Err(_) => interval.min(Duration::from_secs(60)),
+            let refreshed = !self.wanted.load(Ordering::SeqCst) || self.refresh().await.is_ok();
+            let next = tokio::time::Instant::now()
+                + if refreshed {
+                    interval
+                } else {
+                    interval.min(Duration::from_secs(60))
+                };
+            loop {
+                let until = self.expiry_instant().map_or(next, |at| at.min(next));
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    () = self.wake.notified() => break,
+                    // Another caller fetched a root: its expiry is the one to wake for.
+                    () = self.fetched.notified() => {}
                 }
-            } else {
-                interval
-            };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.wake.notified() => {}
+                self.publish_usable();
+                if tokio::time::Instant::now() >= next {
+                    break;
+                }
             }
         }
+    }
+
+    /// When the root in use stops being usable (a second past its expiry), if it still is.
+    fn expiry_instant(&self) -> Option<tokio::time::Instant> {
+        let expires = self.state()?.expires;
+        let left = u64::try_from(expires - crate::verify::time::now_unix()).ok()?;
+        Some(tokio::time::Instant::now() + Duration::from_secs(left + 1))
     }
 }
 

@@ -549,6 +549,100 @@ async fn a_policy_naming_public_good_needs_the_tuf_root() {
         .all(|r| r.kind != Some(FailureKind::TrustRoot)));
 }
 
+/// What a policy naming the public-good root means follows the root in use: a new root TUF
+/// serves, and that root's expiry, each change the policy's hash (the daemon's cached verdicts
+/// of it become stale, and it re-judges) and are told to watchers; the same root again is no
+/// change; a policy not naming the root keeps its hash whatever the root.
+#[tokio::test]
+async fn a_new_root_or_its_expiry_changes_what_a_policy_naming_it_means() {
+    let f = fixture().await;
+    let server = serve(f.repo.dir.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let write_policy = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        Policy::load(&path).expect("policy loads")
+    };
+    let naming = write_policy(
+        "public-good.toml",
+        "version = 1\n[trust.sigstore]\ntrusted_root = \"public-good\"\n\
+         [default]\nrequire = \"signatures\"\n[[default.keyless]]\ntrust = \"sigstore\"\n\
+         issuer = \"https://accounts.example\"\nsubject = \"someone@example.com\"\n",
+    );
+    let not_naming = write_policy(
+        "reject.toml",
+        "version = 1\n[default]\nrequire = \"reject\"\n",
+    );
+    let client = Arc::new(PublicGood::open(settings(
+        &server.url,
+        None,
+        &f.cache,
+        &f.root1_signed,
+    )));
+    let mut roots = client.watch_root();
+    assert_eq!(*roots.borrow_and_update(), None, "nothing fetched yet");
+    let unavailable = naming.under_public_good_root(None).hash;
+    assert_eq!(
+        not_naming.under_public_good_root(None).hash,
+        not_naming.hash
+    );
+
+    let next_root = |roots: &mut tokio::sync::watch::Receiver<Option<String>>| {
+        let mut roots = roots.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), roots.changed())
+                .await
+                .expect("no change told within 20 s")
+                .unwrap();
+            roots.borrow_and_update().clone()
+        }
+    };
+    client.set_wanted(true);
+    let task = tokio::spawn(Arc::clone(&client).refresh_loop(Duration::from_secs(3600)));
+    let first = next_root(&mut roots).await;
+    roots.mark_unchanged();
+    assert_eq!(first.as_deref(), Some(sha256(TRUSTED_ROOT_JSON).as_str()));
+    let first_hash = naming.under_public_good_root(first.as_deref()).hash;
+    assert_ne!(first_hash, unavailable);
+    assert_eq!(
+        not_naming.under_public_good_root(first.as_deref()).hash,
+        not_naming.hash
+    );
+
+    // The same root once more (a new timestamp only): no change.
+    f.repo
+        .publish(1, &f.online, 2, at(86_400), TRUSTED_ROOT_JSON)
+        .await;
+    client.refresh().await.expect("refresh of the same root");
+    assert!(
+        !roots.has_changed().unwrap(),
+        "an unchanged root was told as a change"
+    );
+
+    // A new root, fetched when asked (SIGHUP asks): told, and the policy means something else.
+    let v2 = trusted_root_v2();
+    f.repo.publish(1, &f.online, 3, at(86_400), &v2).await;
+    client.refresh_soon();
+    let second = next_root(&mut roots).await;
+    roots.mark_unchanged();
+    assert_eq!(second.as_deref(), Some(sha256(&v2).as_str()));
+    let second_hash = naming.under_public_good_root(second.as_deref()).hash;
+    assert!(second_hash != first_hash && second_hash != unavailable);
+
+    // The root in use expires (its timestamp, 3 s from now): told with no refresh asked for,
+    // and the policy is back to "no usable root", whose verdicts are errors.
+    f.repo.publish(1, &f.online, 4, at(3), &v2).await;
+    client
+        .refresh()
+        .await
+        .expect("refresh of a soon-expiring timestamp");
+    assert!(!roots.has_changed().unwrap());
+    let expired = next_root(&mut roots).await;
+    assert_eq!(expired, None, "an expired root was still told as usable");
+    assert_eq!(naming.under_public_good_root(None).hash, unavailable);
+    task.abort();
+}
+
 /// The refresher fetches nothing while no policy names the root, at once when one starts to,
 /// and nothing more once none does.
 #[tokio::test]

@@ -186,7 +186,9 @@ fn serve_with<B: imagegate::enforce::Backend>(
         imagegate::metrics::global().backend_attached(name);
         // The public-good trusted root through TUF: the cached one at once, refreshed in the
         // background while the policy names it.
-        let _tuf = imagegate::tuf::start(&config, policy.uses_public_good());
+        let tuf = imagegate::tuf::start(&config, policy.uses_public_good());
+        // Verdicts are the policy's under the root in use: a new root, or its expiry, re-judges.
+        let policy = policy.under_public_good_root(tuf.usable_root().as_deref());
         let containerd = loop {
             match imagegate::catalog::Containerd::connect(&config.containerd.socket).await {
                 Ok(containerd) => break containerd,

@@ -63,6 +63,10 @@ pub async fn serve<B: Backend>(
     let mut ready = false;
     // A policy reload whose table could not be built: retried with back-off (attempts, when).
     let mut reload_retry: Option<(u32, tokio::time::Instant)> = None;
+    // The policy as loaded from its file; the one in force is it under the public-good root in
+    // use ([`crate::policy::Policy::under_public_good_root`]), which changes without a reload.
+    let mut loaded = Arc::clone(daemon.policy());
+    let mut root_changes = crate::tuf::installed().map(|tuf| tuf.watch_root());
 
     loop {
         // Subscribe first, then reconcile: nothing that happens in between is missed. The
@@ -221,17 +225,14 @@ pub async fn serve<B: Backend>(
                 _ = hangup.recv() => match crate::policy::Policy::load(&outputs.policy_path) {
                     Ok(policy) => {
                         tracing::info!(policy = %outputs.policy_path.display(), "policy reloaded; re-judging every image aside, swapped in once done");
-                        if let Some(tuf) = crate::tuf::installed() {
+                        let root = crate::tuf::installed().and_then(|tuf| {
                             tuf.set_wanted(policy.uses_public_good());
-                        }
-                        daemon.replace_policy(Arc::new(policy)).await;
-                        reload_retry = None;
-                        if rebuilding.is_some() {
-                            reload_pending = true;
-                        } else {
-                            rebuilding = start_rebuild(&mut daemon, &mut reload_retry).await;
-                        }
-                        observe(&daemon);
+                            tuf.refresh_soon();
+                            tuf.usable_root()
+                        });
+                        loaded = Arc::new(policy);
+                        let policy = loaded.under_public_good_root(root.as_deref());
+                        adopt(&mut daemon, policy, &mut rebuilding, &mut reload_retry, &mut reload_pending).await;
                     }
                     Err(error) => {
                         daemon.note_error("policy reload rejected", &error);
@@ -239,6 +240,20 @@ pub async fn serve<B: Backend>(
                         tracing::error!(error = %crate::telemetry::error_chain(&error), "new policy rejected; keeping the old one");
                     }
                 },
+                // The public-good root TUF serves changed (a new one, or the one in use expired):
+                // a policy naming it means something else now, so everything is re-judged.
+                changed = async { root_changes.as_mut().expect("guarded").changed().await }, if root_changes.is_some() => {
+                    let Ok(()) = changed else {
+                        root_changes = None;
+                        continue;
+                    };
+                    let root = root_changes.as_mut().and_then(|r| r.borrow_and_update().clone());
+                    let policy = loaded.under_public_good_root(root.as_deref());
+                    if policy.hash != daemon.policy().hash {
+                        tracing::info!(root = ?root, "the public-good trusted root in use changed; re-judging every image aside, swapped in once done");
+                        adopt(&mut daemon, policy, &mut rebuilding, &mut reload_retry, &mut reload_pending).await;
+                    }
+                }
                 _ = terminate.recv() => return stop(&mut daemon, &mut outputs),
                 _ = interrupt.recv() => return stop(&mut daemon, &mut outputs),
             }
@@ -331,6 +346,26 @@ struct Rebuilding {
     task: tokio::task::JoinHandle<super::Rebuilt>,
     /// Started by a policy reload (a failure keeps the old table and is retried).
     reload: bool,
+}
+
+/// Puts `policy` in force (a reload, or a new public-good root): what it can be seen not to vouch
+/// for is revoked at once, and every image is re-judged aside and swapped in once done (after
+/// the rebuild under way, if one is).
+async fn adopt<B: Backend>(
+    daemon: &mut Daemon<B>,
+    policy: crate::policy::Policy,
+    rebuilding: &mut Option<Rebuilding>,
+    reload_retry: &mut Option<(u32, tokio::time::Instant)>,
+    reload_pending: &mut bool,
+) {
+    daemon.replace_policy(Arc::new(policy)).await;
+    *reload_retry = None;
+    if rebuilding.is_some() {
+        *reload_pending = true;
+    } else {
+        *rebuilding = start_rebuild(daemon, reload_retry).await;
+    }
+    observe(daemon);
 }
 
 /// Starts rebuilding the table under the policy in force (a reload): the catalogue now, the

@@ -257,12 +257,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             ),
         ));
     }
-    Ok(Policy {
-        source: path.to_path_buf(),
-        hash: hasher.finish(),
-        default: rule("default".to_owned(), Requirement::Reject),
+    Ok(Policy::new(
+        path.to_path_buf(),
+        hasher.finish(),
+        rule("default".to_owned(), Requirement::Reject),
         scopes,
-    })
+    ))
 }
 
 /// `registry[/path]` of a `dockerpolicy` prefix, normalised as image names are (`alpine` is

@@ -197,12 +197,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             scopes.push((pattern, r));
         }
     }
-    Ok(Policy {
-        source: path.to_path_buf(),
-        hash: ctx.hasher.finish(),
+    Ok(Policy::new(
+        path.to_path_buf(),
+        ctx.hasher.finish(),
         default,
         scopes,
-    })
+    ))
 }
 
 /// All requirements of a list must hold (containers/image semantics).

@@ -208,12 +208,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
         let rule = rule(&mut ctx, &pattern.to_string(), r, &trusts)?;
         scopes.push((pattern, rule));
     }
-    Ok(Policy {
-        source: path.to_path_buf(),
-        hash: ctx.hasher.finish(),
+    Ok(Policy::new(
+        path.to_path_buf(),
+        ctx.hasher.finish(),
         default,
         scopes,
-    })
+    ))
 }
 
 fn trust(

@@ -78,14 +78,55 @@ pub enum SignedManifest {
 pub struct Policy {
     /// File it came from.
     pub source: PathBuf,
-    /// SHA-256 over the policy file and every file it references (keys, trust roots), hex:
-    /// cached verdicts are only valid for the policy and trust material they were made with.
+    /// SHA-256 over the policy file and every file it references (keys, trust roots), and —
+    /// for a policy naming the public-good root — that root's identity ([`Self::under_public_good_root`]),
+    /// hex: cached verdicts are only valid for the policy and trust material they were made with.
     pub hash: String,
     pub default: Rule,
     pub scopes: Vec<(ScopePattern, Rule)>,
+    /// The hash of the files alone, before a public-good root was folded in.
+    files_hash: String,
 }
 
 impl Policy {
+    /// A policy of `scopes` and `default` whose files hash to `hash`.
+    pub(crate) fn new(
+        source: PathBuf,
+        hash: String,
+        default: Rule,
+        scopes: Vec<(ScopePattern, Rule)>,
+    ) -> Policy {
+        Policy {
+            source,
+            files_hash: hash.clone(),
+            hash,
+            default,
+            scopes,
+        }
+    }
+
+    /// This policy as judged with the public-good root `root` (its sha256, or `None` when there
+    /// is no usable one: never fetched, or expired). What the policy means changes with the root
+    /// TUF serves, so its hash does too: a new root, or its expiry, makes every cached verdict of
+    /// a policy naming it stale, and the daemon re-judges. A policy that does not name the root
+    /// keeps its hash.
+    #[must_use]
+    pub fn under_public_good_root(&self, root: Option<&str>) -> Policy {
+        let mut policy = self.clone();
+        policy.hash = if self.uses_public_good() {
+            let mut hasher = PolicyHasher::default();
+            hasher.add("policy files", self.files_hash.as_bytes());
+            hasher.add(
+                "public-good root",
+                root.map_or(b"unavailable".as_slice(), str::as_bytes),
+            );
+            hasher.finish()
+        } else {
+            self.files_hash.clone()
+        };
+        policy
+    }
+
     /// Load a policy file: `.json` is containers-policy.json; a containerd configuration (a
     /// TOML file with a `plugins` table) is read for its CRI `policy.v1` section only
     /// ([`containerd_cri`]); anything else is imagegate TOML.
