@@ -15,7 +15,9 @@
 //!    given to a binary of the signed base with `LD_PRELOAD` is not mapped executable (the
 //!    constructor never runs; the event's hook is `mmap`), while the base's program runs, and
 //!    loads the base's copy of the same library;
-//! 5. drift: a binary written into the container's writable layer cannot execute.
+//! 5. drift: a binary written into the container's writable layer cannot execute;
+//! 6. `ctr exec` of the signed base's busybox into a running container of the mixed image
+//!    (started while its scope audited) is denied once a reload makes the scope enforce.
 //!
 //! A second test puts containerd's root and the daemon's state on btrfs (a loop device): the
 //! programs key files by the subvolume's device that `stat` reports, and the daemon's self-test
@@ -42,6 +44,7 @@ use serde_json::Value;
 use support::{
     containerd::PrivateContainerd,
     daemon::{self, assert_denied, assert_names_image, DaemonProcess, Settings},
+    reload,
 };
 
 /// The dynamic loader and C library a Debian amd64 program needs, at the paths it asks for.
@@ -153,6 +156,7 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
         ("e2e/untrusted-key", &untrusted, Some(&other_key)),
         ("e2e/mixed", &mixed, None),
         ("e2e/config-only", &config_only, None),
+        ("e2e-audited/mixed", &mixed, None),
     ] {
         let digest = client.push_image(repo, "v1", img).unwrap();
         if let Some(key) = key {
@@ -161,20 +165,20 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
     }
     phase("pushed and signed");
     std::fs::write(dir.join("trusted.pub"), trusted_key.public_pem().unwrap()).unwrap();
-    std::fs::write(
-        dir.join("policy.toml"),
-        format!(
-            "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"{addr}/e2e/**\"\n\
-             require = \"signatures\"\n[[scope.keys]]\nname = \"trusted\"\npath = \"{}\"\n",
-            dir.join("trusted.pub").display()
-        ),
-    )
-    .unwrap();
+    // `e2e-audited/` is a scope in audit mode (a rollout): its containers run, reported.
+    let auditing = format!(
+        "version = 1\n[default]\nrequire = \"reject\"\n[[scope]]\nmatch = \"{addr}/e2e/**\"\n\
+         require = \"signatures\"\n[[scope.keys]]\nname = \"trusted\"\npath = \"{}\"\n\
+         [[scope]]\nmatch = \"{addr}/e2e-audited/**\"\nrequire = \"reject\"\nmode = \"audit\"\n",
+        dir.join("trusted.pub").display()
+    );
+    let enforcing = auditing.replace("mode = \"audit\"\n", "");
+    std::fs::write(dir.join("policy.toml"), &auditing).unwrap();
 
     phase("policy written");
     // Enforce mode, backend chosen by the daemon.
     let enforce = settings("enforce", &addr);
-    let enforcing = DaemonProcess::start(&dir, &enforce.write(&dir, &containerd), "enforce");
+    let enforcing_daemon = DaemonProcess::start(&dir, &enforce.write(&dir, &containerd), "enforce");
     assert_bpf_backend(&daemon::status(&dir).unwrap());
 
     phase("daemon up (enforce)");
@@ -187,6 +191,7 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
             "e2e/untrusted-key",
             "e2e/mixed",
             "e2e/config-only",
+            "e2e-audited/mixed",
         ] {
             let (containerd, image) = (&containerd, name(repo));
             threads.spawn(move || {
@@ -202,11 +207,12 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
         ("e2e/untrusted-key", "untrusted"),
         ("e2e/mixed", "untrusted"),
         ("e2e/config-only", "untrusted"),
+        ("e2e-audited/mixed", "untrusted"),
     ]
     .into_iter()
     .map(|(repo, outcome)| (name(repo), outcome))
     .collect();
-    let status = enforcing.wait_for_verdicts(&dir, &expected);
+    let status = enforcing_daemon.wait_for_verdicts(&dir, &expected);
     assert_bpf_backend(&status);
     let events = enforce.events(&dir);
 
@@ -216,7 +222,7 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
     assert!(
         out.status.success(),
         "signed image failed: {out:?}\n{}",
-        enforcing.log_text()
+        enforcing_daemon.log_text()
     );
     assert_eq!(stdout(&out).trim(), "hello");
     phase("case 1 done");
@@ -373,7 +379,22 @@ fn bpf_lsm_daemon_enforces_signed_images_in_guest() {
     assert_eq!(event["verdict"], "denied", "{event}");
     assert_eq!(event["container"]["id"], "c-drift", "{event}");
     phase("case 5 done");
-    enforcing.stop();
+    // `ctr exec` of a signed base layer's binary into a running container of the unsigned
+    // image built on it, started while its scope audited, once a reload makes the scope enforce.
+    reload::exec_is_denied_once_the_scope_enforces(
+        &containerd,
+        &enforcing_daemon,
+        &events,
+        &name("e2e-audited/mixed"),
+        "/bin/busybox",
+        &reload::ScopeTurnsToEnforce {
+            policy_path: &dir.join("policy.toml"),
+            auditing: &auditing,
+            enforcing: &enforcing,
+        },
+    );
+    phase("case 1 (exec after reload) done");
+    enforcing_daemon.stop();
 
     phase("enforce daemon stopped");
     // 3. Audit mode: the same kernel programs (still pinned) now allow and report.

@@ -26,6 +26,7 @@ use support::{
     daemon::{self, DaemonProcess, Settings},
     explain,
     image::{self, File},
+    reload,
     signed::SignedBed,
 };
 
@@ -362,7 +363,23 @@ fn daemon_enforces_on_real_containers_with_fanotify() {
     assert_eq!(reports[0]["verdict"], "audit", "{}", reports[0]);
     assert_eq!(reports[0]["reason"], "untrusted_image", "{}", reports[0]);
 
-    exec_after_the_scope_turns_to_enforce(&dir, &containerd, &daemon, &events_path);
+    // Case 1, `ctr exec` into a running container of an untrusted image, once it enforces.
+    let enforcing = POLICY.replace(
+        "require = \"reject\"\nmode = \"audit\"\n",
+        "require = \"reject\"\n",
+    );
+    reload::exec_is_denied_once_the_scope_enforces(
+        &containerd,
+        &daemon,
+        &events_path,
+        "registry.test/audited/app:1",
+        "/bin/busybox",
+        &reload::ScopeTurnsToEnforce {
+            policy_path: &dir.join("policy.toml"),
+            auditing: POLICY,
+            enforcing: &enforcing,
+        },
+    );
 
     // Drift: a binary written into the container's writable layer cannot run.
     let out = containerd.run(
@@ -532,87 +549,6 @@ fn explain_says_why_a_container_was_denied_and_who_signed_the_allowed_one() {
     std::thread::sleep(Duration::from_millis(200));
     let _ = bed.containerd.ctr(&["tasks", "rm", "-f", "c-signed"]);
     let _ = bed.containerd.ctr(&["containers", "rm", "c-signed"]);
-}
-
-/// Case 1, `ctr exec`: a container of an untrusted image never starts under enforce, so `exec`
-/// into one is tried on a container started while its scope audited (a rollout), once the policy
-/// turns that scope to enforce: the running container's trust follows the reload, and the new
-/// process runs nothing.
-fn exec_after_the_scope_turns_to_enforce(
-    dir: &Path,
-    containerd: &PrivateContainerd,
-    daemon: &DaemonProcess,
-    events_path: &Path,
-) {
-    let out = containerd.ctr(&[
-        "run",
-        "-d",
-        "registry.test/audited/app:1",
-        "c-exec",
-        "/bin/busybox",
-        "sleep",
-        "300",
-    ]);
-    assert!(
-        out.status.success(),
-        "audited container did not start: {out:?}"
-    );
-    std::fs::write(
-        dir.join("policy.toml"),
-        POLICY.replace(
-            "require = \"reject\"\nmode = \"audit\"\n",
-            "require = \"reject\"\n",
-        ),
-    )
-    .expect("policy");
-    daemon.hangup();
-    // The reload re-judges every image; until then the exec is still audited (and runs).
-    let started = Instant::now();
-    let mut attempt = 0;
-    let denied = loop {
-        attempt += 1;
-        let exec_id = format!("e{attempt}");
-        let out = containerd.ctr(&[
-            "tasks",
-            "exec",
-            "--exec-id",
-            &exec_id,
-            "c-exec",
-            "/bin/busybox",
-            "echo",
-            "exec ran",
-        ]);
-        if !out.status.success() {
-            break out;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "exec into the now-enforced container still runs: {out:?}\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    };
-    daemon::assert_denied(&denied, "ctr exec into a container of an untrusted image");
-    assert!(!String::from_utf8_lossy(&denied.stdout).contains("exec ran"));
-    let event = daemon::wait_for_event(events_path, |e| {
-        e["verdict"] == "denied" && e["container"]["id"] == "c-exec"
-    });
-    assert_eq!(event["reason"], "untrusted_image", "{event}");
-    assert_eq!(event["path"], "/bin/busybox", "{event}");
-    let _ = containerd.ctr(&["tasks", "kill", "--signal", "SIGKILL", "c-exec"]);
-    let started = Instant::now();
-    while !containerd
-        .ctr(&["tasks", "delete", "c-exec"])
-        .status
-        .success()
-        && started.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = containerd.ctr(&["containers", "rm", "c-exec"]);
-    // Back to the policy the rest of the test expects.
-    std::fs::write(dir.join("policy.toml"), POLICY).expect("policy");
-    daemon.hangup();
 }
 
 /// Case 7: a host process executing the mixed image's files through an overlay of its layers.

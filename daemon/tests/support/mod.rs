@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod explain;
 pub mod image;
 pub mod recording;
+pub mod reload;
 pub mod responder;
 pub mod signed;
 
