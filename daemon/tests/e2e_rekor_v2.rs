@@ -367,7 +367,7 @@ fn rekor_v2_signed_image_runs_and_a_tampered_one_cannot() {
     // its checkpoint does not verify.
     explain::assert_signed_by_rekor_v2_bundle(
         &dir,
-        &signed_name,
+        "c-v2-signed",
         &signed_name,
         &signed_digest,
         AUTHORITY,
