@@ -1,8 +1,8 @@
 //! Test and demo tooling for imagegate: runnable OCI images built in memory ([`image`]), Debian's
-//! `docker-registry` on 127.0.0.1 with a small push client ([`registry`]), and cosign's legacy
-//! signature format written from its description ([`sign`]), sigstore bundles signed with
-//! Rekor v2 and a TSA by an independent signer and attached as OCI 1.1 referrers ([`bundle`]), so the demo and the end-to-end tests
-//! produce signed images without cosign or network access.
+//! `docker-registry` on 127.0.0.1 with a small push client ([`registry`]), cosign's legacy
+//! signature format written from its description ([`sign`]), and sigstore bundles signed with
+//! Rekor v2 and a TSA by an independent signer and attached as OCI 1.1 referrers ([`bundle`]),
+//! so the demo and the end-to-end tests produce signed images without cosign or network access.
 
 pub mod bundle;
 pub mod daemon_image;
