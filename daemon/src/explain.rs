@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     policy::{Mode, Policy, Requirement},
     verdict::{Outcome, Verdict},
-    verify::{FailureKind, ImageRef, Signer, SignerInfo, StringMatcher},
+    verify::{Evidence, FailureKind, ImageRef, Signer, SignerInfo, StringMatcher},
 };
 
 /// Decision events kept per container for `explain` (the newest).
@@ -381,6 +381,10 @@ pub struct SignatureExplanation {
     pub why: String,
     /// Who signed, when accepted.
     pub signer: Option<SignerInfo>,
+    /// What vouched for it besides its signer, when accepted: the transparency-log entry
+    /// (Rekor v1 SET, or Rekor v2 inclusion proof and checkpoint) and RFC 3161 timestamps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<Evidence>,
 }
 
 /// A decision event of a container, as the daemon described it.
@@ -551,9 +555,16 @@ impl ImageExplanation {
             }
             let why = if reason.accepted {
                 let by = reason.authority.as_deref().unwrap_or("the policy");
+                let vouched = if reason.evidence.is_empty() {
+                    String::new()
+                } else {
+                    let words: Vec<String> =
+                        reason.evidence.iter().map(ToString::to_string).collect();
+                    format!("; vouched for by {}", words.join("; "))
+                };
                 match &reason.signer {
-                    Some(signer) => format!("accepted by {by}: {}", signer_words(signer)),
-                    None => format!("accepted by {by}"),
+                    Some(signer) => format!("accepted by {by}: {}{vouched}", signer_words(signer)),
+                    None => format!("accepted by {by}{vouched}"),
                 }
             } else {
                 match reason.kind {
@@ -574,6 +585,7 @@ impl ImageExplanation {
                 failure: reason.kind,
                 why,
                 signer: reason.signer.clone(),
+                evidence: reason.evidence.clone(),
             });
         }
         let state = VerdictState::from(verdict.outcome);
@@ -998,6 +1010,7 @@ mod tests {
             signer: accepted.then(|| SignerInfo::Key {
                 fingerprint: "sha256:k".into(),
             }),
+            evidence: Vec::new(),
         }
     }
 
@@ -1075,6 +1088,7 @@ mod tests {
                 kind: None,
                 detail: "no signatures found".into(),
                 signer: None,
+                evidence: Vec::new(),
             }],
         );
         let image = ImageExplanation::from_verdict(Some("default"), "r.test/app:1", &v, None);

@@ -1,8 +1,10 @@
 //! Test and demo tooling for imagegate: runnable OCI images built in memory ([`image`]), Debian's
-//! `docker-registry` on 127.0.0.1 with a small push client ([`registry`]), and cosign's legacy
-//! signature format written from its description ([`sign`]), so the demo and the end-to-end tests
-//! produce signed images without cosign or network access.
+//! `docker-registry` on 127.0.0.1 with a small push client ([`registry`]), cosign's legacy
+//! signature format written from its description ([`sign`]), and sigstore bundles signed with
+//! Rekor v2 and a TSA by an independent signer and attached as OCI 1.1 referrers ([`bundle`]),
+//! so the demo and the end-to-end tests produce signed images without cosign or network access.
 
+pub mod bundle;
 pub mod daemon_image;
 pub mod elf;
 pub mod image;
@@ -36,6 +38,8 @@ pub enum Error {
     Key(String),
     #[error("{0}")]
     Ldd(String),
+    #[error("the Rekor v2 test signer failed: {0}")]
+    Signer(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -69,6 +69,7 @@ pub const SUITES: &[&str] = &[
     "e2e_cri",
     "e2e_fanotify",
     "e2e_signed",
+    "e2e_rekor_v2",
     "e2e_lifecycle",
     "catalog",
     "catalog_records",

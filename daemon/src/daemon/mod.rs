@@ -1597,6 +1597,7 @@ impl<B: Backend> Daemon<B> {
                 "signed_digests": verdict.verified_digests,
                 "signatures": verdict.reasons.iter().filter(|r| r.accepted).map(|r| serde_json::json!({
                     "signature": r.signature, "authority": r.authority, "signer": r.signer,
+                    "evidence": r.evidence,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             // Verifications running (their images are not trusted until they end).

@@ -263,6 +263,7 @@ pub async fn verify_digest(
                     kind: Some(FailureKind::Artifact),
                     detail: e.to_string(),
                     signer: None,
+                    evidence: Vec::new(),
                 });
             }
         }

@@ -62,6 +62,7 @@ pub fn evaluate(
         kind: None,
         detail,
         signer: None,
+        evidence: Vec::new(),
     };
     match &rule.requirement {
         Requirement::Reject => {
@@ -144,6 +145,7 @@ pub fn evaluate(
                                 accepted: true,
                                 detail: format!("signature accepted by {}", auth.name),
                                 signer: Some(good.signer),
+                                evidence: good.evidence,
                                 ..reason(&src.label, Some(&auth.name), String::new())
                             });
                         }

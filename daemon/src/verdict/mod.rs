@@ -8,7 +8,7 @@ pub mod store;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Mode;
-use crate::verify::{FailureKind, SignerInfo};
+use crate::verify::{Evidence, FailureKind, SignerInfo};
 
 pub use cache::VerdictCache;
 pub use evaluate::{evaluate, Candidate, SignatureSource};
@@ -41,6 +41,10 @@ pub struct Reason {
     pub detail: String,
     /// Who signed, when accepted.
     pub signer: Option<SignerInfo>,
+    /// What vouched for it besides the signer, when accepted: its transparency-log entry and
+    /// timestamps (absent in verdicts stored before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<Evidence>,
 }
 
 /// The decision for one image digest.
@@ -149,6 +153,7 @@ impl Verdict {
                 kind,
                 detail,
                 signer: None,
+                evidence: Vec::new(),
             }],
             decided_at: crate::verify::time::now_unix(),
         }
@@ -207,7 +212,17 @@ impl std::fmt::Display for Verdict {
                 .as_deref()
                 .map(|a| format!(" ({a})"))
                 .unwrap_or_default();
-            writeln!(f, "  {mark} {}{auth}: {kind}{}", r.signature, r.detail)?;
+            let evidence = if r.evidence.is_empty() {
+                String::new()
+            } else {
+                let words: Vec<String> = r.evidence.iter().map(ToString::to_string).collect();
+                format!("; vouched for by {}", words.join("; "))
+            };
+            writeln!(
+                f,
+                "  {mark} {}{auth}: {kind}{}{evidence}",
+                r.signature, r.detail
+            )?;
         }
         Ok(())
     }
@@ -264,6 +279,7 @@ mod tests {
                 signer: Some(SignerInfo::Key {
                     fingerprint: fingerprint.clone(),
                 }),
+                evidence: Vec::new(),
             })
             .collect();
         verdict

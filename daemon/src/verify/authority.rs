@@ -90,6 +90,60 @@ pub enum SignatureFormat {
     BundleMessageSignature,
 }
 
+/// What vouched for a signature besides its signer, as verdicts and `imagegate explain` name
+/// it: the transparency-log entry, and each verified RFC 3161 timestamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Evidence {
+    /// A Rekor entry whose body records this signature: Rekor v1 (`rekor: 1`) with a verified
+    /// SET and its `integrated_time`; Rekor v2 (`rekor: 2`, no SET) proven by an inclusion proof
+    /// to a checkpoint signed by the log key.
+    Tlog {
+        rekor: u8,
+        /// `kind/version` of the entry body, e.g. `dsse/0.0.2`.
+        entry: String,
+        log_index: i64,
+        /// SET-verified integration time (Unix seconds), Rekor v1 only.
+        integrated_time: Option<i64>,
+        /// Whether an inclusion proof and its checkpoint were verified.
+        inclusion_proof: bool,
+    },
+    /// An RFC 3161 timestamp verified against a trusted timestamping authority: its `genTime`.
+    Timestamp { time: i64 },
+}
+
+impl std::fmt::Display for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tlog {
+                rekor,
+                entry,
+                log_index,
+                integrated_time,
+                inclusion_proof,
+            } => {
+                write!(f, "Rekor v{rekor} entry {entry} at log index {log_index} (")?;
+                let mut parts = Vec::new();
+                if let Some(t) = integrated_time {
+                    parts.push(format!(
+                        "SET, integrated {}",
+                        super::time::format_rfc3339(*t)
+                    ));
+                }
+                if *inclusion_proof {
+                    parts.push("inclusion proof to a checkpoint signed by the log".to_owned());
+                }
+                write!(f, "{})", parts.join(", "))
+            }
+            Self::Timestamp { time } => write!(
+                f,
+                "RFC 3161 timestamp {} from a trusted TSA",
+                super::time::format_rfc3339(*time)
+            ),
+        }
+    }
+}
+
 /// A signature that passed every check of an authority.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
@@ -100,6 +154,9 @@ pub struct Verified {
     /// Verified integration time in the transparency log, if any.
     pub signed_at: Option<i64>,
     pub tlog_index: Option<i64>,
+    /// The log entry and timestamps that vouched for it (empty when neither was required nor
+    /// present, e.g. a key without `tlog`).
+    pub evidence: Vec<Evidence>,
 }
 
 /// Verify `sig` over `msg` with the first matching key. Returns the key used.
@@ -171,4 +228,46 @@ pub(crate) fn check_certificate(
         subjects: id.subjects,
         issuer: id.issuer,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Evidence;
+
+    #[test]
+    fn evidence_says_which_log_and_what_proved_the_entry() {
+        let v2 = Evidence::Tlog {
+            rekor: 2,
+            entry: "dsse/0.0.2".into(),
+            log_index: 6,
+            integrated_time: None,
+            inclusion_proof: true,
+        };
+        assert_eq!(
+            v2.to_string(),
+            "Rekor v2 entry dsse/0.0.2 at log index 6 (inclusion proof to a checkpoint signed by the log)"
+        );
+        let v1 = Evidence::Tlog {
+            rekor: 1,
+            entry: "hashedrekord/0.0.1".into(),
+            log_index: 7,
+            integrated_time: Some(1_767_225_720),
+            inclusion_proof: true,
+        };
+        assert_eq!(
+            v1.to_string(),
+            "Rekor v1 entry hashedrekord/0.0.1 at log index 7 (SET, integrated 2026-01-01T00:02:00Z, \
+             inclusion proof to a checkpoint signed by the log)"
+        );
+        assert_eq!(
+            Evidence::Timestamp {
+                time: 1_767_225_720
+            }
+            .to_string(),
+            "RFC 3161 timestamp 2026-01-01T00:02:00Z from a trusted TSA"
+        );
+        let json = serde_json::to_value(&v2).expect("JSON");
+        assert_eq!(json["kind"], "tlog");
+        assert_eq!(json["rekor"], 2);
+    }
 }

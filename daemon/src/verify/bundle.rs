@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use super::authority::{
-    check_certificate, verify_with_cert, Authority, SignatureFormat, Signer, SignerInfo, Verified,
+    check_certificate, verify_with_cert, Authority, Evidence, SignatureFormat, Signer, SignerInfo,
+    Verified,
 };
 use super::cert::Cert;
 use super::error::VerifyError;
@@ -452,6 +453,7 @@ fn verify(
     // Transparency log.
     let mut signed_at = None;
     let mut tlog_index = None;
+    let mut evidence = Vec::new();
     // The log key of an entry without SET: it must have been valid at the signing times.
     let mut unpromised_log_key = None;
     if auth.require_tlog {
@@ -588,6 +590,13 @@ fn verify(
             None => {}
         }
         tlog_index = Some(log_index);
+        evidence.push(Evidence::Tlog {
+            rekor: if rekor_v2 { 2 } else { 1 },
+            entry: format!("{kind}/{kind_version}"),
+            log_index,
+            integrated_time: signed_at,
+            inclusion_proof: e.inclusion_proof.is_some(),
+        });
     }
 
     // RFC 3161 timestamps: verified when the trust material names timestamping authorities (and
@@ -600,7 +609,9 @@ fn verify(
             .flat_map(|d| &d.rfc3161_timestamps)
         {
             let raw = b64(&t.signed_timestamp, "signedTimestamp")?;
-            times.push(verify_timestamp(&raw, &sig, &auth.trust)?);
+            let time = verify_timestamp(&raw, &sig, &auth.trust)?;
+            times.push(time);
+            evidence.push(Evidence::Timestamp { time });
         }
     }
     // Without a SET the log key's validity window is checked at the timestamps' times.
@@ -647,6 +658,7 @@ fn verify(
         format,
         signed_at,
         tlog_index,
+        evidence,
     })
 }
 

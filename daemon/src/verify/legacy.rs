@@ -5,14 +5,14 @@ use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use super::authority::{
-    check_certificate, verify_with_cert, verify_with_keys, Authority, SignatureFormat, Signer,
-    SignerInfo, Verified,
+    check_certificate, verify_with_cert, verify_with_keys, Authority, Evidence, SignatureFormat,
+    Signer, SignerInfo, Verified,
 };
 use super::cert::Cert;
 use super::error::VerifyError;
 use super::payload::{SimpleSigning, SIMPLE_SIGNING_MEDIA_TYPE};
 use super::reference::ImageRef;
-use super::rekor::{b64decode, match_body, verify_set, ExpectedEntry, LegacyBundle};
+use super::rekor::{b64decode, body_kind, match_body, verify_set, ExpectedEntry, LegacyBundle};
 use super::time::now_unix;
 use super::timestamp::verify_timestamp;
 
@@ -110,6 +110,7 @@ pub fn verify_legacy(
 
     let mut signed_at = None;
     let mut tlog_index = None;
+    let mut evidence = Vec::new();
     if auth.require_tlog {
         let text = sig.bundle_json.as_deref().ok_or(VerifyError::TlogMissing)?;
         let bundle = LegacyBundle::parse(text)?;
@@ -126,6 +127,13 @@ pub fn verify_legacy(
         )?;
         signed_at = Some(bundle.payload.integrated_time);
         tlog_index = Some(bundle.payload.log_index);
+        evidence.push(Evidence::Tlog {
+            rekor: 1,
+            entry: body_kind(&bundle.payload.body).unwrap_or_default(),
+            log_index: bundle.payload.log_index,
+            integrated_time: signed_at,
+            inclusion_proof: false,
+        });
     }
 
     // An RFC 3161 timestamp over the raw signature, verified when TSAs are trusted.
@@ -142,6 +150,7 @@ pub fn verify_legacy(
         let t = verify_timestamp(&raw, &sig_bytes, &auth.trust)?;
         ts_time = Some(t);
         times.push(t);
+        evidence.push(Evidence::Timestamp { time: t });
     }
 
     let signer = match (&auth.signer, leaf) {
@@ -197,5 +206,6 @@ pub fn verify_legacy(
         format: SignatureFormat::Legacy,
         signed_at,
         tlog_index,
+        evidence,
     })
 }

@@ -23,7 +23,9 @@ pub mod time;
 pub mod timestamp;
 pub mod trust;
 
-pub use authority::{Authority, SignatureFormat, Signer, SignerInfo, TrustedKey, Verified};
+pub use authority::{
+    Authority, Evidence, SignatureFormat, Signer, SignerInfo, TrustedKey, Verified,
+};
 pub use bundle::{verify_artifact_bundle, verify_bundle, BundleExpectation};
 pub use error::{FailureKind, VerifyError};
 pub use identity::{IdentityMatcher, SanKind, StringMatcher};

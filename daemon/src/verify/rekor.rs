@@ -157,6 +157,13 @@ fn str_field<'a>(
         .ok_or(VerifyError::TlogBody { field: name })
 }
 
+/// `kind/apiVersion` of an entry body, for naming it (`None` when it does not parse).
+pub(crate) fn body_kind(body_b64: &str) -> Option<String> {
+    parse_body(body_b64)
+        .ok()
+        .map(|b| format!("{}/{}", b.kind, b.api_version))
+}
+
 fn parse_body(body_b64: &str) -> Result<Body, VerifyError> {
     let raw = b64decode(body_b64).map_err(|_| VerifyError::TlogBody {
         field: "body encoding",

@@ -177,3 +177,95 @@ pub fn assert_socket_protocol(dir: &Path) {
     let answer: Value = serde_json::from_str(&body).expect("answer JSON");
     assert_eq!(answer["answer"], "error", "{answer}");
 }
+
+/// A trusted container (or image) explained whose signature is a sigstore bundle found through
+/// the `sha256-<hex>` referrers tag (Debian's docker-registry has no referrers API), accepted by
+/// the keyless authority `authority` for `identity` (issuer `issuer`) and vouched for by a
+/// Rekor v2 entry of `entry` (`dsse/0.0.2`) and an RFC 3161 timestamp, in text and JSON.
+/// Returns the accepted signature's JSON.
+pub fn assert_signed_by_rekor_v2_bundle(
+    dir: &Path,
+    target: &str,
+    image: &str,
+    digest: &str,
+    authority: &str,
+    (identity, issuer): (&str, &str),
+    entry: &str,
+) -> Value {
+    let text = text(dir, target);
+    for expected in [
+        format!("manifest digest: {digest}"),
+        format!("verdict: TRUSTED: signature accepted by {authority}"),
+        format!(
+            "in the sha256-<hex> referrers tag, authority {authority} (keyless identity {identity} (issuer {issuer})): \
+             accepted by {authority}: signed by {identity} (issuer {issuer}); vouched for by Rekor v2 entry {entry} \
+             at log index "
+        ),
+        "(inclusion proof to a checkpoint signed by the log); RFC 3161 timestamp ".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "no {expected:?} in:\n{text}");
+    }
+    let json = json(dir, target, &[]);
+    let judged = json["images"]
+        .as_array()
+        .and_then(|images| images.iter().find(|i| i["reference"] == image))
+        .unwrap_or_else(|| panic!("{image} not explained: {json}"));
+    assert_eq!(judged["verdict"], "trusted", "{json}");
+    assert_eq!(judged["manifest_digest"], digest, "{json}");
+    let accepted = judged["signatures"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["accepted"] == true))
+        .unwrap_or_else(|| panic!("no accepted signature: {json}"))
+        .clone();
+    assert_eq!(accepted["authority"], authority, "{json}");
+    assert_eq!(accepted["found_in"], "referrers_tag", "{json}");
+    assert!(
+        accepted["authority_kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("keyless identity ")),
+        "{json}"
+    );
+    assert_eq!(accepted["signer"]["kind"], "certificate", "{json}");
+    assert_eq!(
+        accepted["signer"]["subjects"],
+        serde_json::json!([identity]),
+        "{json}"
+    );
+    assert_eq!(accepted["signer"]["issuer"], issuer, "{json}");
+    assert_rekor_v2_evidence(&accepted["evidence"], entry);
+    accepted
+}
+
+/// `evidence` (a verdict reason's, or an explained signature's) is a Rekor v2 entry of `entry`
+/// proven by its inclusion proof (no SET, no integrated time) and one RFC 3161 timestamp taken
+/// within the last ten minutes.
+pub fn assert_rekor_v2_evidence(evidence: &Value, entry: &str) {
+    let list = evidence
+        .as_array()
+        .unwrap_or_else(|| panic!("no evidence: {evidence}"));
+    let tlog = list
+        .iter()
+        .find(|e| e["kind"] == "tlog")
+        .unwrap_or_else(|| panic!("no log entry: {evidence}"));
+    assert_eq!(tlog["rekor"], 2, "{evidence}");
+    assert_eq!(tlog["entry"], entry, "{evidence}");
+    assert_eq!(tlog["inclusion_proof"], true, "{evidence}");
+    assert!(tlog["integrated_time"].is_null(), "{evidence}");
+    assert!(
+        tlog["log_index"].as_i64().is_some_and(|i| i >= 0),
+        "{evidence}"
+    );
+    let times: Vec<i64> = list
+        .iter()
+        .filter(|e| e["kind"] == "timestamp")
+        .filter_map(|e| e["time"].as_i64())
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    assert!(
+        matches!(times.as_slice(), [t] if (now - 600..=now + 60).contains(t)),
+        "{evidence}"
+    );
+}
