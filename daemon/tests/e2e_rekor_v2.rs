@@ -23,6 +23,7 @@ use support::{
     daemon::{self, DaemonProcess, Settings},
     explain,
     signed::SignedBed,
+    tuf_repo,
 };
 
 const IDENTITY: &str = "release@imagegate.test";
@@ -399,4 +400,139 @@ fn rekor_v2_signed_image_runs_and_a_tampered_one_cannot() {
     );
     daemon.stop();
     eprintln!("rekor v2 daemon test: {:?}", started.elapsed());
+}
+
+/// The public-good root kept current through TUF (`trusted_root = "public-good"`, here a TUF
+/// repository the test builds in a mirror directory, whose root the daemon's TUF cache is seeded
+/// with): an image signed under its CA is trusted and runs; then the repository publishes a root
+/// in which that CA's validity ended before the signing (a revoked CA), SIGHUP asks for a
+/// refresh, and the daemon re-judges on the root change alone: the image is untrusted and its
+/// containers run nothing. A trusted verdict does not outlive the CA it relied on.
+#[test]
+fn a_new_public_good_root_revoking_the_ca_revokes_trust() {
+    let Some(bed) = SignedBed::start("e2e-public-good") else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = bed.dir.clone();
+    let hello = ["/bin/busybox", "echo", "hello from public-good"];
+    let app = image::image(vec![bed.busybox_layer(Some("public-good"))], &hello);
+    let digest = bed.push("pg/app", &app, None);
+    let (signed, _) = sign_and_attach(
+        &bed.client,
+        &dir,
+        &bed.addr,
+        &[ToSign {
+            repo: "pg/app",
+            image: &app,
+            entry: Entry::Dsse,
+            tamper: None,
+        }],
+    );
+    let root_a = std::fs::read(&signed.trusted_root).unwrap();
+    // The same root, with the CA's validity ended at its start: nothing it issued since counts.
+    let mut revoked: Value = serde_json::from_slice(&root_a).unwrap();
+    for ca in revoked["certificateAuthorities"].as_array_mut().unwrap() {
+        let start = ca["validFor"]["start"].clone();
+        ca["validFor"]["end"] = start;
+    }
+    let root_b = serde_json::to_vec_pretty(&revoked).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tuf = runtime.block_on(tuf_repo::first_version(&dir.join("tuf"), &root_a));
+    // The daemon's TUF cache starts from this repository's root (as after an earlier refresh).
+    let metadata = dir.join("state/tuf/metadata");
+    std::fs::create_dir_all(&metadata).unwrap();
+    std::fs::write(metadata.join("root.json"), &tuf.root1_signed).unwrap();
+    std::fs::write(
+        dir.join("policy.toml"),
+        format!(
+            "version = 1\n[trust.sigstore]\ntrusted_root = \"public-good\"\n[default]\nrequire = \"reject\"\n\
+             [[scope]]\nmatch = \"{addr}/pg/**\"\nrequire = \"signatures\"\n\
+             [[scope.keyless]]\nname = \"{AUTHORITY}\"\ntrust = \"sigstore\"\nsubject = \"{identity}\"\n\
+             issuer = \"{issuer}\"\n",
+            addr = bed.addr,
+            identity = signed.identity,
+            issuer = signed.issuer,
+        ),
+    )
+    .unwrap();
+    let settings = Settings {
+        mode: "enforce",
+        backend: "fanotify",
+        insecure: vec![bed.addr.clone()],
+        tag: "public-good",
+    };
+    let config = settings.write(&dir, &bed.containerd);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[tuf]\nmirror_dir = \"{}\"\n",
+        tuf.repo.dir.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let daemon = DaemonProcess::start(&dir, &config, "public-good");
+    let name = bed.name("pg/app");
+    bed.pull(&name);
+    let status = daemon.wait_for_verdicts(&dir, &[(name.clone(), "trusted")]);
+    let sha256 = |bytes: &[u8]| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(bytes))
+    };
+    assert_eq!(
+        status["public_good_root"]["sha256"],
+        sha256(&root_a),
+        "{status}"
+    );
+    let out = bed.containerd.run(&name, "c-pg-before", &[]);
+    assert!(
+        out.status.success(),
+        "the image signed under the public-good CA failed: {out:?}\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from public-good"
+    );
+
+    // The repository publishes the root that revokes the CA; the policy file is unchanged.
+    runtime.block_on(
+        tuf.repo
+            .publish(1, &tuf.online, 2, tuf_repo::at(86_400), &root_b),
+    );
+    daemon.hangup();
+    // Trusted until the new root is fetched and the re-judged table swapped in.
+    let deadline = Instant::now() + 3 * daemon::wait_limit();
+    let status = loop {
+        let status = daemon::status(&dir).unwrap_or_default();
+        if daemon::outcome(&status, &name).as_deref() == Some("untrusted") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still trusted after the root revoking its CA: {status}\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        status["public_good_root"]["sha256"],
+        sha256(&root_b),
+        "{status}"
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("the public-good trusted root in use changed"),
+        "{}",
+        daemon.log_text()
+    );
+    let out = bed.containerd.run(&name, "c-pg-after", &[]);
+    daemon::assert_denied(&out, "an image whose CA the new public-good root revoked");
+    let event = daemon::wait_for_event(&settings.events(&dir), |e| {
+        e["container"]["id"] == "c-pg-after"
+    });
+    assert_eq!(event["reason"], "untrusted_image", "{event}");
+    daemon::assert_names_image(&event, &name, &digest);
+    daemon.stop();
+    eprintln!("public-good root change test: {:?}", started.elapsed());
 }

@@ -11,6 +11,7 @@ pub mod recording;
 pub mod reload;
 pub mod responder;
 pub mod signed;
+pub mod tuf_repo;
 
 /// Whether the test runs as root; privileged tests print why they skip otherwise.
 pub fn is_root() -> bool {
