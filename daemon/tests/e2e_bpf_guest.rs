@@ -19,6 +19,9 @@
 //! 6. `ctr exec` of the signed base's busybox into a running container of the mixed image
 //!    (started while its scope audited) is denied once a reload makes the scope enforce.
 //!
+//! A third test (case 9) keeps containerd's root on a small ext4 file system, where a new
+//! snapshot gets a removed trusted one's inode number while the BPF tables still hold its entry.
+//!
 //! A second test puts containerd's root and the daemon's state on btrfs (a loop device): the
 //! programs key files by the subvolume's device that `stat` reports, and the daemon's self-test
 //! runs on that file system before it claims enforcement.
@@ -448,5 +451,22 @@ fn bpf_lsm_daemon_enforces_with_containerd_root_on_btrfs_in_guest() {
         enforcing.contains(on_btrfs.to_str().unwrap()),
         "self-test not on btrfs ({}): {enforcing}",
         on_btrfs.display()
+    );
+}
+
+/// Case 9 with BPF LSM, whose pinned tables outlive the daemon: a new snapshot on ext4 that gets
+/// a removed trusted one's inode number inherits nothing from the entry left behind.
+#[test]
+#[ignore = "needs a kernel that runs BPF LSM programs: cargo xtask vm-test --kernel 6.12 --suite e2e"]
+fn bpf_lsm_daemon_a_reused_snapshot_inode_inherits_nothing_in_guest() {
+    assert!(
+        support::is_root(),
+        "containerd, runc, loop devices and BPF need root"
+    );
+    let dir = support::scratch_dir("e2e-bpf-inode-reuse");
+    let log = support::inode_reuse::a_reused_inode_inherits_nothing(&dir, "auto");
+    assert!(
+        log.contains("BPF LSM backend enforcing"),
+        "the daemon did not enforce with BPF LSM: {log}"
     );
 }

@@ -92,6 +92,18 @@ fn daemon_enforces_with_containerd_root_on_btrfs() {
     assert!(log.contains("fanotify"), "{log}");
 }
 
+/// Case 9: a new snapshot that gets a removed trusted one's inode number inherits nothing.
+#[test]
+fn a_reused_snapshot_inode_inherits_nothing() {
+    if !support::is_root() {
+        eprintln!("skipping: containerd, runc, loop devices and fanotify need root");
+        return;
+    }
+    let dir = support::scratch_dir("e2e-fanotify-inode-reuse");
+    let log = support::inode_reuse::a_reused_inode_inherits_nothing(&dir, "fanotify");
+    assert!(log.contains("fanotify"), "{log}");
+}
+
 #[test]
 fn daemon_enforces_on_real_containers_with_fanotify() {
     if !support::is_root() {

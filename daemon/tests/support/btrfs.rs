@@ -4,58 +4,24 @@
 //! subvolume's, not the super block's, so a backend that keyed by the wrong one would judge
 //! nothing there.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::Path;
 
 use super::{
     containerd::PrivateContainerd,
     daemon::{self, DaemonProcess, Settings},
     image::{self, File},
+    loop_mount::LoopMount,
 };
 
-/// A btrfs file system mounted at `path`; unmounted (and its image removed) on drop.
-pub struct BtrfsMount {
-    pub path: PathBuf,
-    image: PathBuf,
-}
+/// A btrfs file system mounted at `dir/btrfs` through a loop device; unmounted (and its image
+/// removed) on drop.
+pub struct BtrfsMount;
 
 impl BtrfsMount {
-    /// Makes a 256 MiB (sparse) btrfs image in `dir` and mounts it at `dir/btrfs` through a
-    /// loop device (`mkfs.btrfs` from btrfs-progs, which `cargo xtask setup` installs).
-    pub fn create(dir: &Path) -> Self {
-        let image = dir.join("btrfs.img");
-        let file = std::fs::File::create(&image).expect("create the btrfs image");
-        file.set_len(256 << 20).expect("size the btrfs image");
-        drop(file);
-        let made = Command::new("mkfs.btrfs")
-            .args(["-q", "-f"])
-            .arg(&image)
-            .output()
-            .expect("run mkfs.btrfs (apt-get install btrfs-progs; cargo xtask setup does)");
-        assert!(made.status.success(), "mkfs.btrfs failed: {made:?}");
-        let path = dir.join("btrfs");
-        std::fs::create_dir_all(&path).expect("btrfs mount point");
-        let mounted = Command::new("mount")
-            .args(["-t", "btrfs", "-o", "loop"])
-            .arg(&image)
-            .arg(&path)
-            .output()
-            .expect("run mount");
-        assert!(
-            mounted.status.success(),
-            "mounting btrfs failed: {mounted:?}"
-        );
-        Self { path, image }
-    }
-}
-
-impl Drop for BtrfsMount {
-    fn drop(&mut self) {
-        // The loop device goes with the last reference (mount sets it to clear itself).
-        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(&self.image);
+    /// Makes a 256 MiB (sparse) btrfs image in `dir` and mounts it at `dir/btrfs`
+    /// (`mkfs.btrfs` from btrfs-progs, which `cargo xtask setup` installs).
+    pub fn create(dir: &Path) -> LoopMount {
+        LoopMount::create(dir, "btrfs", 256 << 20, &["mkfs.btrfs", "-q", "-f"])
     }
 }
 

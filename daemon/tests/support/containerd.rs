@@ -49,7 +49,7 @@ impl PrivateContainerd {
         Self::start_with_data(dir, dir)
     }
 
-    fn start_with_data(dir: &Path, data: &Path) -> Self {
+    pub fn start_with_data(dir: &Path, data: &Path) -> Self {
         Self::start_with_config(dir, data, None)
     }
 

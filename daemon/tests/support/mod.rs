@@ -7,6 +7,8 @@ pub mod cri;
 pub mod daemon;
 pub mod explain;
 pub mod image;
+pub mod inode_reuse;
+pub mod loop_mount;
 pub mod recording;
 pub mod reload;
 pub mod responder;

@@ -38,6 +38,7 @@ const BPF_LSM: GuestTests = GuestTests {
     tests: &[
         "bpf_lsm_daemon_enforces_signed_images_in_guest",
         "bpf_lsm_daemon_enforces_with_containerd_root_on_btrfs_in_guest",
+        "bpf_lsm_daemon_a_reused_snapshot_inode_inherits_nothing_in_guest",
     ],
     setup: "",
     args: "--ignored",
