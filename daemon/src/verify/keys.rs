@@ -1,7 +1,13 @@
-//! Public keys and raw signature checks (ECDSA P-256/P-384, RSA PKCS#1 v1.5, Ed25519/Ed25519ph),
-//! on RustCrypto primitives. The digest algorithm is explicit because cosign verifies every key
-//! type with SHA-256 unless told otherwise (`--signature-digest-algorithm`, default sha256), so a
-//! P-384 key signing SHA-256 digests (common with cloud KMS keys) is valid cosign usage.
+//! Public keys and raw signature checks (ECDSA P-256/P-384/P-521, RSA PKCS#1 v1.5,
+//! Ed25519/Ed25519ph). The digest algorithm is explicit because cosign verifies every key type
+//! with SHA-256 unless told otherwise (`--signature-digest-algorithm`, default sha256), so a P-384
+//! key signing SHA-256 digests (common with cloud KMS keys) is valid cosign usage.
+//!
+//! ECDSA signatures are checked by aws-lc-rs (already linked for the TUF client): RustCrypto's
+//! P-384 took most of a keyless Rekor v2 + RFC 3161 verification (Fulcio and TSA chains are
+//! P-384), measured in docs/verification.md. Encodings are still checked first with RustCrypto's
+//! strict DER parsers, so what is refused as malformed stays exactly as before. RSA and Ed25519
+//! stay on RustCrypto.
 
 use der::Decode;
 use serde::{Deserialize, Serialize};
@@ -13,6 +19,7 @@ use super::error::VerifyError;
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const OID_P521: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.35");
 const OID_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 
@@ -50,10 +57,78 @@ pub struct PublicKey {
 
 #[derive(Clone)]
 enum KeyInner {
-    P256(p256::ecdsa::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
+    /// An ECDSA key, its SEC1 point as the SubjectPublicKeyInfo holds it (validated on parse).
+    Ecdsa {
+        curve: Curve,
+        point: Vec<u8>,
+    },
     Rsa(rsa::RsaPublicKey),
     Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+/// The NIST curves ECDSA keys may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Curve {
+    P256,
+    P384,
+    P521,
+}
+
+impl Curve {
+    /// aws-lc-rs's verification algorithm for this curve with `hash` (DER signatures).
+    fn verifier(self, hash: HashAlg) -> &'static aws_lc_rs::signature::EcdsaVerificationAlgorithm {
+        use aws_lc_rs::signature as s;
+        match (self, hash) {
+            (Curve::P256, HashAlg::Sha256) => &s::ECDSA_P256_SHA256_ASN1,
+            (Curve::P256, HashAlg::Sha384) => &s::ECDSA_P256_SHA384_ASN1,
+            (Curve::P256, HashAlg::Sha512) => &s::ECDSA_P256_SHA512_ASN1,
+            (Curve::P384, HashAlg::Sha256) => &s::ECDSA_P384_SHA256_ASN1,
+            (Curve::P384, HashAlg::Sha384) => &s::ECDSA_P384_SHA384_ASN1,
+            (Curve::P384, HashAlg::Sha512) => &s::ECDSA_P384_SHA512_ASN1,
+            (Curve::P521, HashAlg::Sha256) => &s::ECDSA_P521_SHA256_ASN1,
+            (Curve::P521, HashAlg::Sha384) => &s::ECDSA_P521_SHA384_ASN1,
+            (Curve::P521, HashAlg::Sha512) => &s::ECDSA_P521_SHA512_ASN1,
+        }
+    }
+
+    /// Whether `sig` is a strict DER ECDSA-Sig-Value with r and s in range for the curve.
+    fn check_encoding(self, sig: &[u8]) -> Result<(), String> {
+        match self {
+            Curve::P256 => p256::ecdsa::Signature::from_der(sig)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Curve::P384 => p384::ecdsa::Signature::from_der(sig)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Curve::P521 => {
+                // SEQUENCE { r INTEGER, s INTEGER }, each positive and at most 521 bits.
+                #[derive(der::Sequence)]
+                struct EcdsaSig<'a> {
+                    r: der::asn1::UintRef<'a>,
+                    s: der::asn1::UintRef<'a>,
+                }
+                let value = EcdsaSig::from_der(sig).map_err(|e| e.to_string())?;
+                for (name, n) in [("r", value.r), ("s", value.s)] {
+                    let bytes = n.as_bytes();
+                    if bytes.iter().all(|b| *b == 0)
+                        || bytes.len() > 66
+                        || (bytes.len() == 66 && bytes[0] > 1)
+                    {
+                        return Err(format!("{name} out of range"));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn aws_lc_digest(hash: HashAlg) -> &'static aws_lc_rs::digest::Algorithm {
+    match hash {
+        HashAlg::Sha256 => &aws_lc_rs::digest::SHA256,
+        HashAlg::Sha384 => &aws_lc_rs::digest::SHA384,
+        HashAlg::Sha512 => &aws_lc_rs::digest::SHA512,
+    }
 }
 
 impl std::fmt::Debug for PublicKey {
@@ -100,14 +175,22 @@ impl PublicKey {
                     .algorithm
                     .parameters_oid()
                     .map_err(|e| key_err(format!("EC key without named curve: {e}")))?;
-                match curve {
-                    OID_P256 => KeyInner::P256(
-                        p256::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes).map_err(key_err)?,
-                    ),
-                    OID_P384 => KeyInner::P384(
-                        p384::ecdsa::VerifyingKey::from_sec1_bytes(key_bytes).map_err(key_err)?,
-                    ),
+                let curve = match curve {
+                    OID_P256 => Curve::P256,
+                    OID_P384 => Curve::P384,
+                    OID_P521 => Curve::P521,
                     other => return Err(key_err(format!("unsupported EC curve {other}"))),
+                };
+                // A point that is not on the curve is refused here, not at its first use.
+                aws_lc_rs::signature::UnparsedPublicKey::new(
+                    curve.verifier(HashAlg::Sha256),
+                    key_bytes,
+                )
+                .parse()
+                .map_err(|e| key_err(format!("{curve:?} public key: {e}")))?;
+                KeyInner::Ecdsa {
+                    curve,
+                    point: key_bytes.to_vec(),
                 }
             }
             OID_RSA => {
@@ -154,8 +237,24 @@ impl PublicKey {
     /// Whether this key is of the kind a trusted_root.json `keyDetails` value names.
     pub fn matches_key_details(&self, details: &str) -> bool {
         match (&self.inner, details) {
-            (KeyInner::P256(_), "PKIX_ECDSA_P256_SHA_256") => true,
-            (KeyInner::P384(_), "PKIX_ECDSA_P384_SHA_384") => true,
+            (
+                KeyInner::Ecdsa {
+                    curve: Curve::P256, ..
+                },
+                "PKIX_ECDSA_P256_SHA_256",
+            )
+            | (
+                KeyInner::Ecdsa {
+                    curve: Curve::P384, ..
+                },
+                "PKIX_ECDSA_P384_SHA_384",
+            )
+            | (
+                KeyInner::Ecdsa {
+                    curve: Curve::P521, ..
+                },
+                "PKIX_ECDSA_P521_SHA_512",
+            ) => true,
             (KeyInner::Ed25519(_), "PKIX_ED25519" | "PKIX_ED25519_PH") => true,
             (KeyInner::Rsa(k), d) => {
                 use rsa::traits::PublicKeyParts;
@@ -190,8 +289,11 @@ impl PublicKey {
     /// Human-readable algorithm name.
     pub fn algorithm(&self) -> &'static str {
         match self.inner {
-            KeyInner::P256(_) => "ecdsa-p256",
-            KeyInner::P384(_) => "ecdsa-p384",
+            KeyInner::Ecdsa { curve, .. } => match curve {
+                Curve::P256 => "ecdsa-p256",
+                Curve::P384 => "ecdsa-p384",
+                Curve::P521 => "ecdsa-p521",
+            },
             KeyInner::Rsa(_) => "rsa",
             KeyInner::Ed25519(_) => "ed25519",
         }
@@ -200,7 +302,12 @@ impl PublicKey {
     /// The digest a signer would naturally pair with this key (bundles and X.509 use it).
     pub fn natural_hash(&self) -> HashAlg {
         match self.inner {
-            KeyInner::P384(_) => HashAlg::Sha384,
+            KeyInner::Ecdsa {
+                curve: Curve::P384, ..
+            } => HashAlg::Sha384,
+            KeyInner::Ecdsa {
+                curve: Curve::P521, ..
+            } => HashAlg::Sha512,
             _ => HashAlg::Sha256,
         }
     }
@@ -223,8 +330,22 @@ impl PublicKey {
                 vk.verify_prehashed_strict(prehash, None, &sig)
                     .map_err(|_| self.invalid())
             }
-            _ => self.verify_prehash(&hash.digest(msg), sig, hash),
+            KeyInner::Ecdsa { curve, point } => {
+                self.check_ecdsa_encoding(*curve, sig)?;
+                aws_lc_rs::signature::UnparsedPublicKey::new(curve.verifier(hash), point)
+                    .verify(msg, sig)
+                    .map_err(|_| self.invalid())
+            }
+            KeyInner::Rsa(_) => self.verify_prehash(&hash.digest(msg), sig, hash),
         }
+    }
+
+    fn check_ecdsa_encoding(&self, curve: Curve, sig: &[u8]) -> Result<(), VerifyError> {
+        curve
+            .check_encoding(sig)
+            .map_err(|e| VerifyError::SignatureEncoding {
+                detail: format!("{}: {e}", self.algorithm()),
+            })
     }
 
     /// Verify `sig` over an already computed digest (message-signature bundles, where only the
@@ -235,18 +356,16 @@ impl PublicKey {
         sig: &[u8],
         hash: HashAlg,
     ) -> Result<(), VerifyError> {
-        use p256::ecdsa::signature::hazmat::PrehashVerifier;
-        let enc = |e: &dyn std::fmt::Display| VerifyError::SignatureEncoding {
-            detail: format!("{}: {e}", self.algorithm()),
-        };
         match &self.inner {
-            KeyInner::P256(vk) => {
-                let sig = p256::ecdsa::Signature::from_der(sig).map_err(|e| enc(&e))?;
-                vk.verify_prehash(digest, &sig).map_err(|_| self.invalid())
-            }
-            KeyInner::P384(vk) => {
-                let sig = p384::ecdsa::Signature::from_der(sig).map_err(|e| enc(&e))?;
-                vk.verify_prehash(digest, &sig).map_err(|_| self.invalid())
+            KeyInner::Ecdsa { curve, point } => {
+                self.check_ecdsa_encoding(*curve, sig)?;
+                // A digest of another length than `hash`'s cannot be the one signed.
+                let digest =
+                    aws_lc_rs::digest::Digest::import_less_safe(digest, aws_lc_digest(hash))
+                        .map_err(|_| self.invalid())?;
+                aws_lc_rs::signature::UnparsedPublicKey::new(curve.verifier(hash), point)
+                    .verify_digest(&digest, sig)
+                    .map_err(|_| self.invalid())
             }
             KeyInner::Rsa(key) => {
                 let scheme = match hash {
@@ -351,4 +470,97 @@ pub(crate) fn pem_rfc7468_decode(pem: &[u8]) -> Result<(String, Vec<u8>), String
         .decode(body.as_bytes())
         .map_err(|e| format!("bad base64 in PEM: {e}"))?;
     Ok((label, der))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is a failure with its message
+    use super::*;
+
+    /// ECDSA checks now run on aws-lc-rs: signatures made by another implementation
+    /// (RustCrypto, RFC 6979) verify over the message and over its digest, a changed message is
+    /// an invalid signature, and a malformed one is still refused as an encoding error.
+    #[test]
+    fn ecdsa_signatures_from_another_implementation_verify_as_before() {
+        use p256::ecdsa::signature::Signer as _;
+        use p256::pkcs8::EncodePublicKey as _;
+        let msg = b"cosign payload";
+        let p256_key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let p384_key = p384::ecdsa::SigningKey::from_slice(&[9u8; 48]).unwrap();
+        let cases: [(Vec<u8>, Vec<u8>, HashAlg); 2] = [
+            (
+                p256_key
+                    .verifying_key()
+                    .to_public_key_der()
+                    .unwrap()
+                    .into_vec(),
+                p256::ecdsa::Signature::to_der(&p256_key.sign(msg))
+                    .as_bytes()
+                    .to_vec(),
+                HashAlg::Sha256,
+            ),
+            (
+                p384_key
+                    .verifying_key()
+                    .to_public_key_der()
+                    .unwrap()
+                    .into_vec(),
+                p384::ecdsa::Signature::to_der(&p384_key.sign(msg))
+                    .as_bytes()
+                    .to_vec(),
+                HashAlg::Sha384,
+            ),
+        ];
+        for (spki, sig, hash) in cases {
+            let key = PublicKey::from_spki_der(&spki).unwrap();
+            assert_eq!(key.natural_hash(), hash);
+            key.verify(msg, &sig, hash).unwrap();
+            key.verify_prehash(&hash.digest(msg), &sig, hash).unwrap();
+            assert!(matches!(
+                key.verify(b"another payload", &sig, hash),
+                Err(VerifyError::SignatureInvalid { .. })
+            ));
+            // The right signature checked with another digest than the one signed.
+            assert!(key.verify(msg, &sig, HashAlg::Sha512).is_err());
+            assert!(matches!(
+                key.verify(msg, &sig[..sig.len() - 1], hash),
+                Err(VerifyError::SignatureEncoding { .. })
+            ));
+            // A digest of the wrong length for its algorithm is no signature over it.
+            assert!(key.verify_prehash(&[0u8; 20], &sig, hash).is_err());
+        }
+    }
+
+    /// P-521 keys (trusted roots may name `PKIX_ECDSA_P521_SHA_512`) verify SHA-512 signatures.
+    #[test]
+    fn p521_keys_verify() {
+        use aws_lc_rs::encoding::AsDer as _;
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P521_SHA512_ASN1_SIGNING};
+        let pair = EcdsaKeyPair::generate(&ECDSA_P521_SHA512_ASN1_SIGNING).unwrap();
+        let spki = pair.public_key().as_der().unwrap();
+        let key = PublicKey::from_spki_der(spki.as_ref()).unwrap();
+        assert_eq!(key.algorithm(), "ecdsa-p521");
+        assert_eq!(key.natural_hash(), HashAlg::Sha512);
+        assert!(key.matches_key_details("PKIX_ECDSA_P521_SHA_512"));
+        assert!(!key.matches_key_details("PKIX_ECDSA_P384_SHA_384"));
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let msg = b"a checkpoint";
+        let sig = pair.sign(&rng, msg).unwrap();
+        key.verify(msg, sig.as_ref(), HashAlg::Sha512).unwrap();
+        key.verify_prehash(&HashAlg::Sha512.digest(msg), sig.as_ref(), HashAlg::Sha512)
+            .unwrap();
+        assert!(matches!(
+            key.verify(b"another", sig.as_ref(), HashAlg::Sha512),
+            Err(VerifyError::SignatureInvalid { .. })
+        ));
+        assert!(matches!(
+            key.verify(msg, &sig.as_ref()[1..], HashAlg::Sha512),
+            Err(VerifyError::SignatureEncoding { .. })
+        ));
+        // A point off the curve is refused when the key is parsed.
+        let mut bad = spki.as_ref().to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(PublicKey::from_spki_der(&bad).is_err());
+    }
 }
