@@ -294,6 +294,92 @@ fn stuck_decision_is_answered_by_the_bound() {
     eprintln!("stuck decision answered after {took:?} (bound 200 ms)");
 }
 
+/// The reader thread decides a lone event itself (no hand-off to a worker). When that decision
+/// stalls, the events queued behind it must still be read and decided, by the standby thread
+/// and the workers, well within the bound, and the stalled one answered by the bound. Without
+/// the standby, the `ok` execs below would wait for the whole stall (5 s).
+#[test]
+fn a_decision_stalled_in_the_reader_holds_up_no_other_event() {
+    if !root() {
+        return;
+    }
+    let _serial = serial();
+    let bound = Duration::from_millis(1000);
+    let stall = Duration::from_secs(5);
+    let (fixture, mut responder) = start(
+        |fixture| {
+            let layer = fixture.layer_id(2);
+            ChildConfig {
+                bound_ms: u64::try_from(bound.as_millis()).expect("bound"),
+                stall: Some((
+                    layer.dev,
+                    layer.ino,
+                    layer.generation,
+                    u64::try_from(stall.as_millis()).expect("stall"),
+                )),
+                ..ChildConfig::backend(&fixture.snapshots)
+            }
+        },
+        Duration::from_secs(60),
+    );
+    let ok = fixture.merged.join("bin/ok");
+    // Decided by the reader: a lone event on an idle group.
+    expect_runs("a lone exec", exec_true(&ok));
+    let before = responder.stats();
+    assert!(
+        before["decided_inline"].as_u64() >= Some(1),
+        "the reader decided nothing itself: {before}"
+    );
+    let evil = fixture.merged.join("bin/evil");
+    let stalled = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = exec_true(&evil);
+        (result, started.elapsed())
+    });
+    // Until the reader has taken the stalled exec's event.
+    let waiting = Instant::now();
+    while responder.stats()["events"].as_u64() <= before["events"].as_u64() {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "the stalled exec never reached the backend"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    for round in 0..5 {
+        expect_runs(
+            &format!("exec {round} behind a stalled decision"),
+            exec_true(&ok),
+        );
+    }
+    let behind = started.elapsed();
+    assert!(
+        behind < bound,
+        "execs queued behind a decision stalled in the reader waited {behind:?} (bound {bound:?})"
+    );
+    let (result, took) = stalled.join().expect("stalled exec thread");
+    expect_eperm("the stalled decision in enforce mode", result);
+    assert!(
+        took < stall - Duration::from_secs(1),
+        "the stalled decision was not answered by the bound: {took:?}"
+    );
+    let stats = responder.stats();
+    assert!(
+        stats["takeovers"].as_u64() >= Some(1),
+        "the standby never read for the stalled reader: {stats}"
+    );
+    assert!(
+        responder
+            .events()
+            .iter()
+            .any(|e| e["reason"] == "timeout" && e["verdict"] == "denied"),
+        "no timeout event for the stalled decision"
+    );
+    eprintln!(
+        "5 execs behind a decision stalled in the reader took {behind:?}; the stalled one answered after {took:?} (bound {bound:?})"
+    );
+}
+
 #[test]
 fn parallel_execs_see_no_wrong_verdict_and_no_hang() {
     if !root() {

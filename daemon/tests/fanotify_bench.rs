@@ -6,7 +6,8 @@
 //! Binaries: a host binary (on the marked file system, outside the scope) and a binary from a
 //! verified layer through the container overlay. Backend configurations: with ignore marks (what
 //! runs: repeated execs of an allowed inode are not asked about again) and without (every exec
-//! is decided: the cost of a first exec).
+//! is decided: the cost of a first exec), the latter once more with every event handed from the
+//! reading thread to a worker (what the reader deciding lone events itself saves).
 
 mod fanotify_support;
 
@@ -42,16 +43,34 @@ fn quantile(mut values: Vec<f64>, q: f64) -> f64 {
     values[at]
 }
 
+/// Decision times summed over rounds.
+#[derive(Clone, Copy, Default)]
+struct Answers {
+    events: f64,
+    micros: f64,
+    max: f64,
+    inline: f64,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
     Off,
     Floor,
     Backend,
     BackendUncached,
+    /// Every exec decided, each handed from the reading thread to a worker (the design before
+    /// the reader decided lone events itself): the hand-off's cost, in the same run.
+    BackendHandoff,
 }
 
 impl Config {
-    const ALL: [Self; 4] = [Self::Off, Self::Floor, Self::Backend, Self::BackendUncached];
+    const ALL: [Self; 5] = [
+        Self::Off,
+        Self::Floor,
+        Self::Backend,
+        Self::BackendUncached,
+        Self::BackendHandoff,
+    ];
 
     const fn name(self) -> &'static str {
         match self {
@@ -59,6 +78,7 @@ impl Config {
             Self::Floor => "floor",
             Self::Backend => "backend",
             Self::BackendUncached => "backend_first_exec",
+            Self::BackendHandoff => "first_exec_handed_off",
         }
     }
 }
@@ -88,7 +108,8 @@ fn exec_latency() {
     let mut results = vec![vec![Vec::new(); binaries.len()]; Config::ALL.len()];
     let mut events_per_exec = Vec::new();
     let mut cached_events_per_exec = Vec::new();
-    let (mut answered, mut answer_micros, mut answer_max) = (0.0, 0.0, 0.0f64);
+    // Every exec decided: [by the reader where it can, always handed to a worker].
+    let mut answers = [Answers::default(); 2];
     for round in 0..rounds {
         // Rotate the order each round, so no configuration always runs right after another.
         for step in 0..Config::ALL.len() {
@@ -103,16 +124,21 @@ fn exec_latency() {
                     },
                     Duration::from_secs(120),
                 )),
-                Config::Backend | Config::BackendUncached => Some(Responder::start(
-                    &ChildConfig {
-                        ignore_marks: *config == Config::Backend,
-                        ..ChildConfig::backend(&fixture.snapshots)
-                    },
-                    Duration::from_secs(120),
-                )),
+                Config::Backend | Config::BackendUncached | Config::BackendHandoff => {
+                    Some(Responder::start(
+                        &ChildConfig {
+                            ignore_marks: *config == Config::Backend,
+                            hand_off: *config == Config::BackendHandoff,
+                            ..ChildConfig::backend(&fixture.snapshots)
+                        },
+                        Duration::from_secs(120),
+                    ))
+                }
             };
-            if let (Some(responder), Config::Backend | Config::BackendUncached) =
-                (responder.as_mut(), config)
+            if let (
+                Some(responder),
+                Config::Backend | Config::BackendUncached | Config::BackendHandoff,
+            ) = (responder.as_mut(), config)
             {
                 responder.set_layer(verified, "verified");
             }
@@ -122,19 +148,26 @@ fn exec_latency() {
                 time_execs(path, 10);
                 results[index][binary].push(time_execs(path, per_block));
             }
-            if let (Some(responder), Config::Backend | Config::BackendUncached) =
-                (responder.as_mut(), config)
+            if let (
+                Some(responder),
+                Config::Backend | Config::BackendUncached | Config::BackendHandoff,
+            ) = (responder.as_mut(), config)
             {
                 let stats = responder.stats();
                 let execs = f64::from(per_block + 10) * binaries.len() as f64;
                 let per_exec = stats["events"].as_f64().unwrap_or(0.0) / execs;
+                let field = |name: &str| stats[name].as_f64().unwrap_or(0.0);
                 if *config == Config::Backend {
                     cached_events_per_exec.push(per_exec);
                 } else {
-                    events_per_exec.push(per_exec);
-                    answered += stats["events"].as_f64().unwrap_or(0.0);
-                    answer_micros += stats["answer_micros_total"].as_f64().unwrap_or(0.0);
-                    answer_max = answer_max.max(stats["answer_micros_max"].as_f64().unwrap_or(0.0));
+                    let answers = &mut answers[usize::from(*config == Config::BackendHandoff)];
+                    answers.events += field("events");
+                    answers.micros += field("answer_micros_total");
+                    answers.max = answers.max.max(field("answer_micros_max"));
+                    answers.inline += field("decided_inline");
+                    if *config == Config::BackendUncached {
+                        events_per_exec.push(per_exec);
+                    }
                 }
                 assert_eq!(stats["denied"], 0, "benchmark execs were denied: {stats}");
             }
@@ -179,11 +212,18 @@ fn exec_latency() {
             );
         }
     }
-    println!(
-        "bench backend decision time (event read to answer written), every exec decided: mean {:.1} us, max {:.0} us over {answered} events",
-        answer_micros / answered.max(1.0),
-        answer_max
-    );
+    for (answers, how) in answers
+        .iter()
+        .zip(["decided by the reader", "handed to a worker"])
+    {
+        println!(
+            "bench backend decision time (event read to answer written), every exec decided, {how}: mean {:.1} us, max {:.0} us over {} events, {:.0}% decided by the reader",
+            answers.micros / answers.events.max(1.0),
+            answers.max,
+            answers.events,
+            100.0 * answers.inline / answers.events.max(1.0)
+        );
+    }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "bench load average during the run (other work on the machine skews every number): {}",

@@ -58,6 +58,7 @@ fn backend(config: &ChildConfig) {
             _ => Strategy::Auto,
         },
         ignore_marks: config.ignore_marks,
+        decide_in_reader: !config.hand_off,
         runtime_binaries: config.runtimes.iter().map(Into::into).collect(),
         stall: config.stall.map(|(dev, ino, generation, ms)| Stall {
             layer: LayerId {

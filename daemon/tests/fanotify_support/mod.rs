@@ -50,6 +50,8 @@ pub struct ChildConfig {
     pub stall: Option<(u64, u64, u32, u64)>,
     /// Stand-ins for runc: their exec marks the overlays mounted so far (before 6.5).
     pub runtimes: Vec<String>,
+    /// Every event handed to a worker, none decided by the reading thread (to measure).
+    pub hand_off: bool,
 }
 
 impl ChildConfig {
@@ -63,6 +65,7 @@ impl ChildConfig {
             ignore_marks: true,
             stall: None,
             runtimes: Vec::new(),
+            hand_off: false,
         }
     }
 }

@@ -1,7 +1,11 @@
-//! The running backend: one reader thread takes events off the group, a worker pool decides
-//! them from the in-memory policy, and a timer answers, by the mode, any event still pending
-//! at its deadline. Every event is answered exactly once (`Pending::answered`), and its fd stays
-//! open until nobody holds the event, so a late answer can never hit a reused fd number.
+//! The running backend: one reader thread takes events off the group and decides a lone event
+//! itself (the common case: one exec at a time), handing the others of a batch to a worker pool;
+//! decisions come from the in-memory policy. A timer answers, by the mode, any event still
+//! pending at its deadline, and watches the reader's own decisions: one that takes longer than
+//! a fraction of the bound wakes a standby thread that reads (and hands off) the events queued
+//! behind it until the reader is back, so a stalled decision never keeps later events unread.
+//! Every event is answered exactly once (`Pending::answered`), and its fd stays open until
+//! nobody holds the event, so a late answer can never hit a reused fd number.
 
 use std::{
     collections::VecDeque,
@@ -52,6 +56,9 @@ pub struct Shared {
     pub stop: AtomicBool,
     pub bound: Duration,
     pub ignore_marks: bool,
+    /// Whether the reader decides the last event of each batch itself (off only to measure
+    /// what the hand-off to a worker costs).
+    pub decide_in_reader: bool,
     /// Whether scoped overlays are marked (kernels before 6.5).
     pub overlay_marks: bool,
     pub stall: Option<Stall>,
@@ -70,6 +77,21 @@ pub struct Shared {
     /// Whether an unreadable process root was already reported (the daemon does not see the
     /// host's PID namespace).
     warned_unreadable_root: AtomicBool,
+    /// The reader's decision in progress: when its event may have been queued (nanoseconds since
+    /// `epoch`, at least 1), 0 when the reader is not deciding.
+    inline_since: AtomicU64,
+    /// Whether the timer watches the reader's decisions (set by the reader, which wakes the
+    /// timer when it sets it; cleared by the timer when it finds the reader idle).
+    watching: AtomicBool,
+    /// The reader decision (its `inline_since`) the standby was last woken for.
+    taken_over: AtomicU64,
+    /// When the most recent read of the group by any thread began (nanoseconds since `epoch`):
+    /// events a thread reads after being busy may have been queued since then.
+    last_read: AtomicU64,
+    epoch: Instant,
+    /// Set when the standby is to read for a stalled reader.
+    standby: Mutex<bool>,
+    standby_wake: Condvar,
 }
 
 /// Counters, readable while running.
@@ -84,6 +106,8 @@ pub struct Counters {
     pub events_lost: AtomicU64,
     pub answer_micros: AtomicU64,
     pub answer_micros_max: AtomicU64,
+    pub decided_inline: AtomicU64,
+    pub takeovers: AtomicU64,
 }
 
 impl Shared {
@@ -91,7 +115,7 @@ impl Shared {
         group: sys::Group,
         policy: Policy,
         bound: Duration,
-        ignore_marks: bool,
+        (ignore_marks, decide_in_reader): (bool, bool),
         overlay_marks: bool,
         stall: Option<Stall>,
         runtime_paths: Vec<std::path::PathBuf>,
@@ -105,6 +129,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             bound,
             ignore_marks,
+            decide_in_reader,
             overlay_marks,
             stall,
             runtime_paths,
@@ -114,6 +139,65 @@ impl Shared {
             roots: Roots::default(),
             files: resolve::Remembered::default(),
             warned_unreadable_root: AtomicBool::new(false),
+            inline_since: AtomicU64::new(0),
+            watching: AtomicBool::new(false),
+            taken_over: AtomicU64::new(0),
+            last_read: AtomicU64::new(0),
+            epoch: Instant::now(),
+            standby: Mutex::new(false),
+            standby_wake: Condvar::new(),
+        }
+    }
+
+    /// `at` as nanoseconds since `epoch`, at least 1 (0 means none).
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    /// How long the reader may decide an event itself before the standby reads for it: a
+    /// fraction of the bound, so the events queued behind a stalled decision are read, and
+    /// decided or answered by the mode, within the bound.
+    fn takeover_after(&self) -> Duration {
+        (self.bound / 8).max(Duration::from_millis(1))
+    }
+
+    /// Wakes the standby (stop, or a takeover).
+    pub fn wake_standby(&self, takeover: bool) {
+        let mut requested = self.standby.lock().unwrap_or_else(PoisonError::into_inner);
+        *requested |= takeover;
+        self.standby_wake.notify_all();
+    }
+
+    /// The timer's look at the reader's decision in progress (called with the timer's lock held).
+    fn watch_reader(&self, now: Instant) -> Watch {
+        if !self.watching.load(Ordering::SeqCst) {
+            return Watch::Idle;
+        }
+        let mut since = self.inline_since.load(Ordering::SeqCst);
+        if since == 0 {
+            self.watching.store(false, Ordering::SeqCst);
+            // A decision that began between the load and the store saw `watching` still set
+            // and did not wake the timer: look again.
+            since = self.inline_since.load(Ordering::SeqCst);
+            if since == 0 {
+                return Watch::Idle;
+            }
+            self.watching.store(true, Ordering::SeqCst);
+        }
+        let at = self.instant(since) + self.takeover_after();
+        if since == self.taken_over.load(Ordering::SeqCst) {
+            // The standby reads already; look again later.
+            Watch::Until(now + self.takeover_after())
+        } else if at <= now {
+            Watch::Stuck(since)
+        } else {
+            Watch::Until(at)
         }
     }
 
@@ -202,6 +286,8 @@ impl Shared {
             events_lost: load(&self.stats.events_lost),
             answer_micros_total: load(&self.stats.answer_micros),
             answer_micros_max: load(&self.stats.answer_micros_max),
+            decided_inline: load(&self.stats.decided_inline),
+            takeovers: load(&self.stats.takeovers),
         }
     }
 }
@@ -274,47 +360,157 @@ fn answer_by_mode(shared: &Shared, pending: &Pending) {
     }
 }
 
-/// Reads events and hands them to the workers until `stop`.
+/// What the timer found the reader doing.
+enum Watch {
+    /// Not deciding (or not watched).
+    Idle,
+    /// Deciding; look again at this time.
+    Until(Instant),
+    /// Deciding the event queued at `since` for too long: the standby is to read.
+    Stuck(u64),
+}
+
+/// Waits up to `timeout_ms` for events; whether there are any.
+fn wait_for_events(shared: &Shared, timeout_ms: i32) -> bool {
+    match sys::poll_one(shared.group.as_fd(), libc::POLLIN, timeout_ms) {
+        Ok(ready) => ready,
+        Err(error) => {
+            tracing::error!(%error, "polling the fanotify group failed");
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        }
+    }
+}
+
+/// Reads what is queued, each event with its deadline scheduled. `waited`: whether the thread
+/// was waiting for events (or only handing them off) since its last read; if not (it was
+/// deciding), the events may have been queued since the most recent read by any thread began,
+/// and count from then.
+fn read_queued(shared: &Shared, buffer: &mut [u8], waited: bool) -> Vec<Arc<Pending>> {
+    let began = shared.nanos(Instant::now());
+    let previous = shared.last_read.fetch_max(began, Ordering::SeqCst);
+    let events = match shared.group.read_events(buffer) {
+        Ok(events) => events,
+        Err(error) => {
+            // EMFILE and friends: the kernel has already denied that event.
+            tracing::error!(%error, "reading fanotify events failed");
+            return Vec::new();
+        }
+    };
+    let now = Instant::now();
+    let received = if waited {
+        now
+    } else {
+        shared.instant(previous.max(1)).min(now)
+    };
+    let mut pending = Vec::with_capacity(events.len());
+    for event in events {
+        if event.mask & libc::FAN_Q_OVERFLOW != 0 {
+            tracing::error!("fanotify queue overflow: events were lost");
+        }
+        let Some(fd) = event.fd else { continue };
+        shared.stats.events.fetch_add(1, Ordering::Relaxed);
+        let event = Arc::new(Pending {
+            fd,
+            pid: event.pid,
+            answered: AtomicBool::new(false),
+            received,
+            runtime: AtomicBool::new(false),
+        });
+        schedule(shared, received + shared.bound, &event);
+        pending.push(event);
+    }
+    pending
+}
+
+/// Gives `pending` to the workers, or answers it by the mode when their queue is full.
+fn hand_off(shared: &Shared, work: &mpsc::SyncSender<Arc<Pending>>, pending: Arc<Pending>) {
+    if let Err(error) = work.try_send(pending) {
+        let (mpsc::TrySendError::Full(pending) | mpsc::TrySendError::Disconnected(pending)) = error;
+        answer_by_mode(shared, &pending);
+    }
+}
+
+/// Reads events until `stop`: the last of each batch is decided here (no thread hand-off on the
+/// way to the answer), the others go to the workers. While this thread decides, the timer
+/// watches it ([`Shared::watch_reader`]).
 pub fn reader(shared: &Arc<Shared>, work: &mpsc::SyncSender<Arc<Pending>>) {
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut waited = true;
     while !shared.stop.load(Ordering::Relaxed) {
-        match sys::poll_one(shared.group.as_fd(), libc::POLLIN, 200) {
-            Ok(false) => continue,
-            Ok(true) => {}
-            Err(error) => {
-                tracing::error!(%error, "polling the fanotify group failed");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
+        // After a decision, read at once: events may have queued meanwhile.
+        if waited && !wait_for_events(shared, 200) {
+            continue;
         }
-        let events = match shared.group.read_events(&mut buffer) {
-            Ok(events) => events,
-            Err(error) => {
-                // EMFILE and friends: the kernel has already denied that event.
-                tracing::error!(%error, "reading fanotify events failed");
+        let mut batch = read_queued(shared, &mut buffer, waited);
+        waited = true;
+        if !shared.decide_in_reader {
+            for pending in batch {
+                hand_off(shared, work, pending);
+            }
+            continue;
+        }
+        let Some(last) = batch.pop() else { continue };
+        for pending in batch {
+            hand_off(shared, work, pending);
+        }
+        shared
+            .inline_since
+            .store(shared.nanos(last.received), Ordering::SeqCst);
+        if !shared.watching.swap(true, Ordering::SeqCst) {
+            let _queue = shared.timer.lock().unwrap_or_else(PoisonError::into_inner);
+            shared.timer_wake.notify_one();
+        }
+        let decided = decide(shared, &last, true);
+        shared.inline_since.store(0, Ordering::SeqCst);
+        waited = false;
+        if decided {
+            shared.stats.decided_inline.fetch_add(1, Ordering::Relaxed);
+        } else {
+            hand_off(shared, work, last);
+        }
+    }
+}
+
+/// Reads events for the reader while it is stuck in a decision (woken by the timer), handing
+/// every one to the workers, until the reader's decision ends.
+pub fn standby(shared: &Arc<Shared>, work: &mpsc::SyncSender<Arc<Pending>>) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        {
+            let mut requested = shared
+                .standby
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            while !*requested {
+                if shared.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                requested = shared
+                    .standby_wake
+                    .wait(requested)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            *requested = false;
+        }
+        let stuck = shared.taken_over.load(Ordering::SeqCst);
+        shared.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            after = ?shared.takeover_after(),
+            "a decision in the fanotify reader is slow: reading events in the standby thread until it ends"
+        );
+        // The first read takes what queued behind the stalled decision.
+        let mut waited = false;
+        while !shared.stop.load(Ordering::Relaxed)
+            && shared.inline_since.load(Ordering::SeqCst) == stuck
+        {
+            if waited && !wait_for_events(shared, 10) {
                 continue;
             }
-        };
-        let now = Instant::now();
-        for event in events {
-            if event.mask & libc::FAN_Q_OVERFLOW != 0 {
-                tracing::error!("fanotify queue overflow: events were lost");
+            for pending in read_queued(shared, &mut buffer, waited) {
+                hand_off(shared, work, pending);
             }
-            let Some(fd) = event.fd else { continue };
-            shared.stats.events.fetch_add(1, Ordering::Relaxed);
-            let pending = Arc::new(Pending {
-                fd,
-                pid: event.pid,
-                answered: AtomicBool::new(false),
-                received: now,
-                runtime: AtomicBool::new(false),
-            });
-            schedule(shared, now + shared.bound, &pending);
-            if let Err(error) = work.try_send(pending) {
-                let (mpsc::TrySendError::Full(pending) | mpsc::TrySendError::Disconnected(pending)) =
-                    error;
-                answer_by_mode(shared, &pending);
-            }
+            waited = true;
         }
     }
 }
@@ -330,7 +526,14 @@ fn schedule(shared: &Shared, deadline: Instant, pending: &Arc<Pending>) {
     }
 }
 
-/// Answers events still pending at their deadline.
+/// What woke the timer.
+enum Due {
+    Event(Option<Arc<Pending>>),
+    Stuck(u64),
+}
+
+/// Answers events still pending at their deadline, and wakes the standby when the reader's own
+/// decision takes too long.
 pub fn timer(shared: &Arc<Shared>) {
     loop {
         let due = {
@@ -346,30 +549,33 @@ pub fn timer(shared: &Arc<Shared>) {
                     queue.pop_front();
                 }
                 let now = Instant::now();
-                match queue.front() {
-                    None => {
-                        queue = shared
-                            .timer_wake
-                            .wait_timeout(queue, Duration::from_millis(200))
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
-                    }
-                    Some((deadline, _)) if *deadline <= now => {
-                        break queue.pop_front().and_then(|(_, weak)| weak.upgrade());
-                    }
-                    Some((deadline, _)) => {
-                        let wait = *deadline - now;
-                        queue = shared
-                            .timer_wake
-                            .wait_timeout(queue, wait)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
-                    }
+                let mut wake = now + Duration::from_millis(200);
+                match shared.watch_reader(now) {
+                    Watch::Idle => {}
+                    Watch::Until(at) => wake = wake.min(at),
+                    Watch::Stuck(since) => break Due::Stuck(since),
                 }
+                match queue.front() {
+                    Some((deadline, _)) if *deadline <= now => {
+                        break Due::Event(queue.pop_front().and_then(|(_, weak)| weak.upgrade()));
+                    }
+                    Some((deadline, _)) => wake = wake.min(*deadline),
+                    None => {}
+                }
+                queue = shared
+                    .timer_wake
+                    .wait_timeout(queue, wake.saturating_duration_since(now))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
         };
-        if let Some(pending) = due {
-            answer_by_mode(shared, &pending);
+        match due {
+            Due::Event(Some(pending)) => answer_by_mode(shared, &pending),
+            Due::Event(None) => {}
+            Due::Stuck(since) => {
+                shared.taken_over.store(since, Ordering::SeqCst);
+                shared.wake_standby(true);
+            }
         }
     }
 }
@@ -382,7 +588,9 @@ pub fn worker(shared: &Arc<Shared>, queue: &Mutex<mpsc::Receiver<Arc<Pending>>>)
             receiver.recv()
         };
         match next {
-            Ok(pending) => decide(shared, &pending),
+            Ok(pending) => {
+                decide(shared, &pending, false);
+            }
             Err(mpsc::RecvError) => return,
         }
     }
@@ -439,9 +647,12 @@ fn root_of(shared: &Shared, policy: &Policy, pid: i32) -> std::sync::Arc<Root> {
     std::sync::Arc::new(Root::host())
 }
 
-fn decide(shared: &Shared, pending: &Pending) {
+/// Decides `pending` and answers it. `inline`: called by the reader, which keeps nothing that
+/// does I/O under a lock for itself: a container runtime's exec (which rescans the mounts) is
+/// left to a worker, and `false` returned. Otherwise `true`.
+fn decide(shared: &Shared, pending: &Pending, inline: bool) -> bool {
     if pending.answered.load(Ordering::Acquire) {
-        return;
+        return true;
     }
     let generation = shared.generation.load(Ordering::SeqCst);
     let policy = shared.policy();
@@ -455,9 +666,12 @@ fn decide(shared: &Shared, pending: &Pending) {
             verdict,
             (LayerId::new(0, 0), None, root.key),
         );
-        return;
+        return true;
     };
     if policy.runtimes.contains(&(st.st_dev, st.st_ino)) {
+        if inline {
+            return false;
+        }
         // A container runtime starts: whatever rootfs it is about to run is mounted by now, so
         // mark it before the runtime may exec anything from it. Never cached: every start counts.
         tracing::debug!(
@@ -469,7 +683,7 @@ fn decide(shared: &Shared, pending: &Pending) {
         if shared.answer(pending, true) {
             shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
         }
-        return;
+        return true;
     }
     // Runtime execs above need no root: only now is the process's container looked up.
     let root = root_of(shared, &policy, pending.pid);
@@ -494,6 +708,7 @@ fn decide(shared: &Shared, pending: &Pending) {
         Location::OutOfScope => None,
     };
     finish(shared, pending, verdict, (file, layer, root.key));
+    true
 }
 
 /// Places an ignore mark for an allowed inode; removes it again if the policy changed since the

@@ -5,7 +5,8 @@
 //! one `FAN_MARK_FILESYSTEM` mark per file system holding a scope. From 6.5 that mark sees the
 //! backing file of every container exec ([`resolve`]); before 6.5 overlayfs hides those opens, so
 //! each overlay with a layer in a scope is marked as it appears ([`overlay`]). Decisions come from
-//! an in-memory [`policy::Policy`] snapshot, by a worker pool, within a bound ([`engine`]).
+//! an in-memory [`policy::Policy`] snapshot, by the reading thread or a worker pool, within a
+//! bound ([`engine`]).
 //!
 //! If the daemon dies, the kernel allows pending and future execs: unlike pinned BPF programs,
 //! a fanotify group lives only as long as its process.
@@ -80,6 +81,9 @@ pub struct FanotifyConfig {
     pub strategy: Strategy,
     /// Ignore marks for allowed host and verified-layer inodes (off only to measure).
     pub ignore_marks: bool,
+    /// The reading thread decides the last event of each read itself instead of handing it to
+    /// a worker (off only to measure the hand-off).
+    pub decide_in_reader: bool,
     /// Container runtimes (runc) whose every exec first marks the overlays mounted so far
     /// (`overlay` strategy): containerd mounts a rootfs before it runs runc, so the container's
     /// first exec cannot beat the mark. Missing paths are skipped.
@@ -97,6 +101,7 @@ impl Default for FanotifyConfig {
             workers: 0,
             strategy: Strategy::Auto,
             ignore_marks: true,
+            decide_in_reader: true,
             runtime_binaries: DEFAULT_RUNTIMES.iter().map(PathBuf::from).collect(),
             stall: None,
         }
@@ -150,6 +155,10 @@ pub struct FanotifyStats {
     /// backend adds on top of the kernel's round trip.
     pub answer_micros_total: u64,
     pub answer_micros_max: u64,
+    /// Events decided by the reader thread itself (no hand-off to a worker).
+    pub decided_inline: u64,
+    /// Times a decision in the reader took so long that the standby thread read for it.
+    pub takeovers: u64,
 }
 
 /// The running backend. Dropping it stops the threads and closes the group (the kernel then
@@ -198,7 +207,7 @@ impl FanotifyBackend {
                 crate::enforce::OutsideImage::Allow,
             ),
             config.bound,
-            config.ignore_marks,
+            (config.ignore_marks, config.decide_in_reader),
             strategy == Strategy::Overlay,
             config.stall,
             config.runtime_binaries.clone(),
@@ -227,9 +236,14 @@ impl FanotifyBackend {
         backend
             .threads
             .push(spawn("timer", move || engine::timer(&timer_shared))?);
+        let standby_shared = Arc::clone(&shared);
+        let standby_work = work.clone();
+        backend.threads.push(spawn("standby", move || {
+            engine::standby(&standby_shared, &standby_work);
+        })?);
         let reader_shared = Arc::clone(&shared);
         backend.threads.push(spawn("reader", move || {
-            engine::reader(&reader_shared, &work)
+            engine::reader(&reader_shared, &work);
         })?);
         if strategy == Strategy::Overlay {
             let watcher_shared = Arc::clone(&shared);
@@ -317,6 +331,7 @@ impl Drop for FanotifyBackend {
         self.shared
             .stop
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.wake_standby(false);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
