@@ -4,7 +4,7 @@ mod commands;
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{exit_with, kernel::KernelCommand, offline_verify, Output};
 use imagegate::{enforce::bpf, telemetry};
@@ -85,7 +85,9 @@ enum Command {
         /// docker config.json with registry credentials.
         #[arg(long)]
         docker_config: Option<PathBuf>,
-        /// Take insecure registries and credentials from this daemon configuration file.
+        /// Take insecure registries and credentials from this daemon configuration file, and,
+        /// for a policy naming the public-good root, the root the daemon keeps under its
+        /// state_dir (read only; default configuration's state_dir without this flag).
         #[arg(long)]
         config: Option<PathBuf>,
         /// `text` or `json`.
@@ -165,25 +167,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify {
             image,
             policy,
-            mut insecure_registry,
-            mut docker_config,
+            insecure_registry,
+            docker_config,
             config,
             output,
-        } => {
-            if let Some(path) = config {
-                let config =
-                    imagegate::config::Config::load(&path).context("loading the configuration")?;
-                insecure_registry.extend(config.registry.insecure);
-                docker_config = docker_config.or(config.registry.docker_config);
-            }
-            exit_with(commands::inspect::verify(
-                &image,
-                &policy,
-                insecure_registry,
-                docker_config.as_deref(),
-                matches!(output, Output::Json),
-            ))
-        }
+        } => exit_with(commands::inspect::verify(
+            &image,
+            &policy,
+            insecure_registry,
+            docker_config,
+            config.as_deref(),
+            matches!(output, Output::Json),
+        )),
         Command::Explain {
             target,
             namespace,

@@ -634,6 +634,9 @@ fn in_process(
             crate::telemetry::error_chain(&e)
         )
     })?;
+    if policy.uses_public_good() {
+        crate::tuf::install_cached(config);
+    }
     let client = registry_client(config)?;
     let judge = Judge {
         policy: Arc::new(policy),

@@ -637,6 +637,19 @@ pub fn resolve(trust: &Arc<TrustMaterial>) -> Result<Arc<TrustMaterial>, TufErro
     installed().ok_or(TufError::NotRunning)?.current()
 }
 
+/// For an offline command (`imagegate verify`): the root the daemon keeps under `config`'s
+/// state_dir, read only (no refresh, no network), installed for verification to find. With no
+/// usable cached root, verification needing it is an `error`, saying why.
+pub fn install_cached(config: &crate::config::Config) {
+    let client = Arc::new(PublicGood::open(TufSettings::from_config(config)));
+    info!(
+        cached = client.usable_root().unwrap_or_else(|| "none usable".into()),
+        cache = %client.settings.cache_dir.display(),
+        "public-good trusted root: the daemon's cache, read only"
+    );
+    install(client);
+}
+
 /// Open the cache, install the client and start its refresher on the current tokio runtime.
 /// The refresher fetches only while `wanted` (the policy names the root; see
 /// [`PublicGood::set_wanted`]).

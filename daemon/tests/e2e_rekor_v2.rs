@@ -493,6 +493,21 @@ fn a_new_public_good_root_revoking_the_ca_revokes_trust() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "hello from public-good"
     );
+    // `imagegate verify` with the daemon's configuration uses the root the daemon keeps.
+    let offline = || {
+        let out = Command::new(daemon::imagegate_bin())
+            .args(["verify", &name, "--policy"])
+            .arg(dir.join("policy.toml"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run imagegate verify");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), text)
+    };
+    let (code, text) = offline();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("TRUSTED: "), "{text}");
 
     // The repository publishes the root that revokes the CA; the policy file is unchanged.
     runtime.block_on(
@@ -525,6 +540,12 @@ fn a_new_public_good_root_revoking_the_ca_revokes_trust() {
             .contains("the public-good trusted root in use changed"),
         "{}",
         daemon.log_text()
+    );
+    let (code, text) = offline();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.starts_with("UNTRUSTED: ") && text.contains("[cert-chain]"),
+        "{text}"
     );
     let out = bed.containerd.run(&name, "c-pg-after", &[]);
     daemon::assert_denied(&out, "an image whose CA the new public-good root revoked");

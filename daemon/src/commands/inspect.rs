@@ -58,16 +58,37 @@ pub fn explain(options: imagegate::explain::Options) -> Result<i32> {
     Ok(code)
 }
 
+/// `imagegate verify`: judges `image` in this process. Insecure registries and credentials may
+/// come from the daemon's configuration (`config`), and so does, for a policy naming the
+/// public-good root, the root the daemon keeps current (its TUF cache, read only: no refresh).
 pub fn verify(
     image: &str,
     policy_path: &Path,
-    insecure_registries: Vec<String>,
-    docker_config: Option<&Path>,
+    mut insecure_registries: Vec<String>,
+    mut docker_config: Option<std::path::PathBuf>,
+    config_path: Option<&Path>,
     json: bool,
 ) -> Result<i32> {
+    let config = match config_path {
+        Some(path) => {
+            let config =
+                imagegate::config::Config::load(path).context("loading the configuration")?;
+            insecure_registries.extend(config.registry.insecure.iter().cloned());
+            docker_config = docker_config.or_else(|| config.registry.docker_config.clone());
+            config
+        }
+        None => imagegate::config::Config::default(),
+    };
     let policy = imagegate::policy::Policy::load(policy_path).context("loading the policy")?;
-    let verdict =
-        imagegate::explain::verify_in_process(image, &policy, insecure_registries, docker_config)?;
+    if policy.uses_public_good() {
+        imagegate::tuf::install_cached(&config);
+    }
+    let verdict = imagegate::explain::verify_in_process(
+        image,
+        &policy,
+        insecure_registries,
+        docker_config.as_deref(),
+    )?;
     if json {
         println!("{}", serde_json::to_string_pretty(&verdict)?);
     } else {
