@@ -4,6 +4,7 @@
 //! tables outlive the daemon) both run it.
 
 use std::{
+    collections::BTreeSet,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::Instant,
@@ -52,12 +53,32 @@ fn import(dir: &Path, containerd: &PrivateContainerd, name: &str, marker: &str) 
 /// Low-numbered files removed one at a time, to move where new snapshots land.
 const FILLERS: usize = 40;
 
-/// Removes image `name` and waits until its snapshot directories `layers` are gone.
-fn remove(containerd: &PrivateContainerd, name: &str, layers: &[PathBuf]) {
+/// The content store's blobs under containerd's `root`.
+fn blobs(root: &Path) -> BTreeSet<std::ffi::OsString> {
+    std::fs::read_dir(root.join("io.containerd.content.v1.content/blobs/sha256"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes image `name` and waits until its snapshot directories `layers` are gone and the
+/// content store holds `blobs_before` again (the garbage collector may remove blobs later than
+/// snapshots; until it has, their inode numbers are not free).
+fn remove(
+    containerd: &PrivateContainerd,
+    root: &Path,
+    name: &str,
+    layers: &[PathBuf],
+    blobs_before: &BTreeSet<std::ffi::OsString>,
+) {
     let out = containerd.ctr(&["images", "rm", "--sync", name]);
     assert!(out.status.success(), "removing {name}: {out:?}");
     let started = Instant::now();
-    while layers.iter().any(|fs| fs.exists()) {
+    while layers.iter().any(|fs| fs.exists()) || blobs(root) != *blobs_before {
         assert!(
             started.elapsed() < daemon::wait_limit(),
             "the snapshots of {name} were not removed"
@@ -103,6 +124,7 @@ pub fn a_reused_inode_inherits_nothing(dir: &Path, backend: &'static str) -> Str
         std::fs::write(fillers.join(n.to_string()), "").expect("filler");
     }
     let trusted = "registry.test/trusted/app:1";
+    let blobs_before = blobs(&root);
     import(dir, &containerd, trusted, "trusted");
     let daemon = DaemonProcess::start(dir, &config, "inode-reuse-1");
     daemon.wait_for_verdicts(dir, &[(trusted.to_owned(), "trusted")]);
@@ -114,11 +136,12 @@ pub fn a_reused_inode_inherits_nothing(dir: &Path, backend: &'static str) -> Str
     assert!(!vouched.is_empty(), "the trusted image has no snapshot");
     daemon.stop();
 
-    remove(&containerd, trusted, &trusted_layers);
+    remove(&containerd, &root, trusted, &trusted_layers, &blobs_before);
     let mut reusing = None;
     for n in 0..FILLERS {
         let name = format!("registry.test/untrusted/app:{n}");
         let before = snapshot_dirs(&root);
+        let blobs_before = blobs(&root);
         import(dir, &containerd, &name, &format!("untrusted-{n}"));
         let layer = snapshot_dirs(&root)
             .into_iter()
@@ -130,11 +153,15 @@ pub fn a_reused_inode_inherits_nothing(dir: &Path, backend: &'static str) -> Str
             reusing = Some((name, layer));
             break;
         }
-        // Every other one removed again: freed numbers to hand out once more.
-        if n % 2 == 1 {
-            remove(&containerd, &name, std::slice::from_ref(&layer));
-        }
-        let _ = std::fs::remove_file(fillers.join(n.to_string()));
+        // Removed again, and one filler with it: the next import starts one number lower.
+        remove(
+            &containerd,
+            &root,
+            &name,
+            std::slice::from_ref(&layer),
+            &blobs_before,
+        );
+        std::fs::remove_file(fillers.join(n.to_string())).expect("remove a filler");
     }
     let (name, layer) = reusing.unwrap_or_else(|| {
         panic!("ext4 gave no new snapshot the removed one's inode ({vouched:?})")
