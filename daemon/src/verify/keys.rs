@@ -62,8 +62,24 @@ enum KeyInner {
         curve: Curve,
         point: Vec<u8>,
     },
-    Rsa(rsa::RsaPublicKey),
+    /// An RSA key; `pss`: its signatures are RSASSA-PSS (a trusted root's `keyDetails` says so),
+    /// else PKCS#1 v1.5.
+    Rsa {
+        key: rsa::RsaPublicKey,
+        pss: bool,
+    },
     Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+/// aws-lc-rs's RSASSA-PSS verification with `hash` (MGF1 with the same hash, salt as long as
+/// the digest: what RSA-PSS `keyDetails` name).
+fn rsa_pss(hash: HashAlg) -> &'static aws_lc_rs::signature::RsaParameters {
+    use aws_lc_rs::signature as s;
+    match hash {
+        HashAlg::Sha256 => &s::RSA_PSS_2048_8192_SHA256,
+        HashAlg::Sha384 => &s::RSA_PSS_2048_8192_SHA384,
+        HashAlg::Sha512 => &s::RSA_PSS_2048_8192_SHA512,
+    }
 }
 
 /// The NIST curves ECDSA keys may use.
@@ -203,7 +219,7 @@ impl PublicKey {
                         key.size() * 8
                     )));
                 }
-                KeyInner::Rsa(key)
+                KeyInner::Rsa { key, pss: false }
             }
             OID_ED25519 => {
                 let bytes: [u8; 32] = key_bytes
@@ -234,6 +250,21 @@ impl PublicKey {
         Self::from_spki_der(&spki.to_der().map_err(key_err)?)
     }
 
+    /// This RSA key with RSASSA-PSS signatures (a trusted root's `keyDetails` names the scheme;
+    /// the key encoding is the same as for PKCS#1 v1.5).
+    pub fn into_rsa_pss(mut self) -> Result<Self, VerifyError> {
+        match &mut self.inner {
+            KeyInner::Rsa { pss, .. } => {
+                *pss = true;
+                Ok(self)
+            }
+            _ => Err(key_err(format!(
+                "an RSA-PSS key must be RSA, not {}",
+                self.algorithm()
+            ))),
+        }
+    }
+
     /// Whether this key is of the kind a trusted_root.json `keyDetails` value names.
     pub fn matches_key_details(&self, details: &str) -> bool {
         match (&self.inner, details) {
@@ -256,14 +287,18 @@ impl PublicKey {
                 "PKIX_ECDSA_P521_SHA_512",
             ) => true,
             (KeyInner::Ed25519(_), "PKIX_ED25519" | "PKIX_ED25519_PH") => true,
-            (KeyInner::Rsa(k), d) => {
+            (KeyInner::Rsa { key, pss }, d) => {
                 use rsa::traits::PublicKeyParts;
-                let bits = k.size() * 8;
-                match d {
-                    "PKIX_RSA_PKCS1V5" | "PKCS1_RSA_PKCS1V5" => true,
-                    "PKIX_RSA_PKCS1V15_2048_SHA256" => bits == 2048,
-                    "PKIX_RSA_PKCS1V15_3072_SHA256" => bits == 3072,
-                    "PKIX_RSA_PKCS1V15_4096_SHA256" => bits == 4096,
+                let bits = key.size() * 8;
+                match (pss, d) {
+                    (false, "PKIX_RSA_PKCS1V5" | "PKCS1_RSA_PKCS1V5")
+                    | (true, "PKIX_RSA_PSS" | "PKCS1_RSA_PSS") => true,
+                    (false, "PKIX_RSA_PKCS1V15_2048_SHA256")
+                    | (true, "PKIX_RSA_PSS_2048_SHA256") => bits == 2048,
+                    (false, "PKIX_RSA_PKCS1V15_3072_SHA256")
+                    | (true, "PKIX_RSA_PSS_3072_SHA256") => bits == 3072,
+                    (false, "PKIX_RSA_PKCS1V15_4096_SHA256")
+                    | (true, "PKIX_RSA_PSS_4096_SHA256") => bits == 4096,
                     _ => false,
                 }
             }
@@ -294,7 +329,8 @@ impl PublicKey {
                 Curve::P384 => "ecdsa-p384",
                 Curve::P521 => "ecdsa-p521",
             },
-            KeyInner::Rsa(_) => "rsa",
+            KeyInner::Rsa { pss: false, .. } => "rsa",
+            KeyInner::Rsa { pss: true, .. } => "rsa-pss",
             KeyInner::Ed25519(_) => "ed25519",
         }
     }
@@ -336,7 +372,12 @@ impl PublicKey {
                     .verify(msg, sig)
                     .map_err(|_| self.invalid())
             }
-            KeyInner::Rsa(_) => self.verify_prehash(&hash.digest(msg), sig, hash),
+            KeyInner::Rsa { pss: true, .. } => {
+                aws_lc_rs::signature::UnparsedPublicKey::new(rsa_pss(hash), &self.spki_der)
+                    .verify(msg, sig)
+                    .map_err(|_| self.invalid())
+            }
+            KeyInner::Rsa { pss: false, .. } => self.verify_prehash(&hash.digest(msg), sig, hash),
         }
     }
 
@@ -367,7 +408,15 @@ impl PublicKey {
                     .verify_digest(&digest, sig)
                     .map_err(|_| self.invalid())
             }
-            KeyInner::Rsa(key) => {
+            KeyInner::Rsa { pss: true, .. } => {
+                let digest =
+                    aws_lc_rs::digest::Digest::import_less_safe(digest, aws_lc_digest(hash))
+                        .map_err(|_| self.invalid())?;
+                aws_lc_rs::signature::UnparsedPublicKey::new(rsa_pss(hash), &self.spki_der)
+                    .verify_digest(&digest, sig)
+                    .map_err(|_| self.invalid())
+            }
+            KeyInner::Rsa { key, pss: false } => {
                 let scheme = match hash {
                     HashAlg::Sha256 => rsa::Pkcs1v15Sign::new::<Sha256>(),
                     HashAlg::Sha384 => rsa::Pkcs1v15Sign::new::<Sha384>(),
@@ -529,6 +578,49 @@ mod tests {
             // A digest of the wrong length for its algorithm is no signature over it.
             assert!(key.verify_prehash(&[0u8; 20], &sig, hash).is_err());
         }
+    }
+
+    /// RSA-PSS keys (`PKIX_RSA_PSS_*` in a trusted root) verify PSS signatures and only those;
+    /// the same key as PKCS#1 v1.5 does not accept them.
+    #[test]
+    fn rsa_pss_keys_verify_pss_signatures_only() {
+        use aws_lc_rs::encoding::AsDer as _;
+        use aws_lc_rs::rsa::KeySize;
+        use aws_lc_rs::signature::{KeyPair as _, RsaKeyPair, RSA_PKCS1_SHA256, RSA_PSS_SHA256};
+        let pair = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        let spki = pair.public_key().as_der().unwrap();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let msg = b"a signed entry timestamp";
+        let mut pss_sig = vec![0u8; pair.public_modulus_len()];
+        pair.sign(&RSA_PSS_SHA256, &rng, msg, &mut pss_sig).unwrap();
+        let mut v15_sig = vec![0u8; pair.public_modulus_len()];
+        pair.sign(&RSA_PKCS1_SHA256, &rng, msg, &mut v15_sig)
+            .unwrap();
+
+        let v15 = PublicKey::from_spki_der(spki.as_ref()).unwrap();
+        let pss = v15.clone().into_rsa_pss().unwrap();
+        assert_eq!(pss.algorithm(), "rsa-pss");
+        assert!(pss.matches_key_details("PKIX_RSA_PSS_2048_SHA256"));
+        assert!(!pss.matches_key_details("PKIX_RSA_PSS_3072_SHA256"));
+        assert!(!pss.matches_key_details("PKIX_RSA_PKCS1V15_2048_SHA256"));
+        assert!(!v15.matches_key_details("PKIX_RSA_PSS_2048_SHA256"));
+        pss.verify(msg, &pss_sig, HashAlg::Sha256).unwrap();
+        pss.verify_prehash(&HashAlg::Sha256.digest(msg), &pss_sig, HashAlg::Sha256)
+            .unwrap();
+        assert!(pss.verify(b"another", &pss_sig, HashAlg::Sha256).is_err());
+        assert!(pss.verify(msg, &v15_sig, HashAlg::Sha256).is_err());
+        v15.verify(msg, &v15_sig, HashAlg::Sha256).unwrap();
+        assert!(v15.verify(msg, &pss_sig, HashAlg::Sha256).is_err());
+        // The same fingerprint and log id: only the signature scheme differs.
+        assert_eq!(pss.log_id(), v15.log_id());
+        let p256 = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let ec = PublicKey::from_spki_der(
+            p256::pkcs8::EncodePublicKey::to_public_key_der(p256.verifying_key())
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(ec.into_rsa_pss().is_err());
     }
 
     /// P-521 keys (trusted roots may name `PKIX_ECDSA_P521_SHA_512`) verify SHA-512 signatures.

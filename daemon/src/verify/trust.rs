@@ -197,6 +197,12 @@ fn decode_key(raw: &RawKey) -> Result<PublicKey, String> {
     let details = raw.key_details.as_deref();
     let key = match details {
         Some("PKCS1_RSA_PKCS1V5") => PublicKey::from_pkcs1_rsa_der(&bytes),
+        Some("PKCS1_RSA_PSS") => {
+            PublicKey::from_pkcs1_rsa_der(&bytes).and_then(PublicKey::into_rsa_pss)
+        }
+        Some(d) if d.starts_with("PKIX_RSA_PSS") => {
+            PublicKey::from_spki_der(&bytes).and_then(PublicKey::into_rsa_pss)
+        }
         Some(d) if d.starts_with("PKIX_") => PublicKey::from_spki_der(&bytes),
         None => PublicKey::from_spki_der(&bytes),
         Some(other) => return Err(format!("key type {other} is not supported")),
@@ -432,6 +438,8 @@ mod key_encoding_tests {
             vec![
                 log(1, &spki(ED25519), "PKIX_ED25519", start.clone()),
                 log(2, &spki(P256), "PKIX_ECDSA_P256_SHA_256", start.clone()),
+                log(6, &rsa, "PKIX_RSA_PSS_2048_SHA256", start.clone()),
+                log(7, &pkcs1(&rsa), "PKCS1_RSA_PSS", start.clone()),
             ],
             vec![
                 log(3, &pkcs1(&rsa), "PKCS1_RSA_PKCS1V5", start.clone()),
@@ -440,9 +448,13 @@ mod key_encoding_tests {
             ],
         ))
         .expect("root");
-        assert_eq!(tm.tlogs.len(), 2);
+        assert_eq!(tm.tlogs.len(), 4);
         assert_eq!(tm.ctlogs.len(), 3);
         assert!(tm.unusable_tlogs.is_empty() && tm.unusable_ctlogs.is_empty());
+        // RSA-PSS keys verify PSS signatures (verify/keys.rs tests), named so.
+        assert_eq!(tm.tlogs[2].key.algorithm(), "rsa-pss");
+        assert_eq!(tm.tlogs[3].key.algorithm(), "rsa-pss");
+        assert_eq!(tm.ctlogs[1].key.algorithm(), "rsa");
         // A PKCS#1 key is the same key as its SPKI form: same fingerprint, same CT log id.
         assert_eq!(tm.ctlogs[0].key.spki_der(), rsa.as_slice());
         assert_eq!(tm.ctlogs[0].key.log_id(), tm.ctlogs[1].key.log_id());
