@@ -117,6 +117,29 @@ pub fn assert_unsigned_denied(
     json
 }
 
+/// `explain --output json` of `target`: `image` judged trusted at `digest`, and its accepted
+/// signature (with the whole answer, for messages).
+fn accepted_signature(
+    dir: &Path,
+    target: &str,
+    image: &str,
+    digest: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let json = json(dir, target, &[]);
+    let judged = json["images"]
+        .as_array()
+        .and_then(|images| images.iter().find(|i| i["reference"] == image))
+        .unwrap_or_else(|| panic!("{image} not explained: {json}"));
+    assert_eq!(judged["verdict"], "trusted", "{json}");
+    assert_eq!(judged["manifest_digest"], digest, "{json}");
+    let accepted = judged["signatures"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["accepted"] == true))
+        .unwrap_or_else(|| panic!("no accepted signature: {json}"))
+        .clone();
+    (json, accepted)
+}
+
 /// A trusted container (or image) explained: signed by the policy's key authority `authority`,
 /// the signature found in the legacy `.sig` tag and accepted, in text and JSON.
 pub fn assert_signed(dir: &Path, target: &str, image: &str, digest: &str, authority: &str) {
@@ -129,17 +152,8 @@ pub fn assert_signed(dir: &Path, target: &str, image: &str, digest: &str, author
     ] {
         assert!(text.contains(&expected), "no {expected:?} in:\n{text}");
     }
-    let json = json(dir, target, &[]);
-    let judged = json["images"]
-        .as_array()
-        .and_then(|images| images.iter().find(|i| i["reference"] == image))
-        .unwrap_or_else(|| panic!("{image} not explained: {json}"));
-    assert_eq!(judged["verdict"], "trusted", "{json}");
-    assert_eq!(judged["manifest_digest"], digest, "{json}");
-    let accepted = judged["signatures"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["accepted"] == true))
-        .unwrap_or_else(|| panic!("no accepted signature: {json}"));
+    let (json, accepted) = accepted_signature(dir, target, image, digest);
+    let accepted = &accepted;
     assert_eq!(accepted["authority"], authority, "{json}");
     assert_eq!(accepted["found_in"], "legacy_sig_tag", "{json}");
     assert!(
@@ -205,18 +219,7 @@ pub fn assert_signed_by_rekor_v2_bundle(
     ] {
         assert!(text.contains(&expected), "no {expected:?} in:\n{text}");
     }
-    let json = json(dir, target, &[]);
-    let judged = json["images"]
-        .as_array()
-        .and_then(|images| images.iter().find(|i| i["reference"] == image))
-        .unwrap_or_else(|| panic!("{image} not explained: {json}"));
-    assert_eq!(judged["verdict"], "trusted", "{json}");
-    assert_eq!(judged["manifest_digest"], digest, "{json}");
-    let accepted = judged["signatures"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["accepted"] == true))
-        .unwrap_or_else(|| panic!("no accepted signature: {json}"))
-        .clone();
+    let (json, accepted) = accepted_signature(dir, target, image, digest);
     assert_eq!(accepted["authority"], authority, "{json}");
     assert_eq!(accepted["found_in"], "referrers_tag", "{json}");
     assert!(
