@@ -25,6 +25,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libcap2-bin",            // capsh (the unit's capability names)
     "debian-archive-keyring", // the other suites' containerd (xtask/src/containerd_releases.rs)
     "btrfs-progs",            // containerd roots on btrfs (mkfs.btrfs; the guests get it too)
+    "e2fsprogs",              // a journaled ext4 for the inode-reuse case (mke2fs; guests too)
     "python3-cryptography",   // the test-time Rekor v2 signer (tests/signer/) and gen.py
 ];
 

@@ -67,14 +67,15 @@ const CRI: GuestTests = GuestTests {
 
 /// The container stack, from Debian's `containerd`, `runc` and `docker-registry` packages
 /// (`cargo xtask setup` installs them), at the same paths in the guest, and btrfs-progs's
-/// `mkfs.btrfs` for the btrfs test.
-const CONTAINER_STACK: [&str; 6] = [
+/// `mkfs.btrfs` for the btrfs test and e2fsprogs's `mke2fs` for the inode-reuse test.
+const CONTAINER_STACK: [&str; 7] = [
     "/usr/bin/containerd",
     "/usr/bin/containerd-shim-runc-v2",
     "/usr/bin/ctr",
     "/usr/sbin/runc",
     "/usr/bin/docker-registry",
     "/usr/sbin/mkfs.btrfs",
+    "/usr/sbin/mke2fs",
 ];
 
 /// Enables every cgroup controller and keeps one child cgroup for the whole run, while the guest
