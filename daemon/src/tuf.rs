@@ -82,7 +82,7 @@ pub enum TufError {
         fetched_at: String,
         last_error: Option<String>,
     },
-    #[error("no public-good trusted root in this process (the daemon keeps one current; `imagegate verify`, `explain` and the in-process containerd-verifier read its cache)")]
+    #[error("no TUF client in this process, so no public-good trusted root (the daemon keeps one current; `imagegate verify`, `explain` and the in-process containerd-verifier read its cache)")]
     NotRunning,
 }
 
