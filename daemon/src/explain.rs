@@ -150,9 +150,7 @@ pub fn run(options: &Options) -> Result<(String, i32), ExplainError> {
     }
     let config = crate::config::Config::load(&options.config)?;
     let policy = Policy::load(&config.policy)?;
-    if policy.uses_public_good() {
-        crate::tuf::install_cached(&config);
-    }
+    crate::tuf::install_cached(&config, &policy);
     let verdict = verify_in_process(
         &options.target,
         &policy,

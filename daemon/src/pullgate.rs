@@ -634,9 +634,7 @@ fn in_process(
             crate::telemetry::error_chain(&e)
         )
     })?;
-    if policy.uses_public_good() {
-        crate::tuf::install_cached(config);
-    }
+    crate::tuf::install_cached(config, &policy);
     let client = registry_client(config)?;
     let judge = Judge {
         policy: Arc::new(policy),

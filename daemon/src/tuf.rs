@@ -238,9 +238,9 @@ impl PublicGood {
     /// The sha256 of the root verification would use now; `None` when there is none (never
     /// fetched, or expired).
     pub fn usable_root(&self) -> Option<String> {
-        let current = read(&self.current).clone()?;
-        (crate::verify::time::now_unix() < current.state.expires)
-            .then(|| current.state.sha256.clone())
+        self.usable_at(crate::verify::time::now_unix())
+            .ok()
+            .map(|current| current.state.sha256.clone())
     }
 
     /// Follows [`PublicGood::usable_root`]: changed when a refresh brings another root, and when
@@ -308,19 +308,27 @@ impl PublicGood {
     /// The root to verify with at `now` (unix seconds): the last good one unless its metadata
     /// has expired.
     pub fn current_at(&self, now: i64) -> Result<Arc<TrustMaterial>, TufError> {
-        let last_error = read(&self.last_error).clone();
+        self.usable_at(now)
+            .map(|current| Arc::clone(&current.material))
+    }
+
+    /// The last good root unless its metadata has expired at `now`, or why there is none.
+    fn usable_at(&self, now: i64) -> Result<Arc<Current>, TufError> {
+        let last_error = || read(&self.last_error).clone();
         let Some(current) = read(&self.current).clone() else {
-            return Err(TufError::Unavailable { last_error });
+            return Err(TufError::Unavailable {
+                last_error: last_error(),
+            });
         };
         if now >= current.state.expires {
             return Err(TufError::Expired {
                 role: current.state.expires_role.clone(),
                 expires: rfc3339(current.state.expires),
                 fetched_at: rfc3339(current.state.fetched_at),
-                last_error,
+                last_error: last_error(),
             });
         }
-        Ok(Arc::clone(&current.material))
+        Ok(current)
     }
 
     /// What is recorded about the last good root.
@@ -637,10 +645,14 @@ pub fn resolve(trust: &Arc<TrustMaterial>) -> Result<Arc<TrustMaterial>, TufErro
     installed().ok_or(TufError::NotRunning)?.current()
 }
 
-/// For an offline command (`imagegate verify`): the root the daemon keeps under `config`'s
+/// For an offline command (`imagegate verify`, `explain`, the in-process `containerd-verifier`)
+/// whose `policy` names the public-good root: the root the daemon keeps under `config`'s
 /// state_dir, read only (no refresh, no network), installed for verification to find. With no
 /// usable cached root, verification needing it is an `error`, saying why.
-pub fn install_cached(config: &crate::config::Config) {
+pub fn install_cached(config: &crate::config::Config, policy: &crate::policy::Policy) {
+    if !policy.uses_public_good() {
+        return;
+    }
     let client = Arc::new(PublicGood::open(TufSettings::from_config(config)));
     info!(
         cached = client.usable_root().unwrap_or_else(|| "none usable".into()),

@@ -80,9 +80,7 @@ pub fn verify(
         None => imagegate::config::Config::default(),
     };
     let policy = imagegate::policy::Policy::load(policy_path).context("loading the policy")?;
-    if policy.uses_public_good() {
-        imagegate::tuf::install_cached(&config);
-    }
+    imagegate::tuf::install_cached(&config, &policy);
     let verdict = imagegate::explain::verify_in_process(
         image,
         &policy,

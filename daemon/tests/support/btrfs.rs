@@ -25,14 +25,6 @@ impl BtrfsMount {
     }
 }
 
-const POLICY: &str = r#"version = 1
-[default]
-require = "reject"
-[[scope]]
-match = "registry.test/trusted/**"
-require = "accept"
-"#;
-
 /// With containerd's root, the daemon's state and the test's files all on one btrfs file system
 /// (as on a node whose `/var` is btrfs), `backend` (`fanotify`, or `auto` for BPF LSM) enforces:
 /// the trusted image's container runs, the untrusted one's is denied with an event naming its
@@ -41,7 +33,7 @@ pub fn enforce_with_root_on_btrfs(dir: &Path, backend: &'static str) -> String {
     let btrfs = BtrfsMount::create(dir);
     let dir = btrfs.path.as_path();
     let containerd = PrivateContainerd::start(dir);
-    std::fs::write(dir.join("policy.toml"), POLICY).expect("policy");
+    std::fs::write(dir.join("policy.toml"), super::TRUSTED_ONLY_POLICY).expect("policy");
     let busybox = std::fs::read("/bin/busybox").expect("busybox (apt-get install busybox-static)");
     let trusted = image::image(vec![image::layer(&[File::new(
         "bin/busybox",

@@ -17,14 +17,6 @@ use super::{
     loop_mount::LoopMount,
 };
 
-const POLICY: &str = r#"version = 1
-[default]
-require = "reject"
-[[scope]]
-match = "registry.test/trusted/**"
-require = "accept"
-"#;
-
 /// The `fs` directories of the overlay snapshotter's snapshots under containerd's `root`.
 fn snapshot_dirs(root: &Path) -> Vec<PathBuf> {
     let snapshots = root.join("io.containerd.snapshotter.v1.overlayfs/snapshots");
@@ -107,7 +99,7 @@ pub fn a_reused_inode_inherits_nothing(dir: &Path, backend: &'static str) -> Str
     // the trusted image's inode numbers are free again when the next image is imported.
     let containerd = PrivateContainerd::start_with_data(dir, &ext4.path);
     let root = containerd.data.join("root");
-    std::fs::write(dir.join("policy.toml"), POLICY).expect("policy");
+    std::fs::write(dir.join("policy.toml"), super::TRUSTED_ONLY_POLICY).expect("policy");
     let settings = Settings {
         mode: "enforce",
         backend,

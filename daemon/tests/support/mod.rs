@@ -15,6 +15,16 @@ pub mod responder;
 pub mod signed;
 pub mod tuf_repo;
 
+/// A policy under which only `registry.test/trusted/**` images are trusted (accepted without
+/// signatures); everything else is rejected.
+pub const TRUSTED_ONLY_POLICY: &str = r#"version = 1
+[default]
+require = "reject"
+[[scope]]
+match = "registry.test/trusted/**"
+require = "accept"
+"#;
+
 /// Whether the test runs as root; privileged tests print why they skip otherwise.
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()

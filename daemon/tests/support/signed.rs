@@ -30,6 +30,21 @@ pub struct SignedBed {
     busybox: Vec<u8>,
 }
 
+/// Whether Debian's docker-registry is installed; a test without it says it skips, and fails
+/// where `IMAGEGATE_REQUIRE_REGISTRY` is set (`cargo xtask test`).
+pub fn registry_installed() -> bool {
+    if Path::new(registry::REGISTRY_BIN).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("IMAGEGATE_REQUIRE_REGISTRY").is_none(),
+        "IMAGEGATE_REQUIRE_REGISTRY is set but {} is missing",
+        registry::REGISTRY_BIN
+    );
+    eprintln!("SKIPPED: {} not installed", registry::REGISTRY_BIN);
+    false
+}
+
 impl SignedBed {
     /// Starts containerd and the registry under a fresh scratch dir; `None` (with the reason
     /// printed) when this machine cannot run it: not root, or no docker-registry unless
@@ -75,13 +90,7 @@ impl SignedBed {
             eprintln!("SKIPPED: containerd, runc and fanotify need root");
             return None;
         }
-        if !Path::new(registry::REGISTRY_BIN).exists() {
-            assert!(
-                std::env::var_os("IMAGEGATE_REQUIRE_REGISTRY").is_none(),
-                "IMAGEGATE_REQUIRE_REGISTRY is set but {} is missing",
-                registry::REGISTRY_BIN
-            );
-            eprintln!("SKIPPED: {} not installed", registry::REGISTRY_BIN);
+        if !registry_installed() {
             return None;
         }
         let dir = super::scratch_dir(name);
