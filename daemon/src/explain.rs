@@ -556,13 +556,7 @@ impl ImageExplanation {
             }
             let why = if reason.accepted {
                 let by = reason.authority.as_deref().unwrap_or("the policy");
-                let vouched = if reason.evidence.is_empty() {
-                    String::new()
-                } else {
-                    let words: Vec<String> =
-                        reason.evidence.iter().map(ToString::to_string).collect();
-                    format!("; vouched for by {}", words.join("; "))
-                };
+                let vouched = Evidence::vouched_for_by(&reason.evidence);
                 match &reason.signer {
                     Some(signer) => format!("accepted by {by}: {}{vouched}", signer_words(signer)),
                     None => format!("accepted by {by}{vouched}"),

@@ -212,12 +212,7 @@ impl std::fmt::Display for Verdict {
                 .as_deref()
                 .map(|a| format!(" ({a})"))
                 .unwrap_or_default();
-            let evidence = if r.evidence.is_empty() {
-                String::new()
-            } else {
-                let words: Vec<String> = r.evidence.iter().map(ToString::to_string).collect();
-                format!("; vouched for by {}", words.join("; "))
-            };
+            let evidence = Evidence::vouched_for_by(&r.evidence);
             writeln!(
                 f,
                 "  {mark} {}{auth}: {kind}{}{evidence}",

@@ -144,6 +144,19 @@ impl std::fmt::Display for Evidence {
     }
 }
 
+impl Evidence {
+    /// `"; vouched for by A; B"` after a signature's description, or nothing when `all` is empty
+    /// (how `verify`'s text and `explain` word an accepted signature's evidence).
+    #[must_use]
+    pub fn vouched_for_by(all: &[Evidence]) -> String {
+        if all.is_empty() {
+            return String::new();
+        }
+        let words: Vec<String> = all.iter().map(ToString::to_string).collect();
+        format!("; vouched for by {}", words.join("; "))
+    }
+}
+
 /// A signature that passed every check of an authority.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
