@@ -637,12 +637,26 @@ pub fn installed() -> Option<Arc<PublicGood>> {
 }
 
 /// The trust material for an authority: its own, or — when it names the public-good root — the
-/// installed client's current root, or the error saying why there is none.
+/// installed client's current root (with the authority's own witnesses, if it names any), or the
+/// error saying why there is none.
 pub fn resolve(trust: &Arc<TrustMaterial>) -> Result<Arc<TrustMaterial>, TufError> {
     if !trust.public_good {
         return Ok(Arc::clone(trust));
     }
-    installed().ok_or(TufError::NotRunning)?.current()
+    let root = installed().ok_or(TufError::NotRunning)?.current()?;
+    Ok(with_witnesses_of(root, trust))
+}
+
+/// `root` with the witnesses the authority's own trust entry requires (a policy may name
+/// witnesses beside the public-good root; the root itself names none).
+fn with_witnesses_of(root: Arc<TrustMaterial>, trust: &TrustMaterial) -> Arc<TrustMaterial> {
+    if trust.witnesses.is_empty() {
+        return root;
+    }
+    Arc::new(TrustMaterial {
+        witnesses: trust.witnesses.clone(),
+        ..(*root).clone()
+    })
 }
 
 /// For an offline command (`imagegate verify`, `explain`, the in-process `containerd-verifier`)
@@ -683,6 +697,35 @@ pub fn start(config: &crate::config::Config, wanted: bool) -> Arc<PublicGood> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A policy's witnesses beside `public-good` join the root the TUF client serves; an
+    /// authority without witnesses gets the root itself (no copy).
+    #[test]
+    fn a_public_good_authority_keeps_its_witnesses() {
+        use crate::verify::witness::{testing::TestWitness, Witness, Witnesses};
+        let root = Arc::new(
+            crate::verify::public_good::trust_material().expect("the built-in public-good root"),
+        );
+        let plain = TrustMaterial {
+            public_good: true,
+            ..TrustMaterial::default()
+        };
+        assert!(Arc::ptr_eq(
+            &with_witnesses_of(Arc::clone(&root), &plain),
+            &root
+        ));
+        let witness =
+            Witness::from_vkey(&TestWitness::new("w.example/1", 1).vkey(4)).expect("vkey");
+        let witnessed = TrustMaterial {
+            witnesses: Witnesses::new(vec![witness], None).expect("one witness"),
+            ..plain
+        };
+        let resolved = with_witnesses_of(Arc::clone(&root), &witnessed);
+        assert_eq!(resolved.witnesses.keys[0].name, "w.example/1");
+        assert_eq!(resolved.tlogs.len(), root.tlogs.len());
+        assert_eq!(resolved.cas.len(), root.cas.len());
+        assert!(root.witnesses.is_empty());
+    }
 
     #[test]
     fn the_built_in_tuf_root_is_the_recorded_file_and_verifies_as_a_root() {

@@ -29,6 +29,8 @@ use support::{
 const IDENTITY: &str = "release@imagegate.test";
 const ISSUER: &str = "https://issuer.imagegate.test";
 const AUTHORITY: &str = "release-v2";
+/// The witness the signer has cosign every checkpoint (tests/signer/sign_rekor_v2.py).
+const WITNESS: &str = "witness.imagegate.test/w1";
 
 /// One image to push and sign: repository (under the registry), image, entry kind, tampering.
 struct ToSign<'a> {
@@ -83,15 +85,22 @@ fn sign_and_attach(
     (signed, referrers)
 }
 
-/// Writes `dir/policy.toml`: images under `ADDR/PREFIX/**` need a keyless signature by
-/// [`IDENTITY`] from [`ISSUER`], under the signer run's trusted root; everything else is
-/// rejected.
-fn write_policy(dir: &Path, addr: &str, prefix: &str, signed: &Signed) -> std::path::PathBuf {
-    let path = dir.join("policy.toml");
+/// Writes `dir/FILE`: images under `ADDR/PREFIX/**` need a keyless signature by [`IDENTITY`]
+/// from [`ISSUER`], under the signer run's trusted root, with checkpoints cosigned by every one
+/// of `witnesses` (signed-note verifier keys); everything else is rejected.
+fn write_policy(
+    dir: &Path,
+    file: &str,
+    (addr, prefix): (&str, &str),
+    signed: &Signed,
+    witnesses: &[&str],
+) -> std::path::PathBuf {
+    let path = dir.join(file);
     std::fs::write(
         &path,
         format!(
-            "version = 1\n[trust.rekor-v2]\ntrusted_root = \"{root}\"\n[default]\nrequire = \"reject\"\n\
+            "version = 1\n[trust.rekor-v2]\ntrusted_root = \"{root}\"\nwitnesses = {witnesses:?}\n\
+             [default]\nrequire = \"reject\"\n\
              [[scope]]\nmatch = \"{addr}/{prefix}/**\"\nrequire = \"signatures\"\n\
              [[scope.keyless]]\nname = \"{AUTHORITY}\"\ntrust = \"rekor-v2\"\nsubject = \"{identity}\"\n\
              issuer = \"{issuer}\"\n",
@@ -186,7 +195,7 @@ fn imagegate_verify_trusts_rekor_v2_bundles_and_refuses_what_only_v2_checks_catc
             .expect("push");
     }
     let (signed, referrers) = sign_and_attach(&client, &dir, &addr, &cases);
-    let policy = write_policy(&dir, &addr, "v2", &signed);
+    let policy = write_policy(&dir, "policy.toml", (&addr, "v2"), &signed, &[]);
 
     // Trusted, and the report names what vouched: the Rekor v2 entry (its kind, proven by an
     // inclusion proof to a signed checkpoint) and the TSA's timestamp, found in the referrers tag.
@@ -259,6 +268,46 @@ fn imagegate_verify_trusts_rekor_v2_bundles_and_refuses_what_only_v2_checks_catc
         assert_eq!(rejected["kind"], kind, "{verdict}");
         assert!(rejected["evidence"].is_null(), "{verdict}");
     }
+
+    // Witnesses required (C2SP tlog-cosignature): the checkpoint's cosignature by the signer's
+    // witness is verified and named; a policy that also requires a witness that cosigned nothing
+    // refuses the same bundle, naming the missing witness.
+    let name = format!("{addr}/{}:v1", cases[0].repo);
+    let label = format!("referrers-tag:{}", referrers[0]);
+    let witnessed = write_policy(
+        &dir,
+        "witnessed.toml",
+        (&addr, "v2"),
+        &signed,
+        &[&signed.witness_vkey],
+    );
+    let (code, text) = verify(&name, &witnessed, &addr, false);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "(inclusion proof to a checkpoint signed by the log, cosigned by witness {WITNESS})"
+        )),
+        "{text}"
+    );
+    let two = write_policy(
+        &dir,
+        "two-witnesses.toml",
+        (&addr, "v2"),
+        &signed,
+        &[&signed.witness_vkey, &signed.absent_witness_vkey],
+    );
+    let (code, json) = verify(&name, &two, &addr, true);
+    assert_eq!(code, 1, "{json}");
+    let verdict: Value = serde_json::from_str(&json).unwrap();
+    let rejected = reason(&verdict, &label);
+    assert_eq!(rejected["kind"], "tlog-proof", "{verdict}");
+    assert!(
+        rejected["detail"].as_str().is_some_and(|e| e.contains(
+            "checkpoint cosigned by 1 of the witnesses, 2 required (no cosignature by \
+             witness.imagegate.test/w2)"
+        )),
+        "{verdict}"
+    );
     eprintln!("rekor v2 verify test: {:?}", started.elapsed());
     drop(registry);
     let _ = std::fs::remove_dir_all(&dir);
@@ -295,7 +344,14 @@ fn rekor_v2_signed_image_runs_and_a_tampered_one_cannot() {
             },
         ],
     );
-    write_policy(&dir, &bed.addr, "v2", &trust);
+    // Checkpoints must carry the signer's witness's cosignature, too.
+    write_policy(
+        &dir,
+        "policy.toml",
+        (&bed.addr, "v2"),
+        &trust,
+        &[&trust.witness_vkey],
+    );
 
     let settings = Settings {
         mode: "enforce",
@@ -335,6 +391,15 @@ fn rekor_v2_signed_image_runs_and_a_tampered_one_cannot() {
     );
     assert_eq!(signature["authority"], AUTHORITY, "{verdict}");
     explain::assert_rekor_v2_evidence(&signature["evidence"], "dsse/0.0.2");
+    let tlog = signature["evidence"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["kind"] == "tlog"))
+        .unwrap_or_else(|| panic!("no log entry: {verdict}"));
+    assert_eq!(
+        tlog["witnessed_by"],
+        serde_json::json!([WITNESS]),
+        "{verdict}"
+    );
 
     // The signed image's container runs its entrypoint.
     let out = bed.containerd.run(&signed_name, "c-v2-signed", &[]);
@@ -358,7 +423,7 @@ fn rekor_v2_signed_image_runs_and_a_tampered_one_cannot() {
     assert_eq!(event["path"], "/bin/busybox", "{event}");
 
     // explain: the signed image was trusted by the bundle (where found, which authority, who
-    // signed, the Rekor v2 entry and timestamp); the tampered one's container was denied because
+    // signed, the Rekor v2 entry, its witness and timestamp); the tampered one's container was denied because
     // its checkpoint does not verify.
     explain::assert_signed_by_rekor_v2_bundle(
         &dir,
@@ -367,7 +432,7 @@ fn rekor_v2_signed_image_runs_and_a_tampered_one_cannot() {
         &signed_digest,
         AUTHORITY,
         (IDENTITY, ISSUER),
-        "dsse/0.0.2",
+        ("dsse/0.0.2", WITNESS),
     );
     let json = explain::json(&dir, "c-v2-tampered", &[]);
     let judged = &json["images"][0];

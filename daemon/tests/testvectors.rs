@@ -86,3 +86,69 @@ fn every_test_vector_case_gives_its_expected_verdict() {
         failures.join("\n")
     );
 }
+
+/// Real cosign signatures against a policy that requires a witness: a legacy signature (its
+/// Rekor bundle has only a SET) and a bundle v0.3 whose checkpoint rekor.sigstore.dev signed
+/// but no witness cosigned are refused for that reason, while both verify without witnesses.
+#[test]
+fn required_witnesses_refuse_real_signatures_without_a_cosigned_checkpoint() {
+    use imagegate::verify::witness::{Witness, Witnesses};
+    use imagegate::verify::{verify_bundle, verify_legacy, BundleExpectation, Expectation};
+    use sha2::{Digest, Sha256};
+    use std::sync::Arc;
+
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let mut raw = vec![0x04];
+    raw.extend_from_slice(key.verifying_key().as_bytes());
+    let name = "witness.example/w1";
+    let id = Sha256::digest([name.as_bytes(), b"\n", &raw].concat());
+    let vkey = format!(
+        "{name}+{}+{}",
+        hex::encode(&id[..4]),
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &raw)
+    );
+    let witnessed = |trust: &Arc<imagegate::verify::TrustMaterial>| {
+        let mut t = (**trust).clone();
+        t.witnesses = Witnesses::new(vec![Witness::from_vkey(&vkey).unwrap()], None).unwrap();
+        Arc::new(t)
+    };
+    let proof_error = |e: VerifyError| match e {
+        VerifyError::TlogProof { detail } => detail,
+        other => panic!("not a tlog-proof error: {other}"),
+    };
+
+    let (dir, case) = case_value("legacy-key/cimage-cosign-key-rekor", "valid");
+    let mut input = legacy_input(&dir, &case).unwrap();
+    let want = Expectation {
+        digest: &input.digest,
+        image: None,
+    };
+    verify_legacy(&input.sig, &input.auth, &want).unwrap();
+    input.auth.trust = witnessed(&input.auth.trust);
+    let want = Expectation {
+        digest: &input.digest,
+        image: None,
+    };
+    let detail = proof_error(verify_legacy(&input.sig, &input.auth, &want).unwrap_err());
+    assert!(detail.contains("only a SET"), "{detail}");
+
+    let (dir, case) = case_value("bundle-v03/sigstore-rs-kubewarden-controller", "valid");
+    let mut input = bundle_input(&dir, &case).unwrap();
+    let want = BundleExpectation {
+        digest: &input.digest,
+        predicate_type: input.predicate_type.as_deref(),
+    };
+    verify_bundle(&input.json, &input.auth, &want).unwrap();
+    input.auth.trust = witnessed(&input.auth.trust);
+    let want = BundleExpectation {
+        digest: &input.digest,
+        predicate_type: input.predicate_type.as_deref(),
+    };
+    let detail = proof_error(verify_bundle(&input.json, &input.auth, &want).unwrap_err());
+    assert!(
+        detail.contains(
+            "cosigned by 0 of the witnesses, 1 required (no cosignature by witness.example/w1)"
+        ),
+        "{detail}"
+    );
+}

@@ -85,6 +85,10 @@ pub struct Signed {
     pub issuer: String,
     /// The Rekor v2 log's checkpoint origin.
     pub log_origin: String,
+    /// Signed-note verifier key of the witness that cosigned every checkpoint.
+    pub witness_vkey: String,
+    /// Verifier key of a witness that cosigned nothing.
+    pub absent_witness_vkey: String,
     out: PathBuf,
 }
 
@@ -147,6 +151,8 @@ pub fn sign_rekor_v2(
         identity: text("identity")?,
         issuer: text("issuer")?,
         log_origin: text("log_origin")?,
+        witness_vkey: text("witness_vkey")?,
+        absent_witness_vkey: text("absent_witness_vkey")?,
         out: out.to_owned(),
     })
 }

@@ -12,7 +12,8 @@ a bundle v0.3 with
   subject REPOSITORY with the digest (what cosign signs for an image with the new bundle format),
 - one tlog entry, `dsse` 0.0.2 (default) or `hashedrekord` 0.0.2 over the PAE's SHA-256
   (`--entry STEM=hashedrekord`), with an inclusion proof in a tree of a few other leaves and a
-  checkpoint signed by the log key; no integratedTime, no inclusionPromise,
+  checkpoint signed by the log key and cosigned by a witness (C2SP tlog-cosignature, Ed25519
+  cosignature/v1); no integratedTime, no inclusionPromise,
 - one RFC 3161 timestamp over the signature in timestampVerificationData.
 
 `--tamper STEM=WHAT` spoils one thing only Rekor v2 verification catches:
@@ -21,7 +22,8 @@ a bundle v0.3 with
                                 (the timestamp is the only signing time a v2 entry has)
 
 Also OUT/trusted_root.json (CA, tlog, ctlog, TSA) and OUT/signer.json (identity, issuer, log
-origin and id). Usage:
+origin and id, the witness's verifier key, and the verifier key of another witness that
+cosigned nothing). Usage:
   sign_rekor_v2.py --out DIR --identity EMAIL --issuer URL --sign STEM sha256:HEX REPO [...]
 """
 import argparse, datetime, json, os, sys
@@ -32,6 +34,7 @@ import testsigstore as ts
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 LOG_NAME = "rekor-v2.imagegate.test"
+WITNESS_NAME = "witness.imagegate.test/w1"
 TAMPERS = ("checkpoint-other-key", "timestamp-after-certificate")
 
 def main():
@@ -58,6 +61,8 @@ def main():
     ct_key = ec.generate_private_key(ec.SECP256R1())
     log_key = ed25519.Ed25519PrivateKey.generate()
     log_id = ts.c2sp_key_id(LOG_NAME, log_key)
+    witness_key = ed25519.Ed25519PrivateKey.generate()
+    absent_witness_key = ed25519.Ed25519PrivateKey.generate()
     tsa_root_key = ec.generate_private_key(ec.SECP384R1())
     tsa_name = ts.name("imagegate.test", "imagegate-test-tsa")
     tsa_root = ts.make_ca(tsa_root_key, tsa_name, now, path_length=0)
@@ -86,6 +91,7 @@ def main():
         if tampers.get(stem) == "checkpoint-other-key":
             signer = ed25519.Ed25519PrivateKey.generate()
         envelope = ts.checkpoint(len(leaves), root, key=signer, name=LOG_NAME, origin=LOG_NAME, hint=log_id)
+        envelope = ts.cosign_checkpoint(envelope, key=witness_key, name=WITNESS_NAME, time=int(now.timestamp()))
         at = now
         if tampers.get(stem) == "timestamp-after-certificate":
             at = not_before + datetime.timedelta(minutes=10, hours=1)
@@ -120,6 +126,8 @@ def main():
         json.dump(root, f, indent=2)
     with open(os.path.join(args.out, "signer.json"), "w") as f:
         json.dump({"identity": args.identity, "issuer": args.issuer, "log_origin": LOG_NAME, "log_id": ts.b64(log_id),
+                   "witness_vkey": ts.vkey(WITNESS_NAME, witness_key, 4),
+                   "absent_witness_vkey": ts.vkey("witness.imagegate.test/w2", absent_witness_key, 4),
                    "signed": [{"stem": s, "digest": d, "repository": r, "entry": entries.get(s, "dsse"),
                                "tamper": tampers.get(s)} for s, d, r in args.sign]}, f, indent=1)
 

@@ -246,6 +246,21 @@ def c2sp_key_id(name, key):
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return sha256(name.encode() + b"\n" + b"\x01" + raw)
 
+def vkey(name, key, sig_type):
+    """A C2SP signed-note verifier key: name+hex(key id)+base64(type || Ed25519 key)."""
+    raw = bytes([sig_type]) + key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    key_id = sha256(name.encode() + b"\n" + raw)[:4]
+    return f"{name}+{key_id.hex()}+{b64(raw)}"
+
+def cosign_checkpoint(envelope, *, key, name, time):
+    """Append a C2SP tlog-cosignature (Ed25519 cosignature/v1, type 0x04) line by `key` as `name`
+    to a signed checkpoint: the signed message is "cosignature/v1", "time T", then the note text."""
+    text = envelope[: envelope.rindex("\n\n") + 1]
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    key_id = sha256(name.encode() + b"\n\x04" + raw)[:4]
+    sig = key.sign(f"cosignature/v1\ntime {time}\n".encode() + text.encode())
+    return envelope + "\u2014 " + name + " " + b64(key_id + time.to_bytes(8, "big") + sig) + "\n"
+
 def checkpoint(size, root, *, key, name, origin, hint, extra_lines=()):
     """A tlog-checkpoint note (origin, size, root) signed by `key` as `name` with key hint `hint`."""
     text = f"{origin}\n{size}\n{b64(root)}\n" + "".join(f"{l}\n" for l in extra_lines)

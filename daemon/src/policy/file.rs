@@ -12,6 +12,7 @@ use toml::Spanned;
 use super::error::{line_col, PolicyError};
 use super::scope::ScopePattern;
 use super::{Mode, Policy, PolicyHasher, Requirement, Rule};
+use crate::verify::witness::{Witness, Witnesses};
 use crate::verify::{
     Authority, HashAlg, IdentityMatcher, PublicKey, SignedIdentity, Signer, StringMatcher,
     TrustMaterial, TrustedKey,
@@ -42,6 +43,11 @@ struct RawTrust {
     #[serde(default)]
     ctlog_keys: Vec<Spanned<String>>,
     tsa_certs: Option<Spanned<String>>,
+    /// Signed-note verifier keys of transparency-log witnesses whose cosignatures checkpoints
+    /// must carry.
+    #[serde(default)]
+    witnesses: Vec<Spanned<String>>,
+    witness_threshold: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +229,7 @@ fn trust(
 ) -> Result<TrustMaterial, PolicyError> {
     let f = |k: &str| format!("trust.{name}.{k}");
     let raw = t.get_ref();
+    let witnesses = witnesses(ctx, name, raw)?;
     let mut tm = TrustMaterial::default();
     if raw
         .trusted_root
@@ -246,6 +253,7 @@ fn trust(
             .add(&f("trusted_root"), crate::tuf::POLICY_NAME.as_bytes());
         return Ok(TrustMaterial {
             public_good: true,
+            witnesses,
             ..TrustMaterial::default()
         });
     }
@@ -281,6 +289,14 @@ fn trust(
         tm.add_tsa_pem(&text)
             .map_err(|e| ctx.err(p.span(), &f("tsa_certs"), e))?;
     }
+    if !witnesses.is_empty() && tm.tlogs.is_empty() {
+        return Err(ctx.err(
+            t.span(),
+            &f("witnesses"),
+            "witnesses cosign a transparency log's checkpoints: this entry names no log",
+        ));
+    }
+    tm.witnesses = witnesses;
     if tm.cas.is_empty() && tm.tlogs.is_empty() {
         return Err(ctx.err(
             t.span(),
@@ -289,6 +305,31 @@ fn trust(
         ));
     }
     Ok(tm)
+}
+
+/// A trust entry's `witnesses` (signed-note verifier keys) and `witness_threshold` (how many
+/// must cosign; all of them when unset).
+fn witnesses(ctx: &Ctx<'_>, name: &str, raw: &RawTrust) -> Result<Witnesses, PolicyError> {
+    let f = |k: &str| format!("trust.{name}.{k}");
+    let keys = raw
+        .witnesses
+        .iter()
+        .map(|w| Witness::from_vkey(w.get_ref()).map_err(|e| ctx.err(w.span(), &f("witnesses"), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let threshold = match &raw.witness_threshold {
+        None => None,
+        Some(n) => Some(
+            usize::try_from(*n.get_ref())
+                .map_err(|_| ctx.err(n.span(), &f("witness_threshold"), "must be at least 1"))?,
+        ),
+    };
+    let span = raw
+        .witness_threshold
+        .as_ref()
+        .map(|n| n.span())
+        .or_else(|| raw.witnesses.first().map(|w| w.span()))
+        .unwrap_or_default();
+    Witnesses::new(keys, threshold).map_err(|e| ctx.err(span, &f("witness_threshold"), e))
 }
 
 fn lookup_trust(
@@ -706,7 +747,7 @@ mod oid_tests {
 }
 
 #[cfg(test)]
-mod public_good_tests {
+mod trust_entry_tests {
     use super::*;
     use crate::verdict::{evaluate, Candidate, Outcome, SignatureSource};
     use crate::verify::{FailureKind, ImageRef};
@@ -779,5 +820,77 @@ mod public_good_tests {
         assert!(reason.detail.contains("no TUF client"), "{}", reason.detail);
         // No signatures at all: still an error (the root is what is missing).
         assert_eq!(evaluate(&p, &image, &digest, &[]).outcome, Outcome::Error);
+    }
+
+    /// `witnesses` takes signed-note verifier keys, checked when the policy loads: a bad key or a
+    /// threshold outside 1..=N is a policy error naming the field. With the public-good root, the witnesses stay with the authority's trust.
+    #[test]
+    fn witnesses_are_verifier_keys_checked_at_load() {
+        use crate::verify::witness::testing::TestWitness;
+        let (a, b) = (
+            TestWitness::new("witness.example/a", 1).vkey(4),
+            TestWitness::new("witness.example/b", 2).vkey(4),
+        );
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("trust/sigstore-public-good/trusted_root.json");
+        let file_root = format!("trusted_root = \"{}\"", root.display());
+        let trust_of = |p: &Policy| {
+            let Requirement::Signatures { authorities, .. } = &p.default.requirement else {
+                panic!("not signatures");
+            };
+            Arc::clone(&authorities[0].trust)
+        };
+
+        let p = policy(&format!("{file_root}\nwitnesses = [\"{a}\", \"{b}\"]")).expect("two");
+        let trust = trust_of(&p);
+        assert_eq!(trust.witnesses.keys.len(), 2);
+        assert_eq!(trust.witnesses.threshold, 2, "all of them by default");
+        let p = policy(&format!(
+            "{file_root}\nwitnesses = [\"{a}\", \"{b}\"]\nwitness_threshold = 1"
+        ))
+        .expect("one of two");
+        assert_eq!(trust_of(&p).witnesses.threshold, 1);
+        assert!(policy(&file_root)
+            .map(|p| trust_of(&p).witnesses.is_empty())
+            .expect("none"));
+
+        for (text, field, words) in [
+            (
+                format!("witnesses = [\"{a}x\"]"),
+                "trust.sigstore.witnesses",
+                "witness verifier key",
+            ),
+            (
+                format!("witnesses = [\"{a}\"]\nwitness_threshold = 2"),
+                "trust.sigstore.witness_threshold",
+                "not between 1 and the 1 witnesses",
+            ),
+            (
+                format!("witnesses = [\"{a}\"]\nwitness_threshold = -1"),
+                "trust.sigstore.witness_threshold",
+                "at least 1",
+            ),
+            (
+                "witness_threshold = 1".to_owned(),
+                "trust.sigstore.witness_threshold",
+                "needs witnesses",
+            ),
+        ] {
+            let error = policy(&format!("{file_root}\n{text}"))
+                .expect_err(&text)
+                .to_string();
+            assert!(
+                error.contains(field) && error.contains(words),
+                "{text}: {error}"
+            );
+        }
+
+        let p = policy(&format!(
+            "trusted_root = \"public-good\"\nwitnesses = [\"{a}\"]"
+        ))
+        .expect("public-good with a witness");
+        let trust = trust_of(&p);
+        assert!(trust.public_good);
+        assert_eq!(trust.witnesses.keys[0].name, "witness.example/a");
     }
 }

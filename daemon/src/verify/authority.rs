@@ -107,6 +107,9 @@ pub enum Evidence {
         integrated_time: Option<i64>,
         /// Whether an inclusion proof and its checkpoint were verified.
         inclusion_proof: bool,
+        /// The configured witnesses that cosigned the checkpoint (none when none are required).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        witnessed_by: Vec<String>,
     },
     /// An RFC 3161 timestamp verified against a trusted timestamping authority: its `genTime`.
     Timestamp { time: i64 },
@@ -121,6 +124,7 @@ impl std::fmt::Display for Evidence {
                 log_index,
                 integrated_time,
                 inclusion_proof,
+                witnessed_by,
             } => {
                 write!(f, "Rekor v{rekor} entry {entry} at log index {log_index} (")?;
                 let mut parts = Vec::new();
@@ -132,6 +136,9 @@ impl std::fmt::Display for Evidence {
                 }
                 if *inclusion_proof {
                     parts.push("inclusion proof to a checkpoint signed by the log".to_owned());
+                }
+                if !witnessed_by.is_empty() {
+                    parts.push(format!("cosigned by witness {}", witnessed_by.join(", ")));
                 }
                 write!(f, "{})", parts.join(", "))
             }
@@ -255,10 +262,12 @@ mod tests {
             log_index: 6,
             integrated_time: None,
             inclusion_proof: true,
+            witnessed_by: vec!["w.example/1".into(), "w.example/2".into()],
         };
         assert_eq!(
             v2.to_string(),
-            "Rekor v2 entry dsse/0.0.2 at log index 6 (inclusion proof to a checkpoint signed by the log)"
+            "Rekor v2 entry dsse/0.0.2 at log index 6 (inclusion proof to a checkpoint signed by the \
+             log, cosigned by witness w.example/1, w.example/2)"
         );
         let v1 = Evidence::Tlog {
             rekor: 1,
@@ -266,6 +275,7 @@ mod tests {
             log_index: 7,
             integrated_time: Some(1_767_225_720),
             inclusion_proof: true,
+            witnessed_by: Vec::new(),
         };
         assert_eq!(
             v1.to_string(),
@@ -282,5 +292,10 @@ mod tests {
         let json = serde_json::to_value(&v2).expect("JSON");
         assert_eq!(json["kind"], "tlog");
         assert_eq!(json["rekor"], 2);
+        assert_eq!(json["witnessed_by"][1], "w.example/2");
+        // Evidence stored before witnesses existed still reads.
+        let json = serde_json::to_value(&v1).expect("JSON");
+        assert!(json.get("witnessed_by").is_none());
+        assert_eq!(serde_json::from_value::<Evidence>(json).expect("read"), v1);
     }
 }

@@ -543,6 +543,7 @@ fn verify(
                 k
             }
         };
+        let mut witnessed_by = Vec::new();
         match &e.inclusion_proof {
             Some(p) => {
                 let index = parse_log_index(&p.log_index, "inclusion proof logIndex")?;
@@ -580,7 +581,15 @@ fn verify(
                     .ok_or_else(|| VerifyError::TlogProof {
                         detail: "inclusion proof without checkpoint".into(),
                     })?;
-                verify_checkpoint(&cp.envelope, key, size, &root)?;
+                witnessed_by =
+                    verify_checkpoint(&cp.envelope, key, &auth.trust.witnesses, size, &root)?;
+            }
+            None if !auth.trust.witnesses.is_empty() => {
+                return Err(VerifyError::TlogProof {
+                    detail: "witnesses are required and the bundle has no inclusion proof \
+                             (no checkpoint to be cosigned)"
+                        .into(),
+                })
             }
             None if version >= 2 || rekor_v2 => {
                 return Err(VerifyError::TlogProof {
@@ -596,6 +605,7 @@ fn verify(
             log_index,
             integrated_time: signed_at,
             inclusion_proof: e.inclusion_proof.is_some(),
+            witnessed_by,
         });
     }
 

@@ -114,6 +114,13 @@ pub fn verify_legacy(
     if auth.require_tlog {
         let text = sig.bundle_json.as_deref().ok_or(VerifyError::TlogMissing)?;
         let bundle = LegacyBundle::parse(text)?;
+        if !auth.trust.witnesses.is_empty() {
+            return Err(VerifyError::TlogProof {
+                detail: "witnesses are required and a cosign signature's Rekor bundle has no \
+                         checkpoint to be cosigned (only a SET)"
+                    .into(),
+            });
+        }
         verify_set(&bundle.payload, &bundle.signed_entry_timestamp, &auth.trust)?;
         match_body(
             &bundle.payload.body,
@@ -133,6 +140,7 @@ pub fn verify_legacy(
             log_index: bundle.payload.log_index,
             integrated_time: signed_at,
             inclusion_proof: false,
+            witnessed_by: Vec::new(),
         });
     }
 

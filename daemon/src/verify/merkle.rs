@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 use super::error::VerifyError;
 use super::keys::HashAlg;
 use super::trust::LogKey;
+use super::witness::Witnesses;
 
 fn proof_err(detail: impl std::fmt::Display) -> VerifyError {
     VerifyError::TlogProof {
@@ -87,13 +88,15 @@ pub fn verify_inclusion(
 /// hash, then optional non-empty extension lines; every signature line `— <name> <base64>` with
 /// at least a 4-byte key hint and a signature. Signatures by other keys (witness cosignatures,
 /// other logs) are ignored; one by the log key (its name is the origin, its hint the first four
-/// bytes of the log id) must verify.
+/// bytes of the log id) must verify. Then the `witnesses` configured must have cosigned it
+/// ([`Witnesses::check`]); returns the names of those that did.
 pub fn verify_checkpoint(
     envelope: &str,
     key: &LogKey,
+    witnesses: &Witnesses,
     tree_size: u64,
     root: &[u8; 32],
-) -> Result<(), VerifyError> {
+) -> Result<Vec<String>, VerifyError> {
     use base64::Engine;
     if envelope.len() > 64 << 10 {
         return Err(proof_err("checkpoint too large"));
@@ -149,27 +152,27 @@ pub fn verify_checkpoint(
         parsed.push((name, raw));
     }
     let hint = &key.log_id[..4];
-    for (name, raw) in parsed {
+    let by_log = parsed.iter().find(|(name, raw)| {
         // The signer's name must be the log the note is about (Rekor v1: "<host> - <tree id>").
-        let names_log = *origin == name
+        let names_log = origin == name
             || origin
                 .strip_prefix(name)
                 .is_some_and(|r| r.starts_with(" - "));
-        if !names_log || &raw[..4] != hint {
-            continue;
-        }
-        if key
-            .key
-            .verify(text.as_bytes(), &raw[4..], HashAlg::Sha256)
-            .is_ok()
-        {
-            return Ok(());
-        }
+        names_log && &raw[..4] == hint
+    });
+    let Some((_, raw)) = by_log else {
+        return Err(proof_err("checkpoint carries no signature by the log key"));
+    };
+    if key
+        .key
+        .verify(text.as_bytes(), &raw[4..], HashAlg::Sha256)
+        .is_err()
+    {
         return Err(proof_err(
             "checkpoint signature does not verify with the log key",
         ));
     }
-    Err(proof_err("checkpoint carries no signature by the log key"))
+    witnesses.check(text, &parsed)
 }
 
 #[cfg(test)]
@@ -238,7 +241,8 @@ mod tests {
         let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
         let witness = sig_line(&other, "witness.example", &[1, 2, 3, 4], &text);
         let same_name_other_key = sig_line(&other, name, &[1, 2, 3, 4], &text);
-        let check = |note: &str| verify_checkpoint(note, &key, 736, &root);
+        let none = Witnesses::default();
+        let check = |note: &str| verify_checkpoint(note, &key, &none, 736, &root);
         let detail = |note: &str| check(note).unwrap_err().to_string();
 
         check(&format!("{text}\n{own}")).unwrap();
@@ -287,7 +291,88 @@ mod tests {
         ))
         .is_err());
         // Another tree size or root than the proof's.
-        assert!(verify_checkpoint(&format!("{text}\n{own}"), &key, 737, &root).is_err());
-        assert!(verify_checkpoint(&format!("{text}\n{own}"), &key, 736, &[6; 32]).is_err());
+        assert!(verify_checkpoint(&format!("{text}\n{own}"), &key, &none, 737, &root).is_err());
+        assert!(verify_checkpoint(&format!("{text}\n{own}"), &key, &none, 736, &[6; 32]).is_err());
+    }
+
+    /// Witnesses configured: a checkpoint needs cosignatures by `threshold` of them, on top of
+    /// the log's own signature; a configured witness's line that does not verify refuses it.
+    #[test]
+    fn configured_witnesses_must_cosign_the_checkpoint() {
+        use super::super::witness::{testing::TestWitness, Witness};
+        use base64::Engine;
+        let name = "log.example";
+        let (sk, key) = log(name);
+        let root = [5u8; 32];
+        let root_b64 = base64::engine::general_purpose::STANDARD.encode(root);
+        let text = format!("{name}\n736\n{root_b64}\n");
+        let own = sig_line(&sk, name, &key.log_id, &text);
+        let (w1, w2) = (
+            TestWitness::new("witness.example/w1", 3),
+            TestWitness::new("witness.example/w2", 4),
+        );
+        let set = |threshold| {
+            Witnesses::new(
+                vec![
+                    Witness::from_vkey(&w1.vkey(4)).unwrap(),
+                    Witness::from_vkey(&w2.vkey(1)).unwrap(),
+                ],
+                threshold,
+            )
+            .unwrap()
+        };
+        let check = |note: String, w: &Witnesses| verify_checkpoint(&note, &key, w, 736, &root);
+        let c1 = w1.cosign(&text, 1_700_000_000);
+        let c2 = w2.note_sign(&text);
+
+        assert_eq!(
+            check(format!("{text}\n{own}{c1}{c2}"), &set(None)).unwrap(),
+            ["witness.example/w1", "witness.example/w2"]
+        );
+        assert_eq!(
+            check(format!("{text}\n{c2}{own}"), &set(Some(1))).unwrap(),
+            ["witness.example/w2"]
+        );
+        let e = check(format!("{text}\n{own}{c1}"), &set(None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "cosigned by 1 of the witnesses, 2 required (no cosignature by witness.example/w2)"
+            ),
+            "{e}"
+        );
+        // Cosignatures without the log's own signature prove nothing.
+        let e = check(format!("{text}\n{c1}{c2}"), &set(None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no signature by the log key"), "{e}");
+        // A cosignature over another tree, or at another time than it claims, does not verify.
+        let other = format!("{name}\n737\n{root_b64}\n");
+        let stale = w1.cosign(&other, 1_700_000_000);
+        let e = check(format!("{text}\n{own}{stale}{c2}"), &set(Some(1)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cosignature by witness witness.example/w1 does not verify"),
+            "{e}"
+        );
+        let mut retimed = base64::engine::general_purpose::STANDARD
+            .decode(c1.trim_end().rsplit(' ').next().unwrap())
+            .unwrap();
+        retimed[11] ^= 1;
+        let retimed = format!(
+            "\u{2014} witness.example/w1 {}\n",
+            base64::engine::general_purpose::STANDARD.encode(retimed)
+        );
+        assert!(check(format!("{text}\n{own}{retimed}{c2}"), &set(Some(1))).is_err());
+        // Unconfigured witnesses are ignored, configured or not.
+        let stranger = TestWitness::new("witness.example/w3", 5).cosign(&text, 1);
+        assert!(check(format!("{text}\n{own}{stranger}"), &set(Some(1))).is_err());
+        assert!(
+            check(format!("{text}\n{own}{stranger}"), &Witnesses::default())
+                .unwrap()
+                .is_empty()
+        );
     }
 }

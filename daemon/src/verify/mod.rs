@@ -22,6 +22,7 @@ pub mod sct;
 pub mod time;
 pub mod timestamp;
 pub mod trust;
+pub mod witness;
 
 pub use authority::{
     Authority, Evidence, SignatureFormat, Signer, SignerInfo, TrustedKey, Verified,

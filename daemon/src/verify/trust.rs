@@ -8,6 +8,7 @@ use super::cert::{Cert, TrustAnchor};
 use super::error::VerifyError;
 use super::keys::PublicKey;
 use super::time::parse_rfc3339;
+use super::witness::Witnesses;
 
 /// Largest trusted_root.json we read; the public-good one is ~10 KiB.
 pub const MAX_TRUSTED_ROOT_BYTES: usize = 4 << 20;
@@ -58,6 +59,9 @@ pub struct TrustMaterial {
     /// `trusted_root = "public-good"`): empty itself, so verifying with it directly fails; the
     /// verdict evaluation swaps in the TUF client's current root (`crate::tuf::resolve`).
     pub public_good: bool,
+    /// Witnesses whose cosignatures every checkpoint must carry (a trust entry's `witnesses`);
+    /// none by default.
+    pub witnesses: Witnesses,
 }
 
 /// A log listed in a trusted root whose key cannot be used, and why.
@@ -351,6 +355,9 @@ impl TrustMaterial {
         self.tsas.extend(other.tsas);
         self.unusable_tlogs.extend(other.unusable_tlogs);
         self.unusable_ctlogs.extend(other.unusable_ctlogs);
+        if !other.witnesses.is_empty() {
+            self.witnesses = other.witnesses;
+        }
     }
 
     /// Why a transparency log of this trust material cannot be used, if it is listed unusable.

@@ -195,8 +195,8 @@ pub fn assert_socket_protocol(dir: &Path) {
 /// A trusted container (or image) explained whose signature is a sigstore bundle found through
 /// the `sha256-<hex>` referrers tag (Debian's docker-registry has no referrers API), accepted by
 /// the keyless authority `authority` for `identity` (issuer `issuer`) and vouched for by a
-/// Rekor v2 entry of `entry` (`dsse/0.0.2`) and an RFC 3161 timestamp, in text and JSON.
-/// Returns the accepted signature's JSON.
+/// Rekor v2 entry of `entry` (`dsse/0.0.2`) whose checkpoint `witness` cosigned, and an RFC 3161
+/// timestamp, in text and JSON. Returns the accepted signature's JSON.
 pub fn assert_signed_by_rekor_v2_bundle(
     dir: &Path,
     target: &str,
@@ -204,7 +204,7 @@ pub fn assert_signed_by_rekor_v2_bundle(
     digest: &str,
     authority: &str,
     (identity, issuer): (&str, &str),
-    entry: &str,
+    (entry, witness): (&str, &str),
 ) -> Value {
     let text = text(dir, target);
     for expected in [
@@ -215,7 +215,10 @@ pub fn assert_signed_by_rekor_v2_bundle(
              accepted by {authority}: signed by {identity} (issuer {issuer}); vouched for by Rekor v2 entry {entry} \
              at log index "
         ),
-        "(inclusion proof to a checkpoint signed by the log); RFC 3161 timestamp ".to_owned(),
+        format!(
+            "(inclusion proof to a checkpoint signed by the log, cosigned by witness {witness}); \
+             RFC 3161 timestamp "
+        ),
     ] {
         assert!(text.contains(&expected), "no {expected:?} in:\n{text}");
     }
@@ -236,6 +239,12 @@ pub fn assert_signed_by_rekor_v2_bundle(
     );
     assert_eq!(accepted["signer"]["issuer"], issuer, "{json}");
     assert_rekor_v2_evidence(&accepted["evidence"], entry);
+    assert!(
+        accepted["evidence"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|e| e["witnessed_by"] == serde_json::json!([witness]))),
+        "{json}"
+    );
     accepted
 }
 
