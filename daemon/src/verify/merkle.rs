@@ -227,17 +227,51 @@ mod tests {
         )
     }
 
+    /// A checkpoint of tree size 736 of the log `log.example`, and the log's signature line.
+    struct LogNote {
+        name: &'static str,
+        sk: ed25519_dalek::SigningKey,
+        key: LogKey,
+        root: [u8; 32],
+        root_b64: String,
+        text: String,
+        own: String,
+    }
+
+    impl LogNote {
+        fn new() -> Self {
+            use base64::Engine;
+            let name = "log.example";
+            let (sk, key) = log(name);
+            let root = [5u8; 32];
+            let root_b64 = base64::engine::general_purpose::STANDARD.encode(root);
+            let text = format!("{name}\n736\n{root_b64}\n");
+            let own = sig_line(&sk, name, &key.log_id, &text);
+            LogNote {
+                name,
+                sk,
+                key,
+                root,
+                root_b64,
+                text,
+                own,
+            }
+        }
+    }
+
     /// C2SP signed-note rules for checkpoints: the log's line verifies wherever it is, other
     /// well-formed lines are ignored, and anything malformed refuses the note.
     #[test]
     fn checkpoints_are_read_as_signed_notes() {
-        use base64::Engine;
-        let name = "log.example";
-        let (sk, key) = log(name);
-        let root = [5u8; 32];
-        let root_b64 = base64::engine::general_purpose::STANDARD.encode(root);
-        let text = format!("{name}\n736\n{root_b64}\n");
-        let own = sig_line(&sk, name, &key.log_id, &text);
+        let LogNote {
+            name,
+            sk,
+            key,
+            root,
+            root_b64,
+            text,
+            own,
+        } = LogNote::new();
         let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
         let witness = sig_line(&other, "witness.example", &[1, 2, 3, 4], &text);
         let same_name_other_key = sig_line(&other, name, &[1, 2, 3, 4], &text);
@@ -301,12 +335,15 @@ mod tests {
     fn configured_witnesses_must_cosign_the_checkpoint() {
         use super::super::witness::{testing::TestWitness, Witness};
         use base64::Engine;
-        let name = "log.example";
-        let (sk, key) = log(name);
-        let root = [5u8; 32];
-        let root_b64 = base64::engine::general_purpose::STANDARD.encode(root);
-        let text = format!("{name}\n736\n{root_b64}\n");
-        let own = sig_line(&sk, name, &key.log_id, &text);
+        let LogNote {
+            name,
+            key,
+            root,
+            root_b64,
+            text,
+            own,
+            ..
+        } = LogNote::new();
         let (w1, w2) = (
             TestWitness::new("witness.example/w1", 3),
             TestWitness::new("witness.example/w2", 4),
