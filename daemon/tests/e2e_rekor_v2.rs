@@ -403,15 +403,7 @@ fn rekor_v2_signed_image_runs_and_a_tampered_one_cannot() {
 
     // The signed image's container runs its entrypoint.
     let out = bed.containerd.run(&signed_name, "c-v2-signed", &[]);
-    assert!(
-        out.status.success(),
-        "signed image failed: {out:?}\n{}",
-        daemon.log_text()
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "hello from rekor v2"
-    );
+    daemon::assert_ran(&out, "signed image", &daemon, "hello from rekor v2");
 
     // The tampered one's cannot execute, and the event says why and names it.
     let out = bed.containerd.run(&tampered_name, "c-v2-tampered", &[]);
@@ -543,14 +535,11 @@ fn a_new_public_good_root_revoking_the_ca_revokes_trust() {
         "{status}"
     );
     let out = bed.containerd.run(&name, "c-pg-before", &[]);
-    assert!(
-        out.status.success(),
-        "the image signed under the public-good CA failed: {out:?}\n{}",
-        daemon.log_text()
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "hello from public-good"
+    daemon::assert_ran(
+        &out,
+        "the image signed under the public-good CA",
+        &daemon,
+        "hello from public-good",
     );
     // `imagegate verify` with the daemon's configuration uses the root the daemon keeps.
     let offline = || {

@@ -366,19 +366,27 @@ impl PublicKey {
                 vk.verify_prehashed_strict(prehash, None, &sig)
                     .map_err(|_| self.invalid())
             }
-            KeyInner::Ecdsa { curve, point } => {
-                self.check_ecdsa_encoding(*curve, sig)?;
-                aws_lc_rs::signature::UnparsedPublicKey::new(curve.verifier(hash), point)
-                    .verify(msg, sig)
-                    .map_err(|_| self.invalid())
+            KeyInner::Ecdsa { .. } | KeyInner::Rsa { .. } => {
+                self.verify_prehash(&hash.digest(msg), sig, hash)
             }
-            KeyInner::Rsa { pss: true, .. } => {
-                aws_lc_rs::signature::UnparsedPublicKey::new(rsa_pss(hash), &self.spki_der)
-                    .verify(msg, sig)
-                    .map_err(|_| self.invalid())
-            }
-            KeyInner::Rsa { pss: false, .. } => self.verify_prehash(&hash.digest(msg), sig, hash),
         }
+    }
+
+    /// aws-lc-rs's check of `sig` over `digest` (of `hash`) with `key` under `algorithm`.
+    fn aws_lc_verify_digest(
+        &self,
+        algorithm: &'static dyn aws_lc_rs::signature::VerificationAlgorithm,
+        key: &[u8],
+        digest: &[u8],
+        sig: &[u8],
+        hash: HashAlg,
+    ) -> Result<(), VerifyError> {
+        // A digest of another length than `hash`'s cannot be the one signed.
+        let digest = aws_lc_rs::digest::Digest::import_less_safe(digest, aws_lc_digest(hash))
+            .map_err(|_| self.invalid())?;
+        aws_lc_rs::signature::UnparsedPublicKey::new(algorithm, key)
+            .verify_digest(&digest, sig)
+            .map_err(|_| self.invalid())
     }
 
     fn check_ecdsa_encoding(&self, curve: Curve, sig: &[u8]) -> Result<(), VerifyError> {
@@ -400,21 +408,10 @@ impl PublicKey {
         match &self.inner {
             KeyInner::Ecdsa { curve, point } => {
                 self.check_ecdsa_encoding(*curve, sig)?;
-                // A digest of another length than `hash`'s cannot be the one signed.
-                let digest =
-                    aws_lc_rs::digest::Digest::import_less_safe(digest, aws_lc_digest(hash))
-                        .map_err(|_| self.invalid())?;
-                aws_lc_rs::signature::UnparsedPublicKey::new(curve.verifier(hash), point)
-                    .verify_digest(&digest, sig)
-                    .map_err(|_| self.invalid())
+                self.aws_lc_verify_digest(curve.verifier(hash), point, digest, sig, hash)
             }
             KeyInner::Rsa { pss: true, .. } => {
-                let digest =
-                    aws_lc_rs::digest::Digest::import_less_safe(digest, aws_lc_digest(hash))
-                        .map_err(|_| self.invalid())?;
-                aws_lc_rs::signature::UnparsedPublicKey::new(rsa_pss(hash), &self.spki_der)
-                    .verify_digest(&digest, sig)
-                    .map_err(|_| self.invalid())
+                self.aws_lc_verify_digest(rsa_pss(hash), &self.spki_der, digest, sig, hash)
             }
             KeyInner::Rsa { key, pss: false } => {
                 let scheme = match hash {

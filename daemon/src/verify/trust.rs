@@ -355,9 +355,6 @@ impl TrustMaterial {
         self.tsas.extend(other.tsas);
         self.unusable_tlogs.extend(other.unusable_tlogs);
         self.unusable_ctlogs.extend(other.unusable_ctlogs);
-        if !other.witnesses.is_empty() {
-            self.witnesses = other.witnesses;
-        }
     }
 
     /// Why a transparency log of this trust material cannot be used, if it is listed unusable.

@@ -266,6 +266,16 @@ pub fn assert_denied(out: &std::process::Output, what: &str) {
     eprintln!("note: {what}: exit status 1 with no output (ctr lost the runtime's message)");
 }
 
+/// Asserts a container ran and printed `printed` (trimmed); a failure shows the daemon's log.
+pub fn assert_ran(out: &std::process::Output, what: &str, daemon: &DaemonProcess, printed: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {out:?}\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), printed);
+}
+
 /// The first event with `verdict` (`denied` or `audit`) naming image `name`.
 pub fn verdict_for(path: &Path, verdict: &str, name: &str) -> Value {
     wait_for_event(path, |e| e["verdict"] == verdict && names_image(e, name))
