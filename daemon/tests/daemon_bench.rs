@@ -34,7 +34,7 @@ use std::{
 use imagegate_testkit::{image, registry::Client};
 use serde_json::Value;
 use support::{
-    daemon::{DaemonProcess, Settings},
+    daemon::{self, log_lines, DaemonProcess, Settings},
     responder::{Behaviour, Responder},
     signed::SignedBed,
 };
@@ -387,21 +387,6 @@ fn scale_policy(bed: &SignedBed, keys: &[&imagegate_testkit::sign::Key]) -> std:
     path
 }
 
-/// The daemon's JSON log lines with `message`.
-fn log_lines<'a>(log: &'a str, message: &'a str) -> impl Iterator<Item = Value> + 'a {
-    log.lines()
-        .filter(move |line| line.contains(message))
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(move |entry| entry["message"] == message)
-}
-
-/// Reload rebuilds swapped in so far.
-fn reloads_done(log: &str) -> usize {
-    log_lines(log, "reconciled with containerd")
-        .filter(|entry| entry["reload"] == true)
-        .count()
-}
-
 /// Seconds of the day of a log line's RFC 3339 `timestamp`.
 fn log_seconds(entry: &Value) -> f64 {
     let stamp = entry["timestamp"].as_str().unwrap_or_default();
@@ -429,8 +414,7 @@ fn reload_span(log: &str, n: usize) -> f64 {
     )
     .nth(n - 1)
     .map_or(f64::NAN, |entry| log_seconds(&entry));
-    let ended = log_lines(log, "reconciled with containerd")
-        .filter(|entry| entry["reload"] == true)
+    let ended = daemon::reload_swaps(log)
         .nth(n - 1)
         .map_or(f64::NAN, |entry| log_seconds(&entry));
     (ended - began).rem_euclid(86_400.0)
@@ -514,9 +498,9 @@ fn scale_500() {
     loop {
         let now = status(&dir).unwrap_or_default();
         if revoked_seen.is_none() && now["images"]["trusted"].as_u64() == Some(kept as u64) {
-            revoked_seen = Some((signalled.elapsed(), reloads_done(&daemon.log_text())));
+            revoked_seen = Some((signalled.elapsed(), daemon.reloads_done()));
         }
-        if revoked_seen.is_some() && reloads_done(&daemon.log_text()) == 1 {
+        if revoked_seen.is_some() && daemon.reloads_done() == 1 {
             break;
         }
         assert!(
@@ -556,7 +540,7 @@ fn scale_500() {
     // replaced by the rebuilt one.
     let signalled = Instant::now();
     daemon.hangup();
-    while reloads_done(&daemon.log_text()) < 1 {
+    while daemon.reloads_done() < 1 {
         assert!(
             signalled.elapsed() < Duration::from_secs(120),
             "cached reload never swapped in: {}",

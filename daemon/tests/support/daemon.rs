@@ -181,6 +181,11 @@ impl DaemonProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Reload rebuilds swapped in so far.
+    pub fn reloads_done(&self) -> usize {
+        reload_swaps(&self.log_text()).count()
+    }
+
     /// Waits until the daemon has a verdict for every `(image name, outcome)`, asserts each,
     /// and returns the status.
     pub fn wait_for_verdicts(&self, dir: &Path, expected: &[(String, &str)]) -> Value {
@@ -274,6 +279,19 @@ pub fn assert_ran(out: &std::process::Output, what: &str, daemon: &DaemonProcess
         daemon.log_text()
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), printed);
+}
+
+/// The daemon's JSON log lines with `message`.
+pub fn log_lines<'a>(log: &'a str, message: &'a str) -> impl Iterator<Item = Value> + 'a {
+    log.lines()
+        .filter(move |line| line.contains(message))
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(move |entry| entry["message"] == message)
+}
+
+/// The log lines of reload rebuilds swapped in, in order.
+pub fn reload_swaps(log: &str) -> impl Iterator<Item = Value> + '_ {
+    log_lines(log, "reconciled with containerd").filter(|entry| entry["reload"] == true)
 }
 
 /// The first event with `verdict` (`denied` or `audit`) naming image `name`.

@@ -25,7 +25,9 @@ pub struct ScopeTurnsToEnforce<'a> {
 /// policy with the scope enforcing, and asserts that `ctr tasks exec` of `program` (a file of
 /// the image, e.g. of a signed base layer it shares) is denied with reason `untrusted_image` and
 /// its output never appears: a running container's trust follows the reload. Puts the auditing
-/// policy back (and reloads) before returning.
+/// policy back and returns once both reloads are swapped in (a container started while the
+/// daemon still re-catalogues may be judged before its record is read: the callers' next
+/// checks are not about reloads).
 pub fn exec_is_denied_once_the_scope_enforces(
     containerd: &PrivateContainerd,
     daemon: &DaemonProcess,
@@ -40,6 +42,7 @@ pub fn exec_is_denied_once_the_scope_enforces(
         out.status.success(),
         "the audited container did not start: {out:?}"
     );
+    let reloads = daemon.reloads_done();
     std::fs::write(policies.policy_path, policies.enforcing).expect("policy");
     daemon.hangup();
     // The reload re-judges every image; until then the exec is still audited (and runs).
@@ -85,4 +88,13 @@ pub fn exec_is_denied_once_the_scope_enforces(
     let _ = containerd.ctr(&["containers", "rm", id]);
     std::fs::write(policies.policy_path, policies.auditing).expect("policy");
     daemon.hangup();
+    let started = Instant::now();
+    while daemon.reloads_done() < reloads + 2 {
+        assert!(
+            started.elapsed() < 3 * daemon::wait_limit(),
+            "the reloads were not swapped in: {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
